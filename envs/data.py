@@ -1,0 +1,168 @@
+"""Image datasets in torchvision's on-disk layout, read without torchvision.
+
+MNIST and Fashion-MNIST come as IDX files under ``<root>/<Folder>/raw/``, so an existing torchvision
+download is reused as is. The root is ``--data-dir``, else ``$COMMCHANNELS_DATA``, else a per-user
+cache; missing files are fetched with hash checks (pooch) when online. The thesis split is used
+everywhere: the first 50,000 training images train, the last 10,000 validate, the official 10,000 test.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ENV_VAR = "COMMCHANNELS_DATA"
+TRAIN_SIZE = 50_000
+
+# IDX element types (the third magic byte) -> numpy dtype, big-endian as the format requires.
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+class DataError(ValueError):
+    """A dataset is missing, truncated or not what its name says; the message says how to fix it."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    folder: str
+    base_url: str
+    md5: dict[str, str]  # file name -> md5 of the gzipped file as served
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        "MNIST",
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        {
+            "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+            "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+        },
+    ),
+    "fashion-mnist": DatasetSpec(
+        "FashionMNIST",
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        {
+            "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+            "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+            "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+            "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+        },
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Split:
+    """Flattened images in [0, 1] (float32, ``[n, pixels]``) and integer labels (int64, ``[n]``)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Split
+    val: Split
+    test: Split
+
+
+def default_root() -> Path:
+    """``$COMMCHANNELS_DATA`` if set, else the per-user cache that pooch would choose."""
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR])
+    import pooch
+
+    return Path(pooch.os_cache("commchannels"))
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Parse one IDX file (gzipped or not) into an array, checking its header against its size."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DataError(f"{path} is unreadable or truncated ({e}); delete it so it is fetched again") from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{path} is not an IDX file (bad magic number); delete it so it is fetched again")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path} is truncated inside its header; delete it so it is fetched again")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = header + int(np.prod(shape)) * dtype.itemsize
+    if len(raw) != expected:
+        raise DataError(
+            f"{path} holds {len(raw)} bytes but its header announces {expected} for shape {shape}; "
+            "delete it so it is fetched again"
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+
+
+def _locate(raw_dir: Path, name: str) -> Path | None:
+    for candidate in (raw_dir / name, raw_dir / name.removesuffix(".gz")):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _fetch(spec: DatasetSpec, raw_dir: Path, missing: list[str]) -> None:
+    """Download the missing files with md5 checks; any failure becomes one actionable DataError."""
+    import pooch
+
+    try:
+        for name in missing:
+            pooch.retrieve(
+                spec.base_url + name, known_hash=f"md5:{spec.md5[name]}", fname=name, path=raw_dir, progressbar=False
+            )
+    except Exception as e:  # network errors come in many types; all mean the same to the user
+        raise DataError(
+            f"missing {', '.join(missing)} in {raw_dir} and the download failed ({type(e).__name__}); "
+            f"put the files there or point --data-dir / ${ENV_VAR} at a root holding {spec.folder}/raw/"
+        ) from e
+
+
+def load_splits(name: str = "mnist", root: str | Path | None = None, download: bool = True) -> Splits:
+    """Load ``name`` from ``root`` (see module doc) and cut it into the thesis' train/val/test split."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    spec = DATASETS[name]
+    explicit = root is not None
+    root = Path(root) if explicit else default_root()
+    if explicit and not root.is_dir():
+        raise DataError(
+            f"data dir {root} does not exist; create it (files are downloaded into it) or point "
+            f"--data-dir / ${ENV_VAR} at a root holding {spec.folder}/raw/"
+        )
+    raw_dir = root / spec.folder / "raw"
+    missing = [n for n in spec.md5 if _locate(raw_dir, n) is None]
+    if missing:
+        if not download:
+            raise DataError(f"missing {', '.join(missing)} in {raw_dir}; set --data-dir / ${ENV_VAR}")
+        raw_dir.mkdir(parents=True, exist_ok=True)
+        _fetch(spec, raw_dir, missing)
+    arrays = {n: read_idx(_locate(raw_dir, n)) for n in spec.md5}
+    train_x, train_y = arrays["train-images-idx3-ubyte.gz"], arrays["train-labels-idx1-ubyte.gz"]
+    test_x, test_y = arrays["t10k-images-idx3-ubyte.gz"], arrays["t10k-labels-idx1-ubyte.gz"]
+    for x, y, which in ((train_x, train_y, "train"), (test_x, test_y, "test")):
+        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+            raise DataError(f"{which} images {x.shape} and labels {y.shape} of {raw_dir} do not match")
+    n_train = min(TRAIN_SIZE, len(train_x) * 5 // 6)  # the thesis split, scaled down for small files
+
+    def split(x: np.ndarray, y: np.ndarray) -> Split:
+        images = torch.from_numpy(x.reshape(len(x), -1).astype(np.float32) / 255.0)
+        return Split(images, torch.from_numpy(y.astype(np.int64)))
+
+    return Splits(
+        train=split(train_x[:n_train], train_y[:n_train]),
+        val=split(train_x[n_train:], train_y[n_train:]),
+        test=split(test_x, test_y),
+    )

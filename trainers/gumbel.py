@@ -1,0 +1,39 @@
+"""Gumbel-Softmax messages with caller-supplied noise (so each run draws from its own generator) and
+the thesis' annealing schedule: ``max(floor, start * factor ** (step // every))``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def gumbel_softmax(logits: torch.Tensor, temperature: float, uniform: torch.Tensor, hard: bool = False) -> torch.Tensor:
+    """Relaxed one-hot sample of ``softmax(logits)`` from uniform noise of the same shape; ``hard``
+    gives one-hot values with the relaxed sample's gradient (straight-through)."""
+    gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1.0 - 1e-7)))
+    soft = torch.softmax((logits + gumbel) / temperature, dim=-1)
+    if not hard:
+        return soft
+    return hard_message(soft) - soft.detach() + soft
+
+
+def hard_message(logits: torch.Tensor) -> torch.Tensor:
+    """The one-hot message used at evaluation: the most likely token of each head."""
+    return F.one_hot(logits.argmax(-1), logits.shape[-1]).to(logits.dtype)
+
+
+@dataclass(frozen=True)
+class TemperatureSchedule:
+    start: float = 1.0
+    factor: float = 0.8
+    every: int = 1000
+    floor: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.start <= 0 or self.floor <= 0 or not 0 < self.factor <= 1 or self.every < 1:
+            raise ValueError("temperature start and floor must be > 0, factor in (0, 1], every >= 1")
+
+    def __call__(self, step: int) -> float:
+        return max(self.floor, self.start * self.factor ** (step // self.every))

@@ -1,0 +1,343 @@
+"""Gumbel-Softmax language trainer (thesis ch. 4): MI max-max objective plus the communication levels.
+
+Every (level, seed) pair is one run; all runs train at once as a ``Population`` batch. Runs sharing a
+seed share masks, initial weights, data order and Gumbel noise, so levels are compared on paired draws.
+
+Per agent ``a`` with view ``x_a`` and message ``s_a`` (Gumbel-Softmax of the speaker's logits):
+
+- MI term (section 4.2.2): a critic tells joint pairs ``(x_a, s_a)`` from pairs of the product of
+  marginals ``(x'_a, s_a)`` (``x'_a`` another image of the batch, whose own message is not used) with
+  the vanilla GAN loss; the speaker minimises the *same* loss (max-max, not min-max).
+- Communication term (eq. 4.2.5): ``-log p(s_other | x_a)``, the received message scored by the
+  receiver's own token distribution, summed over tokens. Its weight and whether its gradient reaches
+  the sender through ``s_other`` depend on the level (``LEVELS``).
+
+A linear probe reads the student's last hidden layer (gradient stopped) and is trained alongside on
+labels; the reported figure is its test accuracy at its best validation accuracy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from agents.language import Critic, LinearProbe, Speaker
+from envs.data import Split, Splits
+from envs.language import AGENTS, communication_loss, draw_masks, exchange, views
+from trainers.gumbel import TemperatureSchedule, gumbel_softmax, hard_message
+from trainers.population import Population
+
+TEACHER, STUDENT = AGENTS
+
+
+@dataclass(frozen=True)
+class Level:
+    """Who is trained on the other's message, and whether that loss reaches the sender."""
+
+    student_receives: bool
+    teacher_receives: bool
+    feedback: bool
+
+
+LEVELS: dict[str, Level] = {
+    "none": Level(False, False, False),  # MI only
+    "receive": Level(True, False, False),  # student predicts the teacher's message; teacher untouched
+    "feedback": Level(True, False, True),  # ... and that loss also trains the teacher's speaker
+    "both": Level(True, True, True),  # symmetric: each predicts the other, gradients to both senders
+}
+
+
+@dataclass(frozen=True)
+class LanguageConfig:
+    """Hyper-parameters; values the thesis lost in extraction are our choices (see README)."""
+
+    noise: float = 0.1
+    message_length: int = 32
+    vocab_size: int = 2
+    hidden: tuple[int, ...] = (256, 256)
+    critic_hidden: int = 256
+    batch_size: int = 64
+    steps: int = 3000
+    lr: float = 1e-3
+    probe_lr: float = 1e-3
+    ce_weight: float = 0.01  # one-way levels (receive, feedback)
+    ce_weight_two_way: float = 0.005  # both
+    temperature: TemperatureSchedule = field(default_factory=TemperatureSchedule)
+    straight_through: bool = False
+    eval_every: int = 100
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.noise <= 1.0:
+            raise ValueError(f"noise must be a probability in [0, 1], got {self.noise}")
+        for name in ("message_length", "batch_size", "steps", "eval_every", "log_every", "critic_hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.vocab_size < 2:
+            raise ValueError(f"vocab_size must be >= 2, got {self.vocab_size}")
+        if self.lr <= 0 or self.probe_lr <= 0 or self.ce_weight < 0 or self.ce_weight_two_way < 0:
+            raise ValueError("learning rates must be > 0 and communication weights >= 0")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class RunResult:
+    """One (level, seed) run: the headline figure and the validation curve behind it."""
+
+    test_accuracy: float
+    best_val_accuracy: float
+    best_step: int
+    steps: list[int]
+    val_accuracy: list[float]
+
+
+Logger = Callable[[int, dict[str, list[float]]], None]
+"""Receives ``(step, {tag: one value per run})`` for tags ``train/...`` and ``val/...``."""
+
+
+def run_modules(seed: int, config: LanguageConfig, pixels: int, speaker_cls: type):
+    """One run's freshly initialised ``(speakers, critics, probe)``, from its seed alone (so the levels
+    of one seed start from the same weights, and references can rebuild the untrained speaker)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        kw = {"view_dim": pixels, "message_length": config.message_length, "vocab_size": config.vocab_size}
+        speakers = {a: speaker_cls(**kw) for a in AGENTS}
+        critics = {a: Critic(hidden=config.critic_hidden, **kw) for a in AGENTS}
+        with torch.no_grad():
+            width = speakers[STUDENT](torch.zeros(1, pixels))[1].shape[-1]
+        return speakers, critics, LinearProbe(width)
+
+
+def _build(runs: Sequence[tuple[str, int]], config: LanguageConfig, pixels: int, speaker_cls: type):
+    per_run = [run_modules(seed, config, pixels, speaker_cls) for _, seed in runs]
+    speakers = {a: Population([r[0][a] for r in per_run]) for a in AGENTS}
+    critics = {a: Population([r[1][a] for r in per_run]) for a in AGENTS}
+    return speakers, critics, Population([r[2] for r in per_run])
+
+
+def default_speaker(config: LanguageConfig) -> type:
+    """The thesis' speaker with the configured hidden widths, as a class with the plug-in signature."""
+    hidden = config.hidden
+
+    class ThesisSpeaker(Speaker):
+        def __init__(self, view_dim: int, message_length: int, vocab_size: int):
+            super().__init__(view_dim, message_length, vocab_size, hidden)
+
+    return ThesisSpeaker
+
+
+def _column(values: list) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def mi_loss(critic, view: torch.Tensor, message: torch.Tensor, other_view: torch.Tensor) -> torch.Tensor:
+    """Vanilla-GAN discriminator loss of joint ``(view, message)`` vs product-of-marginals
+    ``(other_view, message)`` pairs, per run (mean over the batch). Critic *and* speaker minimise it:
+    the critic to tell the pairs apart, the speaker to make its messages easy to tell (max-max)."""
+    joint, marginal = critic(view, message), critic(other_view, message)
+    return (
+        F.binary_cross_entropy_with_logits(joint, torch.ones_like(joint), reduction="none")
+        + F.binary_cross_entropy_with_logits(marginal, torch.zeros_like(marginal), reduction="none")
+    ).mean(-1)
+
+
+class LanguageTrainer:
+    """Trains ``runs`` = [(level, seed), ...] together; ``fit`` returns one ``RunResult`` per run."""
+
+    def __init__(
+        self, config: LanguageConfig, splits: Splits, runs: Sequence[tuple[str, int]], speaker_cls: type | None = None
+    ):
+        unknown = sorted({level for level, _ in runs} - LEVELS.keys())
+        if unknown:
+            raise ValueError(f"unknown level(s) {', '.join(unknown)}; choose from {', '.join(LEVELS)}")
+        if not runs:
+            raise ValueError("no runs to train")
+        self.config, self.splits, self.runs = config, splits, list(runs)
+        pixels = splits.train.images.shape[1]
+        self.masks = torch.stack([draw_masks(config.noise, pixels, seed) for _, seed in runs])
+        self.speakers, self.critics, self.probe = _build(runs, config, pixels, speaker_cls or default_speaker(config))
+        self.optimizer = torch.optim.Adam(
+            [p for pop in (*self.speakers.values(), *self.critics.values()) for p in pop.parameters()], lr=config.lr
+        )
+        self.probe_optimizer = torch.optim.Adam(self.probe.parameters(), lr=config.probe_lr)
+        self.generators = [torch.Generator().manual_seed(seed) for _, seed in runs]
+        levels = [LEVELS[level] for level, _ in runs]
+        two_way = [lv.teacher_receives for lv in levels]
+        weight = [config.ce_weight_two_way if tw else config.ce_weight for tw in two_way]
+        self.ce_weight = {
+            STUDENT: _column([w * lv.student_receives for w, lv in zip(weight, levels, strict=True)]),
+            TEACHER: _column([w * lv.teacher_receives for w, lv in zip(weight, levels, strict=True)]),
+        }
+        self.feedback = _column([lv.feedback for lv in levels]).view(-1, 1, 1, 1)
+        self.step = 0
+        self.history: dict[str, list] = {"steps": [], "val": [], "test": []}
+
+    # ---------------------------------------------------------------------------------- training
+    def _draw(self, shape: tuple[int, ...], fn: Callable) -> torch.Tensor:
+        return torch.stack([fn(shape, g) for g in self.generators])
+
+    def losses(self) -> dict[str, torch.Tensor]:
+        """Draw the next batch and compute every run's loss terms (``[runs]`` each, graphs attached):
+        ``mi_<agent>``, ``communication_<agent>`` (weighted and routed as the level says),
+        ``ce_<agent>`` (unweighted, for logging), ``probe`` and ``temperature``."""
+        cfg, train = self.config, self.splits.train
+        B, L, V = cfg.batch_size, cfg.message_length, cfg.vocab_size
+        idx = self._draw((B,), lambda s, g: torch.randint(len(train.images), s, generator=g))
+        perm = self._draw((B,), lambda s, g: torch.randperm(s[0], generator=g))
+        uniform = self._draw((len(AGENTS), B, L, V), lambda s, g: torch.rand(s, generator=g))
+        seen = views(train.images[idx], self.masks)
+        temperature = cfg.temperature(self.step)
+
+        out: dict[str, torch.Tensor] = {"temperature": torch.full((len(self.runs),), temperature)}
+        logits, messages = {}, {}
+        for i, a in enumerate(AGENTS):
+            logits[a], features = self.speakers[a](seen[a])
+            messages[a] = gumbel_softmax(logits[a], temperature, uniform[:, i], hard=cfg.straight_through)
+            other_view = torch.gather(seen[a], 1, perm.unsqueeze(-1).expand_as(seen[a]))
+            out[f"mi_{a}"] = mi_loss(self.critics[a], seen[a], messages[a], other_view)
+            if a == STUDENT:
+                out["probe"] = (
+                    F.cross_entropy(
+                        self.probe(features.detach()).flatten(0, 1), train.labels[idx].flatten(), reduction="none"
+                    )
+                    .view(len(self.runs), B)
+                    .mean(-1)
+                )
+        for a, received in exchange(messages).items():
+            target = self.feedback * received + (1 - self.feedback) * received.detach()
+            out[f"ce_{a}"] = communication_loss(target, logits[a]).mean(-1)
+            out[f"communication_{a}"] = self.ce_weight[a] * out[f"ce_{a}"]
+        return out
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One optimisation step of every run; returns per-run training metrics ``[runs]``."""
+        terms = self.losses()
+        loss = sum(terms[f"mi_{a}"] + terms[f"communication_{a}"] for a in AGENTS).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.probe_optimizer.zero_grad(set_to_none=True)
+        terms["probe"].sum().backward()
+        self.probe_optimizer.step()
+        self.step += 1
+        names = {"mi": "mi_loss", "ce": "communication_ce"}
+        metrics = {f"train/{names[k]}_{a}": terms[f"{k}_{a}"].detach() for k in names for a in AGENTS}
+        return {**metrics, "train/probe_loss": terms["probe"].detach(), "train/temperature": terms["temperature"]}
+
+    # -------------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, split: Split, agreement: bool = True, chunk: int = 1000) -> dict[str, torch.Tensor]:
+        """Per-run probe accuracy (%) of the student and, with ``agreement``, the fraction of tokens on
+        which the teacher's and the student's *hard* (evaluation) messages agree."""
+        correct = torch.zeros(len(self.runs))
+        agree = torch.zeros(len(self.runs))
+        for start in range(0, len(split.images), chunk):
+            seen = views(split.images[start : start + chunk].unsqueeze(0), self.masks)
+            s_logits, s_features = self.speakers[STUDENT](seen[STUDENT])
+            predictions = self.probe(s_features).argmax(-1)
+            correct += (predictions == split.labels[start : start + chunk]).float().sum(-1)
+            if agreement:
+                t_logits = self.speakers[TEACHER](seen[TEACHER])[0]
+                agree += (hard_message(t_logits) * hard_message(s_logits)).sum(-1).mean(-1).sum(-1)
+        n = len(split.images)
+        out = {"accuracy": 100.0 * correct / n}
+        if agreement:
+            out["message_agreement"] = agree / n
+        return out
+
+    def fit(
+        self,
+        logger: Logger | None = None,
+        checkpoint: Path | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[RunResult]:
+        """Train to ``config.steps``, evaluating every ``eval_every`` steps. With ``checkpoint``, state is
+        saved there at each evaluation and training resumes from it if it exists."""
+        cfg = self.config
+        if checkpoint is not None and checkpoint.exists():
+            self.load(checkpoint)
+            if progress:
+                progress(self.step)
+        while self.step < cfg.steps:
+            metrics = self.train_step()
+            if logger and (self.step % cfg.log_every == 0 or self.step == 1):
+                logger(self.step, {k: v.tolist() for k, v in metrics.items()})
+            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                val, test = self.evaluate(self.splits.val), self.evaluate(self.splits.test, agreement=False)
+                self.history["steps"].append(self.step)
+                self.history["val"].append(val["accuracy"].tolist())
+                self.history["test"].append(test["accuracy"].tolist())
+                if logger:
+                    logger(
+                        self.step,
+                        {
+                            "val/accuracy": val["accuracy"].tolist(),
+                            "val/message_agreement": val["message_agreement"].tolist(),
+                        },
+                    )
+                if checkpoint is not None:
+                    self.save(checkpoint)
+            if progress:
+                progress(1)
+        return self.results()
+
+    def results(self) -> list[RunResult]:
+        out = []
+        for r in range(len(self.runs)):
+            val = [v[r] for v in self.history["val"]]
+            best = max(range(len(val)), key=lambda i: (val[i], -i)) if val else None
+            out.append(
+                RunResult(
+                    test_accuracy=self.history["test"][best][r] if val else math.nan,
+                    best_val_accuracy=val[best] if val else math.nan,
+                    best_step=self.history["steps"][best] if val else 0,
+                    steps=list(self.history["steps"]),
+                    val_accuracy=val,
+                )
+            )
+        return out
+
+    # ------------------------------------------------------------------------------- checkpoints
+    def _populations(self) -> dict[str, Population]:
+        return {
+            **{f"speaker_{a}": p for a, p in self.speakers.items()},
+            **{f"critic_{a}": p for a, p in self.critics.items()},
+            "probe": self.probe,
+        }
+
+    def save(self, path: Path) -> None:
+        """Everything needed to resume bit-for-bit: weights, optimisers, RNG streams, step, history."""
+        state = {
+            "runs": [list(r) for r in self.runs],
+            "config": repr(self.config),
+            "step": self.step,
+            "history": self.history,
+            "generators": [g.get_state() for g in self.generators],
+            "populations": {k: p.state_dict() for k, p in self._populations().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "probe_optimizer": self.probe_optimizer.state_dict(),
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+    def load(self, path: Path) -> None:
+        state = torch.load(path, weights_only=True)
+        if state["runs"] != [list(r) for r in self.runs] or state["config"] != repr(self.config):
+            raise ValueError(f"checkpoint {path} belongs to other runs or another config; delete it to restart")
+        for k, p in self._populations().items():
+            p.load_state_dict(state["populations"][k])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.probe_optimizer.load_state_dict(state["probe_optimizer"])
+        for g, s in zip(self.generators, state["generators"], strict=True):
+            g.set_state(s)
+        self.step, self.history = state["step"], state["history"]

@@ -1,0 +1,47 @@
+"""Offline linear probe: how much a fixed feature map tells about the labels (reference rows)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from envs.data import Split, Splits
+
+
+def _accuracy(linear: torch.nn.Linear, split: Split) -> float:
+    with torch.no_grad():
+        return 100.0 * (linear(split.images).argmax(-1) == split.labels).float().mean().item()
+
+
+def fit_linear_probe(
+    features: Splits, epochs: int = 10, batch_size: int = 256, lr: float = 1e-3, seed: int = 0
+) -> float:
+    """Train a linear classifier on ``features.train`` with Adam; return its test accuracy (%) at the
+    epoch of best validation accuracy, the same protocol as the online probe of the language runs."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        linear = torch.nn.Linear(features.train.images.shape[1], int(features.train.labels.max()) + 1)
+    optimizer = torch.optim.Adam(linear.parameters(), lr=lr)
+    best_val, best_test = -1.0, 0.0
+    n = len(features.train.images)
+    for _ in range(epochs):
+        for idx in torch.randperm(n, generator=generator).split(batch_size):
+            loss = F.cross_entropy(linear(features.train.images[idx]), features.train.labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        val = _accuracy(linear, features.val)
+        if val > best_val:
+            best_val, best_test = val, _accuracy(linear, features.test)
+    return best_test
+
+
+@torch.no_grad()
+def map_splits(splits: Splits, fn, chunk: int = 5000) -> Splits:
+    """Apply a feature map to every split's images (in chunks), keeping the labels."""
+
+    def one(split: Split) -> Split:
+        return Split(torch.cat([fn(x) for x in split.images.split(chunk)]), split.labels)
+
+    return Splits(one(splits.train), one(splits.val), one(splits.test))
