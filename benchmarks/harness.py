@@ -77,6 +77,7 @@ class Results:
 
     def __init__(self, path: Path, benchmark: str, config: dict):
         self.path = path
+        config = json.loads(json.dumps(config))  # compare as it will read back (tuples become lists)
         self.data: dict[str, Any] = {"benchmark": benchmark, "config": config}
         if path.exists():
             try:

@@ -31,7 +31,7 @@ from benchmarks.harness import (
 from envs.data import DATASETS, load_splits
 from envs.language import AGENTS, apply_mask, draw_masks
 from trainers.gumbel import TemperatureSchedule
-from trainers.language import LEVELS, LanguageConfig, LanguageTrainer, default_speaker, run_modules
+from trainers.language import LEVELS, LanguageConfig, LanguageTrainer, check_speaker, default_speaker, run_modules
 from trainers.probe import fit_linear_probe, map_splits
 
 THESIS = {"none": 64.4, "receive": 65.7, "feedback": 69.4, "both": 71.4}  # Table 4.1, noise 0.1
@@ -132,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     splits = load_splits(args.dataset, args.data_dir)
+    try:
+        check_speaker(speaker_cls, config, splits.train.images.shape[1])
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     if config.batch_size > len(splits.train.images):
         raise UsageError(f"--batch-size {config.batch_size} exceeds the {len(splits.train.images)} training images")
     out = Path(args.out or ("results/language-quick.json" if args.quick else "results/language.json"))
@@ -164,13 +168,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(config, splits, pending, speaker_cls, run_root: Path, out: Path, results: Results) -> None:
-    try:
-        trainer = LanguageTrainer(config, splits, pending, speaker_cls)
-    except (TypeError, RuntimeError) as e:  # a plugged-in agent that breaks the speaker protocol
-        raise UsageError(
-            f"agent {speaker_cls.__name__} does not follow the speaker protocol "
-            f"(see agents/language.py): {type(e).__name__}: {str(e).splitlines()[0]}"
-        ) from None
+    trainer = LanguageTrainer(config, splits, pending, speaker_cls)
     writers = [summary_writer(run_root / level / f"seed{seed}") for level, seed in pending]
 
     def log(step: int, metrics: dict[str, list[float]]) -> None:

@@ -116,6 +116,26 @@ def run_modules(seed: int, config: LanguageConfig, pixels: int, speaker_cls: typ
         return speakers, critics, LinearProbe(width)
 
 
+def check_speaker(speaker_cls: type, config: LanguageConfig, pixels: int) -> None:
+    """Raise a one-line ValueError unless ``speaker_cls`` follows the speaker protocol
+    (agents/language.py), run the way the trainer runs it: two copies at once under vmap."""
+    L, V = config.message_length, config.vocab_size
+    try:
+        population = Population([speaker_cls(view_dim=pixels, message_length=L, vocab_size=V) for _ in range(2)])
+        logits, features = population(torch.zeros(2, 3, pixels))
+    except Exception as e:  # anything a foreign class can raise means the same thing here
+        first = (str(e).splitlines() or [""])[0]
+        raise ValueError(
+            f"speaker {speaker_cls.__name__} does not follow the speaker protocol "
+            f"(agents/language.py): {type(e).__name__}: {first}"
+        ) from None
+    if logits.shape != (2, 3, L, V) or features.dim() != 3 or features.shape[:2] != (2, 3):
+        raise ValueError(
+            f"speaker {speaker_cls.__name__} must return logits [B, {L}, {V}] and features [B, H], "
+            f"got {tuple(logits.shape[1:])} and {tuple(features.shape[1:])}"
+        )
+
+
 def _build(runs: Sequence[tuple[str, int]], config: LanguageConfig, pixels: int, speaker_cls: type):
     per_run = [run_modules(seed, config, pixels, speaker_cls) for _, seed in runs]
     speakers = {a: Population([r[0][a] for r in per_run]) for a in AGENTS}

@@ -1,0 +1,49 @@
+"""Shared fixtures: small synthetic IDX datasets written by the tests themselves."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from envs.data import DATASETS, Splits, load_splits
+
+torch.set_num_threads(1)
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
+    """Write ``array`` (uint8) as an IDX file: magic 0x0000 0x08 ndim, big-endian dims, raw bytes."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    payload = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if compress:
+        with gzip.open(path, "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+
+
+def make_dataset(root: Path, name: str = "mnist", n_train: int = 120, n_test: int = 40, side: int = 8) -> Path:
+    """A torchvision-layout dataset whose images are a per-class template plus noise (learnable)."""
+    rng = np.random.default_rng(0)
+    templates = rng.integers(0, 256, size=(10, side, side))
+    raw = root / DATASETS[name].folder / "raw"
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n) % 10
+        images = np.clip(templates[labels] + rng.normal(0, 40, size=(n, side, side)), 0, 255)
+        write_idx(raw / f"{prefix}-images-idx3-ubyte.gz", images.astype(np.uint8))
+        write_idx(raw / f"{prefix}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
+    return root
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Path:
+    return make_dataset(tmp_path / "data")
+
+
+@pytest.fixture
+def splits(data_root: Path) -> Splits:
+    return load_splits("mnist", data_root, download=False)

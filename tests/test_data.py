@@ -1,0 +1,95 @@
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from envs import data
+from envs.data import DataError, load_splits, read_idx
+from tests.conftest import make_dataset, write_idx
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_read_idx_round_trips(tmp_path, compress):
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    path = tmp_path / ("x.gz" if compress else "x")
+    write_idx(path, array, compress)
+    np.testing.assert_array_equal(read_idx(path), array)
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "x"
+    write_idx(path, np.zeros((5, 4, 4), np.uint8), compress=False)
+    path.write_bytes(path.read_bytes()[:-7])
+    with pytest.raises(DataError, match="header announces"):
+        read_idx(path)
+
+
+def test_corrupt_gzip_and_bad_magic_are_clear_errors(tmp_path):
+    broken = tmp_path / "a.gz"
+    with gzip.open(broken, "wb") as f:
+        f.write(b"\0\0\x08\x01" + (10).to_bytes(4, "big") + bytes(10))
+    broken.write_bytes(broken.read_bytes()[:-12])
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(broken)
+    junk = tmp_path / "b"
+    junk.write_bytes(b"PK\x03\x04 not idx")
+    with pytest.raises(DataError, match="magic"):
+        read_idx(junk)
+
+
+def test_thesis_split_on_synthetic_files(tmp_path):
+    root = make_dataset(tmp_path, n_train=120, n_test=40, side=8)
+    s = load_splits("mnist", root, download=False)
+    assert (len(s.train.images), len(s.val.images), len(s.test.images)) == (100, 20, 40)
+    assert s.train.images.shape[1] == 64 and s.train.images.dtype.is_floating_point
+    assert 0.0 <= float(s.train.images.min()) and float(s.train.images.max()) <= 1.0
+    # the validation split is the *last* part of the training file
+    full = read_idx(root / "MNIST/raw/train-images-idx3-ubyte.gz")
+    np.testing.assert_allclose(s.val.images[0].numpy() * 255, full[100].reshape(-1), atol=1e-3)
+
+
+def test_uncompressed_files_are_found_too(tmp_path):
+    root = make_dataset(tmp_path)
+    for gz in (root / "MNIST/raw").glob("*.gz"):
+        gz.with_suffix("").write_bytes(gzip.decompress(gz.read_bytes()))
+        gz.unlink()
+    assert len(load_splits("mnist", root, download=False).test.images) == 40
+
+
+def test_missing_explicit_dir_names_the_dir(tmp_path):
+    with pytest.raises(DataError, match="does not exist") as e:
+        load_splits("mnist", tmp_path / "nowhere")
+    assert str(tmp_path / "nowhere") in str(e.value)
+
+
+def test_failed_download_names_dir_files_and_env_var(tmp_path, monkeypatch):
+    import pooch
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(pooch, "retrieve", offline)
+    with pytest.raises(DataError) as e:
+        load_splits("fashion-mnist", tmp_path)
+    message = str(e.value)
+    assert "\n" not in message
+    assert "train-images-idx3-ubyte.gz" in message and str(tmp_path) in message and "COMMCHANNELS_DATA" in message
+
+
+def test_root_comes_from_env_var(tmp_path, monkeypatch):
+    make_dataset(tmp_path / "elsewhere")
+    monkeypatch.setenv("COMMCHANNELS_DATA", str(tmp_path / "elsewhere"))
+    assert data.default_root() == Path(tmp_path / "elsewhere")
+    assert len(load_splits("mnist", download=False).train.images) == 100
+
+
+@pytest.mark.skipif(not os.environ.get("COMMCHANNELS_DATA"), reason="real MNIST needs COMMCHANNELS_DATA")
+def test_real_mnist_has_the_thesis_split():
+    s = load_splits("mnist")
+    assert s.train.images.shape == (50_000, 784)
+    assert s.val.images.shape == (10_000, 784) and s.test.images.shape == (10_000, 784)
+    assert s.train.labels.bincount().tolist() == [4932, 5678, 4968, 5101, 4859, 4506, 4951, 5175, 4842, 4988]
+    assert s.test.labels.bincount().tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert float(s.train.images.min()) == 0.0 and float(s.train.images.max()) == 1.0

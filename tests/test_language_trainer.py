@@ -1,0 +1,182 @@
+import dataclasses
+
+import pytest
+import torch
+
+from agents.language import Critic
+from envs.language import AGENTS
+from trainers.gumbel import TemperatureSchedule, gumbel_softmax, hard_message
+from trainers.language import LEVELS, LanguageConfig, LanguageTrainer, mi_loss
+
+TINY = LanguageConfig(
+    message_length=4, hidden=(16,), critic_hidden=16, batch_size=8, steps=6, eval_every=3, log_every=2
+)
+ALL_LEVELS = [(level, 0) for level in LEVELS]
+
+
+def speaker_grads(trainer: LanguageTrainer, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-run gradient norm of each agent's speaker parameters for ``loss``."""
+    params = {a: trainer.speakers[a].parameters() for a in AGENTS}
+    flat = [p for a in AGENTS for p in params[a]]
+    grads = torch.autograd.grad(loss, flat, allow_unused=True, retain_graph=True)
+    out, i = {}, 0
+    for a in AGENTS:
+        gs = grads[i : i + len(params[a])]
+        i += len(params[a])
+        out[a] = sum(g.flatten(1).abs().sum(1) for g in gs if g is not None)
+    return out
+
+
+def test_communication_gradients_follow_the_level(splits):
+    trainer = LanguageTrainer(TINY, splits, ALL_LEVELS)
+    terms = trainer.losses()
+    communication = sum(terms[f"communication_{a}"] for a in AGENTS).sum()
+    grads = speaker_grads(trainer, communication)
+    by_level = {level: i for i, (level, _) in enumerate(ALL_LEVELS)}
+    # the teacher's speaker hears the student's CE only with feedback (and at both, its own CE too)
+    assert grads["teacher"][by_level["none"]] == 0 and grads["teacher"][by_level["receive"]] == 0
+    assert grads["teacher"][by_level["feedback"]] > 0 and grads["teacher"][by_level["both"]] > 0
+    # the student's speaker learns from the teacher's message at every level but none
+    assert grads["student"][by_level["none"]] == 0
+    assert all(grads["student"][by_level[lv]] > 0 for lv in ("receive", "feedback", "both"))
+
+
+def test_feedback_gradient_reaches_the_teacher_only_through_the_students_loss(splits):
+    trainer = LanguageTrainer(TINY, splits, [("feedback", 0), ("both", 0)])
+    terms = trainer.losses()
+    grads = speaker_grads(trainer, terms["communication_student"].sum())
+    assert (grads["teacher"] > 0).all()  # feedback: the student's CE trains the teacher's language
+    grads = speaker_grads(trainer, terms["communication_teacher"].sum())
+    assert grads["teacher"][0] == 0 and grads["student"][0] == 0  # at feedback the teacher receives nothing
+    assert grads["teacher"][1] > 0 and grads["student"][1] > 0  # at both it does, and it flows back
+
+
+def test_communication_weights_match_the_thesis(splits):
+    trainer = LanguageTrainer(TINY, splits, ALL_LEVELS)
+    assert trainer.ce_weight["student"].tolist() == pytest.approx([0.0, 0.01, 0.01, 0.005])
+    assert trainer.ce_weight["teacher"].tolist() == pytest.approx([0.0, 0.0, 0.0, 0.005])
+
+
+def test_gumbel_messages_are_differentiable_in_training_and_one_hot_at_eval():
+    logits = torch.randn(5, 4, 3, requires_grad=True)
+    uniform = torch.rand(5, 4, 3, generator=torch.Generator().manual_seed(0))
+    soft = gumbel_softmax(logits, 0.5, uniform)
+    assert torch.allclose(soft.sum(-1), torch.ones(5, 4))
+    assert ((soft > 0) & (soft < 1)).any()
+    (soft[..., 0]).sum().backward()
+    assert logits.grad.abs().sum() > 0
+    hard = hard_message(logits.detach())
+    assert set(hard.unique().tolist()) == {0.0, 1.0} and torch.equal(hard.sum(-1), torch.ones(5, 4))
+    assert torch.equal(hard.argmax(-1), logits.argmax(-1))
+
+
+def test_straight_through_is_one_hot_forward_with_a_gradient():
+    logits = torch.randn(6, 4, 2, requires_grad=True)
+    st = gumbel_softmax(logits, 1.0, torch.rand(6, 4, 2), hard=True)
+    assert set(st.detach().unique().tolist()) <= {0.0, 1.0}
+    (st * torch.randn(6, 4, 2)).sum().backward()
+    assert logits.grad.abs().sum() > 0
+
+
+def test_low_temperature_hardens_samples():
+    logits = torch.randn(200, 8, 2)
+    uniform = torch.rand(200, 8, 2, generator=torch.Generator().manual_seed(1))
+    hot, cold = gumbel_softmax(logits, 5.0, uniform), gumbel_softmax(logits, 0.05, uniform)
+    assert cold.max(-1).values.mean() > 0.95 > hot.max(-1).values.mean()
+
+
+def test_temperature_schedule_anneals_to_its_floor():
+    schedule = TemperatureSchedule(start=1.0, factor=0.5, every=10, floor=0.2)
+    assert [schedule(s) for s in (0, 9, 10, 25, 1000)] == [1.0, 1.0, 0.5, 0.25, 0.2]
+    with pytest.raises(ValueError):
+        TemperatureSchedule(factor=1.5)
+
+
+def test_critic_scores_dependent_pairs_above_independent_ones():
+    torch.manual_seed(0)
+    critic = Critic(view_dim=6, message_length=3, vocab_size=2, hidden=32)
+    optimizer = torch.optim.Adam(critic.parameters(), lr=1e-2)
+
+    def batch(n=128):
+        view = torch.randn(n, 6)
+        message = torch.nn.functional.one_hot((view[:, :3] > 0).long(), 2).float()  # message depends on view
+        return view, message, torch.randn(n, 6)
+
+    for _ in range(300):
+        view, message, other = batch()
+        loss = mi_loss(critic, view, message, other)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    view, message, other = batch(1000)
+    with torch.no_grad():
+        joint, marginal = critic(view, message), critic(other, message)
+    assert joint.mean() > marginal.mean() + 2.0
+    assert mi_loss(critic, view, message, other).item() < 2 * torch.log(torch.tensor(2.0)).item() - 0.5
+
+
+def test_same_seed_same_numbers(splits):
+    a = LanguageTrainer(TINY, splits, [("both", 1), ("none", 2)]).fit()
+    b = LanguageTrainer(TINY, splits, [("both", 1), ("none", 2)]).fit()
+    assert [dataclasses.asdict(r) for r in a] == [dataclasses.asdict(r) for r in b]
+    c = LanguageTrainer(TINY, splits, [("both", 3), ("none", 2)]).fit()
+    assert c[0].val_accuracy != a[0].val_accuracy or c[0].test_accuracy != a[0].test_accuracy
+
+
+def test_levels_of_one_seed_start_alike(splits):
+    trainer = LanguageTrainer(TINY, splits, [("none", 5), ("both", 5), ("none", 6)])
+    weights = trainer.speakers["student"].parameters()[0]
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+    assert torch.equal(trainer.masks[0], trainer.masks[1]) and not torch.equal(trainer.masks[0], trainer.masks[2])
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(splits, tmp_path):
+    runs = [("feedback", 0), ("none", 1)]
+    whole = LanguageTrainer(TINY, splits, runs).fit()
+    checkpoint = tmp_path / "ckpt.pt"
+
+    def kill_at_step_5(_):
+        if killed.step == 5:  # after the checkpoint written at the step-3 evaluation
+            raise KeyboardInterrupt
+
+    killed = LanguageTrainer(TINY, splits, runs)
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit(checkpoint=checkpoint, progress=kill_at_step_5)
+    resumed = LanguageTrainer(TINY, splits, runs)
+    results = resumed.fit(checkpoint=checkpoint)
+    assert [dataclasses.asdict(r) for r in results] == [dataclasses.asdict(r) for r in whole]
+
+
+def test_checkpoint_of_other_runs_is_refused(splits, tmp_path):
+    checkpoint = tmp_path / "ckpt.pt"
+    LanguageTrainer(TINY, splits, [("none", 0)]).save(checkpoint)
+    with pytest.raises(ValueError, match="other runs"):
+        LanguageTrainer(TINY, splits, [("both", 0)]).fit(checkpoint=checkpoint)
+
+
+def test_unknown_level_is_rejected(splits):
+    with pytest.raises(ValueError, match="unknown level"):
+        LanguageTrainer(TINY, splits, [("shout", 0)])
+
+
+class TinySpeaker(torch.nn.Module):
+    """A plug-in speaker defined only here: a single linear layer with tanh features."""
+
+    def __init__(self, view_dim: int, message_length: int, vocab_size: int):
+        super().__init__()
+        self.features = torch.nn.Linear(view_dim, 5)
+        self.heads = torch.nn.Linear(5, message_length * vocab_size)
+        self.shape = (message_length, vocab_size)
+
+    def forward(self, view):
+        h = torch.tanh(self.features(view))
+        return self.heads(h).unflatten(-1, self.shape), h
+
+
+def test_a_plugged_in_speaker_trains_through_the_python_api(splits):
+    trainer = LanguageTrainer(TINY, splits, [("both", 0)], speaker_cls=TinySpeaker)
+    before = trainer.speakers["student"].parameters()[0].clone()
+    results = trainer.fit()
+    assert trainer.probe.parameters()[0].shape[-1] == 5  # the probe reads the plug-in's 5 features
+    assert not torch.equal(before, trainer.speakers["student"].parameters()[0])
+    assert 0.0 <= results[0].test_accuracy <= 100.0
