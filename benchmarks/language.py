@@ -43,7 +43,7 @@ def build_parser() -> ArgumentParser:
     d = LanguageConfig()
     p.add_argument("--noise", type=float, default=d.noise, help="pixel inversion probability of each mask")
     p.add_argument("--levels", default=",".join(LEVELS), help="comma-separated communication levels")
-    p.add_argument("--seeds", type=int, default=5, help="number of seeds (0..n-1)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds 0..n-1 (default 5, 1 with --quick)")
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--message-length", type=int, default=d.message_length)
@@ -111,11 +111,11 @@ def references(splits, config: LanguageConfig, seed: int, speaker_cls: type, epo
     """Linear probes on the student's raw noisy view and on its untrained speaker's hidden layer."""
     mask = draw_masks(config.noise, splits.train.images.shape[1], seed)[AGENTS.index("student")]
     raw = map_splits(splits, lambda x: apply_mask(x, mask))
-    speaker = run_modules(seed, config, splits.train.images.shape[1], speaker_cls)[0]["student"]
+    speaker = run_modules(seed, config, splits.train.images.shape[1], speaker_cls)[0]["student"].eval()
     hidden = map_splits(raw, lambda x: speaker(x)[1])
     return {
-        "raw_view": fit_linear_probe(raw, epochs, seed=seed),
-        "untrained_hidden": fit_linear_probe(hidden, epochs, seed=seed),
+        "raw_view": fit_linear_probe(raw, epochs, lr=config.probe_lr, seed=seed),
+        "untrained_hidden": fit_linear_probe(hidden, epochs, lr=config.probe_lr, seed=seed),
     }
 
 
@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     config = make_config(args)
     levels = parse_list(args.levels, LEVELS, "level(s)")
+    if args.seeds is None:
+        args.seeds = 1 if args.quick else 5
     if args.seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
     if args.reference_epochs < 1:

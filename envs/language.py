@@ -1,6 +1,7 @@
 """Language channel between two agents (thesis ch. 4), as a torch core and a PettingZoo env.
 
 | Import             | ``from envs import language; env = language.parallel_env()``            |
+| AEC API            | ``language.env()`` (= ``raw_env()``, via ``parallel_to_aec``)           |
 |--------------------|-------------------------------------------------------------------------|
 | Actions            | MultiDiscrete ``[vocab_size] * (batch_size * message_length)``          |
 | Parallel API       | Yes                                                                     |
@@ -91,7 +92,7 @@ def diversity(messages: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------- PettingZoo env
-class raw_env(ParallelEnv):
+class parallel_env(ParallelEnv):
     metadata: ClassVar[dict] = {"name": "language_v0", "render_modes": [], "is_parallelizable": True}
 
     def __init__(
@@ -171,11 +172,9 @@ class raw_env(ParallelEnv):
         pass
 
 
-def parallel_env(**kwargs) -> raw_env:
-    """The env in PettingZoo's parallel API."""
-    return raw_env(**kwargs)
+def raw_env(**kwargs):
+    """The env in PettingZoo's AEC API (order-enforced by ``parallel_to_aec``)."""
+    return parallel_to_aec(parallel_env(**kwargs))
 
 
-def env(**kwargs):
-    """The env in PettingZoo's AEC API."""
-    return parallel_to_aec(raw_env(**kwargs))
+env = raw_env

@@ -1,4 +1,5 @@
 import json
+import os
 import textwrap
 
 import pytest
@@ -140,3 +141,15 @@ def test_missing_data_dir_is_one_line_and_exit_2(tmp_path, capsys):
     assert run(["--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err
     assert "nowhere does not exist" in err and "COMMCHANNELS_DATA" in err and err.count("\n") == 1
+
+
+@pytest.mark.skipif(not os.environ.get("COMMCHANNELS_DATA"), reason="real MNIST needs COMMCHANNELS_DATA")
+def test_quick_main_job_on_real_mnist(tmp_path, capsys):
+    out = tmp_path / "quick.json"
+    assert run(["--quick", "--noise", "0.1", "--out", str(out), "--logdir", str(tmp_path / "runs")]) == 0
+    data = json.loads(out.read_text())
+    assert set(data["levels"]) == {"none", "receive", "feedback", "both"}
+    assert all(len(e["test_accuracy"]) == 1 for e in data["levels"].values())
+    assert data["references"]["raw_view"] > 80  # a linear probe undoes a fixed inversion mask
+    assert all(e["mean"] > 20 for e in data["levels"].values())  # well above chance after 150 steps
+    assert "Table 4.1" in capsys.readouterr().out

@@ -119,3 +119,11 @@ def test_observations_lie_in_their_space():
         for a in env.agents:
             assert env.observation_space(a).contains(obs[a])
         obs, *_ = env.step({a: env.action_space(a).sample() for a in env.agents})
+
+
+def test_module_layout_follows_pettingzoo():
+    images = torch.rand(20, 16)
+    aec = language.env(images=images, batch_size=2, message_length=3)
+    aec.reset(seed=0)
+    assert aec.agents == ["teacher", "student"]
+    assert isinstance(language.raw_env(images=images).unwrapped, language.parallel_env)

@@ -180,3 +180,28 @@ def test_a_plugged_in_speaker_trains_through_the_python_api(splits):
     assert trainer.probe.parameters()[0].shape[-1] == 5  # the probe reads the plug-in's 5 features
     assert not torch.equal(before, trainer.speakers["student"].parameters()[0])
     assert 0.0 <= results[0].test_accuracy <= 100.0
+
+
+class NormSpeaker(torch.nn.Module):
+    """A plug-in with batch norm: evaluation must not use batch statistics nor update running ones."""
+
+    def __init__(self, view_dim: int, message_length: int, vocab_size: int):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(view_dim, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU())
+        self.heads = torch.nn.Linear(6, message_length * vocab_size)
+        self.shape = (message_length, vocab_size)
+
+    def forward(self, view):
+        h = self.body(view)
+        return self.heads(h).unflatten(-1, self.shape), h
+
+
+def test_evaluation_runs_plugged_in_speakers_in_eval_mode(splits):
+    trainer = LanguageTrainer(TINY, splits, [("none", 0), ("both", 1)], speaker_cls=NormSpeaker)
+    trainer.train_step()
+    running = {k: v.clone() for k, v in trainer.speakers["student"].buffers.items()}
+    first = trainer.evaluate(splits.val)["accuracy"]
+    assert all(torch.equal(running[k], v) for k, v in trainer.speakers["student"].buffers.items())
+    assert torch.equal(first, trainer.evaluate(splits.val, chunk=7)["accuracy"])  # no batch statistics
+    trainer.train_step()
+    assert not torch.equal(running["body.1.running_mean"], trainer.speakers["student"].buffers["body.1.running_mean"])

@@ -112,7 +112,8 @@ def run_modules(seed: int, config: LanguageConfig, pixels: int, speaker_cls: typ
         speakers = {a: speaker_cls(**kw) for a in AGENTS}
         critics = {a: Critic(hidden=config.critic_hidden, **kw) for a in AGENTS}
         with torch.no_grad():
-            width = speakers[STUDENT](torch.zeros(1, pixels))[1].shape[-1]
+            width = speakers[STUDENT].eval()(torch.zeros(2, pixels))[1].shape[-1]
+            speakers[STUDENT].train()
         return speakers, critics, LinearProbe(width)
 
 
@@ -259,6 +260,8 @@ class LanguageTrainer:
         which the teacher's and the student's *hard* (evaluation) messages agree."""
         correct = torch.zeros(len(self.runs))
         agree = torch.zeros(len(self.runs))
+        for population in self._populations().values():
+            population.eval()
         for start in range(0, len(split.images), chunk):
             seen = views(split.images[start : start + chunk].unsqueeze(0), self.masks)
             s_logits, s_features = self.speakers[STUDENT](seen[STUDENT])
@@ -267,6 +270,8 @@ class LanguageTrainer:
             if agreement:
                 t_logits = self.speakers[TEACHER](seen[TEACHER])[0]
                 agree += (hard_message(t_logits) * hard_message(s_logits)).sum(-1).mean(-1).sum(-1)
+        for population in self._populations().values():
+            population.train()
         n = len(split.images)
         out = {"accuracy": 100.0 * correct / n}
         if agreement:

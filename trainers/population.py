@@ -33,6 +33,14 @@ class Population:
     def __call__(self, *args: torch.Tensor):
         return self._call(self.params, self.buffers, *args)
 
+    def train(self, mode: bool = True) -> Population:
+        """Switch every copy between training and evaluation behaviour (dropout, batch norm)."""
+        self._base.train(mode)
+        return self
+
+    def eval(self) -> Population:
+        return self.train(False)
+
     def __len__(self) -> int:
         return next(iter(self.params.values())).shape[0]
 

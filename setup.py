@@ -1,0 +1,28 @@
+"""commchannels: communication between deep learning models, as PettingZoo envs, trainers and benchmarks."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="commchannels",
+    version="0.1.0",
+    description="Communication channels between deep learning models: envs, trainers, RL baselines, benchmarks",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["envs", "agents", "trainers", "benchmarks"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.1",  # install torch==2.13.0 first on CPU-only machines (see README)
+        "numpy",
+        "gymnasium>=1.0",
+        "pettingzoo>=1.24",
+        "tensorboard",
+        "tqdm",
+        "matplotlib",
+        "pooch",
+    ],
+    extras_require={
+        "rl": ["stable-baselines3>=2.3", "supersuit>=3.9"],
+        "vision": ["torchvision"],
+        "dev": ["pytest", "ruff"],
+    },
+)
