@@ -18,14 +18,22 @@ from torch import nn
 
 
 class Speaker(nn.Module):
-    """Message generator: ReLU MLP on the view, then ``message_length`` heads of ``vocab_size`` logits."""
+    """Message generator: ReLU MLP on the view, then ``message_length`` heads of ``vocab_size`` logits.
+    ``layer_norm`` puts a LayerNorm before each ReLU (our addition: it keeps hidden units alive)."""
 
-    def __init__(self, view_dim: int, message_length: int, vocab_size: int, hidden: tuple[int, ...] = (256, 256)):
+    def __init__(
+        self,
+        view_dim: int,
+        message_length: int,
+        vocab_size: int,
+        hidden: tuple[int, ...] = (256, 256),
+        layer_norm: bool = False,
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         width = view_dim
         for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU()]
+            layers += [nn.Linear(width, h), *([nn.LayerNorm(h)] if layer_norm else []), nn.ReLU()]
             width = h
         self.body = nn.Sequential(*layers)
         self.heads = nn.Linear(width, message_length * vocab_size)

@@ -49,6 +49,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--message-length", type=int, default=d.message_length)
     p.add_argument("--vocab-size", type=int, default=d.vocab_size)
     p.add_argument("--hidden", default=",".join(map(str, d.hidden)), help="speaker hidden widths, e.g. 256,256")
+    p.add_argument("--speaker-layer-norm", action="store_true", help="LayerNorm before each ReLU of the speaker")
     p.add_argument("--critic-hidden", type=int, default=d.critic_hidden)
     p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of speakers and critics")
     p.add_argument("--probe-lr", type=float, default=d.probe_lr)
@@ -89,6 +90,7 @@ def make_config(args) -> LanguageConfig:
             message_length=args.message_length,
             vocab_size=args.vocab_size,
             hidden=hidden,
+            speaker_layer_norm=args.speaker_layer_norm,
             critic_hidden=args.critic_hidden,
             batch_size=args.batch_size,
             steps=quick.get("steps", args.steps),

@@ -116,11 +116,16 @@ def test_critic_scores_dependent_pairs_above_independent_ones():
 
 
 def test_same_seed_same_numbers(splits):
-    a = LanguageTrainer(TINY, splits, [("both", 1), ("none", 2)]).fit()
-    b = LanguageTrainer(TINY, splits, [("both", 1), ("none", 2)]).fit()
-    assert [dataclasses.asdict(r) for r in a] == [dataclasses.asdict(r) for r in b]
-    c = LanguageTrainer(TINY, splits, [("both", 3), ("none", 2)]).fit()
-    assert c[0].val_accuracy != a[0].val_accuracy or c[0].test_accuracy != a[0].test_accuracy
+    def train(runs):
+        trainer = LanguageTrainer(TINY, splits, runs)
+        return [dataclasses.asdict(r) for r in trainer.fit()], trainer.speakers["student"].state_dict()
+
+    (a, weights_a), (b, weights_b) = train([("both", 1), ("none", 2)]), train([("both", 1), ("none", 2)])
+    assert a == b
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    _, weights_c = train([("both", 3), ("none", 2)])
+    assert not torch.equal(weights_a["body.0.weight"][0], weights_c["body.0.weight"][0])
+    assert torch.equal(weights_a["body.0.weight"][1], weights_c["body.0.weight"][1])  # runs do not interact
 
 
 def test_levels_of_one_seed_start_alike(splits):
@@ -205,3 +210,13 @@ def test_evaluation_runs_plugged_in_speakers_in_eval_mode(splits):
     assert torch.equal(first, trainer.evaluate(splits.val, chunk=7)["accuracy"])  # no batch statistics
     trainer.train_step()
     assert not torch.equal(running["body.1.running_mean"], trainer.speakers["student"].buffers["body.1.running_mean"])
+
+
+def test_marginal_pairs_never_pair_an_image_with_its_own_message():
+    from trainers.language import _derangement
+
+    g = torch.Generator().manual_seed(0)
+    for n in (2, 3, 64):
+        for _ in range(50):
+            perm = _derangement(n, g)
+            assert sorted(perm.tolist()) == list(range(n)) and (perm != torch.arange(n)).all()

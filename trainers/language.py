@@ -61,11 +61,12 @@ class LanguageConfig:
     message_length: int = 32
     vocab_size: int = 2
     hidden: tuple[int, ...] = (256, 256)
+    speaker_layer_norm: bool = False
     critic_hidden: int = 256
     batch_size: int = 64
     steps: int = 3000
-    lr: float = 1e-3
-    probe_lr: float = 1e-3
+    lr: float = 1e-4
+    probe_lr: float = 3e-3
     ce_weight: float = 0.01  # one-way levels (receive, feedback)
     ce_weight_two_way: float = 0.005  # both
     temperature: TemperatureSchedule = field(default_factory=TemperatureSchedule)
@@ -146,13 +147,22 @@ def _build(runs: Sequence[tuple[str, int]], config: LanguageConfig, pixels: int,
 
 def default_speaker(config: LanguageConfig) -> type:
     """The thesis' speaker with the configured hidden widths, as a class with the plug-in signature."""
-    hidden = config.hidden
+    hidden, layer_norm = config.hidden, config.speaker_layer_norm
 
     class ThesisSpeaker(Speaker):
         def __init__(self, view_dim: int, message_length: int, vocab_size: int):
-            super().__init__(view_dim, message_length, vocab_size, hidden)
+            super().__init__(view_dim, message_length, vocab_size, hidden, layer_norm)
 
     return ThesisSpeaker
+
+
+def _derangement(n: int, generator: torch.Generator) -> torch.Tensor:
+    """A random permutation without fixed points (one cycle through a shuffled order), so that a
+    product-of-marginals pair never pairs an image with its own message."""
+    order = torch.randperm(n, generator=generator)
+    perm = torch.empty_like(order)
+    perm[order] = order.roll(-1)
+    return perm
 
 
 def _column(values: list) -> torch.Tensor:
@@ -212,7 +222,7 @@ class LanguageTrainer:
         cfg, train = self.config, self.splits.train
         B, L, V = cfg.batch_size, cfg.message_length, cfg.vocab_size
         idx = self._draw((B,), lambda s, g: torch.randint(len(train.images), s, generator=g))
-        perm = self._draw((B,), lambda s, g: torch.randperm(s[0], generator=g))
+        perm = self._draw((B,), lambda s, g: _derangement(s[0], g))
         uniform = self._draw((len(AGENTS), B, L, V), lambda s, g: torch.rand(s, generator=g))
         seen = views(train.images[idx], self.masks)
         temperature = cfg.temperature(self.step)
