@@ -1,6 +1,5 @@
 import json
 import os
-import textwrap
 
 import pytest
 
@@ -87,28 +86,12 @@ def test_same_command_same_numbers(cli, tmp_path):
     assert a["levels"] == b["levels"] and a["references"] == b["references"]
 
 
-def test_agent_plugs_in_from_the_command_line(cli, tmp_path, monkeypatch):
+def test_agent_plugs_in_from_the_command_line(cli):
     argv, out, _ = cli
-    (tmp_path / "my_agents.py").write_text(
-        textwrap.dedent("""
-        import torch
-
-        class Sigmoidal(torch.nn.Module):
-            def __init__(self, view_dim, message_length, vocab_size):
-                super().__init__()
-                self.body = torch.nn.Linear(view_dim, 7)
-                self.heads = torch.nn.Linear(7, message_length * vocab_size)
-                self.shape = (message_length, vocab_size)
-
-            def forward(self, view):
-                h = torch.sigmoid(self.body(view))
-                return self.heads(h).unflatten(-1, self.shape), h
-    """)
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
-    assert run([*argv, "--seeds", "1", "--levels", "feedback", "--agent", "my_agents:Sigmoidal"]) == 0
+    agent = "tests.test_language_trainer:TinySpeaker"  # defined only in the tests
+    assert run([*argv, "--seeds", "1", "--levels", "feedback", "--agent", agent]) == 0
     data = json.loads(out.read_text())
-    assert data["config"]["agent"] == "my_agents:Sigmoidal"
+    assert data["config"]["agent"] == agent
     assert 0 <= data["levels"]["feedback"]["test_accuracy"][0] <= 100
 
 

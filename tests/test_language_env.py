@@ -127,3 +127,13 @@ def test_module_layout_follows_pettingzoo():
     aec.reset(seed=0)
     assert aec.agents == ["teacher", "student"]
     assert isinstance(language.raw_env(images=images).unwrapped, language.parallel_env)
+
+
+def test_malformed_actions_are_named():
+    env = make()
+    env.reset(seed=0)
+    good = env.action_space("student").sample()
+    with pytest.raises(ValueError, match="action of teacher must be 12 tokens in"):
+        env.step({"teacher": np.full(12, 2), "student": good})
+    with pytest.raises(ValueError, match="got shape"):
+        env.step({"teacher": np.zeros(5, dtype=int), "student": good})
