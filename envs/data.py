@@ -118,6 +118,7 @@ def _fetch(spec: DatasetSpec, raw_dir: Path, missing: list[str]) -> None:
     """Download the missing files with md5 checks; any failure becomes one actionable DataError."""
     import pooch
 
+    pooch.get_logger().setLevel("WARNING")  # its per-file chatter would bury a failure's one-line error
     try:
         for name in missing:
             pooch.retrieve(
