@@ -220,8 +220,9 @@ def _report(data: dict, levels: list[str], seeds: int, run_root: Path, out: Path
         if base and level != "none":
             diffs = [a - b for a, b in zip(e["test_accuracy"], base, strict=True)]
             m, s = mean_std(diffs)
-            gap = f"{m:+.1f} ± {s / math.sqrt(len(diffs)):.1f}"
-        rows.append([level, f"{e['mean']:.1f} ± {e['std']:.1f}", f"{e['thesis']:.1f}", gap])
+            gap = f"{m:+.1f}" + (f" ± {s / math.sqrt(len(diffs)):.1f}" if seeds > 1 else "")
+        spread = f" ± {e['std']:.1f}" if seeds > 1 else ""
+        rows.append([level, f"{e['mean']:.1f}{spread}", f"{e['thesis']:.1f}", gap])
     refs = data["references"]
     rows.append(["ref: raw noisy view", f"{refs['raw_view']:.1f}", "-", ""])
     rows.append(["ref: untrained speaker", f"{refs['untrained_hidden']:.1f}", "-", ""])
