@@ -31,7 +31,13 @@ class Population:
         return functional_call(self._base, (params, buffers), args)
 
     def __call__(self, *args: torch.Tensor):
+        """Member ``r`` gets ``args[...][r]``: every input has a leading run dimension."""
         return self._call(self.params, self.buffers, *args)
+
+    def shared(self, *args: torch.Tensor):
+        """Every member gets the same inputs (no run dimension), e.g. an evaluation set."""
+        in_dims = (0, 0, *([None] * len(args)))
+        return vmap(self._functional, in_dims=in_dims, randomness="different")(self.params, self.buffers, *args)
 
     def train(self, mode: bool = True) -> Population:
         """Switch every copy between training and evaluation behaviour (dropout, batch norm)."""
