@@ -134,21 +134,34 @@ def plot_curves(
     ylabel: str,
     title: str,
 ) -> None:
-    """One line per label: the mean over seeds of ``(x, [values per seed])``, shaded min to max."""
+    """One panel; see ``plot_panels``."""
+    plot_panels(path, [(title, curves)], xlabel, ylabel)
+
+
+def plot_panels(
+    path: Path,
+    panels: Sequence[tuple[str, dict[str, tuple[Sequence[float], Sequence[Sequence[float]]]]]],
+    xlabel: str,
+    ylabel: str,
+) -> None:
+    """Side-by-side panels, one line per label: the mean over seeds of ``(x, [values per seed])``,
+    shaded min to max. Seeds that stopped early are cut to the shortest curve."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, (x, per_seed) in curves.items():
-        columns = list(zip(*per_seed, strict=True))
-        ax.plot(x, [statistics.fmean(c) for c in columns], label=label)
-        if len(per_seed) > 1:
-            ax.fill_between(x, [min(c) for c in columns], [max(c) for c in columns], alpha=0.2)
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
+    for ax, (title, curves) in zip(axes[0], panels, strict=True):
+        for label, (x, per_seed) in curves.items():
+            n = min(len(x), *(len(v) for v in per_seed))
+            columns = [[v[i] for v in per_seed] for i in range(n)]
+            ax.plot(x[:n], [statistics.fmean(c) for c in columns], label=label)
+            if len(per_seed) > 1:
+                ax.fill_between(x[:n], [min(c) for c in columns], [max(c) for c in columns], alpha=0.2)
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)

@@ -1,0 +1,80 @@
+import json
+
+import pytest
+
+import trainers.teacher as teacher_module
+from benchmarks import teacher as bench
+from benchmarks.harness import run_cli
+
+SMALL = ["--batch-size", "4", "--teacher-batch-size", "10", "--teacher-patience", "1", "--max-epochs", "3",
+         "--patience", "1", "--eval-every", "10"]  # fmt: skip
+
+
+def run(argv):
+    with pytest.raises(SystemExit) as e:
+        run_cli(bench.main, argv)
+    return e.value.code
+
+
+@pytest.fixture
+def cli(data_root, tmp_path):
+    out, logdir = tmp_path / "teacher.json", tmp_path / "runs"
+    argv = ["--data-dir", str(data_root), "--out", str(out), "--logdir", str(logdir),
+            "--teacher-cache", str(tmp_path / "teachers"), *SMALL]  # fmt: skip
+    return argv, out, logdir
+
+
+def test_smoke_run_writes_table_json_tensorboard_and_figure(cli, capsys):
+    argv, out, logdir = cli
+    assert (
+        run([*argv, "--stack-sizes", "2", "--measures", "cross_entropy", "--targets", "soft,true", "--seeds", "2"]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert "Table 3.1" in printed and "stack2-cross_entropy-soft" in printed and "96.9" in printed
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "teacher" and set(data["configs"]) == {
+        "baseline", "stack2-cross_entropy-soft", "stack2-cross_entropy-true"}  # fmt: skip
+    entry = data["configs"]["stack2-cross_entropy-soft"]
+    assert len(entry["test_accuracy"]) == 2 and entry["thesis"] == {"accuracy": 96.9, "backward_passes": 25_000}
+    for key in ("backward_passes", "forward_passes", "teacher_forward_passes", "backward_passes_to_best"):
+        assert len(entry[key]) == 2
+    run0 = entry["runs"]["0"]
+    assert run0["counters"]["student_forward_passes"] == 3 * run0["stopped_step"]  # stack of 2 + training pass
+    assert run0["counters"]["teacher_forward_passes"] == 2 * run0["stopped_step"]
+    assert data["configs"]["baseline"]["runs"]["0"]["counters"]["teacher_forward_passes"] == 0
+    assert (logdir / "teacher" / "figure_3_1.png").stat().st_size > 1000
+    assert list((logdir / "teacher" / "baseline" / "seed1").glob("events.out.tfevents.*"))
+
+
+def test_rerun_skips_finished_runs_and_reuses_cached_teachers(cli, monkeypatch):
+    argv, out, _ = cli
+    assert run([*argv, "--stack-sizes", "2", "--measures", "random", "--targets", "soft", "--seeds", "1"]) == 0
+    before = json.loads(out.read_text())["configs"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(bench, "StudentTrainer", no_training)
+    monkeypatch.setattr(teacher_module, "_train", no_training)
+    assert run([*argv, "--stack-sizes", "2", "--measures", "random", "--targets", "soft", "--seeds", "1"]) == 0
+    assert {k: v["runs"] for k, v in json.loads(out.read_text())["configs"].items()} == {
+        k: v["runs"] for k, v in before.items()}  # fmt: skip
+
+
+BAD_INPUTS = [
+    (["--stack-sizes", "0"], "--stack-sizes must be >= 1"),
+    (["--measures", "kl"], "unknown measure(s) kl"),
+    (["--targets", "labels"], "unknown target(s) labels"),
+    (["--batch-size", "1000"], "does not fit in the 100 training images"),
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--temperature", "0"], "temperature > 0"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), BAD_INPUTS)
+def test_bad_input_is_one_line_and_exit_2(cli, capsys, extra, message):
+    argv, out, _ = cli
+    assert run([*argv, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not out.exists()
