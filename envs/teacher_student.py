@@ -1,4 +1,4 @@
-"""Teacher selects the student's training samples (thesis ch. 3): the torch core of the teacher stack.
+"""Teacher selects the student's training samples (thesis ch. 3): the teacher stack's core and env.
 
 The student sends ``stack_size`` minibatches with its predictions; the teacher adds its own, scores
 every sample by a difficulty measure and returns the ``batch_size`` hardest, with its own predictions
@@ -7,14 +7,45 @@ trainer runs many students at once) and is what the scripted teachers and the en
 
 A new difficulty measure is one function ``(teacher_probs, student_probs, generator) -> scores``
 added to ``MEASURES``; a new target is one function added to ``TARGETS``.
+
+The same world as a PettingZoo parallel env:
+
+| Import             | ``from envs import teacher_student as ts; env = ts.parallel_env(...)``    |
+|--------------------|-------------------------------------------------------------------------------|
+| AEC API            | ``ts.env()`` (= ``raw_env()``, via ``parallel_to_aec``)                       |
+| Agents             | ``["teacher", "student"]``                                                    |
+| teacher observes   | ``(stack, 2 * classes + 2)``: per stack sample, the teacher's and the student's |
+|                    | predictive distributions, their cross-entropy and their Euclidean distance    |
+| teacher acts       | ``Box(stack + 1)``: a score per stack sample (the ``batch_size`` highest are  |
+|                    | sent), then the target kind (>= 0: the teacher's soft labels, < 0: true labels)|
+| student observes   | ``(batch_size, pixels + classes)``: what it was last given to train on        |
+| student acts       | ``Discrete(2)``: 1 takes the Adam step on what it is given, 0 skips it        |
+
+The env is the student's classroom: it holds the student network (784-32-32-10 by default, trained
+with Adam inside the env) and the frozen teacher's logits for every training image. Each step the
+student's next ``stack_size`` minibatches (epoch-wise shuffled) are scored by the teacher's action; the
+chosen samples, with their targets, are what the student trains on (if it chooses to).
+
+Reward (shared, both agents): the drop of the student's cross-entropy on a fixed validation subset
+(``reward_samples`` images) caused by this step's update, so a teacher that picks useful samples earns
+more. Episodes truncate after ``max_steps``; ``reset(seed)`` re-initialises the student and data order.
+``scripted_teacher(measure)`` turns any entry of ``MEASURES`` into a teacher policy for the env.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping
+from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from gymnasium import spaces
+from pettingzoo import ParallelEnv
+from pettingzoo.utils.conversions import parallel_to_aec
+
+from agents.teacher_student import student
 
 Measure = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 Target = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
@@ -63,3 +94,149 @@ def select_hardest(scores: torch.Tensor, batch_size: int, valid: torch.Tensor | 
 def target_loss(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the student against a target distribution (one-hot or soft), per sample."""
     return -(targets * torch.log_softmax(student_logits, dim=-1)).sum(-1)
+
+
+# --------------------------------------------------------------------------------- PettingZoo env
+def features(teacher_probs: torch.Tensor, student_probs: torch.Tensor) -> torch.Tensor:
+    """What the teacher sees of each stack sample: both distributions, their cross-entropy and distance."""
+    g = torch.Generator()
+    ce, dist = cross_entropy(teacher_probs, student_probs, g), euclidean(teacher_probs, student_probs, g)
+    return torch.cat([teacher_probs, student_probs, ce.unsqueeze(-1), dist.unsqueeze(-1)], -1)
+
+
+def scripted_teacher(measure: str, target: str = "soft", seed: int = 0) -> Callable:
+    """A teacher policy for the env from a named measure: scores the stack from its observation alone."""
+    generator = torch.Generator().manual_seed(seed)
+    flag = 1.0 if target == "soft" else -1.0
+
+    def policy(observation: np.ndarray) -> np.ndarray:
+        obs = torch.from_numpy(observation)
+        classes = (obs.shape[-1] - 2) // 2
+        scores = MEASURES[measure](obs[:, :classes], obs[:, classes : 2 * classes], generator)
+        return np.append(scores.numpy(), flag).astype(np.float32)
+
+    return policy
+
+
+AGENTS = ("teacher", "student")
+
+
+class parallel_env(ParallelEnv):
+    metadata: ClassVar[dict] = {"name": "teacher_student_v0", "render_modes": [], "is_parallelizable": True}
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        val_images: torch.Tensor,
+        val_labels: torch.Tensor,
+        stack_size: int = 5,
+        batch_size: int = 32,
+        temperature: float = 1.0,
+        hidden: tuple[int, ...] = (32, 32),
+        lr: float = 1e-3,
+        reward_samples: int = 1000,
+        max_steps: int = 100,
+        render_mode: str | None = None,
+    ):
+        """``images``/``labels``/``teacher_logits``: the training set and the frozen teacher's logits on it
+        (``trainers.teacher.load_or_train_teachers`` + ``predict`` make them); validation images for the reward."""
+        if stack_size < 1 or batch_size < 1 or stack_size * batch_size > len(images) or max_steps < 1:
+            raise ValueError("need stack_size, batch_size, max_steps >= 1 and a stack that fits in the data")
+        self.images, self.labels, self.teacher_probs = images, labels, torch.softmax(teacher_logits, -1)
+        self.teacher_logits = teacher_logits
+        self.val_images, self.val_labels = val_images[:reward_samples], val_labels[:reward_samples]
+        self.stack_size, self.batch_size, self.temperature = stack_size, batch_size, temperature
+        self.hidden, self.lr, self.max_steps = hidden, lr, max_steps
+        self.classes = teacher_logits.shape[-1]
+        self.render_mode = render_mode
+        self.possible_agents = list(AGENTS)
+        self.agents: list[str] = []
+        self._generator = torch.Generator()
+        self._seed = 0
+
+    @functools.cache
+    def observation_space(self, agent: str) -> spaces.Box:
+        if agent == "teacher":
+            high = np.concatenate([np.ones(2 * self.classes), [np.log(1e12), np.sqrt(2.0)]]).astype(np.float32)
+            high = np.broadcast_to(high, (self.stack_size * self.batch_size, high.size))
+        else:
+            high = np.ones((self.batch_size, self.images.shape[1] + self.classes), dtype=np.float32)
+        return spaces.Box(low=np.zeros_like(high), high=np.array(high), dtype=np.float32)
+
+    @functools.cache
+    def action_space(self, agent: str) -> spaces.Space:
+        if agent == "teacher":
+            return spaces.Box(-np.inf, np.inf, (self.stack_size * self.batch_size + 1,), dtype=np.float32)
+        return spaces.Discrete(2)
+
+    def _next_stack(self) -> torch.Tensor:
+        need = self.stack_size * self.batch_size
+        if len(self._order) < need:
+            self._order = torch.cat([self._order, torch.randperm(len(self.images), generator=self._generator)])
+        stack, self._order = self._order[:need], self._order[need:]
+        return stack
+
+    @torch.no_grad()
+    def _val_loss(self) -> float:
+        return F.cross_entropy(self.student(self.val_images), self.val_labels).item()
+
+    def _observe(self, given: torch.Tensor) -> dict[str, np.ndarray]:
+        self._stack = self._next_stack()
+        with torch.no_grad():
+            student_probs = torch.softmax(self.student(self.images[self._stack]), -1)
+        seen = features(self.teacher_probs[self._stack], student_probs).clamp(max=float(np.log(1e12)))
+        return {"teacher": seen.numpy().astype(np.float32), "student": given.numpy().astype(np.float32)}
+
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self._seed = seed
+        self._generator.manual_seed(self._seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._seed)
+            self.student = student(self.images.shape[1], self.hidden)
+        self.optimizer = torch.optim.Adam(self.student.parameters(), lr=self.lr)
+        self._order = torch.empty(0, dtype=torch.long)
+        self.agents, self._steps = list(self.possible_agents), 0
+        nothing = torch.zeros(self.batch_size, self.images.shape[1] + self.classes)
+        return self._observe(nothing), {a: {} for a in self.agents}
+
+    def step(self, actions: Mapping[str, np.ndarray]):
+        action = np.asarray(actions["teacher"], dtype=np.float32)
+        if action.shape != self.action_space("teacher").shape or not np.isfinite(action).all():
+            raise ValueError(f"the teacher's action must be {self.action_space('teacher').shape[0]} finite scores")
+        chosen = self._stack[select_hardest(torch.from_numpy(action[:-1]), self.batch_size)]
+        kind = "soft" if action[-1] >= 0 else "true"
+        targets = TARGETS[kind](self.teacher_logits[chosen], self.labels[chosen], self.temperature)
+        before = self._val_loss()
+        if int(actions["student"]) == 1:
+            loss = target_loss(self.student(self.images[chosen]), targets).mean()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        reward = before - self._val_loss()
+        self._steps += 1
+        done = self._steps >= self.max_steps
+        observations = self._observe(torch.cat([self.images[chosen], targets], -1))
+        rewards = dict.fromkeys(self.agents, reward)
+        terminations = dict.fromkeys(self.agents, False)
+        truncations = dict.fromkeys(self.agents, done)
+        infos = {a: {"target": kind} for a in self.agents}
+        if done:
+            self.agents = []
+        return observations, rewards, terminations, truncations, infos
+
+    def render(self) -> None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def raw_env(**kwargs):
+    """The env in PettingZoo's AEC API (order-enforced by ``parallel_to_aec``)."""
+    return parallel_to_aec(parallel_env(**kwargs))
+
+
+env = raw_env

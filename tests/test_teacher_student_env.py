@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import torch
+from pettingzoo.test import api_test, parallel_api_test, parallel_seed_test, seed_test
+from pettingzoo.utils.conversions import parallel_to_aec
+
+from envs import teacher_student as ts
+
+
+def make(**kw):
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(60, 12, generator=g), torch.arange(60) % 10
+    teacher_logits = 3 * torch.nn.functional.one_hot(labels, 10).float() + torch.randn(60, 10, generator=g)
+    defaults = {"stack_size": 3, "batch_size": 4, "max_steps": 6, "hidden": (8,), "reward_samples": 20}
+    return ts.parallel_env(images=images, labels=labels, teacher_logits=teacher_logits, val_images=images[:20],
+                           val_labels=labels[:20], **{**defaults, **kw})  # fmt: skip
+
+
+def test_pettingzoo_parallel_api():
+    parallel_api_test(make(), num_cycles=20)
+
+
+def test_pettingzoo_aec_api():
+    api_test(parallel_to_aec(make()), num_cycles=20)
+
+
+def test_pettingzoo_seeding():
+    parallel_seed_test(make)
+    seed_test(lambda: parallel_to_aec(make()))
+
+
+def test_teacher_sees_both_predictions_and_their_distances():
+    env = make()
+    obs, _ = env.reset(seed=0)
+    teacher, student = obs["teacher"][:, :10], obs["teacher"][:, 10:20]
+    np.testing.assert_allclose(teacher.sum(-1), 1, atol=1e-5)
+    np.testing.assert_allclose(student.sum(-1), 1, atol=1e-5)
+    np.testing.assert_allclose(obs["teacher"][:, 20], -(teacher * np.log(student)).sum(-1), rtol=1e-4)
+    np.testing.assert_allclose(obs["teacher"][:, 21], np.linalg.norm(teacher - student, axis=-1), rtol=1e-4)
+    assert obs["student"].shape == (4, 22) and not obs["student"].any()  # nothing given yet
+
+
+def test_scripted_teacher_sends_its_hardest_samples_with_the_chosen_target():
+    env = make()
+    obs, _ = env.reset(seed=0)
+    action = ts.scripted_teacher("cross_entropy", "true")(obs["teacher"])
+    hardest = set(np.argsort(-obs["teacher"][:, 20])[:4].tolist())
+    stack = env._stack.clone()
+    obs2, rewards, *_, infos = env.step({"teacher": action, "student": 1})
+    given_images = torch.from_numpy(obs2["student"][:, :12])
+    assert {int((env.images[stack] == img).all(-1).nonzero()[0]) for img in given_images} == hardest
+    labels = env.labels[stack[list(hardest)]]
+    assert sorted(obs2["student"][:, 12:].argmax(-1).tolist()) == sorted(labels.tolist())
+    assert infos["teacher"]["target"] == "true" and rewards["teacher"] == rewards["student"]
+
+
+def test_reward_is_the_drop_of_validation_loss_and_zero_without_an_update():
+    env = make()
+    obs, _ = env.reset(seed=0)
+    _, rewards, *_ = env.step({"teacher": ts.scripted_teacher("random")(obs["teacher"]), "student": 0})
+    assert rewards["teacher"] == 0.0
+    before = env._val_loss()
+    obs, rewards, *_ = env.step({"teacher": ts.scripted_teacher("random")(obs["teacher"]), "student": 1})
+    assert rewards["teacher"] == pytest.approx(before - env._val_loss(), abs=1e-6) and rewards["teacher"] != 0.0
+
+
+def test_bad_teacher_action_is_named():
+    env = make()
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="13 finite scores"):
+        env.step({"teacher": np.zeros(5), "student": 1})
