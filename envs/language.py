@@ -37,9 +37,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 from gymnasium import spaces
-from pettingzoo import ParallelEnv
-from pettingzoo.utils.conversions import parallel_to_aec
 
+from envs.base import TruncatingParallelEnv, aec
 from envs.data import load_splits
 
 AGENTS = ("teacher", "student")
@@ -92,7 +91,7 @@ def diversity(messages: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------- PettingZoo env
-class parallel_env(ParallelEnv):
+class parallel_env(TruncatingParallelEnv):
     metadata: ClassVar[dict] = {"name": "language_v0", "render_modes": [], "is_parallelizable": True}
 
     def __init__(
@@ -160,26 +159,8 @@ class parallel_env(ParallelEnv):
             a: float(agreement(one_hot[a], received[a]).mean() + self.diversity_weight * diversity(one_hot[a]))
             for a in self.agents
         }
-        self._steps += 1
-        done = self._steps >= self.max_steps
-        observations = self._observe(exchange(tokens))
-        terminations = dict.fromkeys(self.agents, False)
-        truncations = dict.fromkeys(self.agents, done)
-        infos = {a: {} for a in self.agents}
-        if done:
-            self.agents = []
-        return observations, rewards, terminations, truncations, infos
-
-    def render(self) -> None:
-        return None
-
-    def close(self) -> None:
-        pass
+        return self._end_step(self._observe(exchange(tokens)), rewards, {a: {} for a in self.agents})
 
 
-def raw_env(**kwargs):
-    """The env in PettingZoo's AEC API (order-enforced by ``parallel_to_aec``)."""
-    return parallel_to_aec(parallel_env(**kwargs))
-
-
+raw_env = aec(parallel_env)
 env = raw_env

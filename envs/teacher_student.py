@@ -42,10 +42,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from gymnasium import spaces
-from pettingzoo import ParallelEnv
-from pettingzoo.utils.conversions import parallel_to_aec
 
 from agents.teacher_student import student
+from envs.base import TruncatingParallelEnv, aec
 
 Measure = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 Target = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
@@ -121,7 +120,7 @@ def scripted_teacher(measure: str, target: str = "soft", seed: int = 0) -> Calla
 AGENTS = ("teacher", "student")
 
 
-class parallel_env(ParallelEnv):
+class parallel_env(TruncatingParallelEnv):
     metadata: ClassVar[dict] = {"name": "teacher_student_v0", "render_modes": [], "is_parallelizable": True}
 
     def __init__(
@@ -216,27 +215,11 @@ class parallel_env(ParallelEnv):
             loss.backward()
             self.optimizer.step()
         reward = before - self._val_loss()
-        self._steps += 1
-        done = self._steps >= self.max_steps
         observations = self._observe(torch.cat([self.images[chosen], targets], -1))
-        rewards = dict.fromkeys(self.agents, reward)
-        terminations = dict.fromkeys(self.agents, False)
-        truncations = dict.fromkeys(self.agents, done)
-        infos = {a: {"target": kind} for a in self.agents}
-        if done:
-            self.agents = []
-        return observations, rewards, terminations, truncations, infos
-
-    def render(self) -> None:
-        return None
-
-    def close(self) -> None:
-        pass
+        return self._end_step(
+            observations, dict.fromkeys(self.agents, reward), {a: {"target": kind} for a in self.agents}
+        )
 
 
-def raw_env(**kwargs):
-    """The env in PettingZoo's AEC API (order-enforced by ``parallel_to_aec``)."""
-    return parallel_to_aec(parallel_env(**kwargs))
-
-
+raw_env = aec(parallel_env)
 env = raw_env

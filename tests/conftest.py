@@ -47,3 +47,23 @@ def data_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def splits(data_root: Path) -> Splits:
     return load_splits("mnist", data_root, download=False)
+
+
+def exit_code(main, argv: list[str]) -> int:
+    """Run a benchmark's ``main`` as the command line does and return its exit code."""
+    from benchmarks.harness import run_cli
+
+    with pytest.raises(SystemExit) as e:
+        run_cli(main, argv)
+    return e.value.code
+
+
+def check_pettingzoo(make) -> None:
+    """The three PettingZoo checks (DESIGN.md: 1.27's parallel tests alone miss bounds and seeding)."""
+    from pettingzoo.test import api_test, parallel_api_test, parallel_seed_test, seed_test
+    from pettingzoo.utils.conversions import parallel_to_aec
+
+    parallel_api_test(make(), num_cycles=20)
+    api_test(parallel_to_aec(make()), num_cycles=20)
+    parallel_seed_test(make)
+    seed_test(lambda: parallel_to_aec(make()))

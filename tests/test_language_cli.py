@@ -4,16 +4,14 @@ import os
 import pytest
 
 from benchmarks import language as bench
-from benchmarks.harness import run_cli
+from tests.conftest import exit_code
 
 SMALL = ["--steps", "6", "--eval-every", "3", "--reference-epochs", "1", "--hidden", "16", "--critic-hidden", "16",
          "--message-length", "4", "--batch-size", "8"]  # fmt: skip
 
 
 def run(argv):
-    with pytest.raises(SystemExit) as e:
-        run_cli(bench.main, argv)
-    return e.value.code
+    return exit_code(bench.main, argv)
 
 
 @pytest.fixture

@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
 import torch
-from pettingzoo.test import api_test, parallel_api_test, parallel_seed_test, seed_test
-from pettingzoo.utils.conversions import parallel_to_aec
 
 from envs import language
 from envs.language import AGENTS, agreement, apply_mask, communication_loss, diversity, draw_masks, exchange
+from tests.conftest import check_pettingzoo
 
 
 def make(**kw):
@@ -99,17 +98,8 @@ def test_invalid_noise_is_rejected():
         draw_masks(1.5, 10, seed=0)
 
 
-def test_pettingzoo_parallel_api():
-    parallel_api_test(make(), num_cycles=20)
-
-
-def test_pettingzoo_aec_api():
-    api_test(parallel_to_aec(make()), num_cycles=20)
-
-
-def test_pettingzoo_seeding():
-    parallel_seed_test(make)
-    seed_test(lambda: parallel_to_aec(make()))
+def test_pettingzoo_api_aec_and_seeding():
+    check_pettingzoo(make)
 
 
 def test_observations_lie_in_their_space():

@@ -1,19 +1,18 @@
 import json
+import os
 
 import pytest
 
 import trainers.teacher as teacher_module
 from benchmarks import teacher as bench
-from benchmarks.harness import run_cli
+from tests.conftest import exit_code
 
 SMALL = ["--batch-size", "4", "--teacher-batch-size", "10", "--teacher-patience", "1", "--max-epochs", "3",
          "--patience", "1", "--eval-every", "10"]  # fmt: skip
 
 
 def run(argv):
-    with pytest.raises(SystemExit) as e:
-        run_cli(bench.main, argv)
-    return e.value.code
+    return exit_code(bench.main, argv)
 
 
 @pytest.fixture
@@ -78,3 +77,14 @@ def test_bad_input_is_one_line_and_exit_2(cli, capsys, extra, message):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not out.exists()
+
+
+@pytest.mark.skipif(not os.environ.get("COMMCHANNELS_DATA"), reason="real MNIST needs COMMCHANNELS_DATA")
+def test_quick_teacher_benchmark_on_real_mnist(tmp_path, capsys):
+    out = tmp_path / "quick.json"
+    argv = ["--quick", "--out", str(out), "--logdir", str(tmp_path / "runs"), "--teacher-cache", str(tmp_path / "t")]
+    assert run(argv) == 0
+    data = json.loads(out.read_text())
+    assert len(data["configs"]) == 7
+    assert all(e["test_accuracy"][0] > 85 for e in data["configs"].values())  # two epochs of a 784-32-32-10 MLP
+    assert "Table 3.1" in capsys.readouterr().out

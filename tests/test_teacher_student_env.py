@@ -1,10 +1,9 @@
 import numpy as np
 import pytest
 import torch
-from pettingzoo.test import api_test, parallel_api_test, parallel_seed_test, seed_test
-from pettingzoo.utils.conversions import parallel_to_aec
 
 from envs import teacher_student as ts
+from tests.conftest import check_pettingzoo
 
 
 def make(**kw):
@@ -16,17 +15,8 @@ def make(**kw):
                            val_labels=labels[:20], **{**defaults, **kw})  # fmt: skip
 
 
-def test_pettingzoo_parallel_api():
-    parallel_api_test(make(), num_cycles=20)
-
-
-def test_pettingzoo_aec_api():
-    api_test(parallel_to_aec(make()), num_cycles=20)
-
-
-def test_pettingzoo_seeding():
-    parallel_seed_test(make)
-    seed_test(lambda: parallel_to_aec(make()))
+def test_pettingzoo_api_aec_and_seeding():
+    check_pettingzoo(make)
 
 
 def test_teacher_sees_both_predictions_and_their_distances():
