@@ -27,7 +27,7 @@ from benchmarks.harness import (
 )
 from envs.data import DATASETS, load_splits
 from envs.teacher_student import MEASURES, TARGETS
-from trainers.teacher import TeacherConfig, load_or_train_teachers, predict
+from trainers.teacher import TeacherConfig, accuracy, load_or_train_teachers, predict
 from trainers.teacher_student import Selection, StudentConfig, StudentTrainer
 
 # Table 3.1: (stack size, measure, target) -> (test accuracy %, backward passes to the baseline's accuracy)
@@ -136,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         bar.close()
         logits = {k: predict(m, splits.train.images) for k, m in teachers.items()}
+        for k, m in teachers.items():
+            data.setdefault("teacher_test_accuracy", {})[str(k)] = accuracy(m, splits.test).item()
         _train(student_config, splits, pending, logits, Path(args.logdir), results)
     data["wall_time_s"] = data.get("wall_time_s", 0.0) + time.time() - started
     _summarise(data, configs, seeds)
@@ -238,6 +240,9 @@ def _report(data: dict, configs: list[Selection], seeds: int, logdir: Path, out:
         panels.append((title, curves))
     png = logdir / "teacher" / "figure_3_1.png"
     plot_panels(png, panels, "student backward passes", "validation accuracy (%)")
+    teachers = data.get("teacher_test_accuracy", {})
+    if teachers:
+        print(f"teachers' test accuracy: {', '.join(f'seed {k}: {v:.2f}%' for k, v in sorted(teachers.items()))}")
     print(
         f"\nresults: {out}   figure: {png}   TensorBoard: tensorboard --logdir {logdir / 'teacher'}   "
         f"wall time: {data['wall_time_s']:.0f} s"
