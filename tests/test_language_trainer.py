@@ -220,3 +220,23 @@ def test_marginal_pairs_never_pair_an_image_with_its_own_message():
         for _ in range(50):
             perm = _derangement(n, g)
             assert sorted(perm.tolist()) == list(range(n)) and (perm != torch.arange(n)).all()
+
+
+def test_population_fast_mlp_path_matches_vmap():
+    from torch.func import functional_call, vmap
+
+    from agents.teacher_student import student
+    from trainers.population import Population
+
+    models = [student(12, (6, 5)) for _ in range(3)]
+    population = Population(models)
+    assert population._layers == ["0", "2", "4"]
+    x = torch.randn(3, 7, 12)
+    reference = vmap(lambda p, b, v: functional_call(population._base, (p, b), (v,)))(
+        population.params, population.buffers, x
+    )
+    assert torch.allclose(population(x), reference, atol=1e-6)
+    assert torch.allclose(population.shared(x[0]), torch.stack([m(x[0]) for m in models]), atol=1e-6)
+    assert torch.allclose(population.rows(torch.tensor([2, 0]), x[:2]), torch.stack([models[2](x[0]), models[0](x[1])]),
+                          atol=1e-6)  # fmt: skip
+    assert Population([torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout(0.5))])._layers is None

@@ -104,14 +104,26 @@ class StudentTrainer:
                 torch.manual_seed(seed)
                 models.append(student(pixels, config.hidden))
         self.students = Population(models)
-        self.optimizer = torch.optim.Adam(self.students.parameters(), lr=config.lr)
+        self.optimizer = torch.optim.Adam(self.students.parameters(), lr=config.lr, fused=True)
         self.teacher_logits = torch.stack([teacher_logits[seed] for _, seed in runs])  # [R, n, classes]
+        self.teacher_probs = torch.softmax(self.teacher_logits, -1)
         self.data_generators = [torch.Generator().manual_seed(seed) for _, seed in runs]
         self.measure_generators = [torch.Generator().manual_seed(10_000 + seed) for _, seed in runs]
         self.orders = [torch.empty(0, dtype=torch.long) for _ in runs]
         self.stack = max(sel.stack_size for sel, _ in runs) * config.batch_size
         self.valid = torch.stack([torch.arange(self.stack) < sel.stack_size * config.batch_size for sel, _ in runs])
         self.soft = torch.tensor([sel.target == "soft" for sel, _ in runs]).view(-1, 1, 1)
+        # the student predicts on its stack only where the measure reads it, grouped by stack size
+        sizes = sorted({sel.stack_size for sel, _ in runs if sel.measure in USES_STUDENT})
+        self.prediction_groups = [
+            (
+                size,
+                torch.tensor(
+                    [r for r, (sel, _) in enumerate(runs) if sel.measure in USES_STUDENT and sel.stack_size == size]
+                ),
+            )
+            for size in sizes
+        ]
         per_step = {
             "backward_passes": [1 for _ in runs],
             "student_forward_passes": [1 + sel.stack_size * (sel.measure in USES_STUDENT) for sel, _ in runs],
@@ -142,9 +154,13 @@ class StudentTrainer:
         cfg, train = self.config, self.splits.train
         idx = self._stack_indices()  # [R, stack]
         t_logits = torch.gather(self.teacher_logits, 1, idx.unsqueeze(-1).expand(-1, -1, self.teacher_logits.shape[-1]))
+        s_probs = torch.full(t_logits.shape, 1.0 / t_logits.shape[-1])  # unused by measures that ignore it
         with torch.no_grad():
-            s_probs = torch.softmax(self.students(train.images[idx]), -1)
-        chosen = select_hardest(self._scores(torch.softmax(t_logits, -1), s_probs), cfg.batch_size, self.valid)
+            for size, rows in self.prediction_groups:
+                n = size * cfg.batch_size
+                s_probs[rows, :n] = torch.softmax(self.students.rows(rows, train.images[idx[rows, :n]]), -1)
+        t_probs = torch.gather(self.teacher_probs, 1, idx.unsqueeze(-1).expand(-1, -1, t_logits.shape[-1]))
+        chosen = select_hardest(self._scores(t_probs, s_probs), cfg.batch_size, self.valid)
         picked = torch.gather(idx, 1, chosen)
         picked_t = torch.gather(t_logits, 1, chosen.unsqueeze(-1).expand(-1, -1, t_logits.shape[-1]))
         labels = train.labels[picked]
