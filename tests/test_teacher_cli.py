@@ -67,6 +67,7 @@ BAD_INPUTS = [
     (["--batch-size", "1000"], "does not fit in the 100 training images"),
     (["--seeds", "0"], "--seeds must be >= 1"),
     (["--temperature", "0"], "temperature > 0"),
+    (["--target-accuracy", "150"], "percentage in (0, 100]"),
 ]
 
 
