@@ -104,10 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.target_accuracy is not None and not 0 < args.target_accuracy <= 100:
         raise UsageError(f"--target-accuracy is a percentage in (0, 100], got {args.target_accuracy}")
     try:
-        student_config = StudentConfig(
-            batch_size=args.batch_size, lr=args.lr, temperature=args.temperature, patience=args.patience,
-            max_epochs=args.max_epochs, eval_every=args.eval_every, **(QUICK_STUDENT if args.quick else {}),
-        )  # fmt: skip
+        chosen = {"batch_size": args.batch_size, "lr": args.lr, "temperature": args.temperature,
+                  "patience": args.patience, "max_epochs": args.max_epochs, "eval_every": args.eval_every}  # fmt: skip
+        student_config = StudentConfig(**{**chosen, **(QUICK_STUDENT if args.quick else {})})
         teacher_config = QUICK_TEACHER if args.quick else TeacherConfig(
             batch_size=args.teacher_batch_size, dropout=args.teacher_dropout, patience=args.teacher_patience
         )  # fmt: skip
