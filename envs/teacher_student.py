@@ -16,7 +16,7 @@ The same world as a PettingZoo parallel env:
 | Agents             | ``["teacher", "student"]``                                                    |
 | teacher observes   | ``(stack, 2 * classes + 2)``: per stack sample, the teacher's and the student's |
 |                    | predictive distributions, their cross-entropy and their Euclidean distance    |
-| teacher acts       | ``Box(stack + 1)``: a score per stack sample (the ``batch_size`` highest are  |
+| teacher acts       | ``Box(-1, 1, stack + 1)``: a score per stack sample (the ``batch_size`` highest are  |
 |                    | sent), then the target kind (>= 0: the teacher's soft labels, < 0: true labels)|
 | student observes   | ``(batch_size, pixels + classes)``: what it was last given to train on        |
 | student acts       | ``Discrete(2)``: 1 takes the Adam step on what it is given, 0 skips it        |
@@ -112,6 +112,7 @@ def scripted_teacher(measure: str, target: str = "soft", seed: int = 0) -> Calla
         obs = torch.from_numpy(observation)
         classes = (obs.shape[-1] - 2) // 2
         scores = MEASURES[measure](obs[:, :classes], obs[:, classes : 2 * classes], generator)
+        scores = scores / scores.abs().max().clamp_min(1e-12)  # into [-1, 1]; a positive scale keeps the order
         return np.append(scores.numpy(), flag).astype(np.float32)
 
     return policy
@@ -167,7 +168,7 @@ class parallel_env(TruncatingParallelEnv):
     @functools.cache
     def action_space(self, agent: str) -> spaces.Space:
         if agent == "teacher":
-            return spaces.Box(-np.inf, np.inf, (self.stack_size * self.batch_size + 1,), dtype=np.float32)
+            return spaces.Box(-1.0, 1.0, (self.stack_size * self.batch_size + 1,), dtype=np.float32)
         return spaces.Discrete(2)
 
     def _next_stack(self) -> torch.Tensor:
@@ -203,8 +204,8 @@ class parallel_env(TruncatingParallelEnv):
 
     def step(self, actions: Mapping[str, np.ndarray]):
         action = np.asarray(actions["teacher"], dtype=np.float32)
-        if action.shape != self.action_space("teacher").shape or not np.isfinite(action).all():
-            raise ValueError(f"the teacher's action must be {self.action_space('teacher').shape[0]} finite scores")
+        if not self.action_space("teacher").contains(action):
+            raise ValueError(f"the teacher's action must be {self.action_space('teacher').shape[0]} scores in [-1, 1]")
         chosen = self._stack[select_hardest(torch.from_numpy(action[:-1]), self.batch_size)]
         kind = "soft" if action[-1] >= 0 else "true"
         targets = TARGETS[kind](self.teacher_logits[chosen], self.labels[chosen], self.temperature)

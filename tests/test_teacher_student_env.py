@@ -57,5 +57,7 @@ def test_reward_is_the_drop_of_validation_loss_and_zero_without_an_update():
 def test_bad_teacher_action_is_named():
     env = make()
     env.reset(seed=0)
-    with pytest.raises(ValueError, match="13 finite scores"):
+    with pytest.raises(ValueError, match="13 scores in"):
         env.step({"teacher": np.zeros(5), "student": 1})
+    with pytest.raises(ValueError, match="13 scores in"):
+        env.step({"teacher": np.full(13, 2.0), "student": 1})
