@@ -153,10 +153,10 @@ def _train(config: StudentConfig, splits, pending, logits, logdir: Path, results
     trainer = StudentTrainer(config, splits, pending, logits)
     writers = [summary_writer(logdir / "teacher" / c.name / f"seed{k}") for c, k in pending]
 
-    def log(step: int, metrics: dict[str, list[float]]) -> None:
+    def log(step: int, metrics: dict[str, dict[int, float]]) -> None:
         for tag, values in metrics.items():
-            for writer, value in zip(writers, values, strict=True):
-                writer.add_scalar(tag, value, step)  # step = the student's backward passes
+            for r, value in values.items():
+                writers[r].add_scalar(tag, value, step)  # step = the student's backward passes
 
     limit = config.max_epochs * (len(splits.train.images) // config.batch_size)
     with tqdm(total=limit, desc=f"{len(pending)} students", unit="step") as bar:

@@ -142,3 +142,25 @@ def test_teachers_are_cached_and_loaded_weights_only(splits, tmp_path, monkeypat
     assert not torch.equal(predict(first[0], splits.val.images), predict(first[1], splits.val.images))
     with pytest.raises(AssertionError, match="retrained"):
         load_or_train_teachers(splits, [0], config, tmp_path, retrain=True)
+
+
+def test_dropping_finished_runs_leaves_the_others_unchanged(splits):
+    runs = [(Selection(2, "cross_entropy", "soft"), 0), (Selection(5, "euclidean", "true"), 1), (Selection(), 2)]
+    teachers = fake_teacher(splits, [0, 1, 2])
+    together = StudentTrainer(CONFIG, splits, runs, teachers)
+    for _ in range(5):
+        together.train_step()
+    together._keep([0, 2])  # the stack-5 run finished: the batch shrinks to stacks of 2
+    for _ in range(5):
+        together.train_step()
+    alone = {}
+    for r in (0, 2):
+        trainer = StudentTrainer(CONFIG, splits, [runs[r]], teachers)
+        for _ in range(10):
+            trainer.train_step()
+        alone[r] = trainer.students.state_dict()
+    kept = together.students.state_dict()
+    for position, r in enumerate((0, 2)):
+        for k in kept:
+            assert torch.allclose(kept[k][position], alone[r][k][0], atol=1e-6), (r, k)  # batch-size rounding
+    assert together.stack == 8 and len(together.runs) == 2

@@ -45,6 +45,11 @@ class Population:
         """Member ``r`` gets ``args[...][r]``: every input has a leading run dimension."""
         return self._call(self.params, self.buffers, *args)
 
+    def keep(self, rows: list[int]) -> None:
+        """Drop every member but ``rows`` (new leaf tensors: rebuild optimisers over ``parameters()``)."""
+        self.params = {k: v.detach()[rows].clone().requires_grad_() for k, v in self.params.items()}
+        self.buffers = {k: v[rows].clone() for k, v in self.buffers.items()}
+
     def rows(self, rows: torch.Tensor, *args: torch.Tensor):
         """Only the members ``rows`` (inputs carry a leading dimension of ``len(rows)``)."""
         params = {k: v[rows] for k, v in self.params.items()}

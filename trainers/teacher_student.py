@@ -85,6 +85,19 @@ class StudentResult:
         return next((s for s, a in zip(self.steps, self.test_accuracy_curve, strict=True) if a >= test_accuracy), None)
 
 
+Logger = Callable[[int, dict[str, dict[int, float]]], None]
+"""Receives ``(step, {tag: {run index: value}})`` for the runs still training."""
+
+
+def per_step_counters(selection: Selection) -> dict[str, int]:
+    """Minibatches of work per student update under ``selection`` (see module doc)."""
+    return {
+        "backward_passes": 1,
+        "student_forward_passes": 1 + selection.stack_size * (selection.measure in USES_STUDENT),
+        "teacher_forward_passes": selection.stack_size * selection.uses_teacher,
+    }
+
+
 class StudentTrainer:
     """Trains ``runs`` = [(Selection, seed), ...]; ``teacher_logits[seed]`` holds the frozen teacher's
     logits for every training image."""
@@ -110,27 +123,36 @@ class StudentTrainer:
         self.data_generators = [torch.Generator().manual_seed(seed) for _, seed in runs]
         self.measure_generators = [torch.Generator().manual_seed(10_000 + seed) for _, seed in runs]
         self.orders = [torch.empty(0, dtype=torch.long) for _ in runs]
-        self.stack = max(sel.stack_size for sel, _ in runs) * config.batch_size
-        self.valid = torch.stack([torch.arange(self.stack) < sel.stack_size * config.batch_size for sel, _ in runs])
+        self._index_runs()
+        self.step = 0
+
+    def _index_runs(self) -> None:
+        """Per-run constants derived from ``self.runs`` (rebuilt when stopped runs leave the batch)."""
+        runs, batch = self.runs, self.config.batch_size
+        self.stack = max(sel.stack_size for sel, _ in runs) * batch
+        self.valid = torch.stack([torch.arange(self.stack) < sel.stack_size * batch for sel, _ in runs])
         self.soft = torch.tensor([sel.target == "soft" for sel, _ in runs]).view(-1, 1, 1)
         # the student predicts on its stack only where the measure reads it, grouped by stack size
-        sizes = sorted({sel.stack_size for sel, _ in runs if sel.measure in USES_STUDENT})
+        reads = [r for r, (sel, _) in enumerate(runs) if sel.measure in USES_STUDENT]
         self.prediction_groups = [
-            (
-                size,
-                torch.tensor(
-                    [r for r, (sel, _) in enumerate(runs) if sel.measure in USES_STUDENT and sel.stack_size == size]
-                ),
-            )
-            for size in sizes
+            (size, torch.tensor([r for r in reads if runs[r][0].stack_size == size]))
+            for size in sorted({runs[r][0].stack_size for r in reads})
         ]
-        per_step = {
-            "backward_passes": [1 for _ in runs],
-            "student_forward_passes": [1 + sel.stack_size * (sel.measure in USES_STUDENT) for sel, _ in runs],
-            "teacher_forward_passes": [sel.stack_size * sel.uses_teacher for sel, _ in runs],
-        }
-        self.per_step = per_step
-        self.step = 0
+
+    def _keep(self, positions: list[int]) -> None:
+        """Drop finished runs from the batch: every other run continues exactly as it would have."""
+        old_params, old_state = self.students.parameters(), self.optimizer.state
+        self.students.keep(positions)
+        self.optimizer = torch.optim.Adam(self.students.parameters(), lr=self.config.lr, fused=True)
+        for old, new in zip(old_params, self.students.parameters(), strict=True):
+            if old in old_state:
+                state = old_state[old]
+                self.optimizer.state[new] = {k: v.clone() if k == "step" else v[positions].clone()
+                                             for k, v in state.items()}  # fmt: skip
+        self.teacher_logits, self.teacher_probs = self.teacher_logits[positions], self.teacher_probs[positions]
+        for name in ("runs", "data_generators", "measure_generators", "orders"):
+            setattr(self, name, [getattr(self, name)[i] for i in positions])
+        self._index_runs()
 
     def _stack_indices(self) -> torch.Tensor:
         """Next ``stack_size`` minibatches of each run's epoch-wise shuffled data, padded to one width."""
@@ -174,18 +196,20 @@ class StudentTrainer:
         return loss.detach()
 
     def counters(self, r: int, steps: int) -> dict[str, int]:
-        return {k: v[r] * steps for k, v in self.per_step.items()}
+        """Run ``r``'s (position in the current batch) counters after ``steps`` backward passes."""
+        return {k: v * steps for k, v in per_step_counters(self.runs[r][0]).items()}
 
-    def fit(self, progress: Callable[[int], None] | None = None,
-            logger: Callable[[int, dict[str, list[float]]], None] | None = None) -> list[StudentResult]:  # fmt: skip
-        """Train until every run stopped (``patience`` epochs without validation gain) or ``max_epochs``."""
+    def fit(self, progress: Callable[[int], None] | None = None, logger: Logger | None = None) -> list[StudentResult]:
+        """Train until every run stopped (``patience`` epochs without validation gain) or ``max_epochs``;
+        stopped runs leave the batch. ``logger`` gets ``(step, {tag: {run index: value}})``."""
         cfg = self.config
         epoch = len(self.splits.train.images) // cfg.batch_size
         patience, limit = cfg.patience * epoch, cfg.max_epochs * epoch
+        selections = [sel for sel, _ in self.runs]
         results = [StudentResult(float("nan"), -1.0, 0, 0) for _ in self.runs]
-        active = set(range(len(self.runs)))
-        while active and self.step < limit:
-            loss = self.train_step()
+        alive = list(range(len(self.runs)))  # original index of each run still in the batch
+        while alive and self.step < limit:
+            loss = self.train_step().tolist()
             if progress:
                 progress(1)
             if self.step % cfg.eval_every and self.step != limit:
@@ -194,18 +218,25 @@ class StudentTrainer:
             val, test = accuracy(model, self.splits.val).tolist(), accuracy(model, self.splits.test).tolist()
             self.students.train()
             if logger:
-                logger(self.step, {"train/loss": loss.tolist(), "val/accuracy": val, "test/accuracy": test})
-            for r in sorted(active):
+                logger(self.step, {tag: dict(zip(alive, values, strict=True)) for tag, values in
+                                   (("train/loss", loss), ("val/accuracy", val), ("test/accuracy", test))})  # fmt: skip
+            keep = []
+            for i, r in enumerate(alive):
                 res = results[r]
                 res.steps.append(self.step)
-                res.val_accuracy.append(val[r])
-                res.test_accuracy_curve.append(test[r])
-                if val[r] > res.best_val_accuracy:
-                    res.best_val_accuracy, res.test_accuracy, res.best_step = val[r], test[r], self.step
-                if self.step - res.best_step >= patience or self.step >= limit:
-                    active.discard(r)
+                res.val_accuracy.append(val[i])
+                res.test_accuracy_curve.append(test[i])
                 res.stopped_step = self.step
-        for r, res in enumerate(results):
-            res.counters_at_best = self.counters(r, res.best_step)
-            res.counters = self.counters(r, res.stopped_step)
+                if val[i] > res.best_val_accuracy:
+                    res.best_val_accuracy, res.test_accuracy, res.best_step = val[i], test[i], self.step
+                if self.step - res.best_step < patience and self.step < limit:
+                    keep.append(i)
+            if len(keep) < len(alive):
+                alive = [alive[i] for i in keep]
+                if keep:
+                    self._keep(keep)
+        for sel, res in zip(selections, results, strict=True):
+            per_step = per_step_counters(sel)
+            res.counters_at_best = {k: v * res.best_step for k, v in per_step.items()}
+            res.counters = {k: v * res.stopped_step for k, v in per_step.items()}
         return results
