@@ -158,17 +158,19 @@ def _train(config: StudentConfig, splits, pending, logits, logdir: Path, results
             for r, value in values.items():
                 writers[r].add_scalar(tag, value, step)  # step = the student's backward passes
 
-    limit = config.max_epochs * (len(splits.train.images) // config.batch_size)
-    with tqdm(total=limit, desc=f"{len(pending)} students", unit="step") as bar:
-        run_results = trainer.fit(progress=bar.update, logger=log)
-    for (c, k), r, writer in zip(pending, run_results, writers, strict=True):
+    def finished(i: int, r) -> None:  # saved at once: a killed benchmark keeps every finished student
+        (c, k), writer = pending[i], writers[i]
         entry = results.data.setdefault("configs", {}).setdefault(c.name, {"selection": dataclasses.asdict(c)})
         entry.setdefault("runs", {})[str(k)] = dataclasses.asdict(r)
+        results.save()
         writer.add_hparams({"config": c.name, "seed": k, **dataclasses.asdict(c)},
                            {"hparam/test_accuracy": r.test_accuracy, "hparam/best_step": r.best_step},
                            run_name=".")  # fmt: skip
         writer.close()
-    results.save()
+
+    limit = config.max_epochs * (len(splits.train.images) // config.batch_size)
+    with tqdm(total=limit, desc=f"{len(pending)} students", unit="step") as bar:
+        trainer.fit(progress=bar.update, logger=log, on_finish=finished)
 
 
 def _summarise(data: dict, configs: list[Selection], seeds: int, target: float | None) -> None:

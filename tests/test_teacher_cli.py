@@ -89,3 +89,24 @@ def test_quick_teacher_benchmark_on_real_mnist(tmp_path, capsys):
     assert len(data["configs"]) == 7
     assert all(e["test_accuracy"][0] > 85 for e in data["configs"].values())  # two epochs of a 784-32-32-10 MLP
     assert "Table 3.1" in capsys.readouterr().out
+
+
+def test_a_killed_benchmark_keeps_the_students_that_had_finished(cli, monkeypatch):
+    argv, out, _ = cli
+    real_finish = bench.StudentTrainer._finish
+    finished = []
+
+    def finish_then_die(selection, result):
+        real_finish(selection, result)
+        finished.append(selection)
+        if len(finished) == 2:  # the second student to finish; the save of the first one already happened
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench.StudentTrainer, "_finish", staticmethod(finish_then_die))
+    assert run([*argv, "--stack-sizes", "2", "--measures", "cross_entropy", "--targets", "soft", "--seeds", "2"]) == 130
+    saved = json.loads(out.read_text())["configs"]
+    assert sum(len(e["runs"]) for e in saved.values()) == 1
+    monkeypatch.setattr(bench.StudentTrainer, "_finish", staticmethod(real_finish))
+    assert run([*argv, "--stack-sizes", "2", "--measures", "cross_entropy", "--targets", "soft", "--seeds", "2"]) == 0
+    saved = json.loads(out.read_text())["configs"]
+    assert sum(len(e["runs"]) for e in saved.values()) == 4

@@ -199,9 +199,15 @@ class StudentTrainer:
         """Run ``r``'s (position in the current batch) counters after ``steps`` backward passes."""
         return {k: v * steps for k, v in per_step_counters(self.runs[r][0]).items()}
 
-    def fit(self, progress: Callable[[int], None] | None = None, logger: Logger | None = None) -> list[StudentResult]:
+    def fit(
+        self,
+        progress: Callable[[int], None] | None = None,
+        logger: Logger | None = None,
+        on_finish: Callable[[int, StudentResult], None] | None = None,
+    ) -> list[StudentResult]:
         """Train until every run stopped (``patience`` epochs without validation gain) or ``max_epochs``;
-        stopped runs leave the batch. ``logger`` gets ``(step, {tag: {run index: value}})``."""
+        stopped runs leave the batch and are handed to ``on_finish(run index, result)`` at once (so a caller
+        can save them before the others end). ``logger`` gets ``(step, {tag: {run index: value}})``."""
         cfg = self.config
         epoch = len(self.splits.train.images) // cfg.batch_size
         patience, limit = cfg.patience * epoch, cfg.max_epochs * epoch
@@ -232,11 +238,17 @@ class StudentTrainer:
                 if self.step - res.best_step < patience and self.step < limit:
                     keep.append(i)
             if len(keep) < len(alive):
+                for r in (r for i, r in enumerate(alive) if i not in keep):
+                    self._finish(selections[r], results[r])
+                    if on_finish:
+                        on_finish(r, results[r])
                 alive = [alive[i] for i in keep]
                 if keep:
                     self._keep(keep)
-        for sel, res in zip(selections, results, strict=True):
-            per_step = per_step_counters(sel)
-            res.counters_at_best = {k: v * res.best_step for k, v in per_step.items()}
-            res.counters = {k: v * res.stopped_step for k, v in per_step.items()}
         return results
+
+    @staticmethod
+    def _finish(selection: Selection, result: StudentResult) -> None:
+        per_step = per_step_counters(selection)
+        result.counters_at_best = {k: v * result.best_step for k, v in per_step.items()}
+        result.counters = {k: v * result.stopped_step for k, v in per_step.items()}
