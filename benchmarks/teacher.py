@@ -27,8 +27,9 @@ from benchmarks.harness import (
 )
 from envs.data import DATASETS, load_splits
 from envs.teacher_student import MEASURES, TARGETS
-from trainers.teacher import TeacherConfig, accuracy, load_or_train_teachers, predict
-from trainers.teacher_student import Selection, StudentConfig, StudentTrainer
+from trainers.probe import accuracy
+from trainers.teacher import TeacherConfig, load_or_train_teachers, predict
+from trainers.teacher_student import Selection, StudentConfig, StudentResult, StudentTrainer, per_step_counters
 
 # Table 3.1: (stack size, measure, target) -> (test accuracy %, backward passes to the baseline's accuracy)
 THESIS = {
@@ -180,7 +181,7 @@ def _summarise(data: dict, configs: list[Selection], seeds: int, target: float |
     data["target_accuracy"] = baseline = target if target is not None else baseline
     for c in configs:
         rs, entry = runs[c.name], data["configs"][c.name]
-        reach = [_first_reach(r, baseline) for r in rs]
+        reach = [_first_reach(c, r, baseline) for r in rs]
         entry.update(
             test_accuracy=[r["test_accuracy"] for r in rs],
             backward_passes=[x["backward_passes"] if x else None for x in reach],
@@ -191,23 +192,20 @@ def _summarise(data: dict, configs: list[Selection], seeds: int, target: float |
         )
 
 
-def _first_reach(run: dict, accuracy: float | None) -> dict[str, int] | None:
-    """The counters when the run's test accuracy first reached ``accuracy`` (None if never)."""
-    if accuracy is None:
-        return None
-    step = next((s for s, a in zip(run["steps"], run["test_accuracy_curve"], strict=True) if a >= accuracy), None)
+def _first_reach(selection: Selection, run: dict, accuracy: float | None) -> dict[str, int] | None:
+    """The run's counters when its test accuracy first reached ``accuracy`` (None if never)."""
+    step = StudentResult(**run).steps_to_reach(accuracy) if accuracy is not None else None
     if step is None:
         return None
-    per_step = {k: v // max(run["stopped_step"], 1) for k, v in run["counters"].items()}
-    return {k: v * step for k, v in per_step.items()}
+    return {k: v * step for k, v in per_step_counters(selection).items()}
 
 
-def _fmt(values: list, scale: float = 1.0) -> str:
+def _fmt(values: list) -> str:
     reached = [v for v in values if v is not None]
     if not reached:
         return "never"
     mean, std = mean_std(reached)
-    text = f"{mean / scale:,.0f}" + (f" ± {std / scale:,.0f}" if len(reached) > 1 else "")
+    text = f"{mean:,.0f}" + (f" ± {std:,.0f}" if len(reached) > 1 else "")
     return text + ("" if len(reached) == len(values) else f" ({len(reached)}/{len(values)})")
 
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 from envs.data import Split, Splits
 
 
-def _accuracy(linear: torch.nn.Linear, split: Split) -> float:
-    with torch.no_grad():
-        return 100.0 * (linear(split.images).argmax(-1) == split.labels).float().mean().item()
+@torch.no_grad()
+def accuracy(model: Callable, split: Split, chunk: int = 5000) -> torch.Tensor:
+    """Accuracy (%) of a model or population on a split; populations give one value per member."""
+    correct = 0
+    for x, y in zip(split.images.split(chunk), split.labels.split(chunk), strict=True):
+        correct = correct + (model(x).argmax(-1) == y).float().sum(-1)
+    return 100.0 * correct / len(split.images)
 
 
 def fit_linear_probe(
@@ -31,9 +37,9 @@ def fit_linear_probe(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        val = _accuracy(linear, features.val)
+        val = accuracy(linear, features.val).item()
         if val > best_val:
-            best_val, best_test = val, _accuracy(linear, features.test)
+            best_val, best_test = val, accuracy(linear, features.test).item()
     return best_test
 
 

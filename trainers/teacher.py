@@ -16,8 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from agents.teacher_student import teacher
-from envs.data import Split, Splits
+from envs.data import Splits
 from trainers.population import Population
+from trainers.probe import accuracy
 
 
 @dataclass(frozen=True)
@@ -38,15 +39,6 @@ def cache_path(cache_dir: Path, config: TeacherConfig, pixels: int, seed: int) -
     """One file per teacher configuration (and input size) and seed."""
     key = hashlib.sha1(repr((asdict(config), pixels)).encode()).hexdigest()[:10]
     return cache_dir / f"teacher-{key}-seed{seed}.pt"
-
-
-@torch.no_grad()
-def accuracy(model: Callable, split: Split, chunk: int = 5000) -> torch.Tensor:
-    """Accuracy (%) of a model or population on a split; populations give one value per member."""
-    correct = 0
-    for x, y in zip(split.images.split(chunk), split.labels.split(chunk), strict=True):
-        correct = correct + (model(x).argmax(-1) == y).float().sum(-1)
-    return 100.0 * correct / len(split.images)
 
 
 def _train(splits: Splits, seeds: Sequence[int], config: TeacherConfig, progress: Callable[[str], None] | None):

@@ -23,7 +23,7 @@ from agents.teacher_student import student
 from envs.data import Splits
 from envs.teacher_student import MEASURES, TARGETS, USES_STUDENT, select_hardest, target_loss
 from trainers.population import Population
-from trainers.teacher import accuracy
+from trainers.probe import accuracy
 
 
 @dataclass(frozen=True)
