@@ -1,9 +1,12 @@
 """Image datasets in torchvision's on-disk layout, read without torchvision.
 
 MNIST and Fashion-MNIST come as IDX files under ``<root>/<Folder>/raw/``, so an existing torchvision
-download is reused as is. The root is ``--data-dir``, else ``$COMMCHANNELS_DATA``, else a per-user
-cache; missing files are fetched with hash checks (pooch) when online. The thesis split is used
-everywhere: the first 50,000 training images train, the last 10,000 validate, the official 10,000 test.
+download is reused as is. CIFAR-10 comes in its *binary* version (``<root>/cifar-10-batches-bin/``,
+what the official ``cifar-10-binary.tar.gz`` unpacks to): fixed-size records, no pickle.
+The root is ``--data-dir``, else ``$COMMCHANNELS_DATA``, else a per-user cache; missing files are
+fetched with hash checks (pooch) when online. The thesis split is used everywhere: the first 50,000
+training images train, the last 10,000 validate, the official 10,000 test (for CIFAR-10's 50,000
+training images the same 5/6 : 1/6 cut gives 41,666 and 8,334).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ class DataError(ValueError):
 class DatasetSpec:
     folder: str
     base_url: str
-    md5: dict[str, str]  # file name -> md5 of the gzipped file as served
+    md5: dict[str, str]  # file name -> md5 of the gzipped file (or of the archive) as served
+    shape: tuple[int, int, int] = (1, 28, 28)  # channels, height, width
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -55,7 +59,16 @@ DATASETS: dict[str, DatasetSpec] = {
             "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
         },
     ),
+    "cifar10": DatasetSpec(
+        "cifar-10-batches-bin",
+        "https://www.cs.toronto.edu/~kriz/",
+        {"cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530"},
+        shape=(3, 32, 32),
+    ),
 }
+CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+CIFAR_TEST = "test_batch.bin"
+CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte, then the red, green and blue 32x32 planes
 
 
 @dataclass(frozen=True)
@@ -71,6 +84,7 @@ class Splits:
     train: Split
     val: Split
     test: Split
+    shape: tuple[int, ...] = ()  # (channels, height, width) of an image; () for feature vectors
 
 
 def default_root() -> Path:
@@ -107,6 +121,55 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
 
 
+def read_cifar_binary(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 binary batch: images ``[n, 3, 32, 32]`` (uint8) and labels ``[n]``."""
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError as e:
+        raise DataError(f"{path} is unreadable ({e}); delete it so it is fetched again") from e
+    if raw.size == 0 or raw.size % CIFAR_RECORD:
+        raise DataError(
+            f"{path} holds {raw.size} bytes, not a whole number of {CIFAR_RECORD}-byte CIFAR-10 records; "
+            "delete it so it is fetched again"
+        )
+    records = raw.reshape(-1, CIFAR_RECORD)
+    labels = records[:, 0]
+    if labels.max() > 9:
+        raise DataError(f"{path} has a label {labels.max()} outside 0..9: not a CIFAR-10 binary batch")
+    return records[:, 1:].reshape(-1, 3, 32, 32), labels
+
+
+def _read_cifar(spec: DatasetSpec, root: Path, download: bool) -> tuple[np.ndarray, ...]:
+    folder = root / spec.folder
+    names = (*CIFAR_TRAIN, CIFAR_TEST)
+    missing = [n for n in names if not (folder / n).exists()]
+    if missing and not download:
+        raise DataError(f"missing {', '.join(missing)} in {folder}; set --data-dir / ${ENV_VAR}")
+    if missing:
+        _fetch(spec, root, list(spec.md5))
+        import tarfile
+
+        with tarfile.open(root / next(iter(spec.md5))) as archive:
+            archive.extractall(root, filter="data")  # "data": no absolute paths, links or devices
+    train = [read_cifar_binary(folder / n) for n in CIFAR_TRAIN]
+    test_x, test_y = read_cifar_binary(folder / CIFAR_TEST)
+    return np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), test_x, test_y
+
+
+def _read_idx_dataset(spec: DatasetSpec, root: Path, download: bool) -> tuple[np.ndarray, ...]:
+    raw_dir = root / spec.folder / "raw"
+    missing = [n for n in spec.md5 if _locate(raw_dir, n) is None]
+    if missing:
+        if not download:
+            raise DataError(f"missing {', '.join(missing)} in {raw_dir}; set --data-dir / ${ENV_VAR}")
+        raw_dir.mkdir(parents=True, exist_ok=True)
+        _fetch(spec, raw_dir, missing)
+    arrays = {n: read_idx(_locate(raw_dir, n)) for n in spec.md5}
+    return tuple(
+        arrays[f"{p}-{k}-idx{d}-ubyte.gz"] for p in ("train", "t10k") for k, d in (("images", 3), ("labels", 1))
+    )
+
+
 def _locate(raw_dir: Path, name: str) -> Path | None:
     for candidate in (raw_dir / name, raw_dir / name.removesuffix(".gz")):
         if candidate.exists():
@@ -127,7 +190,7 @@ def _fetch(spec: DatasetSpec, raw_dir: Path, missing: list[str]) -> None:
     except Exception as e:  # network errors come in many types; all mean the same to the user
         raise DataError(
             f"missing {', '.join(missing)} in {raw_dir} and the download failed ({type(e).__name__}); "
-            f"put the files there or point --data-dir / ${ENV_VAR} at a root holding {spec.folder}/raw/"
+            f"put the files there or point --data-dir / ${ENV_VAR} at a root holding {spec.folder}/"
         ) from e
 
 
@@ -143,19 +206,12 @@ def load_splits(name: str = "mnist", root: str | Path | None = None, download: b
             f"data dir {root} does not exist; create it (files are downloaded into it) or point "
             f"--data-dir / ${ENV_VAR} at a root holding {spec.folder}/raw/"
         )
-    raw_dir = root / spec.folder / "raw"
-    missing = [n for n in spec.md5 if _locate(raw_dir, n) is None]
-    if missing:
-        if not download:
-            raise DataError(f"missing {', '.join(missing)} in {raw_dir}; set --data-dir / ${ENV_VAR}")
-        raw_dir.mkdir(parents=True, exist_ok=True)
-        _fetch(spec, raw_dir, missing)
-    arrays = {n: read_idx(_locate(raw_dir, n)) for n in spec.md5}
-    train_x, train_y = arrays["train-images-idx3-ubyte.gz"], arrays["train-labels-idx1-ubyte.gz"]
-    test_x, test_y = arrays["t10k-images-idx3-ubyte.gz"], arrays["t10k-labels-idx1-ubyte.gz"]
+    read = _read_cifar if name == "cifar10" else _read_idx_dataset
+    train_x, train_y, test_x, test_y = read(spec, root, download)
     for x, y, which in ((train_x, train_y, "train"), (test_x, test_y, "test")):
-        if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
-            raise DataError(f"{which} images {x.shape} and labels {y.shape} of {raw_dir} do not match")
+        if x.ndim not in (3, 4) or y.ndim != 1 or len(x) != len(y):
+            raise DataError(f"{which} images {x.shape} and labels {y.shape} of {root / spec.folder} do not match")
+    shape = tuple(x.shape[1:]) if train_x.ndim == 4 else (1, *train_x.shape[1:])
     n_train = min(TRAIN_SIZE, len(train_x) * 5 // 6)  # the thesis split, scaled down for small files
 
     def split(x: np.ndarray, y: np.ndarray) -> Split:
@@ -166,4 +222,5 @@ def load_splits(name: str = "mnist", root: str | Path | None = None, download: b
         train=split(train_x[:n_train], train_y[:n_train]),
         val=split(train_x[n_train:], train_y[n_train:]),
         test=split(test_x, test_y),
+        shape=shape,
     )
