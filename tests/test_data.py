@@ -122,7 +122,7 @@ def test_cifar10_truncated_batch_and_missing_files_are_clear_errors(tmp_path):
     with pytest.raises(DataError, match="3073-byte CIFAR-10 records"):
         load_splits("cifar10", tmp_path, download=False)
     (folder / "data_batch_3.bin").unlink()
-    with pytest.raises(DataError, match="missing data_batch_3.bin"):
+    with pytest.raises(DataError, match=r"missing data_batch_3\.bin"):
         load_splits("cifar10", tmp_path, download=False)
 
 
