@@ -1,0 +1,150 @@
+"""Node models of the network of nodes (thesis ch. 2) and their batched form.
+
+A node model is an ``nn.ModuleDict`` of ``nn.Sequential`` parts built from Conv2d, ConvTranspose2d,
+Linear, Flatten, Unflatten and elementwise activations: a classifier has a ``trunk`` (image -> top
+hidden features) and a ``head`` (features -> logits); a VAE an ``encoder`` (-> mean and log-variance)
+and a ``decoder``; a BiGAN an ``encoder``, a ``generator`` and a discriminator (``critic_x`` on the
+image, ``critic`` on its features joined with the code). Following DCGAN: strided convolutions, no
+pooling, LeakyReLU(0.2); batch norm is left out so that nodes stay independent when stacked.
+
+``Stacked`` runs the same part of N nodes as one computation: a convolution becomes one grouped
+convolution over channels-last activations ``[batch, N*C, H, W]``, a linear layer one batched matmul
+over ``[N, batch, D]``. On this 2-core CPU, for ``dcgan-small`` at N=20, grouped channels-last
+convolutions ran 3.3x faster than a loop, NCHW grouped 2.2x, im2col + bmm 0.8x (``benchmarks.throughput``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ELEMENTWISE = (nn.LeakyReLU, nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Identity, nn.Flatten, nn.Unflatten)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Widths of a DCGAN-style node: channels double at each of three stride-2 convolutions."""
+
+    width: int
+    features: int
+
+
+MODELS = {
+    "dcgan": ModelSpec(width=32, features=256),  # the thesis' CIFAR-10 scale
+    "dcgan-small": ModelSpec(width=8, features=64),  # sized down for 28x28 grey images on a CPU
+}
+KINDS = ("classifier", "vae", "bigan")
+
+
+def _kernels(side: int) -> list[tuple[int, int]]:
+    """(kernel, side after) of three stride-2 convolutions: 4x4 halves an even side, 3x3 rounds up an odd one."""
+    out = []
+    for _ in range(3):
+        kernel = 4 if side % 2 == 0 else 3
+        side = (side + 2 - kernel) // 2 + 1
+        out.append((kernel, side))
+    return out
+
+
+def _convs(shape: Sequence[int], width: int) -> tuple[list[nn.Module], int]:
+    layers, channels, kernels = [], shape[0], _kernels(shape[1])
+    for i, (kernel, _) in enumerate(kernels):
+        layers += [nn.Conv2d(channels, width * 2**i, kernel, 2, 1), nn.LeakyReLU(0.2)]
+        channels = width * 2**i
+    return [*layers, nn.Flatten()], channels * kernels[-1][1] ** 2
+
+
+def _deconvs(shape: Sequence[int], width: int, code: int) -> nn.Sequential:
+    """The encoder's mirror: code -> image in [0, 1]."""
+    kernels = _kernels(shape[1])
+    channels, side = width * 4, kernels[-1][1]
+    layers: list[nn.Module] = [nn.Linear(code, channels * side * side), nn.LeakyReLU(0.2)]
+    layers.append(nn.Unflatten(1, (channels, side, side)))
+    for i, (kernel, _) in reversed(list(enumerate(kernels))):
+        out = shape[0] if i == 0 else width * 2 ** (i - 1)
+        layers += [nn.ConvTranspose2d(channels, out, kernel, 2, 1), nn.Sigmoid() if i == 0 else nn.LeakyReLU(0.2)]
+        channels = out
+    return nn.Sequential(*layers)
+
+
+def node_model(kind: str, shape: Sequence[int], spec: ModelSpec, classes: int = 10) -> nn.ModuleDict:
+    """One node: ``classifier`` (trunk, head), ``vae`` (encoder, decoder) or ``bigan`` (encoder,
+    generator, critic_x, critic); codes of ``spec.features`` dimensions."""
+    convs, flat = _convs(shape, spec.width)
+    z = spec.features
+    if kind == "classifier":
+        trunk = nn.Sequential(*convs, nn.Linear(flat, z), nn.LeakyReLU(0.2))
+        return nn.ModuleDict({"trunk": trunk, "head": nn.Sequential(nn.Linear(z, classes))})
+    if kind == "vae":
+        return nn.ModuleDict(
+            {"encoder": nn.Sequential(*convs, nn.Linear(flat, 2 * z)), "decoder": _deconvs(shape, spec.width, z)}
+        )
+    if kind == "bigan":
+        critic_convs, _ = _convs(shape, spec.width)
+        return nn.ModuleDict({
+            "encoder": nn.Sequential(*convs, nn.Linear(flat, z)),
+            "generator": _deconvs(shape, spec.width, z),
+            "critic_x": nn.Sequential(*critic_convs),
+            "critic": nn.Sequential(nn.Linear(flat + z, spec.features), nn.LeakyReLU(0.2), nn.Linear(spec.features, 1)),
+        })  # fmt: skip
+    raise ValueError(f"unknown node model kind {kind!r}; choose from {', '.join(KINDS)}")
+
+
+class Stacked(nn.Module):
+    """The same ``nn.Sequential`` part of ``len(models)`` nodes, called on per-node inputs ``[N, batch, ...]``.
+
+    Parameters are the nodes' own, concatenated (convolutions, along output channels; transposed
+    convolutions, along input channels) or stacked (linear layers), so one Adam over them is N Adams.
+    """
+
+    def __init__(self, models: Sequence[nn.Sequential]):
+        super().__init__()
+        self.n = len(models)
+        self.layers = list(models[0])
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for i, layer in enumerate(self.layers):
+            parts = [m[i] for m in models]
+            if isinstance(layer, nn.Linear):
+                self.weights.append(torch.stack([p.weight.detach() for p in parts]).transpose(1, 2).contiguous())
+                self.biases.append(torch.stack([p.bias.detach() for p in parts]).unsqueeze(1))
+            elif isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):
+                self.weights.append(torch.cat([p.weight.detach() for p in parts]))
+                self.biases.append(torch.cat([p.bias.detach() for p in parts]))
+            elif not isinstance(layer, ELEMENTWISE):
+                raise TypeError(f"Stacked cannot batch {type(layer).__name__}; use the layers listed in agents.network")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[N, batch, C, H, W]`` or ``[N, batch, D]``; the output keeps the leading ``[N, batch]``."""
+        n, batch = x.shape[:2]
+        grid = x.dim() == 5
+        if grid:
+            x = x.transpose(0, 1).reshape(batch, -1, *x.shape[3:]).contiguous(memory_format=torch.channels_last)
+        params = iter(zip(self.weights, self.biases, strict=True))
+        for layer in self.layers:
+            if isinstance(layer, nn.Conv2d):
+                w, b = next(params)
+                x = F.conv2d(x, w, b, layer.stride, layer.padding, groups=n)
+            elif isinstance(layer, nn.ConvTranspose2d):
+                w, b = next(params)
+                x = F.conv_transpose2d(x, w, b, layer.stride, layer.padding, layer.output_padding, groups=n)
+            elif isinstance(layer, nn.Linear):
+                w, b = next(params)
+                x = torch.baddbmm(b, x, w)
+            elif isinstance(layer, nn.Flatten):
+                x, grid = x.reshape(batch, n, -1).transpose(0, 1), False
+            elif isinstance(layer, nn.Unflatten):
+                x = x.transpose(0, 1).reshape(batch, -1, *layer.unflattened_size[1:])
+                x, grid = x.contiguous(memory_format=torch.channels_last), True
+            else:
+                x = layer(x)
+        return x.reshape(batch, n, -1, *x.shape[2:]).transpose(0, 1) if grid else x
+
+
+def stack(models: Sequence[nn.ModuleDict]) -> nn.ModuleDict:
+    """Every part of ``models`` (nodes of one kind), stacked: ``stack(models)[part](x)``."""
+    return nn.ModuleDict({name: Stacked([m[name] for m in models]) for name in models[0]})

@@ -1,0 +1,382 @@
+"""Network of communicating nodes (thesis ch. 2): shards, ring neighbours, inboxes, collective decision.
+
+| | |
+|---|---|
+| agents | ``node_0`` .. ``node_{N-1}``, each training its own classifier on its exclusive shard |
+| action | ``MultiDiscrete([2, batch_size + 1])``: broadcast my minibatch (0/1); samples to take from my inbox |
+| observation | ``[inbox fill, local loss, received loss, validation loss, episode done]``, losses clipped at 100 |
+| reward | drop of the node's own loss on ``reward_samples`` validation images over the step |
+
+The world (torch, batched over the nodes of one network; the trainer runs the same functions):
+- ``shards``: an exclusive random part of the training set per node, independent of the class.
+- ``ring_neighbours``: node ``i`` broadcasts to its ``k`` nearest nodes on a ring (+1, -1, +2, ...).
+- ``Inbox``: a bounded FIFO queue per node. Overflow policy: **drop oldest** (a full inbox overwrites
+  its oldest samples; ``dropped`` counts them). Consumption reads the oldest first.
+- What travels with an image (``CONTENTS``): ``logits`` (the receiver trains on their softmax at
+  temperature T), ``labels`` (true labels, as one-hot), ``features`` (top hidden layer, MSE),
+  ``gaussian`` (a VAE's mean and log-variance, KL), or ``none``. A consumed sample is re-broadcast
+  with what the consuming node has: its own logits or features, the true label it received.
+- ``collective_decision``: the entropy-weighted average of the nodes' predictive distributions.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+
+from envs.base import TruncatingParallelEnv, aec
+
+CONTENTS = ("none", "logits", "labels", "features", "gaussian")
+SUPERVISED_CONTENTS = CONTENTS[:4]
+
+
+def shards(n_samples: int, nodes: int, generator: torch.Generator) -> list[torch.Tensor]:
+    """An exclusive random part of ``range(n_samples)`` per node; together they cover it (sizes differ by <= 1)."""
+    return list(torch.randperm(n_samples, generator=generator).tensor_split(nodes))
+
+
+def ring_neighbours(nodes: int, k: int) -> torch.Tensor:
+    """``[nodes, k]``: node ``i`` broadcasts to ``i+1, i-1, i+2, i-2, ...`` (mod ``nodes``); ``k = nodes-1`` is
+    fully connected."""
+    if nodes < 1 or not 0 <= k < nodes:
+        raise ValueError(f"need 1 <= nodes and 0 <= neighbours < nodes, got nodes={nodes}, neighbours={k}")
+    offsets = torch.tensor([s * (1 + j // 2) for j, s in zip(range(k), [1, -1] * k, strict=False)], dtype=torch.long)
+    return (torch.arange(nodes).unsqueeze(1) + offsets) % nodes
+
+
+def collective_decision(probs: torch.Tensor) -> torch.Tensor:
+    """Combine ``[nodes, ..., classes]`` distributions into one ``[..., classes]``.
+
+    A node's confidence on a sample is its negative Shannon entropy shifted to be >= 0:
+    ``w_i = log(C) - H(p_i)`` (0 for a uniform prediction, ``log C`` for a one-hot one). The decision is
+    ``sum_i w_i p_i / sum_i w_i``; where every node is uniform (all ``w_i = 0``) it is the plain mean.
+    """
+    entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1, keepdim=True)
+    weights = (math.log(probs.shape[-1]) - entropy).clamp_min(0)
+    total = weights.sum(0)
+    mixed = (weights * probs).sum(0) / total.clamp_min(1e-12)
+    return torch.where(total > 0, mixed, probs.mean(0))
+
+
+def payload_size(content: str, classes: int, features: int) -> int:
+    """Floats stored per sample in an inbox."""
+    return {"none": 0, "logits": classes, "labels": classes, "features": features, "gaussian": 2 * features}[content]
+
+
+def message_bytes(content: str, pixels: int, classes: int, features: int) -> int:
+    """Bytes on the wire per sample sent: the image as uint8 pixels plus float32 logits or features, or
+    a one-byte label."""
+    extra = {"none": 0, "logits": 4 * classes, "labels": 1, "features": 4 * features, "gaussian": 8 * features}
+    return pixels + extra[content]
+
+
+def content_loss(content: str, own: torch.Tensor, payload: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Per-sample loss of a receiver's output ``own`` against what came with the sample.
+
+    ``logits``: cross-entropy against ``softmax(payload / T)`` (``own`` are the receiver's logits);
+    ``labels``: cross-entropy against the one-hot label; ``features``: mean squared error;
+    ``gaussian``: ``KL(sender || receiver)`` of diagonal Gaussians given as ``[mean, log-variance]``.
+    """
+    if content in ("logits", "labels"):
+        target = torch.softmax(payload / temperature, -1) if content == "logits" else payload
+        return -(target * F.log_softmax(own, -1)).sum(-1)
+    if content == "features":
+        return (own - payload).pow(2).mean(-1)
+    if content == "gaussian":
+        mu_s, logvar_s = payload.chunk(2, -1)
+        mu_r, logvar_r = own.chunk(2, -1)
+        return 0.5 * (logvar_r - logvar_s + (logvar_s.exp() + (mu_s - mu_r).pow(2)) / logvar_r.exp() - 1).sum(-1)
+    raise ValueError(f"content {content!r} carries no training signal; choose from {', '.join(CONTENTS[1:])}")
+
+
+class Inbox:
+    """One bounded FIFO queue per node (drop-oldest on overflow) of sample indices and their payloads."""
+
+    def __init__(self, nodes: int, capacity: int, payload_dim: int):
+        if capacity < 1:
+            raise ValueError(f"inbox capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self.index = torch.zeros(nodes, capacity, dtype=torch.long)
+        self.payload = torch.zeros(nodes, capacity, payload_dim)
+        self.head = torch.zeros(nodes, dtype=torch.long)
+        self.count = torch.zeros(nodes, dtype=torch.long)
+        self.dropped = torch.zeros(nodes, dtype=torch.long)
+
+    def push(self, receivers: torch.Tensor, index: torch.Tensor, payload: torch.Tensor) -> None:
+        """Append items (in arrival order) to their receivers' queues."""
+        nodes = len(self.count)
+        order = torch.argsort(receivers, stable=True)
+        receivers, index, payload = receivers[order], index[order], payload[order]
+        arriving = torch.bincount(receivers, minlength=nodes)
+        first = torch.cumsum(arriving, 0) - arriving
+        rank = torch.arange(len(receivers)) - first[receivers]
+        keep = rank >= (arriving - self.capacity)[receivers]  # more than a queue holds: only the newest survive
+        receivers, index, payload, rank = receivers[keep], index[keep], payload[keep], rank[keep]
+        slot = (self.head[receivers] + self.count[receivers] + rank) % self.capacity
+        self.index[receivers, slot] = index
+        self.payload[receivers, slot] = payload
+        total = self.count + arriving
+        overflow = (total - self.capacity).clamp_min(0)
+        self.head = (self.head + overflow) % self.capacity
+        self.count = total.clamp_max(self.capacity)
+        self.dropped += overflow
+
+    def pop(self, wanted: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Take up to ``wanted[i]`` oldest items from each queue: ``(index [N, width], payload, taken [N])``;
+        row ``i`` holds its items in its first ``taken[i]`` columns."""
+        taken = torch.minimum(wanted, self.count)
+        slot = (self.head.unsqueeze(1) + torch.arange(width)) % self.capacity
+        rows = torch.arange(len(self.count)).unsqueeze(1)
+        index, payload = self.index[rows, slot], self.payload[rows, slot]
+        self.head = (self.head + taken) % self.capacity
+        self.count -= taken
+        return index, payload, taken
+
+
+@dataclass
+class Minibatch:
+    """What every node trains on this step: ``index [N, B]`` into the training set, ``received [N, B]``
+    (True where the sample came from the inbox) and the payload that came with it ``[N, B, D]``."""
+
+    index: torch.Tensor
+    received: torch.Tensor
+    payload: torch.Tensor
+
+
+class Network:
+    """The routing state of one network: shards, neighbours, inboxes and each node's pass over its shard."""
+
+    def __init__(
+        self,
+        n_samples: int,
+        nodes: int,
+        neighbours: int,
+        batch_size: int,
+        payload_dim: int,
+        capacity: int,
+        generator: torch.Generator,
+    ):
+        self.nodes, self.batch_size, self.generator = nodes, batch_size, generator
+        self.neighbours = ring_neighbours(nodes, neighbours)
+        self.shards = shards(n_samples, nodes, generator)
+        smallest = min(len(s) for s in self.shards)
+        if smallest < batch_size:
+            raise ValueError(f"a node's shard holds {smallest} samples, fewer than a minibatch of {batch_size}; "
+                             "use fewer nodes or a smaller batch")  # fmt: skip
+        self.inbox = Inbox(nodes, capacity, payload_dim)
+        self.order = [s[torch.randperm(len(s), generator=generator)] for s in self.shards]
+        self.cursor = [0] * nodes
+        self.consumed_local = torch.zeros(nodes, dtype=torch.long)
+        self.consumed_received = torch.zeros(nodes, dtype=torch.long)
+        self.sent = torch.zeros(nodes, dtype=torch.long)  # samples sent, counted once per receiver
+
+    def _local(self, wanted: torch.Tensor) -> torch.Tensor:
+        """``[N, B]``: each node's next samples of its shuffled shard, of which it uses ``wanted[i]``
+        (a new shuffle per pass; a pass ends when less than a minibatch is left)."""
+        rows = []
+        for i, need in enumerate(wanted.tolist()):
+            if self.cursor[i] + self.batch_size > len(self.order[i]):
+                self.order[i] = self.shards[i][torch.randperm(len(self.shards[i]), generator=self.generator)]
+                self.cursor[i] = 0
+            rows.append(self.order[i][self.cursor[i] : self.cursor[i] + self.batch_size])
+            self.cursor[i] += need
+        return torch.stack(rows)
+
+    def minibatch(self, consume: torch.Tensor) -> Minibatch:
+        """Each node's minibatch: ``consume[i]`` samples from its inbox (as many as it holds), then its shard."""
+        b = self.batch_size
+        index, payload, taken = self.inbox.pop(consume.clamp(0, b), b)
+        local = self._local(b - taken)
+        column = torch.arange(b)
+        received = column < taken.unsqueeze(1)
+        shifted = (column - taken.unsqueeze(1)).clamp_min(0)  # local samples fill the columns after the inbox's
+        index = torch.where(received, index, local.gather(1, shifted))
+        payload = payload * received.unsqueeze(-1)
+        self.consumed_received += taken
+        self.consumed_local += b - taken
+        return Minibatch(index, received, payload)
+
+    def broadcast(self, senders: torch.Tensor, index: torch.Tensor, payload: torch.Tensor) -> None:
+        """Nodes with ``senders[i]`` send their minibatch ``index[i]`` with ``payload[i]`` to each neighbour."""
+        who = senders.nonzero().squeeze(1)
+        if not len(who) or not self.neighbours.shape[1]:
+            return
+        b, k = index.shape[1], self.neighbours.shape[1]
+        receivers = self.neighbours[who].unsqueeze(-1).expand(-1, -1, b).reshape(-1)
+        items = index[who].unsqueeze(1).expand(-1, k, -1).reshape(-1)
+        sent = payload[who].unsqueeze(1).expand(-1, k, -1, -1).reshape(len(items), -1)
+        self.inbox.push(receivers, items, sent)
+        self.sent[who] += b * k
+
+
+def outgoing(content: str, logits: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """What a node sends with each sample of its minibatch ``[N, B, D]`` (``labels`` are the samples' true ones)."""
+    if content == "logits":
+        return logits.detach()
+    if content == "labels":
+        return F.one_hot(labels, logits.shape[-1]).float()
+    if content in ("features", "gaussian"):
+        return features.detach()
+    return logits.new_zeros(*logits.shape[:2], 0)
+
+
+def supervised_losses(
+    parts: Mapping[str, torch.nn.Module],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch: Minibatch,
+    content: str,
+    shape: tuple[int, ...],
+    temperature: float = 1.0,
+    comm_weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample losses ``[N, B]`` of stacked classifiers (``agents.network.stack``) on their minibatches:
+    cross-entropy on local samples, ``comm_weight`` times the content's loss on received ones (a received
+    ``features`` sample carries no label). Returns ``(losses, logits, features, true labels)``."""
+    x = images[batch.index].view(*batch.index.shape, *shape)
+    features = parts["trunk"](x)
+    logits = parts["head"](features)
+    y = labels[batch.index]
+    local = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
+    if content == "none":
+        return local, logits, features, y
+    own = features if content == "features" else logits
+    received = comm_weight * content_loss(content, own, batch.payload, temperature)
+    return torch.where(batch.received, received, local), logits, features, y
+
+
+AGENT = "node_{}"
+MAX_LOSS = 100.0  # losses are observed clipped to [0, MAX_LOSS]
+
+
+class parallel_env(TruncatingParallelEnv):
+    """Every node trains its own classifier; each step an agent chooses to broadcast and what to consume."""
+
+    metadata: ClassVar[dict] = {"name": "network_v0", "render_modes": [], "is_parallelizable": True}
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        val_images: torch.Tensor,
+        val_labels: torch.Tensor,
+        shape: tuple[int, int, int],
+        nodes: int = 4,
+        neighbours: int | None = None,
+        content: str = "labels",
+        temperature: float = 1.0,
+        comm_weight: float = 1.0,
+        batch_size: int = 32,
+        capacity: int | None = None,
+        model: str = "dcgan-small",
+        lr: float = 1e-3,
+        reward_samples: int = 256,
+        max_steps: int = 100,
+        render_mode: str | None = None,
+    ):
+        """Images are flat ``[n, C*H*W]`` in [0, 1] (``envs.data.load_splits`` gives them and ``shape``)."""
+        from agents.network import MODELS
+
+        if content not in SUPERVISED_CONTENTS:
+            raise ValueError(f"unknown content {content!r}; choose from {', '.join(SUPERVISED_CONTENTS)}")
+        if model not in MODELS:
+            raise ValueError(f"unknown node model {model!r}; choose from {', '.join(MODELS)}")
+        self.images, self.labels, self.shape = images, labels, tuple(shape)
+        self.val_images, self.val_labels = val_images[:reward_samples], val_labels[:reward_samples]
+        self.nodes, self.k = nodes, nodes - 1 if neighbours is None else neighbours
+        ring_neighbours(nodes, self.k)  # checks nodes and k now, not at reset
+        self.content, self.temperature, self.comm_weight = content, temperature, comm_weight
+        self.batch_size, self.capacity = batch_size, capacity or 10 * batch_size
+        self.model, self.lr, self.max_steps = model, lr, max_steps
+        self.classes = int(labels.max()) + 1
+        self.render_mode = render_mode
+        self.possible_agents = [AGENT.format(i) for i in range(nodes)]
+        self.agents: list[str] = []
+        self._seed = 0
+
+    @functools.cache
+    def observation_space(self, agent: str) -> spaces.Box:
+        high = np.array([1.0, MAX_LOSS, MAX_LOSS, MAX_LOSS, 1.0], dtype=np.float32)
+        return spaces.Box(low=np.zeros(5, dtype=np.float32), high=high, dtype=np.float32)
+
+    @functools.cache
+    def action_space(self, agent: str) -> spaces.MultiDiscrete:
+        return spaces.MultiDiscrete([2, self.batch_size + 1])
+
+    @torch.no_grad()
+    def _val_loss(self) -> torch.Tensor:
+        x = self.val_images.view(1, -1, *self.shape).expand(self.nodes, *([-1] * (len(self.shape) + 1)))
+        logits = self.parts["head"](self.parts["trunk"](x))
+        return (
+            F.cross_entropy(logits.flatten(0, 1), self.val_labels.repeat(self.nodes), reduction="none")
+            .view(self.nodes, -1)
+            .mean(1)
+        )
+
+    def _observe(self, local: torch.Tensor, received: torch.Tensor) -> dict[str, np.ndarray]:
+        fill = self.network.inbox.count.float() / self.capacity
+        done = torch.full_like(fill, self._steps / self.max_steps)
+        losses = torch.stack([local, received, self._last_val], 1).clamp(0, MAX_LOSS)
+        obs = torch.cat([fill.unsqueeze(1), losses, done.unsqueeze(1)], 1).numpy().astype(np.float32)
+        return {a: obs[i] for i, a in enumerate(self.possible_agents) if a in self.agents}
+
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        from agents.network import MODELS, node_model, stack
+
+        if seed is not None:
+            self._seed = seed
+        generator = torch.Generator().manual_seed(self._seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self._seed)
+            models = [node_model("classifier", self.shape, MODELS[self.model], self.classes) for _ in range(self.nodes)]
+        self.parts = stack(models)
+        self.optimizer = torch.optim.Adam(self.parts.parameters(), lr=self.lr)
+        dim = payload_size(self.content, self.classes, MODELS[self.model].features)
+        self.network = Network(len(self.images), self.nodes, self.k, self.batch_size, dim, self.capacity, generator)
+        self.agents, self._steps = list(self.possible_agents), 0
+        self._last_val = self._val_loss()
+        zeros = torch.zeros(self.nodes)
+        return self._observe(zeros, zeros), {a: {} for a in self.agents}
+
+    def step(self, actions: Mapping[str, np.ndarray]):
+        chosen = np.zeros((self.nodes, 2), dtype=np.int64)
+        for i, agent in enumerate(self.possible_agents):
+            if agent in actions:
+                action = np.asarray(actions[agent])
+                if not self.action_space(agent).contains(action.astype(np.int64)):
+                    raise ValueError(
+                        f"{agent}'s action must be [broadcast 0/1, samples to consume 0..{self.batch_size}]"
+                    )
+                chosen[i] = action
+        chosen = torch.from_numpy(chosen)
+        batch = self.network.minibatch(chosen[:, 1])
+        losses, logits, features, y = supervised_losses(
+            self.parts, self.images, self.labels, batch, self.content, self.shape, self.temperature, self.comm_weight
+        )
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.mean(1).sum().backward()  # summed over nodes: each node gets its own gradient
+        self.optimizer.step()
+        if self.content != "none":
+            self.network.broadcast(chosen[:, 0] == 1, batch.index, outgoing(self.content, logits, features, y))
+        before, self._last_val = self._last_val, self._val_loss()
+        reward = (before - self._last_val).tolist()
+        with torch.no_grad():
+            mask = batch.received.float()
+            received = (losses * mask).sum(1) / mask.sum(1).clamp_min(1)
+            local = (losses * (1 - mask)).sum(1) / (1 - mask).sum(1).clamp_min(1)
+        observations = self._observe(local.detach(), received.detach())
+        rewards = {a: reward[i] for i, a in enumerate(self.possible_agents)}
+        infos = {a: {"inbox": int(self.network.inbox.count[i])} for i, a in enumerate(self.possible_agents)}
+        return self._end_step(observations, rewards, infos)
+
+
+raw_env = aec(parallel_env)
+env = raw_env
