@@ -1,0 +1,107 @@
+"""Node-steps per second of the batched node trainer vs a per-node Python loop: ``python -m benchmarks.throughput``.
+
+Both train the same node classifiers (built from the same seed) on the same minibatches: the batched
+form runs every node as one stacked model (``agents.network.stack``: grouped channels-last
+convolutions, batched matmuls, one Adam), the loop runs N ordinary ``nn.Module``s with N Adams, one
+after the other. A node-step is one forward, backward and Adam step of one node on one minibatch;
+routing is left out of both. Results go atomically to ``--out``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from agents.network import MODELS, node_model, stack
+from benchmarks.harness import ArgumentParser, UsageError, format_table, run_cli, save_json
+
+SHAPES = {"dcgan-small": (1, 28, 28), "dcgan": (3, 32, 32)}  # what each model is for: Fashion-MNIST, CIFAR-10
+DEFAULT = "dcgan-small"  # the network benchmark's model on the 28x28 datasets measured here
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n")[0])
+    p.add_argument("--nodes", default="1,10,20", help="comma-separated node counts")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated node models")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (after 3 warm-up steps)")
+    p.add_argument("--out", default="results/throughput.json")
+    return p
+
+
+def steppers(model: str, nodes: int, batch_size: int, seed: int = 0) -> tuple[Callable, Callable]:
+    """(batched step, loop step) over the same ``nodes`` freshly initialised classifiers and minibatches."""
+    shape = SHAPES[model]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        models = [node_model("classifier", shape, MODELS[model]) for _ in range(nodes)]
+        images = torch.rand(nodes, batch_size, *shape)
+        labels = torch.randint(0, 10, (nodes, batch_size))
+    parts = stack(models)
+    batched_opt = torch.optim.Adam(parts.parameters())
+    loop_opts = [torch.optim.Adam(m.parameters()) for m in models]
+
+    def batched() -> None:
+        logits = parts["head"](parts["trunk"](images))
+        loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), reduction="sum") / batch_size
+        batched_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        batched_opt.step()
+
+    def loop() -> None:
+        for m, opt, x, y in zip(models, loop_opts, images, labels, strict=True):
+            loss = F.cross_entropy(m["head"](m["trunk"](x)), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    return batched, loop
+
+
+def node_steps_per_s(step: Callable[[], None], nodes: int, steps: int) -> float:
+    for _ in range(3):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return nodes * steps / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        nodes = sorted({int(x) for x in args.nodes.split(",") if x.strip()})
+    except ValueError:
+        raise UsageError(f"--nodes must be comma-separated integers, got {args.nodes!r}") from None
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not nodes or nodes[0] < 1:
+        raise UsageError(f"--nodes must be integers >= 1, got {args.nodes!r}")
+    if not models or any(m not in MODELS for m in models):
+        raise UsageError(f"unknown model in {args.models!r}; choose from {','.join(MODELS)}")
+    if args.batch_size < 1 or args.steps < 1:
+        raise UsageError("--batch-size and --steps must be >= 1")
+    rows = []
+    for model in models:
+        for n in nodes:
+            batched, loop = steppers(model, n, args.batch_size)
+            a, b = node_steps_per_s(batched, n, args.steps), node_steps_per_s(loop, n, args.steps)
+            rows.append({"model": model, "n_nodes": n, "batched_node_steps_per_s": a, "loop_node_steps_per_s": b,
+                         "ratio": a / b, "default": model == DEFAULT})  # fmt: skip
+            print(f"{model} N={n}: batched {a:,.0f}, loop {b:,.0f} node-steps/s ({a / b:.2f}x)", flush=True)
+    save_json(Path(args.out), {"batch_size": args.batch_size, "threads": torch.get_num_threads(), "rows": rows})
+    print()
+    print(format_table(
+        ["model", "nodes", "batched node-steps/s", "loop node-steps/s", "ratio"],
+        [[r["model"] + (" (default)" if r["default"] else ""), r["n_nodes"], f"{r['batched_node_steps_per_s']:,.0f}",
+          f"{r['loop_node_steps_per_s']:,.0f}", f"{r['ratio']:.2f}x"] for r in rows],
+    ))  # fmt: skip
+    print(f"\nresults: {args.out}   (batch {args.batch_size}, {torch.get_num_threads()} threads)")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

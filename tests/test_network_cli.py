@@ -1,0 +1,83 @@
+import json
+import os
+
+import pytest
+
+import trainers.network as trainer_module
+from benchmarks import network as bench
+from benchmarks import throughput
+from tests.conftest import exit_code, make_dataset
+
+SMALL = ["--batch-size", "4", "--steps", "8", "--eval-every", "4", "--val-samples", "0"]
+
+
+@pytest.fixture
+def cli(tmp_path):
+    root = make_dataset(tmp_path / "data", name="fashion-mnist", n_train=300, n_test=40)
+    out, logdir = tmp_path / "network.json", tmp_path / "runs"
+    return ["--dataset", "fashion-mnist", "--data-dir", str(root), "--out", str(out), "--logdir", str(logdir),
+            *SMALL], out, logdir  # fmt: skip
+
+
+def test_smoke_run_of_table_2_2_writes_tables_json_tensorboard_and_figure(cli, capsys):
+    argv, out, logdir = cli
+    assert exit_code(bench.main, [*argv, "--seeds", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "Table 2.2" in printed and "DDP all-reduce" in printed and "steps per node until" in printed
+    data = json.loads(out.read_text())
+    names = ["1node", "10nodes-none", "10nodes-logits", "10nodes-labels", "10nodes-features", "20nodes-labels"]
+    assert list(data["configs"]) == names
+    run = data["configs"]["10nodes-labels"]["runs"]["1"]
+    assert run["steps"] == [4, 8] and len(run["test_nodes"]) == 10 and run["samples_sent"] > 0
+    assert data["ddp_bytes_per_node_step"]["1node"] == 0 and data["ddp_bytes_per_node_step"]["10nodes-none"] > 0
+    assert (logdir / "network" / "figure_table_2_2.png").stat().st_size > 1000
+    assert list((logdir / "network" / "20nodes-labels" / "seed1").glob("events.out.tfevents.*"))
+
+
+def test_custom_grid_unsupervised_and_rerun_skips_finished_configs(cli, capsys, monkeypatch):
+    argv, out, _ = cli
+    grid = [*argv, "--unsupervised", "vae", "--nodes", "1,3", "--content", "none,features", "--seeds", "1"]
+    assert exit_code(bench.main, grid) == 0
+    data = json.loads(out.read_text())
+    assert list(data["configs"]) == ["vae-1node", "vae-3nodes-none", "vae-3nodes-features"]
+    assert "Table 2.3" in capsys.readouterr().out
+    stamp = os.stat(out).st_mtime_ns
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished configuration was trained again")
+
+    monkeypatch.setattr(trainer_module.NetworkTrainer, "fit", no_training)
+    assert exit_code(bench.main, grid) == 0
+    assert json.loads(out.read_text())["configs"] == data["configs"] and os.stat(out).st_mtime_ns >= stamp
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--nodes", "4", "--neighbours", "4", "--content", "labels"], "--neighbours must be in 0..nodes-1"),
+        (["--nodes", "0"], "--nodes must be >= 1"),
+        (["--p-consume", "1.2"], r"probability in [0, 1]"),
+        (["--p-broadcast", "-1"], r"probability in [0, 1]"),
+        (["--content", "gradients"], "unknown content gradients"),
+        (["--nodes", "ten"], "--nodes must be comma-separated integers"),
+        (["--nodes", "200", "--content", "labels"], "fewer than a minibatch"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(cli, capsys, extra, message):
+    argv, out, _ = cli
+    assert exit_code(bench.main, [*argv, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_throughput_writes_rows_with_ratios(tmp_path, capsys):
+    out = tmp_path / "t.json"
+    assert exit_code(throughput.main, ["--nodes", "1,2", "--models", "dcgan-small", "--steps", "1",
+                                       "--batch-size", "2", "--out", str(out)]) == 0  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["n_nodes"], r["default"]) for r in rows] == [("dcgan-small", 1, True), ("dcgan-small", 2, True)]
+    for r in rows:
+        assert r["ratio"] == pytest.approx(r["batched_node_steps_per_s"] / r["loop_node_steps_per_s"])
+    assert exit_code(throughput.main, ["--nodes", "0", "--out", str(out)]) == 2
+    assert "--nodes must be integers >= 1" in capsys.readouterr().err

@@ -1,0 +1,123 @@
+import copy
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from agents.network import MODELS, node_model, stack
+from envs.data import load_splits
+from envs.network import Minibatch, content_loss, supervised_losses
+from tests.conftest import make_dataset
+from trainers.network import NetworkConfig, NetworkTrainer
+
+SHAPE = (1, 8, 8)
+
+
+@pytest.fixture
+def big_splits(tmp_path):
+    return load_splits("mnist", make_dataset(tmp_path / "data", n_train=600, n_test=60), download=False)
+
+
+@pytest.mark.parametrize("kind", ["classifier", "vae", "bigan"])
+def test_stacked_parts_equal_each_node_alone(kind):
+    torch.manual_seed(0)
+    models = [node_model(kind, (3, 32, 32), MODELS["dcgan-small"]) for _ in range(3)]
+    parts = stack(models)
+    for name, first in models[0].items():
+        x = torch.rand(3, 4, 3, 32, 32) if isinstance(first[0], torch.nn.Conv2d) else torch.rand(3, 4, first[0].in_features)
+        expected = torch.stack([m[name](x[i]) for i, m in enumerate(models)])
+        torch.testing.assert_close(parts[name](x), expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("content", ["logits", "labels", "features"])
+def test_batched_training_equals_a_per_node_loop_with_one_adam_each(content):
+    torch.manual_seed(0)
+    nodes, b = 3, 6
+    models = [node_model("classifier", SHAPE, MODELS["dcgan-small"]) for _ in range(nodes)]
+    loop_models = copy.deepcopy(models)
+    parts = stack(models)
+    batched_opt = torch.optim.Adam(parts.parameters())
+    loop_opts = [torch.optim.Adam(m.parameters()) for m in loop_models]
+    images, labels = torch.rand(40, 64), torch.arange(40) % 10
+    dim = 64 if content == "features" else 10
+    for _ in range(3):
+        batch = Minibatch(torch.randint(0, 40, (nodes, b)), torch.rand(nodes, b) < 0.5, torch.randn(nodes, b, dim))
+        losses, *_ = supervised_losses(parts, images, labels, batch, content, SHAPE, temperature=2.0, comm_weight=0.7)
+        batched_opt.zero_grad()
+        losses.mean(1).sum().backward()
+        batched_opt.step()
+        for i, (m, opt) in enumerate(zip(loop_models, loop_opts, strict=True)):
+            x = images[batch.index[i]].view(b, *SHAPE)
+            features = m["trunk"](x)
+            logits = m["head"](features)
+            local = F.cross_entropy(logits, labels[batch.index[i]], reduction="none")
+            own = features if content == "features" else logits
+            received = 0.7 * content_loss(content, own, batch.payload[i], temperature=2.0)
+            loss = torch.where(batch.received[i], received, local).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    for name in ("trunk", "head"):
+        for j, (w, bias) in enumerate(zip(parts[name].weights, parts[name].biases, strict=True)):
+            linears = [layer for layer in loop_models[0][name] if hasattr(layer, "weight")]
+            for i, m in enumerate(loop_models):
+                layer = [layer for layer in m[name] if hasattr(layer, "weight")][j]
+                if isinstance(linears[j], torch.nn.Linear):
+                    torch.testing.assert_close(w[i].T, layer.weight, atol=1e-5, rtol=1e-4)
+                    torch.testing.assert_close(bias[i, 0], layer.bias, atol=1e-5, rtol=1e-4)
+                else:
+                    out = layer.weight.shape[0]
+                    torch.testing.assert_close(w[i * out : (i + 1) * out], layer.weight, atol=1e-5, rtol=1e-4)
+
+
+def test_same_seed_same_numbers_and_seeds_do_not_depend_on_their_neighbours(big_splits):
+    config = NetworkConfig(nodes=4, content="logits", batch_size=8, steps=12, eval_every=6)
+    a = NetworkTrainer(config, big_splits, [0, 1]).fit()
+    b = NetworkTrainer(config, big_splits, [0, 1]).fit()
+    assert [dataclasses.asdict(r) for r in a] == [dataclasses.asdict(r) for r in b]
+    alone = NetworkTrainer(config, big_splits, [1]).fit()[0]
+    assert alone.samples_sent == a[1].samples_sent and alone.steps == a[1].steps
+    assert alone.val_collective == pytest.approx(a[1].val_collective, abs=1e-6)
+
+
+def test_trainer_learns_and_counts_traffic(big_splits):
+    config = NetworkConfig(nodes=4, content="labels", batch_size=8, steps=80, eval_every=40)
+    result = NetworkTrainer(config, big_splits, [0]).fit()[0]
+    assert result.steps == [40, 80] and len(result.test_nodes) == 4
+    assert result.val_collective[-1] > 30  # 10 classes: chance is 10%
+    assert 0.3 < result.consumed_from_inbox < 0.6
+    assert result.samples_sent > 0 and result.bytes_sent_per_node_step == pytest.approx(
+        result.samples_sent * (64 + 1) / (4 * 80)
+    )
+    alone = NetworkTrainer(dataclasses.replace(config, content="none"), big_splits, [0]).fit()[0]
+    assert alone.samples_sent == 0 and alone.consumed_from_inbox == 0
+
+
+@pytest.mark.parametrize("kind", ["vae", "bigan"])
+def test_unsupervised_nodes_train_and_are_probed(big_splits, kind):
+    config = NetworkConfig(nodes=3, content="features", unsupervised=kind, batch_size=8, steps=10, eval_every=5)
+    trainer = NetworkTrainer(config, big_splits, [0])
+    before = {k: v.detach().clone() for k, v in trainer.parts.state_dict().items()}
+    result = trainer.fit()[0]
+    assert result.steps == [5, 10] and result.best_step in (5, 10)
+    assert 0 <= result.test_average <= 100 and len(result.test_nodes) == 3
+    assert result.samples_sent > 0
+    after = trainer.parts.state_dict()
+    assert all(not torch.equal(before[k], after[k]) for k in before)  # every part learned
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        ({"nodes": 0}, "--nodes must be >= 1"),
+        ({"nodes": 4, "neighbours": 4}, "--neighbours must be in 0..nodes-1"),
+        ({"p_consume": 1.5}, r"probability in \[0, 1\]"),
+        ({"p_broadcast": -0.1}, r"probability in \[0, 1\]"),
+        ({"content": "gradients"}, "unknown content"),
+        ({"content": "logits", "unsupervised": "vae"}, "unknown content"),
+    ],
+)
+def test_bad_configs_are_named(kw, message):
+    with pytest.raises(ValueError, match=message):
+        NetworkConfig(**kw)
