@@ -25,7 +25,8 @@ def test_stacked_parts_equal_each_node_alone(kind):
     models = [node_model(kind, (3, 32, 32), MODELS["dcgan-small"]) for _ in range(3)]
     parts = stack(models)
     for name, first in models[0].items():
-        x = torch.rand(3, 4, 3, 32, 32) if isinstance(first[0], torch.nn.Conv2d) else torch.rand(3, 4, first[0].in_features)
+        grid = isinstance(first[0], torch.nn.Conv2d)
+        x = torch.rand(3, 4, 3, 32, 32) if grid else torch.rand(3, 4, first[0].in_features)
         expected = torch.stack([m[name](x[i]) for i, m in enumerate(models)])
         torch.testing.assert_close(parts[name](x), expected, atol=1e-5, rtol=1e-4)
 
