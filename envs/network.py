@@ -321,9 +321,9 @@ class parallel_env(TruncatingParallelEnv):
             .mean(1)
         )
 
-    def _observe(self, local: torch.Tensor, received: torch.Tensor) -> dict[str, np.ndarray]:
+    def _observe(self, local: torch.Tensor, received: torch.Tensor, steps: int) -> dict[str, np.ndarray]:
         fill = self.network.inbox.count.float() / self.capacity
-        done = torch.full_like(fill, self._steps / self.max_steps)
+        done = torch.full_like(fill, steps / self.max_steps)
         losses = torch.stack([local, received, self._last_val], 1).clamp(0, MAX_LOSS)
         obs = torch.cat([fill.unsqueeze(1), losses, done.unsqueeze(1)], 1).numpy().astype(np.float32)
         return {a: obs[i] for i, a in enumerate(self.possible_agents) if a in self.agents}
@@ -344,7 +344,7 @@ class parallel_env(TruncatingParallelEnv):
         self.agents, self._steps = list(self.possible_agents), 0
         self._last_val = self._val_loss()
         zeros = torch.zeros(self.nodes)
-        return self._observe(zeros, zeros), {a: {} for a in self.agents}
+        return self._observe(zeros, zeros, 0), {a: {} for a in self.agents}
 
     def step(self, actions: Mapping[str, np.ndarray]):
         chosen = np.zeros((self.nodes, 2), dtype=np.int64)
@@ -372,7 +372,7 @@ class parallel_env(TruncatingParallelEnv):
             mask = batch.received.float()
             received = (losses * mask).sum(1) / mask.sum(1).clamp_min(1)
             local = (losses * (1 - mask)).sum(1) / (1 - mask).sum(1).clamp_min(1)
-        observations = self._observe(local.detach(), received.detach())
+        observations = self._observe(local.detach(), received.detach(), self._steps + 1)
         rewards = {a: reward[i] for i, a in enumerate(self.possible_agents)}
         infos = {a: {"inbox": int(self.network.inbox.count[i])} for i, a in enumerate(self.possible_agents)}
         return self._end_step(observations, rewards, infos)

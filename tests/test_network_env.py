@@ -119,6 +119,7 @@ def test_env_routes_what_agents_choose():
     obs, *_ = env.step({"node_0": np.array([0, 0]), "node_1": np.array([0, 3]), "node_2": np.array([0, 0])})
     assert env.network.consumed_received.tolist() == [0, 3, 0]
     assert obs["node_1"][0] == pytest.approx(1 / 40)  # one sample left of 40 slots
+    assert obs["node_1"][4] == pytest.approx(2 / 5)  # two of five steps done
     assert all(isinstance(r, float) for r in rewards.values())
 
 
