@@ -81,3 +81,33 @@ def test_throughput_writes_rows_with_ratios(tmp_path, capsys):
         assert r["ratio"] == pytest.approx(r["batched_node_steps_per_s"] / r["loop_node_steps_per_s"])
     assert exit_code(throughput.main, ["--nodes", "0", "--out", str(out)]) == 2
     assert "--nodes must be integers >= 1" in capsys.readouterr().err
+
+
+def test_a_killed_benchmark_keeps_finished_configs_and_a_rerun_finishes(cli, monkeypatch):
+    argv, out, _ = cli
+    argv = [*argv, "--nodes", "2,3", "--content", "labels", "--seeds", "1"]
+    real_fit, calls = trainer_module.NetworkTrainer.fit, []
+
+    def fit_then_die(self, *a, **k):
+        calls.append(self.config.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_fit(self, *a, **k)
+
+    monkeypatch.setattr(trainer_module.NetworkTrainer, "fit", fit_then_die)
+    assert exit_code(bench.main, argv) == 130
+    assert list(json.loads(out.read_text())["configs"]) == ["2nodes-labels"]
+    monkeypatch.setattr(trainer_module.NetworkTrainer, "fit", real_fit)
+    assert exit_code(bench.main, argv) == 0
+    assert list(json.loads(out.read_text())["configs"]) == ["2nodes-labels", "3nodes-labels"]
+
+
+@pytest.mark.skipif(not os.environ.get("COMMCHANNELS_DATA"), reason="real Fashion-MNIST needs COMMCHANNELS_DATA")
+def test_quick_network_benchmark_on_real_fashion_mnist(tmp_path, capsys):
+    out = tmp_path / "quick.json"
+    assert exit_code(bench.main, ["--dataset", "fashion-mnist", "--quick", "--out", str(out),
+                                  "--logdir", str(tmp_path / "runs")]) == 0  # fmt: skip
+    data = json.loads(out.read_text())
+    assert len(data["configs"]) == 6
+    assert all(e["runs"]["0"]["test_collective"] > 40 for e in data["configs"].values())  # 40 steps; chance is 10%
+    assert "Table 2.2" in capsys.readouterr().out
