@@ -112,6 +112,16 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def format_counts(values: Sequence[float | None]) -> str:
+    """Mean ± std of the runs that got there (``None``: never did), with how many did when not all."""
+    reached = [v for v in values if v is not None]
+    if not reached:
+        return "never"
+    mean, std = mean_std(reached)
+    text = f"{mean:,.0f}" + (f" ± {std:,.0f}" if len(reached) > 1 else "")
+    return text + ("" if len(reached) == len(values) else f" ({len(reached)}/{len(values)})")
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [list(map(str, headers))] + [[str(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]

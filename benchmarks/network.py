@@ -22,6 +22,7 @@ from benchmarks.harness import (
     ArgumentParser,
     Results,
     UsageError,
+    format_counts,
     format_table,
     mean_std,
     parse_list,
@@ -200,15 +201,6 @@ def _fmt(values: list[float], seeds: int) -> str:
     return f"{mean:.1f}" + (f" ± {std:.1f}" if seeds > 1 else "")
 
 
-def _steps(values: list[int | None]) -> str:
-    reached = [v for v in values if v is not None]
-    if not reached:
-        return "never"
-    mean, std = mean_std(reached)
-    text = f"{mean:,.0f}" + (f" ± {std:,.0f}" if len(reached) > 1 else "")
-    return text + ("" if len(reached) == len(values) else f" ({len(reached)}/{len(values)})")
-
-
 def _report(data: dict, chosen: list[NetworkConfig], seeds: int, target: float, logdir: Path, out: Path) -> None:
     rows, steps_rows, panels = [], [], {"node average": {}, "collective decision": {}}
     for c in chosen:
@@ -222,8 +214,8 @@ def _report(data: dict, chosen: list[NetworkConfig], seeds: int, target: float, 
             f"{mean_std([r.consumed_from_inbox for r in runs])[0]:.2f}",
         ])  # fmt: skip
         steps_rows.append([
-            c.name, _steps([r.steps_to_reach(target, collective=False) for r in runs]),
-            _steps([r.steps_to_reach(target) for r in runs]), f"{thesis[2]:,}" if thesis[2] else "-",
+            c.name, format_counts([r.steps_to_reach(target, collective=False) for r in runs]),
+            format_counts([r.steps_to_reach(target) for r in runs]), f"{thesis[2]:,}" if thesis[2] else "-",
         ])  # fmt: skip
         longest = max(runs, key=lambda r: len(r.steps))
         panels["node average"][c.name] = (longest.steps, [r.val_average for r in runs])

@@ -18,6 +18,7 @@ from benchmarks.harness import (
     ArgumentParser,
     Results,
     UsageError,
+    format_counts,
     format_table,
     mean_std,
     parse_list,
@@ -200,15 +201,6 @@ def _first_reach(selection: Selection, run: dict, accuracy: float | None) -> dic
     return {k: v * step for k, v in per_step_counters(selection).items()}
 
 
-def _fmt(values: list) -> str:
-    reached = [v for v in values if v is not None]
-    if not reached:
-        return "never"
-    mean, std = mean_std(reached)
-    text = f"{mean:,.0f}" + (f" ± {std:,.0f}" if len(reached) > 1 else "")
-    return text + ("" if len(reached) == len(values) else f" ({len(reached)}/{len(values)})")
-
-
 def _report(data: dict, configs: list[Selection], seeds: int, logdir: Path, out: Path) -> None:
     base = data["configs"].get("baseline")
     base_bp = mean_std([v for v in base["backward_passes"] if v is not None])[0] if base else None
@@ -221,8 +213,8 @@ def _report(data: dict, configs: list[Selection], seeds: int, logdir: Path, out:
         thesis_acc, thesis_bp = e["thesis"]["accuracy"], e["thesis"]["backward_passes"]
         rows.append([
             c.name, f"{acc_m:.2f}" + (f" ± {acc_s:.2f}" if seeds > 1 else ""), thesis_acc or "-",
-            _fmt(e["backward_passes"]), f"{thesis_bp:,}" if thesis_bp else "-", speedup,
-            _fmt(e["forward_passes"]), _fmt(e["teacher_forward_passes"]), _fmt(e["backward_passes_to_best"]),
+            format_counts(e["backward_passes"]), f"{thesis_bp:,}" if thesis_bp else "-", speedup,
+            *map(format_counts, (e["forward_passes"], e["teacher_forward_passes"], e["backward_passes_to_best"])),
         ])  # fmt: skip
     print(
         f"\nTable 3.1: student test accuracy (%) at best validation, and passes (in minibatches of 32) until its "

@@ -47,3 +47,11 @@ def test_parse_list_and_statistics():
     assert mean_std([5.0]) == (5.0, 0.0)
     table = format_table(["a", "bb"], [["x", 1], ["yyy", 22]]).splitlines()
     assert table[0] == "a    bb" and table[1] == "---  --" and table[3] == "yyy  22"
+
+
+def test_format_counts_says_how_many_runs_got_there():
+    from benchmarks.harness import format_counts
+
+    assert format_counts([1000, 3000]) == "2,000 ± 1,414"
+    assert format_counts([1000, None]) == "1,000 (1/2)"
+    assert format_counts([None, None]) == "never"
