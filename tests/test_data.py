@@ -128,3 +128,28 @@ def test_cifar10_truncated_batch_and_missing_files_are_clear_errors(tmp_path):
 
 def test_idx_datasets_report_their_image_shape(tmp_path):
     assert load_splits("mnist", make_dataset(tmp_path), download=False).shape == (1, 8, 8)
+
+
+def test_cifar10_download_is_hash_checked_and_unpacked(tmp_path, monkeypatch):
+    import tarfile
+
+    import pooch
+
+    source = tmp_path / "source"
+    write_cifar(source / "cifar-10-batches-bin")
+    archive = tmp_path / "served.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source / "cifar-10-batches-bin", arcname="cifar-10-batches-bin")
+    asked = {}
+
+    def serve(url, known_hash, fname, path, progressbar):
+        asked.update(url=url, known_hash=known_hash)
+        (Path(path) / fname).write_bytes(archive.read_bytes())
+
+    monkeypatch.setattr(pooch, "retrieve", serve)
+    root = tmp_path / "root"
+    root.mkdir()
+    splits = load_splits("cifar10", root)
+    assert asked == {"url": "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+                     "known_hash": "md5:c32a1d4ab5d03f1284b67883e8d87530"}  # fmt: skip
+    assert len(splits.test.images) == 12 and splits.test.images.shape[1] == 3 * 32 * 32
