@@ -31,7 +31,15 @@ from benchmarks.harness import (
 from envs.data import DATASETS, load_splits
 from envs.language import AGENTS, apply_mask, draw_masks
 from trainers.gumbel import TemperatureSchedule
-from trainers.language import LEVELS, LanguageConfig, LanguageTrainer, check_speaker, default_speaker, run_modules
+from trainers.language import (
+    ESTIMATORS,
+    LEVELS,
+    LanguageConfig,
+    LanguageTrainer,
+    check_speaker,
+    default_speaker,
+    run_modules,
+)
 from trainers.probe import fit_linear_probe, map_splits
 
 THESIS = {"none": 64.4, "receive": 65.7, "feedback": 69.4, "both": 71.4}  # Table 4.1, noise 0.1
@@ -61,6 +69,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--temperature-every", type=int, default=t.every)
     p.add_argument("--temperature-floor", type=float, default=t.floor)
     p.add_argument("--straight-through", action="store_true", help="hard messages forward, soft gradients")
+    p.add_argument("--estimator", default="gumbel", choices=[*ESTIMATORS, "both"], help="speakers' gradients: "
+                   "Gumbel-Softmax relaxation, REINFORCE on sampled messages, or both side by side")  # fmt: skip
+    p.add_argument("--entropy-weight", type=float, default=d.entropy_weight, help="REINFORCE's entropy bonus")
+    p.add_argument("--baseline-decay", type=float, default=d.baseline_decay, help="REINFORCE's running-mean baseline")
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--dataset", default="mnist", choices=list(DATASETS))
     p.add_argument("--data-dir", default=None, help="dataset root (default $COMMCHANNELS_DATA, else a cache)")
@@ -102,6 +114,8 @@ def make_config(args) -> LanguageConfig:
                 args.temperature_start, args.temperature_factor, args.temperature_every, args.temperature_floor
             ),
             straight_through=args.straight_through,
+            entropy_weight=args.entropy_weight,
+            baseline_decay=args.baseline_decay,
             eval_every=quick.get("eval_every", args.eval_every),
             log_every=quick.get("log_every", LanguageConfig.log_every),
         )
@@ -143,6 +157,31 @@ def main(argv: list[str] | None = None) -> int:
     if config.batch_size > len(splits.train.images):
         raise UsageError(f"--batch-size {config.batch_size} exceeds the {len(splits.train.images)} training images")
     out = Path(args.out or ("results/language-quick.json" if args.quick else "results/language.json"))
+    estimators = list(ESTIMATORS) if args.estimator == "both" else [args.estimator]
+    tables = {}
+    for estimator in estimators:
+        suffix = "" if estimator == "gumbel" else f"-{estimator}"
+        tables[estimator] = _benchmark(
+            args,
+            dataclasses.replace(config, estimator=estimator),
+            levels,
+            splits,
+            speaker_cls,
+            out.with_name(out.stem + suffix + out.suffix),
+            Path(args.logdir) / "language" / f"noise{config.noise:g}{suffix}",
+        )
+    if len(estimators) > 1:
+        print(
+            f"\nTable 4.1 by estimator, noise {config.noise:g}: test accuracy (%), mean ± std over {args.seeds} seed(s)"
+        )
+        rows = [[lv, *(_cell(tables[e]["levels"][lv], args.seeds) for e in estimators), f"{THESIS[lv]:.1f}"]
+                for lv in levels]  # fmt: skip
+        print(format_table(["level", *estimators, "thesis (Gumbel)"], rows))
+    return 0
+
+
+def _benchmark(args, config: LanguageConfig, levels, splits, speaker_cls, out: Path, run_root: Path) -> dict:
+    """Train (or resume, or skip) every pending run of one estimator; report and return its results."""
     identity = {
         **config.to_dict(),
         "dataset": args.dataset,
@@ -161,14 +200,17 @@ def main(argv: list[str] | None = None) -> int:
             ref_done[str(k)] = references(splits, config, k, speaker_cls, identity["reference_epochs"])
             results.save()
 
-    run_root = Path(args.logdir) / "language" / f"noise{config.noise:g}"
     if pending:
         _train(config, splits, pending, speaker_cls, run_root, out, results)
     data["wall_time_s"] = data.get("wall_time_s", 0.0) + (time.time() - started)
     _summarise(data, levels, args.seeds)
     results.save()
     _report(data, levels, args.seeds, run_root, out)
-    return 0
+    return data
+
+
+def _cell(entry: dict, seeds: int) -> str:
+    return f"{entry['mean']:.1f}" + (f" ± {entry['std']:.1f}" if seeds > 1 else "")
 
 
 def _train(config, splits, pending, speaker_cls, run_root: Path, out: Path, results: Results) -> None:
@@ -221,14 +263,13 @@ def _report(data: dict, levels: list[str], seeds: int, run_root: Path, out: Path
             diffs = [a - b for a, b in zip(e["test_accuracy"], base, strict=True)]
             m, s = mean_std(diffs)
             gap = f"{m:+.1f}" + (f" ± {s / math.sqrt(len(diffs)):.1f}" if seeds > 1 else "")
-        spread = f" ± {e['std']:.1f}" if seeds > 1 else ""
-        rows.append([level, f"{e['mean']:.1f}{spread}", f"{e['thesis']:.1f}", gap])
+        rows.append([level, _cell(e, seeds), f"{e['thesis']:.1f}", gap])
     refs = data["references"]
     rows.append(["ref: raw noisy view", f"{refs['raw_view']:.1f}", "-", ""])
     rows.append(["ref: untrained speaker", f"{refs['untrained_hidden']:.1f}", "-", ""])
     print(
-        f"\nTable 4.1, noise {data['config']['noise']:g}: student's linear probe, test accuracy (%) at best "
-        f"validation, mean ± std over {seeds} seed(s)"
+        f"\nTable 4.1, noise {data['config']['noise']:g}, {data['config']['estimator']}: student's linear probe, "
+        f"test accuracy (%) at best validation, mean ± std over {seeds} seed(s)"
     )
     print(format_table(["level", "ours", "thesis", "vs none (paired, ± s.e.)"], rows))
     curves = {}

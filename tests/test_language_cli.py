@@ -134,3 +134,36 @@ def test_quick_main_job_on_real_mnist(tmp_path, capsys):
     assert data["references"]["raw_view"] > 80  # a linear probe undoes a fixed inversion mask
     assert all(e["mean"] > 20 for e in data["levels"].values())  # well above chance after 150 steps
     assert "Table 4.1" in capsys.readouterr().out
+
+
+def test_both_estimators_side_by_side_with_their_own_results_and_runs(cli, capsys, monkeypatch):
+    argv, out, logdir = cli
+    assert run([*argv, "--seeds", "1", "--levels", "none,feedback", "--estimator", "reinforce"]) == 0
+    reinforce_file = out.with_name("language-reinforce.json")
+    first = json.loads(reinforce_file.read_text())
+    assert first["config"]["estimator"] == "reinforce" and set(first["levels"]) == {"none", "feedback"}
+    assert not out.exists()  # the Gumbel results are another file
+    trained = []
+    real = bench.LanguageTrainer
+
+    def recording(config, splits, runs, speaker_cls=None):
+        trained.append(config.estimator)
+        return real(config, splits, runs, speaker_cls)
+
+    monkeypatch.setattr(bench, "LanguageTrainer", recording)
+    capsys.readouterr()
+    assert run([*argv, "--seeds", "1", "--levels", "none,feedback", "--estimator", "both"]) == 0
+    assert trained == ["gumbel"]  # REINFORCE's runs were finished already
+    printed = capsys.readouterr().out
+    assert "Table 4.1 by estimator" in printed and "gumbel" in printed and "reinforce" in printed
+    assert json.loads(out.read_text())["config"]["estimator"] == "gumbel"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logdir / "language" / "noise0.1-reinforce" / "feedback" / "seed0")).Reload()
+    assert "train/message_entropy_teacher" in events.Tags()["scalars"]
+
+
+def test_bad_reinforce_settings_are_one_line_errors(cli, capsys):
+    argv, _, _ = cli
+    assert run([*argv, "--estimator", "reinforce", "--baseline-decay", "1.5"]) == 2
+    assert "baseline_decay < 1" in capsys.readouterr().err

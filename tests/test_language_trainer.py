@@ -104,7 +104,7 @@ def test_critic_scores_dependent_pairs_above_independent_ones():
 
     for _ in range(300):
         view, message, other = batch()
-        loss = mi_loss(critic, view, message, other)
+        loss = mi_loss(critic, view, message, other).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -112,7 +112,7 @@ def test_critic_scores_dependent_pairs_above_independent_ones():
     with torch.no_grad():
         joint, marginal = critic(view, message), critic(other, message)
     assert joint.mean() > marginal.mean() + 2.0
-    assert mi_loss(critic, view, message, other).item() < 2 * torch.log(torch.tensor(2.0)).item() - 0.5
+    assert mi_loss(critic, view, message, other).mean().item() < 2 * torch.log(torch.tensor(2.0)).item() - 0.5
 
 
 def test_same_seed_same_numbers(splits):
@@ -240,3 +240,58 @@ def test_population_fast_mlp_path_matches_vmap():
     assert torch.allclose(population.rows(torch.tensor([2, 0]), x[:2]), torch.stack([models[2](x[0]), models[0](x[1])]),
                           atol=1e-6)  # fmt: skip
     assert Population([torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout(0.5))])._layers is None
+
+
+REINFORCE = dataclasses.replace(TINY, estimator="reinforce", entropy_weight=0.0)
+
+
+def test_reinforce_speakers_learn_only_through_the_score_function(splits):
+    trainer = LanguageTrainer(REINFORCE, splits, ALL_LEVELS)
+    terms = trainer.losses()
+    by_level = {level: i for i, (level, _) in enumerate(ALL_LEVELS)}
+    # sampled messages carry no graph: neither MI nor communication losses reach a speaker through them
+    through_messages = speaker_grads(trainer, sum(terms[f"mi_{a}"] for a in AGENTS).sum())
+    assert all((torch.as_tensor(g) == 0).all() for g in through_messages.values())
+    surrogate = speaker_grads(trainer, sum(terms[f"reinforce_{a}"] for a in AGENTS).sum())
+    assert all((g > 0).all() for g in surrogate.values())
+    # the receiver's own cross-entropy still trains its speaker's token distribution directly
+    ce = speaker_grads(trainer, sum(terms[f"communication_{a}"] for a in AGENTS).sum())
+    assert ce["student"][by_level["receive"]] > 0 and ce["teacher"][by_level["receive"]] == 0
+
+
+def test_reinforce_reward_includes_the_receivers_cross_entropy_only_with_feedback(splits, monkeypatch):
+    trainer = LanguageTrainer(REINFORCE, splits, ALL_LEVELS)
+    seen = {}
+    real = trainer.reinforce["teacher"].loss
+
+    def spy(log_prob, reward, entropy=None):
+        seen["reward"] = reward
+        return real(log_prob, reward, entropy)
+
+    monkeypatch.setattr(trainer.reinforce["teacher"], "loss", spy)
+    terms = trainer.losses()
+    mi_only = -terms["mi_teacher"].detach()
+    by_level = {level: i for i, (level, _) in enumerate(ALL_LEVELS)}
+    mean_reward = seen["reward"].mean(-1)
+    for level in ("none", "receive"):
+        assert mean_reward[by_level[level]] == pytest.approx(mi_only[by_level[level]].item(), abs=1e-5)
+    expected = mi_only[by_level["feedback"]] - TINY.ce_weight * terms["ce_student"][by_level["feedback"]]
+    assert mean_reward[by_level["feedback"]] == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_reinforce_training_is_seeded_and_resumes_with_its_baseline(splits, tmp_path):
+    runs = [("both", 0)]
+    whole = LanguageTrainer(REINFORCE, splits, runs).fit()
+    assert whole == LanguageTrainer(REINFORCE, splits, runs).fit()
+    checkpoint = tmp_path / "ckpt.pt"
+
+    def kill_at_step_5(_):
+        if killed.step == 5:  # after the checkpoint written at the step-3 evaluation
+            raise KeyboardInterrupt
+
+    killed = LanguageTrainer(REINFORCE, splits, runs)
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit(checkpoint=checkpoint, progress=kill_at_step_5)
+    resumed = LanguageTrainer(REINFORCE, splits, runs)
+    assert resumed.fit(checkpoint=checkpoint) == whole
+    assert resumed.reinforce["student"].updates == REINFORCE.steps

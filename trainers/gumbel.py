@@ -1,5 +1,6 @@
-"""Gumbel-Softmax messages with caller-supplied noise (so each run draws from its own generator) and
-the thesis' annealing schedule: ``max(floor, start * factor ** (step // every))``."""
+"""Gumbel-Softmax messages with caller-supplied noise (so each run draws from its own generator), the
+thesis' annealing schedule ``max(floor, start * factor ** (step // every))``, and exact samples from
+the same noise for the REINFORCE estimator."""
 
 from __future__ import annotations
 
@@ -17,6 +18,12 @@ def gumbel_softmax(logits: torch.Tensor, temperature: float, uniform: torch.Tens
     if not hard:
         return soft
     return hard_message(soft) - soft.detach() + soft
+
+
+def sampled_message(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """An exact one-hot sample of ``softmax(logits)`` (Gumbel-max), without a gradient: REINFORCE's message."""
+    gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1.0 - 1e-7)))
+    return hard_message((logits + gumbel).detach())
 
 
 def hard_message(logits: torch.Tensor) -> torch.Tensor:

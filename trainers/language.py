@@ -12,6 +12,11 @@ Per agent ``a`` with view ``x_a`` and message ``s_a`` (Gumbel-Softmax of the spe
   receiver's own token distribution, summed over tokens. Its weight and whether its gradient reaches
   the sender through ``s_other`` depend on the level (``LEVELS``).
 
+With ``estimator="reinforce"`` the messages are exact discrete samples (no relaxation, no gradient
+through them): each speaker is trained by REINFORCE (``trainers.reinforce``) on the per-message reward
+``-(MI loss)`` minus, where the level feeds back, the receiver's weighted cross-entropy on the message;
+critics and receivers train on the sampled messages as usual.
+
 A linear probe reads the student's last hidden layer (gradient stopped) and is trained alongside on
 labels; the reported figure is its test accuracy at its best validation accuracy.
 """
@@ -30,10 +35,12 @@ import torch.nn.functional as F
 from agents.language import Critic, LinearProbe, Speaker
 from envs.data import Split, Splits
 from envs.language import AGENTS, communication_loss, draw_masks, exchange, views
-from trainers.gumbel import TemperatureSchedule, gumbel_softmax, hard_message
+from trainers.gumbel import TemperatureSchedule, gumbel_softmax, hard_message, sampled_message
 from trainers.population import Population
+from trainers.reinforce import Reinforce
 
 TEACHER, STUDENT = AGENTS
+ESTIMATORS = ("gumbel", "reinforce")
 
 
 @dataclass(frozen=True)
@@ -71,6 +78,9 @@ class LanguageConfig:
     ce_weight_two_way: float = 0.005  # both
     temperature: TemperatureSchedule = field(default_factory=TemperatureSchedule)
     straight_through: bool = False
+    estimator: str = "gumbel"  # or "reinforce"
+    entropy_weight: float = 0.01  # REINFORCE's entropy bonus (per token, summed over the message)
+    baseline_decay: float = 0.99  # REINFORCE's running-mean baseline
     eval_every: int = 100
     log_every: int = 50
 
@@ -84,6 +94,9 @@ class LanguageConfig:
             raise ValueError(f"vocab_size must be >= 2, got {self.vocab_size}")
         if self.lr <= 0 or self.probe_lr <= 0 or self.ce_weight < 0 or self.ce_weight_two_way < 0:
             raise ValueError("learning rates must be > 0 and communication weights >= 0")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
+        Reinforce(self.entropy_weight, self.baseline_decay)  # checks its settings
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -171,13 +184,12 @@ def _column(values: list) -> torch.Tensor:
 
 def mi_loss(critic, view: torch.Tensor, message: torch.Tensor, other_view: torch.Tensor) -> torch.Tensor:
     """Vanilla-GAN discriminator loss of joint ``(view, message)`` vs product-of-marginals
-    ``(other_view, message)`` pairs, per run (mean over the batch). Critic *and* speaker minimise it:
-    the critic to tell the pairs apart, the speaker to make its messages easy to tell (max-max)."""
+    ``(other_view, message)`` pairs, per message ``[..., B]``. Critic *and* speaker minimise it: the
+    critic to tell the pairs apart, the speaker to make its messages easy to tell (max-max)."""
     joint, marginal = critic(view, message), critic(other_view, message)
-    return (
-        F.binary_cross_entropy_with_logits(joint, torch.ones_like(joint), reduction="none")
-        + F.binary_cross_entropy_with_logits(marginal, torch.zeros_like(marginal), reduction="none")
-    ).mean(-1)
+    return F.binary_cross_entropy_with_logits(
+        joint, torch.ones_like(joint), reduction="none"
+    ) + F.binary_cross_entropy_with_logits(marginal, torch.zeros_like(marginal), reduction="none")
 
 
 class LanguageTrainer:
@@ -200,6 +212,7 @@ class LanguageTrainer:
         )
         self.probe_optimizer = torch.optim.Adam(self.probe.parameters(), lr=config.probe_lr)
         self.generators = [torch.Generator().manual_seed(seed) for _, seed in runs]
+        self.reinforce = {a: Reinforce(config.entropy_weight, config.baseline_decay) for a in AGENTS}
         levels = [LEVELS[level] for level, _ in runs]
         two_way = [lv.teacher_receives for lv in levels]
         weight = [config.ce_weight_two_way if tw else config.ce_weight for tw in two_way]
@@ -218,7 +231,8 @@ class LanguageTrainer:
     def losses(self) -> dict[str, torch.Tensor]:
         """Draw the next batch and compute every run's loss terms (``[runs]`` each, graphs attached):
         ``mi_<agent>``, ``communication_<agent>`` (weighted and routed as the level says),
-        ``ce_<agent>`` (unweighted, for logging), ``probe`` and ``temperature``."""
+        ``ce_<agent>`` (unweighted, for logging), ``probe`` and ``temperature``; with REINFORCE also
+        ``reinforce_<agent>`` (the speaker's surrogate loss) and ``entropy_<agent>``."""
         cfg, train = self.config, self.splits.train
         B, L, V = cfg.batch_size, cfg.message_length, cfg.vocab_size
         idx = self._draw((B,), lambda s, g: torch.randint(len(train.images), s, generator=g))
@@ -228,12 +242,17 @@ class LanguageTrainer:
         temperature = cfg.temperature(self.step)
 
         out: dict[str, torch.Tensor] = {"temperature": torch.full((len(self.runs),), temperature)}
-        logits, messages = {}, {}
+        reinforce = cfg.estimator == "reinforce"
+        logits, messages, mi = {}, {}, {}
         for i, a in enumerate(AGENTS):
             logits[a], features = self.speakers[a](seen[a])
-            messages[a] = gumbel_softmax(logits[a], temperature, uniform[:, i], hard=cfg.straight_through)
+            if reinforce:
+                messages[a] = sampled_message(logits[a], uniform[:, i])
+            else:
+                messages[a] = gumbel_softmax(logits[a], temperature, uniform[:, i], hard=cfg.straight_through)
             other_view = torch.gather(seen[a], 1, perm.unsqueeze(-1).expand_as(seen[a]))
-            out[f"mi_{a}"] = mi_loss(self.critics[a], seen[a], messages[a], other_view)
+            mi[a] = mi_loss(self.critics[a], seen[a], messages[a], other_view)
+            out[f"mi_{a}"] = mi[a].mean(-1)
             if a == STUDENT:
                 out["probe"] = (
                     F.cross_entropy(
@@ -242,16 +261,28 @@ class LanguageTrainer:
                     .view(len(self.runs), B)
                     .mean(-1)
                 )
+        ce = {}
         for a, received in exchange(messages).items():
             target = self.feedback * received + (1 - self.feedback) * received.detach()
-            out[f"ce_{a}"] = communication_loss(target, logits[a]).mean(-1)
+            ce[a] = communication_loss(target, logits[a])
+            out[f"ce_{a}"] = ce[a].mean(-1)
             out[f"communication_{a}"] = self.ce_weight[a] * out[f"ce_{a}"]
+        if reinforce:
+            for a, other in zip(AGENTS, reversed(AGENTS), strict=True):
+                log_p = torch.log_softmax(logits[a], -1)
+                feedback = self.feedback.view(-1, 1) * self.ce_weight[other].view(-1, 1) * ce[other]
+                reward = -(mi[a] + feedback).detach()
+                entropy = -(log_p.exp() * log_p).sum((-1, -2))
+                out[f"entropy_{a}"] = entropy.detach().mean(-1)
+                out[f"reinforce_{a}"] = self.reinforce[a].loss((messages[a] * log_p).sum((-1, -2)), reward, entropy)
         return out
 
     def train_step(self) -> dict[str, torch.Tensor]:
         """One optimisation step of every run; returns per-run training metrics ``[runs]``."""
         terms = self.losses()
-        loss = sum(terms[f"mi_{a}"] + terms[f"communication_{a}"] for a in AGENTS).sum()
+        loss = sum(
+            terms[f"mi_{a}"] + terms[f"communication_{a}"] + terms.get(f"reinforce_{a}", 0) for a in AGENTS
+        ).sum()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -260,6 +291,8 @@ class LanguageTrainer:
         self.probe_optimizer.step()
         self.step += 1
         names = {"mi": "mi_loss", "ce": "communication_ce"}
+        if self.config.estimator == "reinforce":
+            names["entropy"] = "message_entropy"
         metrics = {f"train/{names[k]}_{a}": terms[f"{k}_{a}"].detach() for k in names for a in AGENTS}
         return {**metrics, "train/probe_loss": terms["probe"].detach(), "train/temperature": terms["temperature"]}
 
@@ -359,6 +392,7 @@ class LanguageTrainer:
             "populations": {k: p.state_dict() for k, p in self._populations().items()},
             "optimizer": self.optimizer.state_dict(),
             "probe_optimizer": self.probe_optimizer.state_dict(),
+            "reinforce": {a: r.state_dict() for a, r in self.reinforce.items()},
         }
         tmp = path.with_name(path.name + ".tmp")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -373,6 +407,8 @@ class LanguageTrainer:
             p.load_state_dict(state["populations"][k])
         self.optimizer.load_state_dict(state["optimizer"])
         self.probe_optimizer.load_state_dict(state["probe_optimizer"])
+        for a, r in self.reinforce.items():
+            r.load_state_dict(state["reinforce"][a])
         for g, s in zip(self.generators, state["generators"], strict=True):
             g.set_state(s)
         self.step, self.history = state["step"], state["history"]
