@@ -2,6 +2,8 @@
 
 from setuptools import find_packages, setup
 
+RL = ["stable-baselines3>=2.3", "supersuit>=3.9"]
+
 setup(
     name="commchannels",
     version="0.1.0",
@@ -21,8 +23,8 @@ setup(
         "pooch",
     ],
     extras_require={
-        "rl": ["stable-baselines3>=2.3", "supersuit>=3.9"],
+        "rl": RL,
         "vision": ["torchvision"],
-        "dev": ["pytest", "ruff"],
+        "dev": ["pytest", "ruff", *RL],  # the tests train SB3 on every env
     },
 )

@@ -1,9 +1,10 @@
 """What the project's PettingZoo parallel envs share: truncation after ``max_steps``, no rendering,
-and the AEC constructor (PettingZoo's module layout: ``parallel_env``, ``raw_env``, ``env``)."""
+the AEC constructor (PettingZoo's module layout: ``parallel_env``, ``raw_env``, ``env``), and
+``Scripted``, which hides agents driven by fixed policies."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from pettingzoo import ParallelEnv
 from pettingzoo.utils.conversions import parallel_to_aec
@@ -40,3 +41,46 @@ def aec(parallel_cls: type) -> Callable:
 
     raw_env.__doc__ = f"{parallel_cls.__module__} in PettingZoo's AEC API."
     return raw_env
+
+
+class Scripted(ParallelEnv):
+    """``env`` with some agents driven by fixed policies (``observation -> action``); only the others are
+    exposed. E.g. the teacher/student env with a student that always takes the update, so one RL policy
+    (or SB3 through SuperSuit, which needs agents with identical spaces) learns the teacher alone."""
+
+    def __init__(self, env: ParallelEnv, policies: Mapping[str, Callable]):
+        unknown = set(policies) - set(env.possible_agents)
+        if unknown:
+            raise ValueError(f"no agent(s) {', '.join(sorted(unknown))} in {env.metadata.get('name', env)}")
+        self.env, self.policies = env, dict(policies)
+        self.possible_agents = [a for a in env.possible_agents if a not in self.policies]
+        self.metadata, self.render_mode = env.metadata, getattr(env, "render_mode", None)
+        self._last: dict = {}
+
+    @property
+    def agents(self) -> list[str]:
+        return [a for a in self.env.agents if a not in self.policies]
+
+    def observation_space(self, agent: str):
+        return self.env.observation_space(agent)
+
+    def action_space(self, agent: str):
+        return self.env.action_space(agent)
+
+    def _keep(self, values: dict) -> dict:
+        return {a: v for a, v in values.items() if a not in self.policies}
+
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        self._last, infos = self.env.reset(seed=seed, options=options)
+        return self._keep(self._last), self._keep(infos)
+
+    def step(self, actions: Mapping):
+        scripted = {a: p(self._last[a]) for a, p in self.policies.items() if a in self._last}
+        self._last, *rest = self.env.step({**actions, **scripted})
+        return self._keep(self._last), *(self._keep(r) for r in rest)
+
+    def render(self) -> None:
+        return self.env.render()
+
+    def close(self) -> None:
+        self.env.close()

@@ -1,0 +1,60 @@
+"""SB3 through SuperSuit on each of our envs: a short PPO run completes, and the same seed gives the same losses."""
+
+import numpy as np
+import pytest
+import torch
+
+from envs import language, network, teacher_student
+from envs.base import Scripted
+from trainers.sb3 import train
+
+G = torch.Generator().manual_seed(0)
+IMAGES, LABELS = torch.rand(96, 64, generator=G), torch.arange(96) % 10
+
+
+def make_language():
+    return language.parallel_env(images=IMAGES, message_length=4, batch_size=2, max_steps=8)
+
+
+def make_network():
+    return network.parallel_env(IMAGES, LABELS, IMAGES[:16], LABELS[:16], shape=(1, 8, 8), nodes=3, batch_size=4,
+                                max_steps=8, reward_samples=16)  # fmt: skip
+
+
+def make_teacher_student():
+    logits = 3 * torch.nn.functional.one_hot(LABELS, 10).float()
+    env = teacher_student.parallel_env(IMAGES, LABELS, logits, IMAGES[:16], LABELS[:16], stack_size=2, batch_size=4,
+                                       hidden=(8,), reward_samples=16, max_steps=8)  # fmt: skip
+    return Scripted(env, {"student": lambda obs: 1})
+
+
+ENVS = {"language": make_language, "network": make_network, "teacher_student": make_teacher_student}
+
+
+@pytest.mark.parametrize("name", list(ENVS))
+def test_ppo_runs_on_each_env_and_the_same_seed_gives_the_same_first_losses(name, tmp_path):
+    def run(seed):
+        _, rows = train(ENVS[name](), "ppo", timesteps=32, seed=seed, logdir=tmp_path / f"s{seed}-{len(rows_seen)}",
+                        n_steps=16, batch_size=16, n_epochs=1)  # fmt: skip
+        rows_seen.append(rows)
+        return [r for r in rows if "train/loss" in r]
+
+    rows_seen: list = []
+    first, again, other = run(0), run(0), run(1)
+    assert first and first[0]["train/loss"] == again[0]["train/loss"]
+    assert [r["train/loss"] for r in first] == [r["train/loss"] for r in again]
+    assert first[0]["train/loss"] != other[0]["train/loss"]
+    assert list((tmp_path / "s0-0").glob("events.out.tfevents.*"))
+
+
+def test_scripted_agents_act_by_their_policy_and_are_hidden():
+    env = make_teacher_student()
+    assert env.possible_agents == ["teacher"]
+    obs, _ = env.reset(seed=0)
+    assert set(obs) == {"teacher"}
+    before = env.env._val_loss()
+    _, rewards, *_ = env.step({"teacher": np.ones(2 * 4 + 1, dtype=np.float32)})
+    assert set(rewards) == {"teacher"} and rewards["teacher"] == pytest.approx(before - env.env._val_loss(), abs=1e-6)
+    assert rewards["teacher"] != 0  # the scripted student took the update
+    with pytest.raises(ValueError, match="no agent"):
+        Scripted(make_network(), {"node_9": lambda obs: 0})

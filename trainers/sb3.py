@@ -1,0 +1,78 @@
+"""Stable-Baselines3 on our PettingZoo envs through SuperSuit: one policy shared by every exposed agent.
+
+SuperSuit turns a parallel env whose agents share their spaces into a vector env with one slot per
+agent. Its SB3 adapter lacks ``seed()``, which SB3 calls with the algorithm's seed (DESIGN.md), so
+``SeededVecEnv`` keeps that seed and hands it to the next reset: the same seed gives the same run.
+Needs the ``rl`` extra: ``pip install -e ".[rl]"``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pettingzoo import ParallelEnv
+from stable_baselines3 import A2C, PPO
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
+from stable_baselines3.common.vec_env import VecMonitor
+from supersuit import concat_vec_envs_v1, pettingzoo_env_to_vec_env_v1
+from supersuit.vector.sb3_vector_wrapper import SB3VecEnvWrapper
+
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C}
+
+
+class SeededVecEnv(SB3VecEnvWrapper):
+    """SuperSuit's SB3 adapter with the ``seed()`` SB3 calls: the seed goes to the next ``reset``."""
+
+    def __init__(self, venv):
+        super().__init__(venv)
+        self._seed: int | None = None
+
+    def seed(self, seed: int | None = None) -> list:
+        self._seed = seed
+        return [seed] * self.num_envs
+
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        seed, self._seed = (self._seed if seed is None else seed), None  # later resets continue the stream
+        observations, self.reset_infos = self.venv.reset(seed=seed, options=options)
+        return observations
+
+
+def vec_env(env: ParallelEnv) -> VecMonitor:
+    """The SB3 vector env of a parallel env (one slot per agent), with episode statistics."""
+    return VecMonitor(SeededVecEnv(concat_vec_envs_v1(pettingzoo_env_to_vec_env_v1(env), 1, 0, "gymnasium")))
+
+
+class Recorder(KVWriter):
+    """Keeps every value SB3 logs (one dict per dump), e.g. to compare two runs' first losses."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+
+    def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
+        self.rows.append({k: float(v) for k, v in key_values.items() if isinstance(v, int | float)})
+
+    def close(self) -> None:
+        pass
+
+
+def train(
+    env: ParallelEnv,
+    algorithm: str = "ppo",
+    timesteps: int = 2048,
+    seed: int = 0,
+    logdir: Path | None = None,
+    **kwargs: Any,
+) -> tuple[BaseAlgorithm, list[dict[str, float]]]:
+    """Train ``algorithm`` with an MLP policy on ``env`` for ``timesteps`` agent-steps; TensorBoard scalars
+    go to ``logdir``. Returns the model and every logged row."""
+    model = ALGORITHMS[algorithm]("MlpPolicy", vec_env(env), seed=seed, device="cpu", verbose=0, **kwargs)
+    recorder = Recorder()
+    outputs: list[KVWriter] = [recorder]
+    if logdir is not None:
+        outputs.append(TensorBoardOutputFormat(str(logdir)))
+    model.set_logger(Logger(str(logdir) if logdir else None, outputs))
+    model.learn(total_timesteps=timesteps)
+    model.logger.dump(model.num_timesteps)  # the last update's losses are otherwise never written
+    return model, recorder.rows
