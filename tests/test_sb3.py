@@ -58,3 +58,32 @@ def test_scripted_agents_act_by_their_policy_and_are_hidden():
     assert rewards["teacher"] != 0  # the scripted student took the update
     with pytest.raises(ValueError, match="no agent"):
         Scripted(make_network(), {"node_9": lambda obs: 0})
+
+
+@pytest.mark.parametrize("name", ["network", "language", "teacher_student"])
+def test_sb3_cli_trains_saves_and_logs(name, tmp_path, capsys):
+    import json
+
+    from benchmarks import sb3 as bench
+    from tests.conftest import exit_code, make_dataset
+
+    root = make_dataset(tmp_path / "data", name="fashion-mnist" if name == "network" else "mnist", n_train=300)
+    out, save = tmp_path / "rows.json", tmp_path / "model.zip"
+    argv = ["--env", name, "--data-dir", str(root), "--timesteps", "16", "--n-steps", "8", "--episode-steps", "4",
+            "--batch-size", "8",
+            "--logdir", str(tmp_path / "runs"), "--out", str(out), "--save", str(save), "--quick-teacher",
+            "--teacher-cache", str(tmp_path / "teachers")]  # fmt: skip
+    assert exit_code(bench.main, argv) == 0
+    data = json.loads(out.read_text())
+    assert data["env"] == name and data["timesteps"] >= 16 and any("train/loss" in r for r in data["rows"])
+    assert save.stat().st_size > 0 and list((tmp_path / "runs" / "sb3" / name / "ppo-seed0").glob("events.*"))
+    assert "PPO on " + name in capsys.readouterr().out
+
+
+def test_sb3_cli_bad_input_is_one_line(tmp_path, capsys):
+    from benchmarks import sb3 as bench
+    from tests.conftest import exit_code
+
+    assert exit_code(bench.main, ["--env", "network", "--timesteps", "0"]) == 2
+    assert "--timesteps" in capsys.readouterr().err
+    assert exit_code(bench.main, ["--env", "chess"]) == 2

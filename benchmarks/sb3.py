@@ -1,0 +1,102 @@
+"""Train a Stable-Baselines3 agent on any of our envs: ``python -m benchmarks.sb3 --env network``.
+
+The recipe behind it is three lines (``trainers/sb3.py``): build the PettingZoo parallel env, hide the
+agents that follow a fixed rule (``envs.base.Scripted``; here the student of ``teacher_student``, which
+always takes the update), and call ``trainers.sb3.train``, which goes through SuperSuit with a seeded
+vector env. Every exposed agent shares one MLP policy. TensorBoard scalars go to
+``<logdir>/sb3/<env>/<algo>-seed<k>``, the model to ``--save`` and the logged rows to ``--out``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from benchmarks.harness import ArgumentParser, UsageError, format_table, run_cli, save_json
+from envs.data import DATASETS, load_splits
+
+ENVS = ("language", "teacher_student", "network")
+DEFAULT_DATASET = {"language": "mnist", "teacher_student": "mnist", "network": "fashion-mnist"}
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m benchmarks.sb3", description=__doc__.split("\n")[0])
+    p.add_argument("--env", required=True, choices=ENVS)
+    p.add_argument("--algo", default="ppo", choices=("ppo", "a2c"))
+    p.add_argument("--timesteps", type=int, default=20_000, help="agent-steps (all exposed agents count)")
+    p.add_argument("--n-steps", type=int, default=256, help="rollout length per agent between updates")
+    p.add_argument("--batch-size", type=int, default=64, help="PPO's minibatch (a divisor of n-steps x agents)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--episode-steps", type=int, default=100, help="env steps per episode")
+    p.add_argument("--nodes", type=int, default=4, help="network env: nodes (agents)")
+    p.add_argument("--dataset", default=None, choices=list(DATASETS), help="default mnist, fashion-mnist for network")
+    p.add_argument("--data-dir", default=None, help="dataset root (default $COMMCHANNELS_DATA, else a cache)")
+    p.add_argument("--teacher-cache", default="checkpoints/teachers", help="teacher_student: cached teachers")
+    p.add_argument("--quick-teacher", action="store_true", help="teacher_student: a one-epoch teacher if none cached")
+    p.add_argument("--logdir", default="runs")
+    p.add_argument("--out", default=None, help="logged rows as JSON (default results/sb3-<env>-<algo>-seed<k>.json)")
+    p.add_argument("--save", default=None, help="model zip (default checkpoints/sb3/<env>-<algo>-seed<k>.zip)")
+    return p
+
+
+def make_env(args):
+    """The env of ``--env``, built from the dataset as the chapter's benchmark builds it."""
+    dataset = args.dataset or DEFAULT_DATASET[args.env]
+    if args.env == "language":
+        from envs.language import parallel_env
+
+        return parallel_env(dataset=dataset, data_dir=args.data_dir, max_steps=args.episode_steps, seed=args.seed)
+    splits = load_splits(dataset, args.data_dir)
+    if args.env == "network":
+        from envs.network import parallel_env
+
+        if args.nodes < 2:
+            raise UsageError(f"--nodes must be >= 2 for agents to communicate, got {args.nodes}")
+        return parallel_env(splits.train.images, splits.train.labels, splits.val.images, splits.val.labels,
+                            shape=splits.shape, nodes=args.nodes, max_steps=args.episode_steps)  # fmt: skip
+    from benchmarks.teacher import QUICK_TEACHER
+    from envs.base import Scripted
+    from envs.teacher_student import parallel_env
+    from trainers.teacher import TeacherConfig, load_or_train_teachers, predict
+
+    config = QUICK_TEACHER if args.quick_teacher else TeacherConfig()
+    teacher = load_or_train_teachers(splits, [args.seed], config, Path(args.teacher_cache))[args.seed]
+    env = parallel_env(splits.train.images, splits.train.labels, predict(teacher, splits.train.images),
+                       splits.val.images, splits.val.labels, max_steps=args.episode_steps)  # fmt: skip
+    return Scripted(env, {"student": lambda observation: 1})
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if min(args.timesteps, args.episode_steps, args.batch_size) < 1 or args.n_steps < 2:
+        raise UsageError("--timesteps, --episode-steps and --batch-size must be >= 1 and --n-steps >= 2")
+    try:
+        from trainers.sb3 import train
+    except ImportError as e:
+        raise UsageError(f"{e.name} is not installed; pip install -e '.[rl]'") from None
+    name = f"{args.algo}-seed{args.seed}"
+    env = make_env(args)
+    agents = len(env.possible_agents)
+    started = time.time()
+    kwargs = {"n_steps": args.n_steps, **({"batch_size": args.batch_size} if args.algo == "ppo" else {})}
+    model, rows = train(
+        env, args.algo, args.timesteps, args.seed, Path(args.logdir) / "sb3" / args.env / name, **kwargs
+    )
+    seconds = time.time() - started
+    save = Path(args.save or f"checkpoints/sb3/{args.env}-{name}.zip")
+    save.parent.mkdir(parents=True, exist_ok=True)
+    model.save(save)
+    out = Path(args.out or f"results/sb3-{args.env}-{name}.json")
+    save_json(out, {"env": args.env, "algo": args.algo, "seed": args.seed, "agents": agents,
+                    "timesteps": model.num_timesteps, "wall_time_s": seconds, "rows": rows})  # fmt: skip
+    keys = ("time/total_timesteps", "rollout/ep_rew_mean", "train/loss", "train/entropy_loss")
+    table = [[f"{r.get(k, float('nan')):.4g}" for k in keys] for r in rows if "train/loss" in r]
+    print(f"\n{args.algo.upper()} on {args.env} ({agents} agent(s) sharing one policy), seed {args.seed}")
+    print(format_table(keys, table))
+    print(f"\nresults: {out}   model: {save}   TensorBoard: tensorboard --logdir {Path(args.logdir) / 'sb3'}   "
+          f"wall time: {seconds:.0f} s")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
