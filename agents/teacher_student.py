@@ -23,3 +23,15 @@ def teacher(inputs: int = 784, hidden: tuple[int, ...] = (1200, 1200), dropout: 
 def student(inputs: int = 784, hidden: tuple[int, ...] = (32, 32)) -> nn.Sequential:
     """784-32-32-10 without dropout (thesis 3.2.2)."""
     return mlp(inputs, hidden)
+
+
+class TeacherPolicy(nn.Module):
+    """An RL teacher's scorer: one score per stack sample from what the env's teacher observes of it
+    (both predictive distributions, their cross-entropy and distance: ``2 * classes + 2`` numbers)."""
+
+    def __init__(self, classes: int = 10, hidden: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2 * classes + 2, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+
+    def forward(self, features):
+        return self.net(features).squeeze(-1)

@@ -1,0 +1,69 @@
+import dataclasses
+import itertools
+import math
+from collections import Counter
+
+import pytest
+import torch
+
+from envs.teacher_student import MEASURES, USES_STUDENT
+from trainers.teacher_policy import PolicyConfig, plackett_luce, ppo_scorer, register, train_ppo, train_reinforce
+from trainers.teacher_student import Selection, StudentConfig, StudentTrainer
+
+
+def test_plackett_luce_log_probability_is_exact():
+    scores = torch.tensor([1.0, 0.0, -0.5, 0.3])
+    g = torch.Generator().manual_seed(0)
+    counts, log_p = Counter(), {}
+    for _ in range(20_000):
+        chosen, lp = plackett_luce(scores, 2, g)
+        key = tuple(chosen.tolist())
+        counts[key] += 1
+        log_p[key] = lp.item()
+    p = torch.softmax(scores, 0).tolist()
+    for a, b in itertools.permutations(range(4), 2):
+        exact = p[a] * p[b] / (1 - p[a])
+        assert log_p.get((a, b), math.log(exact)) == pytest.approx(math.log(exact), abs=1e-5)
+        assert counts[(a, b)] / 20_000 == pytest.approx(exact, abs=0.015)
+
+
+def test_plackett_luce_gradient_raises_the_chosen_scores():
+    scores = torch.zeros(5, requires_grad=True)
+    chosen, log_p = plackett_luce(scores, 2, torch.Generator().manual_seed(1))
+    log_p.backward()
+    assert all(scores.grad[c] > 0 for c in chosen) and scores.grad.sum().abs() < 1e-6
+
+
+CONFIG = PolicyConfig(episodes=2, episode_steps=6, stack_size=2, batch_size=4, update_every=3, reward_samples=20)
+
+
+@pytest.fixture
+def teacher_logits(splits):
+    return 4 * torch.nn.functional.one_hot(splits.train.labels, 10).float()
+
+
+def test_reinforce_teacher_learns_deterministically_and_becomes_a_measure(splits, teacher_logits):
+    a = train_reinforce(splits, teacher_logits, CONFIG, seed=0)
+    b = train_reinforce(splits, teacher_logits, CONFIG, seed=0)
+    untrained = train_reinforce(splits, teacher_logits, dataclasses.replace(CONFIG, episodes=1, episode_steps=1), 0)
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
+    assert any(not torch.equal(p, r) for p, r in zip(a.parameters(), untrained.parameters(), strict=True))
+    name = register("test_reinforce", a)
+    try:
+        assert name in MEASURES and name in USES_STUDENT
+        runs = [(Selection(2, name, "true"), 0), (Selection(2, "cross_entropy", "true"), 0)]
+        config = StudentConfig(batch_size=4, max_epochs=1, eval_every=5)
+        trainer = StudentTrainer(config, splits, runs, {0: teacher_logits})
+        results = trainer.fit()
+        assert all(r.steps for r in results)
+    finally:
+        MEASURES.pop(name)
+        USES_STUDENT.discard(name)
+
+
+def test_ppo_teacher_trains_through_sb3_and_scores_a_stack(splits, teacher_logits):
+    model = train_ppo(splits, teacher_logits, CONFIG, seed=0)
+    observed = torch.rand(2 * 4, 22)
+    scores = ppo_scorer(model)(observed)
+    assert scores.shape == (8,) and torch.equal(scores, ppo_scorer(model)(observed))

@@ -1,0 +1,147 @@
+"""Learned teachers (thesis ch. 3 as RL): a policy scores the stack and learns from the env's reward.
+
+The teacher/student env rewards each step with the drop of the student's validation loss. Two learners:
+
+- ``reinforce``: a ``TeacherPolicy`` scores every stack sample; the ``batch_size`` samples sent are a
+  Plackett-Luce draw (Gumbel top-k) from those scores, so the log-probability of the sent set is exact
+  and ``trainers.reinforce`` gives the gradient (immediate reward, running-mean baseline, entropy bonus on
+  the softmax of the scores).
+- ``ppo``: SB3 PPO through SuperSuit on the teacher alone (the student always updates), its action being
+  a Gaussian score per sample (``trainers.sb3``).
+
+Either becomes a difficulty measure for the batched student trainer (``register``): at evaluation the
+teacher sends its ``batch_size`` highest-scoring samples, as with the heuristics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agents.teacher_student import TeacherPolicy
+from envs.teacher_student import MEASURES, USES_STUDENT, features, parallel_env
+from trainers.reinforce import Reinforce
+
+POLICIES = ("reinforce", "ppo")
+MAX_CE = float(np.log(1e12))  # the env clips the cross-entropy it shows the teacher here
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    episodes: int = 20  # fresh students per policy
+    episode_steps: int = 300  # student updates per episode
+    stack_size: int = 5
+    batch_size: int = 32
+    target: str = "true"
+    lr: float = 3e-3
+    entropy_weight: float = 0.01
+    update_every: int = 10  # REINFORCE: env steps per policy update
+    reward_samples: int = 1000
+
+    def __post_init__(self) -> None:
+        if min(self.episodes, self.episode_steps, self.stack_size, self.batch_size, self.update_every) < 1:
+            raise ValueError("policy episodes, steps, stack and batch sizes and update interval must be >= 1")
+
+
+def plackett_luce(scores: torch.Tensor, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``k`` indices drawn without replacement with probability proportional to ``exp(score)`` (Gumbel
+    top-k), and the exact log-probability of that ordered draw."""
+    gumbel = -torch.log(-torch.log(torch.rand(scores.shape, generator=generator).clamp(1e-10, 1 - 1e-7)))
+    chosen = (scores.detach() + gumbel).topk(k).indices
+    picked = scores[chosen]
+    # log P = sum_i [s_(i) - logsumexp(scores not yet chosen)]; the not-yet-chosen set shrinks by one each pick
+    remaining = torch.logcumsumexp(picked.flip(0), 0).flip(0)
+    others = scores.clone()
+    others[chosen] = float("-inf")
+    rest = torch.logsumexp(others, 0)
+    denominators = torch.logaddexp(remaining, rest.expand_as(remaining))
+    return chosen, (picked - denominators).sum()
+
+
+def _env(splits, teacher_logits: torch.Tensor, config: PolicyConfig) -> parallel_env:
+    return parallel_env(splits.train.images, splits.train.labels, teacher_logits, splits.val.images, splits.val.labels,
+                        stack_size=config.stack_size, batch_size=config.batch_size, max_steps=config.episode_steps,
+                        reward_samples=config.reward_samples)  # fmt: skip
+
+
+def _action(chosen: torch.Tensor, stack: int, target: str) -> np.ndarray:
+    """The env action that sends ``chosen`` (scores 1 for them, -1 for the rest) with the target kind."""
+    action = -np.ones(stack + 1, dtype=np.float32)
+    action[chosen.numpy()] = 1.0
+    action[-1] = 1.0 if target == "soft" else -1.0
+    return action
+
+
+def train_reinforce(splits, teacher_logits: torch.Tensor, config: PolicyConfig, seed: int,
+                    progress: Callable[[int], None] | None = None) -> TeacherPolicy:  # fmt: skip
+    """A ``TeacherPolicy`` trained by REINFORCE in the teacher/student env."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        policy = TeacherPolicy(teacher_logits.shape[-1])
+    optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
+    reinforce = Reinforce(config.entropy_weight)
+    generator = torch.Generator().manual_seed(seed)
+    env = _env(splits, teacher_logits, config)
+    log_probs, rewards, entropies = [], [], []
+    for episode in range(config.episodes):
+        obs, _ = env.reset(seed=seed * 10_000 + episode)
+        while env.agents:
+            scores = policy(torch.from_numpy(obs["teacher"]))
+            chosen, log_prob = plackett_luce(scores, config.batch_size, generator)
+            obs, reward, *_ = env.step({"teacher": _action(chosen, len(scores), config.target), "student": 1})
+            p = torch.log_softmax(scores, 0)
+            log_probs.append(log_prob)
+            rewards.append(reward["teacher"])
+            entropies.append(-(p.exp() * p).sum())
+            if len(rewards) == config.update_every:
+                loss = reinforce.loss(torch.stack(log_probs).view(1, -1), torch.tensor([rewards]),
+                                      torch.stack(entropies).view(1, -1))  # fmt: skip
+                optimizer.zero_grad(set_to_none=True)
+                loss.sum().backward()
+                optimizer.step()
+                log_probs, rewards, entropies = [], [], []
+            if progress:
+                progress(1)
+    return policy.eval()
+
+
+def train_ppo(splits, teacher_logits: torch.Tensor, config: PolicyConfig, seed: int, logdir: Path | None = None):
+    """SB3 PPO on the teacher alone (the student always updates); returns the model."""
+    from envs.base import Scripted
+    from trainers.sb3 import train
+
+    env = Scripted(_env(splits, teacher_logits, config), {"student": lambda observation: 1})
+    model, _ = train(env, "ppo", config.episodes * config.episode_steps, seed, logdir, n_steps=config.episode_steps,
+                     batch_size=max(2, config.episode_steps // 5), learning_rate=config.lr)  # fmt: skip
+    return model
+
+
+def _observed(teacher_probs: torch.Tensor, student_probs: torch.Tensor) -> torch.Tensor:
+    return features(teacher_probs, student_probs).clamp(max=MAX_CE)
+
+
+def register(name: str, scorer: Callable[[torch.Tensor], torch.Tensor]) -> str:
+    """Make ``scorer`` (observed features ``[stack, 2C+2]`` -> scores ``[stack]``) the measure ``learned_<name>``."""
+    key = f"learned_{name}"
+
+    @torch.no_grad()
+    def measure(teacher_probs: torch.Tensor, student_probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return scorer(_observed(teacher_probs, student_probs))
+
+    MEASURES[key] = measure
+    USES_STUDENT.add(key)
+    return key
+
+
+def ppo_scorer(model) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The PPO policy's deterministic scores (its Gaussian's mean) for one stack."""
+
+    def scores(observed: torch.Tensor) -> torch.Tensor:
+        action, _ = model.predict(observed.numpy()[None], deterministic=True)
+        return torch.from_numpy(np.asarray(action[0][:-1], dtype=np.float32))
+
+    return scores
