@@ -30,6 +30,7 @@ from envs.data import DATASETS, load_splits
 from envs.teacher_student import MEASURES, TARGETS
 from trainers.probe import accuracy
 from trainers.teacher import TeacherConfig, load_or_train_teachers, predict
+from trainers.teacher_policy import POLICIES, PolicyConfig, ppo_scorer, register, train_ppo, train_reinforce
 from trainers.teacher_student import Selection, StudentConfig, StudentResult, StudentTrainer, per_step_counters
 
 # Table 3.1: (stack size, measure, target) -> (test accuracy %, backward passes to the baseline's accuracy)
@@ -44,6 +45,7 @@ THESIS = {
 }
 QUICK_STUDENT = {"max_epochs": 2, "patience": 1, "eval_every": 200}
 QUICK_TEACHER = TeacherConfig(hidden=(256, 256), max_epochs=1, patience=1)
+QUICK_POLICY = {"episodes": 2, "episode_steps": 50}
 
 
 def build_parser() -> ArgumentParser:
@@ -72,6 +74,14 @@ def build_parser() -> ArgumentParser:
                    "results/teacher-quick.json with --quick)")  # fmt: skip
     p.add_argument("--target-accuracy", type=float, default=None, help="test accuracy (%%) whose first "
                    "crossing is counted (default: the baseline's mean; changing it retrains nothing)")  # fmt: skip
+    p.add_argument("--policies", default=None, help=f"learned teachers to compare with the CE heuristic and random "
+                   f"selection at the policies' stack size: comma-separated from {','.join(POLICIES)}")  # fmt: skip
+    q = PolicyConfig()
+    p.add_argument("--policy-episodes", type=int, default=q.episodes, help="fresh students a policy trains on")
+    p.add_argument("--policy-steps", type=int, default=q.episode_steps, help="student updates per episode")
+    p.add_argument("--policy-stack-size", type=int, default=q.stack_size)
+    p.add_argument("--policy-target", default=q.target, choices=list(TARGETS))
+    p.add_argument("--policy-lr", type=float, default=q.lr)
     p.add_argument("--quick", action="store_true", help="a one-minute smoke run of every config")
     return p
 
@@ -86,8 +96,12 @@ def _ints(text: str, what: str) -> list[int]:
     return values
 
 
-def selections(args) -> list[Selection]:
-    """The thesis' configs, or the baseline plus every combination of the given flags."""
+def selections(args, policy: PolicyConfig | None = None) -> list[Selection]:
+    """The thesis' configs, the policy comparison, or the baseline plus every combination of the given flags."""
+    if policy is not None:
+        size, target = policy.stack_size, policy.target
+        learned = [Selection(size, f"learned_{p}", target) for p in parse_list(args.policies, POLICIES, "policy")]
+        return [Selection(), Selection(size, "cross_entropy", target), Selection(size, "random", target), *learned]
     if args.stack_sizes is None and args.measures is None and args.targets is None:
         return list(THESIS)
     sizes = _ints(args.stack_sizes, "--stack-sizes") if args.stack_sizes else [2, 5]
@@ -102,7 +116,18 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
     if seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {seeds}")
-    configs = selections(args)
+    policy = None
+    if args.policies is not None:
+        try:
+            policy = PolicyConfig(**{"episodes": args.policy_episodes, "episode_steps": args.policy_steps,
+                                     "stack_size": args.policy_stack_size, "target": args.policy_target,
+                                     "lr": args.policy_lr, "batch_size": args.batch_size,
+                                     **(QUICK_POLICY if args.quick else {})})  # fmt: skip
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        for name in parse_list(args.policies, POLICIES, "policy"):
+            register(name, _unfit)  # a placeholder until the policy is trained, so the selections validate
+    configs = selections(args, policy)
     if args.target_accuracy is not None and not 0 < args.target_accuracy <= 100:
         raise UsageError(f"--target-accuracy is a percentage in (0, 100], got {args.target_accuracy}")
     try:
@@ -121,9 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"a stack of {largest} samples (batch size x stack size) or a teacher batch of "
                          f"{teacher_config.batch_size} does not fit in the {n} training images")  # fmt: skip
 
-    out = Path(args.out or ("results/teacher-quick.json" if args.quick else "results/teacher.json"))
+    name = "teacher" + ("-policies" if policy else "") + ("-quick" if args.quick else "")
+    out = Path(args.out or f"results/{name}.json")
     identity = {"student": dataclasses.asdict(student_config), "teacher": dataclasses.asdict(teacher_config),
-                "dataset": args.dataset}  # fmt: skip
+                "dataset": args.dataset, **({"policy": dataclasses.asdict(policy)} if policy else {})}  # fmt: skip
     results = Results(out, "teacher", identity)
     data = results.data
     started = time.time()
@@ -143,12 +169,39 @@ def main(argv: list[str] | None = None) -> int:
         logits = {k: predict(m, splits.train.images) for k, m in teachers.items()}
         for k, m in teachers.items():
             data.setdefault("teacher_test_accuracy", {})[str(k)] = accuracy(m, splits.test).item()
+        learned = sorted({c.measure.removeprefix("learned_") for c, _ in pending if c.measure.startswith("learned_")})
+        if learned:
+            _train_policies(learned, policy, splits, teacher_config, args, data)
         _train(student_config, splits, pending, logits, Path(args.logdir), results)
     data["wall_time_s"] = data.get("wall_time_s", 0.0) + time.time() - started
     _summarise(data, configs, seeds, args.target_accuracy)
     results.save()
     _report(data, configs, seeds, Path(args.logdir), out)
     return 0
+
+
+def _unfit(observed):
+    raise RuntimeError("a learned teacher was used before it was trained")
+
+
+def _train_policies(names: list[str], policy: PolicyConfig, splits, teacher_config, args, data: dict) -> None:
+    """Train each learned teacher once, in the env with seed 0's teacher (its inputs are predictive
+    distributions, so one policy serves every student seed), and register it as a measure."""
+    teacher = load_or_train_teachers(splits, [0], teacher_config, Path(args.teacher_cache))[0]
+    logits = predict(teacher, splits.train.images)
+    for name in names:
+        started = time.time()
+        steps = policy.episodes * policy.episode_steps
+        with tqdm(total=steps, desc=f"{name} teacher", unit="step", leave=False) as bar:
+            if name == "reinforce":
+                register(name, train_reinforce(splits, logits, policy, seed=0, progress=bar.update))
+            else:
+                logdir = Path(args.logdir) / "teacher" / "policies" / name
+                try:
+                    register(name, ppo_scorer(train_ppo(splits, logits, policy, seed=0, logdir=logdir)))
+                except ImportError as e:
+                    raise UsageError(f"{e.name} is not installed; pip install -e '.[rl]'") from None
+        data.setdefault("policy_training_s", {})[name] = time.time() - started
 
 
 def _train(config: StudentConfig, splits, pending, logits, logdir: Path, results: Results) -> None:

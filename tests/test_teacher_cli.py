@@ -110,3 +110,18 @@ def test_a_killed_benchmark_keeps_the_students_that_had_finished(cli, monkeypatc
     assert run([*argv, "--stack-sizes", "2", "--measures", "cross_entropy", "--targets", "soft", "--seeds", "2"]) == 0
     saved = json.loads(out.read_text())["configs"]
     assert sum(len(e["runs"]) for e in saved.values()) == 4
+
+
+def test_learned_policies_are_compared_with_the_heuristic_and_random(cli, capsys):
+    argv, out, _ = cli
+    policies = ["--policies", "reinforce,ppo", "--policy-episodes", "1", "--policy-steps", "10",
+                "--policy-stack-size", "2", "--seeds", "1"]  # fmt: skip
+    assert run([*argv, *policies]) == 0
+    data = json.loads(out.read_text())
+    assert set(data["configs"]) == {"baseline", "stack2-cross_entropy-true", "stack2-random-true",
+                                    "stack2-learned_reinforce-true", "stack2-learned_ppo-true"}  # fmt: skip
+    assert data["config"]["policy"]["episode_steps"] == 10 and set(data["policy_training_s"]) == {"reinforce", "ppo"}
+    run0 = data["configs"]["stack2-learned_ppo-true"]["runs"]["0"]
+    assert run0["counters"]["student_forward_passes"] == 3 * run0["stopped_step"]  # reads the student's stack
+    assert "stack2-learned_reinforce-true" in capsys.readouterr().out
+    assert run([*argv, *policies, "--policies", "dance"]) == 2
