@@ -135,20 +135,25 @@ def test_levels_of_one_seed_start_alike(splits):
     assert torch.equal(trainer.masks[0], trainer.masks[1]) and not torch.equal(trainer.masks[0], trainer.masks[2])
 
 
+def killed_and_resumed(config, splits, runs, checkpoint):
+    """Train ``runs``, kill the training at step 5 (after the checkpoint of the step-3 evaluation), then
+    resume from the checkpoint to the end; returns the resumed trainer and its results."""
+
+    def kill_at_step_5(_):
+        if killed.step == 5:
+            raise KeyboardInterrupt
+
+    killed = LanguageTrainer(config, splits, runs)
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit(checkpoint=checkpoint, progress=kill_at_step_5)
+    resumed = LanguageTrainer(config, splits, runs)
+    return resumed, resumed.fit(checkpoint=checkpoint)
+
+
 def test_resume_after_a_kill_matches_an_uninterrupted_run(splits, tmp_path):
     runs = [("feedback", 0), ("none", 1)]
     whole = LanguageTrainer(TINY, splits, runs).fit()
-    checkpoint = tmp_path / "ckpt.pt"
-
-    def kill_at_step_5(_):
-        if killed.step == 5:  # after the checkpoint written at the step-3 evaluation
-            raise KeyboardInterrupt
-
-    killed = LanguageTrainer(TINY, splits, runs)
-    with pytest.raises(KeyboardInterrupt):
-        killed.fit(checkpoint=checkpoint, progress=kill_at_step_5)
-    resumed = LanguageTrainer(TINY, splits, runs)
-    results = resumed.fit(checkpoint=checkpoint)
+    _, results = killed_and_resumed(TINY, splits, runs, tmp_path / "ckpt.pt")
     assert [dataclasses.asdict(r) for r in results] == [dataclasses.asdict(r) for r in whole]
 
 
@@ -283,15 +288,5 @@ def test_reinforce_training_is_seeded_and_resumes_with_its_baseline(splits, tmp_
     runs = [("both", 0)]
     whole = LanguageTrainer(REINFORCE, splits, runs).fit()
     assert whole == LanguageTrainer(REINFORCE, splits, runs).fit()
-    checkpoint = tmp_path / "ckpt.pt"
-
-    def kill_at_step_5(_):
-        if killed.step == 5:  # after the checkpoint written at the step-3 evaluation
-            raise KeyboardInterrupt
-
-    killed = LanguageTrainer(REINFORCE, splits, runs)
-    with pytest.raises(KeyboardInterrupt):
-        killed.fit(checkpoint=checkpoint, progress=kill_at_step_5)
-    resumed = LanguageTrainer(REINFORCE, splits, runs)
-    assert resumed.fit(checkpoint=checkpoint) == whole
-    assert resumed.reinforce["student"].updates == REINFORCE.steps
+    resumed, results = killed_and_resumed(REINFORCE, splits, runs, tmp_path / "ckpt.pt")
+    assert results == whole and resumed.reinforce["student"].updates == REINFORCE.steps
