@@ -229,7 +229,7 @@ def _report(data: dict, chosen: list[NetworkConfig], seeds: int, target: float, 
                         "DDP all-reduce bytes/node/step", "from inbox"], rows))  # fmt: skip
     print(f"\nsteps per node until validation accuracy first reached {target:g}% (thesis: 85% on CIFAR-10, test)")
     print(format_table(["config", "node average", "collective", "thesis"], steps_rows))
-    png = logdir / ("figure_table_2_3.png" if unsupervised else "figure_table_2_2.png")
+    png = logdir / (f"figure_table_2_3_{unsupervised}.png" if unsupervised else "figure_table_2_2.png")
     plot_panels(png, list(panels.items()), "steps per node", "validation accuracy (%)")
     print(f"\nresults: {out}   figure: {png}   TensorBoard: tensorboard --logdir {logdir}   "
           f"wall time: {data['wall_time_s']:.0f} s")  # fmt: skip

@@ -41,6 +41,7 @@ def test_custom_grid_unsupervised_and_rerun_skips_finished_configs(cli, capsys, 
     data = json.loads(out.read_text())
     assert list(data["configs"]) == ["vae-1node", "vae-3nodes-none", "vae-3nodes-features"]
     assert "Table 2.3" in capsys.readouterr().out
+    assert (out.parent / "runs" / "network" / "figure_table_2_3_vae.png").exists()
     stamp = os.stat(out).st_mtime_ns
 
     def no_training(*a, **k):
