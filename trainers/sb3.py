@@ -8,6 +8,7 @@ Needs the ``rl`` extra: ``pip install -e ".[rl]"``.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,9 @@ class SeededVecEnv(SB3VecEnvWrapper):
 
 def vec_env(env: ParallelEnv) -> VecMonitor:
     """The SB3 vector env of a parallel env (one slot per agent), with episode statistics."""
-    return VecMonitor(SeededVecEnv(concat_vec_envs_v1(pettingzoo_env_to_vec_env_v1(env), 1, 0, "gymnasium")))
+    with warnings.catch_warnings():  # SB3 warns of every env without a render mode; ours never render
+        warnings.filterwarnings("ignore", "The `render_mode` attribute is not defined")
+        return VecMonitor(SeededVecEnv(concat_vec_envs_v1(pettingzoo_env_to_vec_env_v1(env), 1, 0, "gymnasium")))
 
 
 class Recorder(KVWriter):
