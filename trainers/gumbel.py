@@ -10,11 +10,15 @@ import torch
 import torch.nn.functional as F
 
 
+def gumbel_noise(uniform: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise from uniform noise (clamped away from 0 and 1, where it is infinite)."""
+    return -torch.log(-torch.log(uniform.clamp(1e-10, 1.0 - 1e-7)))
+
+
 def gumbel_softmax(logits: torch.Tensor, temperature: float, uniform: torch.Tensor, hard: bool = False) -> torch.Tensor:
     """Relaxed one-hot sample of ``softmax(logits)`` from uniform noise of the same shape; ``hard``
     gives one-hot values with the relaxed sample's gradient (straight-through)."""
-    gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1.0 - 1e-7)))
-    soft = torch.softmax((logits + gumbel) / temperature, dim=-1)
+    soft = torch.softmax((logits + gumbel_noise(uniform)) / temperature, dim=-1)
     if not hard:
         return soft
     return hard_message(soft) - soft.detach() + soft
@@ -22,8 +26,7 @@ def gumbel_softmax(logits: torch.Tensor, temperature: float, uniform: torch.Tens
 
 def sampled_message(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """An exact one-hot sample of ``softmax(logits)`` (Gumbel-max), without a gradient: REINFORCE's message."""
-    gumbel = -torch.log(-torch.log(uniform.clamp(1e-10, 1.0 - 1e-7)))
-    return hard_message((logits + gumbel).detach())
+    return hard_message((logits + gumbel_noise(uniform)).detach())
 
 
 def hard_message(logits: torch.Tensor) -> torch.Tensor:

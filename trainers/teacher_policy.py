@@ -24,6 +24,7 @@ import torch
 
 from agents.teacher_student import TeacherPolicy
 from envs.teacher_student import MEASURES, USES_STUDENT, features, parallel_env
+from trainers.gumbel import gumbel_noise
 from trainers.reinforce import Reinforce
 
 POLICIES = ("reinforce", "ppo")
@@ -50,7 +51,7 @@ class PolicyConfig:
 def plackett_luce(scores: torch.Tensor, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """``k`` indices drawn without replacement with probability proportional to ``exp(score)`` (Gumbel
     top-k), and the exact log-probability of that ordered draw."""
-    gumbel = -torch.log(-torch.log(torch.rand(scores.shape, generator=generator).clamp(1e-10, 1 - 1e-7)))
+    gumbel = gumbel_noise(torch.rand(scores.shape, generator=generator))
     chosen = (scores.detach() + gumbel).topk(k).indices
     picked = scores[chosen]
     # log P = sum_i [s_(i) - logsumexp(scores not yet chosen)]; the not-yet-chosen set shrinks by one each pick
