@@ -96,11 +96,15 @@ def target_loss(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
 
 
 # --------------------------------------------------------------------------------- PettingZoo env
+MAX_CE = float(np.log(1e12))  # the cross-entropy the teacher sees is clipped here (a finite observation bound)
+
+
 def features(teacher_probs: torch.Tensor, student_probs: torch.Tensor) -> torch.Tensor:
-    """What the teacher sees of each stack sample: both distributions, their cross-entropy and distance."""
+    """What the teacher sees of each stack sample: both distributions, their cross-entropy (clipped at
+    ``MAX_CE``) and distance."""
     g = torch.Generator()
     ce, dist = cross_entropy(teacher_probs, student_probs, g), euclidean(teacher_probs, student_probs, g)
-    return torch.cat([teacher_probs, student_probs, ce.unsqueeze(-1), dist.unsqueeze(-1)], -1)
+    return torch.cat([teacher_probs, student_probs, ce.clamp(max=MAX_CE).unsqueeze(-1), dist.unsqueeze(-1)], -1)
 
 
 def scripted_teacher(measure: str, target: str = "soft", seed: int = 0) -> Callable:
@@ -159,7 +163,7 @@ class parallel_env(TruncatingParallelEnv):
     @functools.cache
     def observation_space(self, agent: str) -> spaces.Box:
         if agent == "teacher":
-            high = np.concatenate([np.ones(2 * self.classes), [np.log(1e12), np.sqrt(2.0)]]).astype(np.float32)
+            high = np.concatenate([np.ones(2 * self.classes), [MAX_CE, np.sqrt(2.0)]]).astype(np.float32)
             high = np.broadcast_to(high, (self.stack_size * self.batch_size, high.size))
         else:
             high = np.ones((self.batch_size, self.images.shape[1] + self.classes), dtype=np.float32)
@@ -186,7 +190,7 @@ class parallel_env(TruncatingParallelEnv):
         self._stack = self._next_stack()
         with torch.no_grad():
             student_probs = torch.softmax(self.student(self.images[self._stack]), -1)
-        seen = features(self.teacher_probs[self._stack], student_probs).clamp(max=float(np.log(1e12)))
+        seen = features(self.teacher_probs[self._stack], student_probs)
         return {"teacher": seen.numpy().astype(np.float32), "student": given.numpy().astype(np.float32)}
 
     def reset(self, seed: int | None = None, options: dict | None = None):

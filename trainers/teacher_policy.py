@@ -28,7 +28,6 @@ from trainers.gumbel import gumbel_noise
 from trainers.reinforce import Reinforce
 
 POLICIES = ("reinforce", "ppo")
-MAX_CE = float(np.log(1e12))  # the env clips the cross-entropy it shows the teacher here
 
 
 @dataclass(frozen=True)
@@ -121,17 +120,14 @@ def train_ppo(splits, teacher_logits: torch.Tensor, config: PolicyConfig, seed: 
     return model
 
 
-def _observed(teacher_probs: torch.Tensor, student_probs: torch.Tensor) -> torch.Tensor:
-    return features(teacher_probs, student_probs).clamp(max=MAX_CE)
-
-
 def register(name: str, scorer: Callable[[torch.Tensor], torch.Tensor]) -> str:
-    """Make ``scorer`` (observed features ``[stack, 2C+2]`` -> scores ``[stack]``) the measure ``learned_<name>``."""
+    """Make ``scorer`` (the env teacher's observation ``[stack, 2C+2]`` -> scores ``[stack]``) the measure
+    ``learned_<name>``."""
     key = f"learned_{name}"
 
     @torch.no_grad()
     def measure(teacher_probs: torch.Tensor, student_probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return scorer(_observed(teacher_probs, student_probs))
+        return scorer(features(teacher_probs, student_probs))
 
     MEASURES[key] = measure
     USES_STUDENT.add(key)
