@@ -66,6 +66,11 @@ def collective_decision(probs: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, mixed, probs.mean(0))
 
 
+def every_node(images: torch.Tensor, nodes: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Flat images ``[n, C*H*W]`` as the same input to every node: ``[nodes, n, C, H, W]`` (a view, no copy)."""
+    return images.view(1, len(images), *shape).expand(nodes, *([-1] * (len(shape) + 1)))
+
+
 def payload_size(content: str, classes: int, features: int) -> int:
     """Floats stored per sample in an inbox."""
     return {"none": 0, "logits": classes, "labels": classes, "features": features, "gaussian": 2 * features}[content]
@@ -313,8 +318,7 @@ class parallel_env(TruncatingParallelEnv):
 
     @torch.no_grad()
     def _val_loss(self) -> torch.Tensor:
-        x = self.val_images.view(1, -1, *self.shape).expand(self.nodes, *([-1] * (len(self.shape) + 1)))
-        logits = self.parts["head"](self.parts["trunk"](x))
+        logits = self.parts["head"](self.parts["trunk"](every_node(self.val_images, self.nodes, self.shape)))
         return (
             F.cross_entropy(logits.flatten(0, 1), self.val_labels.repeat(self.nodes), reduction="none")
             .view(self.nodes, -1)

@@ -25,6 +25,7 @@ from envs.network import (
     Minibatch,
     Network,
     collective_decision,
+    every_node,
     message_bytes,
     outgoing,
     payload_size,
@@ -190,13 +191,13 @@ class NetworkTrainer:
         return metrics
 
     @torch.no_grad()
-    def predict(self, images: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
+    def on_shared(self, images: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], chunk: int = 1000):
+        """``fn`` of every node on the same images, in chunks: ``[nodes of all seeds, n, ...]``."""
+        return torch.cat([fn(every_node(x, self.n, self.splits.shape)) for x in images.split(chunk)], 1)
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Every node's predictive distribution ``[nodes of all seeds, n, classes]`` on shared images."""
-        out = []
-        for x in images.split(chunk):
-            x = x.view(1, len(x), *self.splits.shape).expand(self.n, *([-1] * (len(self.splits.shape) + 1)))
-            out.append(torch.softmax(self.parts["head"](self.parts["trunk"](x)), -1))
-        return torch.cat(out, 1)
+        return self.on_shared(images, lambda x: torch.softmax(self.parts["head"](self.parts["trunk"](x)), -1))
 
     def accuracies(self, probs: torch.Tensor, labels: torch.Tensor) -> list[tuple[float, float, list[float]]]:
         """Per seed: (node-average accuracy, collective-decision accuracy, per-node accuracies), in %."""

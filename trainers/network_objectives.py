@@ -75,15 +75,11 @@ class NodeProbes:
     def __init__(self, trainer: NetworkTrainer, max_epochs: int = 30, patience: int = 3, batch_size: int = 256):
         self.t, self.max_epochs, self.patience, self.batch_size = trainer, max_epochs, patience, batch_size
 
-    @torch.no_grad()
-    def features(self, images: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
-        t = self.t
-        out = []
-        for x in images.split(chunk):
-            x = x.view(1, len(x), *t.splits.shape).expand(t.n, *([-1] * (len(t.splits.shape) + 1)))
-            code = t.parts["encoder"](x)
-            out.append(code.chunk(2, -1)[0] if t.config.unsupervised == "vae" else code)
-        return torch.cat(out, 1)
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Every node's features ``[nodes, n, dim]``: the VAE's mean, the BiGAN's encoding."""
+        vae = self.t.config.unsupervised == "vae"
+        encoder = self.t.parts["encoder"]
+        return self.t.on_shared(images, lambda x: encoder(x).chunk(2, -1)[0] if vae else encoder(x))
 
     def evaluate(self) -> tuple[list, list]:
         """Train the probes; per seed ``(average, collective, per node)`` accuracies on validation and test."""
