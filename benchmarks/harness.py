@@ -51,6 +51,17 @@ def parse_list(text: str, allowed: Iterable[str], what: str) -> list[str]:
     return [x for x in allowed if x in items]
 
 
+def parse_ints(text: str, what: str) -> list[int]:
+    """Comma-separated integers >= 1, sorted and without duplicates."""
+    try:
+        values = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise UsageError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values or values[0] < 1:
+        raise UsageError(f"{what} must be >= 1, got {text!r}")
+    return values
+
+
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Write through a temporary file in the same folder, then rename: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,7 @@ from benchmarks.harness import (
     format_counts,
     format_table,
     mean_std,
+    parse_ints,
     parse_list,
     plot_panels,
     run_cli,
@@ -87,13 +88,6 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise UsageError(f"--nodes must be comma-separated integers, got {text!r}") from None
-
-
 def configs(args) -> list[NetworkConfig]:
     """The thesis' table, or every combination of ``--nodes`` and ``--content``."""
     if args.nodes is None and args.content is None:
@@ -101,7 +95,7 @@ def configs(args) -> list[NetworkConfig]:
     else:
         allowed = ("none", "features") if args.unsupervised else SUPERVISED_CONTENTS
         contents = parse_list(args.content, allowed, "content") if args.content else ["none"]
-        table = [(n, c if n > 1 else "none") for n in _ints(args.nodes or "10") for c in contents]
+        table = [(n, c if n > 1 else "none") for n in parse_ints(args.nodes or "10", "--nodes") for c in contents]
         table = list(dict.fromkeys(table))
     quick = QUICK if args.quick else {}
     every = args.eval_every or (1000 if args.unsupervised else NetworkConfig.eval_every)
@@ -115,9 +109,7 @@ def configs(args) -> list[NetworkConfig]:
     try:
         out = []
         for nodes, content in table:
-            k = args.neighbours if nodes > 1 else 0
-            if k is not None and nodes > 1 and k >= nodes:
-                raise ValueError(f"--neighbours must be in 0..nodes-1 = {nodes - 1} for {nodes} nodes, got {k}")
+            k = args.neighbours if nodes > 1 else 0  # NetworkConfig checks it against nodes
             out.append(NetworkConfig(nodes=nodes, neighbours=k, content=content, **common))
         return out
     except ValueError as e:

@@ -21,6 +21,7 @@ from benchmarks.harness import (
     format_counts,
     format_table,
     mean_std,
+    parse_ints,
     parse_list,
     plot_panels,
     run_cli,
@@ -86,16 +87,6 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def _ints(text: str, what: str) -> list[int]:
-    try:
-        values = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise UsageError(f"{what} must be comma-separated integers, got {text!r}") from None
-    if not values or values[0] < 1:
-        raise UsageError(f"{what} must be >= 1, got {text!r}")
-    return values
-
-
 def selections(args, policy: PolicyConfig | None = None) -> list[Selection]:
     """The thesis' configs, the policy comparison, or the baseline plus every combination of the given flags."""
     if policy is not None:
@@ -104,7 +95,7 @@ def selections(args, policy: PolicyConfig | None = None) -> list[Selection]:
         return [Selection(), Selection(size, "cross_entropy", target), Selection(size, "random", target), *learned]
     if args.stack_sizes is None and args.measures is None and args.targets is None:
         return list(THESIS)
-    sizes = _ints(args.stack_sizes, "--stack-sizes") if args.stack_sizes else [2, 5]
+    sizes = parse_ints(args.stack_sizes, "--stack-sizes") if args.stack_sizes else [2, 5]
     measures = parse_list(args.measures, MEASURES, "measure(s)") if args.measures else list(MEASURES)
     targets = parse_list(args.targets, TARGETS, "target(s)") if args.targets else list(TARGETS)
     chosen = [Selection(s, m, t) for s in sizes for m in measures for t in targets]
