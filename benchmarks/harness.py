@@ -1,44 +1,44 @@
-"""What every ``python -m benchmarks.<name>`` shares: one-line CLI errors, a results file that is
-written atomically and lets a re-run skip finished runs, TensorBoard runs, tables and PNG curves."""
+"""What every ``python -m benchmarks.<name>`` shares: one-line CLI errors, the event sink that turns a
+trainer's events into TensorBoard runs, a progress bar and saved results, tables and PNG curves."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import math
-import os
+import dataclasses
 import statistics
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import torch
+
+from benchmarks.cli import UsageError
+from benchmarks.store import Store, mean_std, write_atomic
 from envs.data import DataError
-
-
-class UsageError(ValueError):
-    """Bad input from the command line; shown as one line, exit code 2."""
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse that reports bad input in one line (no usage dump) and exits with 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+from trainers.base import CheckpointError, Diverged, Events, resolve_device
 
 
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> NoReturn:
-    """Call ``main``; input problems (UsageError, DataError) become one line on stderr and exit 2."""
+    """Call ``main``; input problems, divergence and unreadable checkpoints become one line on stderr
+    and exit 2."""
     try:
         code = main(argv)
-    except (UsageError, DataError) as e:
+    except (UsageError, DataError, Diverged, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
-        print("interrupted: finished runs are saved; re-run the same command to continue", file=sys.stderr)
+        print("interrupted: finished runs are saved and unfinished ones resume from their last checkpoint; "
+              "re-run the same command to continue", file=sys.stderr)  # fmt: skip
         code = 130
     sys.exit(code)
+
+
+def device_of(args: Any) -> torch.device:
+    """``--device`` resolved (``auto``: cuda when available); an unavailable one is a one-line error."""
+    try:
+        return resolve_device(args.device)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def parse_list(text: str, allowed: Iterable[str], what: str) -> list[str]:
@@ -62,67 +62,6 @@ def parse_ints(text: str, what: str) -> list[int]:
     return values
 
 
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide results from collaborators
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_json(path: Path, data: dict) -> None:
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
-
-
-class Results:
-    """A benchmark's results file: finished runs survive a crash and are skipped on the next run.
-
-    ``config`` is what makes runs comparable; a file written under another config is never mixed
-    with new runs nor overwritten: the user is told to pick another ``--out`` or delete it.
-    """
-
-    def __init__(self, path: Path, benchmark: str, config: dict):
-        self.path = path
-        config = json.loads(json.dumps(config))  # compare as it will read back (tuples become lists)
-        self.data: dict[str, Any] = {"benchmark": benchmark, "config": config}
-        if path.exists():
-            try:
-                old = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                raise UsageError(
-                    f"{path} is not a readable results file ({e}); move it away or pass another --out"
-                ) from None
-            if old.get("benchmark") != benchmark or old.get("config") != config:
-                diff = sorted(
-                    k
-                    for k in set(config) | set(old.get("config") or {})
-                    if (old.get("config") or {}).get(k) != config.get(k)
-                )
-                raise UsageError(
-                    f"{path} holds results of another configuration (differs in: "
-                    f"{', '.join(diff) or 'benchmark'}); pass another --out or delete it"
-                )
-            self.data = old
-
-    def save(self) -> None:
-        save_json(self.path, self.data)
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def format_counts(values: Sequence[float | None]) -> str:
     """Mean ± std of the runs that got there (``None``: never did), with how many did when not all."""
     reached = [v for v in values if v is not None]
@@ -139,6 +78,78 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def flat_hparams(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Every field of a config dataclass (nested ones as ``temperature.start``) in TensorBoard's types."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(flat_hparams(value, f"{prefix}{f.name}."))
+        elif isinstance(value, (int, float, bool, str)):
+            out[f"{prefix}{f.name}"] = value
+        else:
+            out[f"{prefix}{f.name}"] = str(value)
+    return out
+
+
+class Progress(Events):
+    """A progress bar over a trainer's steps (``tqdm``)."""
+
+    def __init__(self, desc: str):
+        self.desc, self.bar = desc, None
+
+    def begin(self, total: int, done: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, initial=done, desc=self.desc, unit="step", leave=False)
+
+    def advance(self, steps: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Sink(Progress):
+    """One event sink for every benchmark: TensorBoard scalars and hparams per run, the progress bar,
+    and each finished run saved to the results store (with its best weights) at once.
+
+    ``runs[i]`` is ``(cell, seed)`` of the trainer's run ``i``; its TensorBoard run is
+    ``<root>/<cell>/seed<seed>``; ``headline(result)`` gives the hparams metrics."""
+
+    def __init__(self, store: Store, runs: Sequence[tuple[str, int]], root: Path, hparams: dict[str, Any],
+                 headline: Callable[[Any], dict[str, float]], desc: str):  # fmt: skip
+        super().__init__(desc)
+        self.store, self.runs, self.root, self.hparams, self.headline = store, list(runs), root, hparams, headline
+        self.writers: dict[int, Any] = {}
+
+    def writer(self, run: int):
+        if run not in self.writers:
+            cell, seed = self.runs[run]
+            self.writers[run] = summary_writer(self.root / cell / f"seed{seed}")
+        return self.writers[run]
+
+    def scalars(self, step: int, values: dict[str, dict[int, float]]) -> None:
+        for tag, per_run in values.items():
+            for run, value in per_run.items():
+                self.writer(run).add_scalar(tag, value, step)
+
+    def finished(self, run: int, result: Any, weights: dict[str, torch.Tensor]) -> None:
+        cell, seed = self.runs[run]
+        writer = self.writer(run)
+        metrics = {f"hparam/{k}": v for k, v in self.headline(result).items()}
+        writer.add_hparams({**self.hparams, "cell": cell, "seed": seed}, metrics, run_name=".")
+        writer.close()
+        self.store.add(cell, seed, dataclasses.asdict(result), weights)
+
+    def close(self) -> None:
+        super().close()
+        for writer in self.writers.values():
+            writer.close()
 
 
 def summary_writer(logdir: Path):
@@ -186,3 +197,36 @@ def plot_panels(
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
+
+
+def plot_sweep(path: Path, flag: str, values: Sequence[str], lines: dict[str, list[list[float]]], ylabel: str) -> None:
+    """The headline metric against the swept value: one line per cell, the mean over seeds, ±1 std band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    numeric = all(_is_number(v) for v in values)
+    x = [float(v) for v in values] if numeric else list(range(len(values)))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, per_value in lines.items():
+        stats = [mean_std(v) for v in per_value]
+        mean = [m for m, _ in stats]
+        ax.plot(x, mean, marker="o", label=label)
+        ax.fill_between(x, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.2)
+    if not numeric:
+        ax.set_xticks(x, values)
+    ax.set(xlabel=flag, ylabel=ylabel, title=f"{ylabel} against {flag} (mean, ±1 std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

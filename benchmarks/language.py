@@ -3,34 +3,32 @@
 Trains every (communication level, seed) run as one batched model, prints test accuracy of the
 student's linear probe (at its best validation accuracy) beside the thesis, with two reference rows
 measured in the same run, writes ``--out`` atomically, TensorBoard runs under
-``<logdir>/language/noise<NOISE>/<level>/seed<k>`` and a PNG of the validation curves beside them.
-A re-run of the same command skips finished runs and resumes unfinished ones from a checkpoint.
+``<logdir>/<out name>/<level>/seed<k>`` and a PNG of the validation curves beside them, and keeps
+each run's best-validation weights in ``<out name>.weights/``. A re-run of the same command skips
+finished runs and resumes unfinished ones from a checkpoint.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from pathlib import Path
 
-from tqdm import tqdm
-
 from agents.loading import load_class
+from benchmarks.cli import ArgumentParser, UsageError, add_common, variants
 from benchmarks.harness import (
-    ArgumentParser,
-    Results,
-    UsageError,
+    Sink,
+    device_of,
+    flat_hparams,
     format_table,
-    mean_std,
     parse_list,
     plot_curves,
+    plot_sweep,
     run_cli,
-    summary_writer,
 )
+from benchmarks.store import Store, format_summary, mean_std
 from envs.data import DATASETS, load_splits
 from envs.language import AGENTS, apply_mask, draw_masks
-from trainers.gumbel import TemperatureSchedule
 from trainers.language import (
     ESTIMATORS,
     LEVELS,
@@ -43,84 +41,23 @@ from trainers.language import (
 from trainers.probe import fit_linear_probe, map_splits
 
 THESIS = {"none": 64.4, "receive": 65.7, "feedback": 69.4, "both": 71.4}  # Table 4.1, noise 0.1
-QUICK = {"steps": 150, "eval_every": 50, "log_every": 25}
+QUICK = {"steps": 150, "eval_every": 50, "log_every": 25, "seeds": 1, "reference_epochs": 1}
+REFERENCES = {"raw_view": "ref: raw noisy view", "untrained_hidden": "ref: untrained speaker"}
 
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m benchmarks.language", description=__doc__.split("\n")[0])
-    d = LanguageConfig()
-    p.add_argument("--noise", type=float, default=d.noise, help="pixel inversion probability of each mask")
-    p.add_argument("--levels", default=",".join(LEVELS), help="comma-separated communication levels")
-    p.add_argument("--seeds", type=int, default=None, help="number of seeds 0..n-1 (default 5, 1 with --quick)")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--message-length", type=int, default=d.message_length)
-    p.add_argument("--vocab-size", type=int, default=d.vocab_size)
-    p.add_argument("--hidden", default=",".join(map(str, d.hidden)), help="speaker hidden widths, e.g. 256,256")
-    p.add_argument("--speaker-layer-norm", action="store_true", help="LayerNorm before each ReLU of the speaker")
-    p.add_argument("--critic-hidden", type=int, default=d.critic_hidden)
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of speakers and critics")
-    p.add_argument("--probe-lr", type=float, default=d.probe_lr)
-    p.add_argument("--ce-weight", type=float, default=d.ce_weight, help="communication CE weight, one-way levels")
-    p.add_argument("--ce-weight-two-way", type=float, default=d.ce_weight_two_way, help="... at level both")
-    t = d.temperature
-    p.add_argument("--temperature-start", type=float, default=t.start)
-    p.add_argument("--temperature-factor", type=float, default=t.factor)
-    p.add_argument("--temperature-every", type=int, default=t.every)
-    p.add_argument("--temperature-floor", type=float, default=t.floor)
-    p.add_argument("--straight-through", action="store_true", help="hard messages forward, soft gradients")
-    p.add_argument("--estimator", default="gumbel", choices=[*ESTIMATORS, "both"], help="speakers' gradients: "
-                   "Gumbel-Softmax relaxation, REINFORCE on sampled messages, or both side by side")  # fmt: skip
-    p.add_argument("--entropy-weight", type=float, default=d.entropy_weight, help="REINFORCE's entropy bonus")
-    p.add_argument("--baseline-decay", type=float, default=d.baseline_decay, help="REINFORCE's running-mean baseline")
-    p.add_argument("--eval-every", type=int, default=d.eval_every)
-    p.add_argument("--dataset", default="mnist", choices=list(DATASETS))
-    p.add_argument("--data-dir", default=None, help="dataset root (default $COMMCHANNELS_DATA, else a cache)")
-    p.add_argument("--logdir", default="runs")
-    p.add_argument(
-        "--out",
-        default=None,
-        help="results JSON (default results/language.json, results/language-quick.json with --quick)",
-    )
-    p.add_argument("--agent", default=None, help="speaker class as package.module:ClassName")
-    p.add_argument("--reference-epochs", type=int, default=10, help="epochs of the reference probes")
-    p.add_argument("--quick", action="store_true", help="a one-minute smoke run of every level")
+    p.config(LanguageConfig, exclude=("estimator",))
+    p.option("--estimator", "gumbel", "speakers' gradients: Gumbel-Softmax relaxation, REINFORCE on sampled "
+             "messages, or both (a sweep over the two)", choices=[*ESTIMATORS, "both"])  # fmt: skip
+    p.option("--levels", ",".join(LEVELS), "comma-separated communication levels")
+    p.option("--dataset", "mnist", "dataset of the views", choices=list(DATASETS))
+    p.option("--data-dir", None, "dataset root", default_text="$COMMCHANNELS_DATA, else a per-user cache")
+    p.option("--agent", None, "speaker class as package.module:ClassName", default_text="the thesis' speaker")
+    p.option("--reference-epochs", 10, "epochs of the reference probes (1 with --quick)", type=int)
+    add_common(p, out="results/language[-reinforce][-quick].json", quick="5 (1 with --quick)|every level, one "
+               "seed, 150 steps")  # fmt: skip
     return p
-
-
-def make_config(args) -> LanguageConfig:
-    quick = QUICK if args.quick else {}
-    try:
-        hidden = tuple(int(h) for h in args.hidden.split(","))
-        if not hidden or min(hidden) < 1:
-            raise ValueError
-    except ValueError:
-        raise UsageError(f"--hidden must be positive comma-separated widths, got {args.hidden!r}") from None
-    try:
-        return LanguageConfig(
-            noise=args.noise,
-            message_length=args.message_length,
-            vocab_size=args.vocab_size,
-            hidden=hidden,
-            speaker_layer_norm=args.speaker_layer_norm,
-            critic_hidden=args.critic_hidden,
-            batch_size=args.batch_size,
-            steps=quick.get("steps", args.steps),
-            lr=args.lr,
-            probe_lr=args.probe_lr,
-            ce_weight=args.ce_weight,
-            ce_weight_two_way=args.ce_weight_two_way,
-            temperature=TemperatureSchedule(
-                args.temperature_start, args.temperature_factor, args.temperature_every, args.temperature_floor
-            ),
-            straight_through=args.straight_through,
-            entropy_weight=args.entropy_weight,
-            baseline_decay=args.baseline_decay,
-            eval_every=quick.get("eval_every", args.eval_every),
-            log_every=quick.get("log_every", LanguageConfig.log_every),
-        )
-    except ValueError as e:
-        raise UsageError(str(e)) from None
 
 
 def references(splits, config: LanguageConfig, seed: int, speaker_cls: type, epochs: int) -> dict[str, float]:
@@ -136,158 +73,110 @@ def references(splits, config: LanguageConfig, seed: int, speaker_cls: type, epo
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    config = make_config(args)
+    parser = build_parser()
+    args = parser.parse(argv, QUICK)
+    if args.estimator == "both":
+        if args.sweep:
+            raise UsageError("--estimator both is a sweep over the estimators; drop it or --sweep")
+        args.sweep = "estimator=gumbel,reinforce"
     levels = parse_list(args.levels, LEVELS, "level(s)")
-    if args.seeds is None:
-        args.seeds = 1 if args.quick else 5
-    if args.seeds < 1:
-        raise UsageError(f"--seeds must be >= 1, got {args.seeds}")
-    if args.reference_epochs < 1:
-        raise UsageError(f"--reference-epochs must be >= 1, got {args.reference_epochs}")
-    try:
-        speaker_cls = load_class(args.agent) if args.agent else default_speaker(config)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
+    seeds = args.seeds if args.seeds is not None else 5
+    if seeds < 1 or args.reference_epochs < 1:
+        raise UsageError(f"--seeds and --reference-epochs must be >= 1, got {seeds} and {args.reference_epochs}")
+    device = device_of(args)
     splits = load_splits(args.dataset, args.data_dir)
-    try:
-        check_speaker(speaker_cls, config, splits.train.images.shape[1])
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    if config.batch_size > len(splits.train.images):
-        raise UsageError(f"--batch-size {config.batch_size} exceeds the {len(splits.train.images)} training images")
-    out = Path(args.out or ("results/language-quick.json" if args.quick else "results/language.json"))
-    estimators = list(ESTIMATORS) if args.estimator == "both" else [args.estimator]
-    tables = {}
-    for estimator in estimators:
-        suffix = "" if estimator == "gumbel" else f"-{estimator}"
-        tables[estimator] = _benchmark(
-            args,
-            dataclasses.replace(config, estimator=estimator),
-            levels,
-            splits,
-            speaker_cls,
-            out.with_name(out.stem + suffix + out.suffix),
-            Path(args.logdir) / "language" / f"noise{config.noise:g}{suffix}",
-        )
-    if len(estimators) > 1:
-        print(
-            f"\nTable 4.1 by estimator, noise {config.noise:g}: test accuracy (%), mean ± std over {args.seeds} seed(s)"
-        )
-        rows = [[lv, *(_cell(tables[e]["levels"][lv], args.seeds) for e in estimators), f"{THESIS[lv]:.1f}"]
-                for lv in levels]  # fmt: skip
-        print(format_table(["level", *estimators, "thesis (Gumbel)"], rows))
+    chosen = []
+    for label, v in variants(parser, args):
+        config = parser.build(LanguageConfig, v, estimator=v.estimator)
+        try:
+            speaker_cls = load_class(v.agent) if v.agent else default_speaker(config)
+            check_speaker(speaker_cls, config, splits.train.images.shape[1])
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if config.batch_size > len(splits.train.images):
+            raise UsageError(f"--batch-size {config.batch_size} exceeds the {len(splits.train.images)} training images")
+        chosen.append((label, config, speaker_cls))
+    suffix = ("-reinforce" if args.estimator == "reinforce" else "") + ("-quick" if args.quick else "")
+    out = Path(args.out or f"results/language{suffix}.json")
+    swept = parser.sweep_flag(args.sweep)
+    identity = {**chosen[0][1].to_dict(), "dataset": args.dataset, "agent": args.agent,
+                "reference_epochs": args.reference_epochs}  # fmt: skip
+    if swept:
+        identity.pop(swept[1], None)
+        identity["sweep"] = swept[0]
+    root = Path(args.logdir) / out.stem
+    with Store(out, "language", identity) as store:
+        started = time.time()
+        for label, config, speaker_cls in chosen:
+            _benchmark(store, label, config, speaker_cls, levels, seeds, splits, args, device, root, out)
+        store.add_time(time.time() - started)
+        store.save()
+        _report(store, chosen, levels, seeds, root, swept)
     return 0
 
 
-def _benchmark(args, config: LanguageConfig, levels, splits, speaker_cls, out: Path, run_root: Path) -> dict:
-    """Train (or resume, or skip) every pending run of one estimator; report and return its results."""
-    identity = {
-        **config.to_dict(),
-        "dataset": args.dataset,
-        "agent": args.agent,
-        "reference_epochs": 1 if args.quick else args.reference_epochs,
-    }
-    results = Results(out, "language", identity)
-    data = results.data
-    started = time.time()
-
-    runs_done = {(lv, int(k)) for lv, entry in data.get("levels", {}).items() for k in entry.get("runs", {})}
-    pending = [(lv, k) for lv in levels for k in range(args.seeds) if (lv, k) not in runs_done]
-    ref_done = data.setdefault("references_per_seed", {})
-    for k in tqdm(range(args.seeds), desc="reference probes", leave=False):
-        if str(k) not in ref_done:
-            ref_done[str(k)] = references(splits, config, k, speaker_cls, identity["reference_epochs"])
-            results.save()
-
-    if pending:
-        _train(config, splits, pending, speaker_cls, run_root, out, results)
-    data["wall_time_s"] = data.get("wall_time_s", 0.0) + (time.time() - started)
-    _summarise(data, levels, args.seeds)
-    results.save()
-    _report(data, levels, args.seeds, run_root, out)
-    return data
+def _benchmark(store, label, config, speaker_cls, levels, seeds, splits, args, device, root, out) -> None:
+    """Reference probes, then every pending (level, seed) run of one variant, in as few jobs as resume allows."""
+    at = f"{label}/" if label else ""
+    for k in range(seeds):
+        if any(str(k) not in store.data["references"].get(at + name, {}) for name in REFERENCES):
+            values = references(splits, config, k, speaker_cls, args.reference_epochs)
+            for name, value in values.items():
+                store.reference(at + name, k, value)
+    checkpoint = out.with_name(f"{out.name}{'.' + label if label else ''}.ckpt.pt")
+    pending = [(at + lv, k) for lv in levels for k in range(seeds) if not store.done(at + lv, k)]
+    hparams = {**flat_hparams(config), "dataset": args.dataset, "agent": args.agent or "thesis"}
+    for job in store.jobs(checkpoint, pending):
+        trainer = LanguageTrainer(config, splits, [(cell.rsplit("/", 1)[-1], k) for cell, k in job], speaker_cls,
+                                  device=device)  # fmt: skip
+        sink = Sink(store, job, root, hparams, _headline, desc=f"{label or 'language'}: {len(job)} runs")
+        try:
+            trainer.fit(sink, checkpoint)
+        finally:
+            sink.close()
 
 
-def _cell(entry: dict, seeds: int) -> str:
-    return f"{entry['mean']:.1f}" + (f" ± {entry['std']:.1f}" if seeds > 1 else "")
+def _headline(result) -> dict[str, float]:
+    return {"test_accuracy": result.test_accuracy, "best_val_accuracy": result.best_val_accuracy}
 
 
-def _train(config, splits, pending, speaker_cls, run_root: Path, out: Path, results: Results) -> None:
-    trainer = LanguageTrainer(config, splits, pending, speaker_cls)
-    writers = [summary_writer(run_root / level / f"seed{seed}") for level, seed in pending]
-
-    def log(step: int, metrics: dict[str, list[float]]) -> None:
-        for tag, values in metrics.items():
-            for writer, value in zip(writers, values, strict=True):
-                writer.add_scalar(tag, value, step)
-
-    checkpoint = out.with_name(out.name + ".ckpt.pt")
-    with tqdm(total=config.steps, desc=f"{len(pending)} runs", unit="step") as bar:
-        run_results = trainer.fit(logger=log, checkpoint=checkpoint, progress=bar.update)
-    for (level, seed), r, writer in zip(pending, run_results, writers, strict=True):
-        entry = results.data.setdefault("levels", {}).setdefault(level, {}).setdefault("runs", {})
-        entry[str(seed)] = dataclasses.asdict(r)
-        hparams = {
-            "level": level,
-            "seed": seed,
-            **{k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, bool, str))},
-        }
-        writer.add_hparams(
-            hparams,
-            {"hparam/test_accuracy": r.test_accuracy, "hparam/best_val_accuracy": r.best_val_accuracy},
-            run_name=".",
-        )
-        writer.close()
-    results.save()
-    checkpoint.unlink(missing_ok=True)
-
-
-def _summarise(data: dict, levels: list[str], seeds: int) -> None:
-    for level in levels:
-        entry = data["levels"][level]
-        accuracies = [entry["runs"][str(k)]["test_accuracy"] for k in range(seeds)]
-        mean, std = mean_std(accuracies)
-        entry.update(test_accuracy=accuracies, mean=mean, std=std, thesis=THESIS[level])
-    per_seed = [data["references_per_seed"][str(k)] for k in range(seeds)]
-    data["references"] = {name: mean_std([r[name] for r in per_seed])[0] for name in ("raw_view", "untrained_hidden")}
-
-
-def _report(data: dict, levels: list[str], seeds: int, run_root: Path, out: Path) -> None:
-    rows = []
-    base = data["levels"].get("none", {}).get("test_accuracy")
-    for level in levels:
-        e = data["levels"][level]
-        gap = ""
-        if base and level != "none":
-            diffs = [a - b for a, b in zip(e["test_accuracy"], base, strict=True)]
-            m, s = mean_std(diffs)
-            gap = f"{m:+.1f}" + (f" ± {s / math.sqrt(len(diffs)):.1f}" if seeds > 1 else "")
-        rows.append([level, _cell(e, seeds), f"{e['thesis']:.1f}", gap])
-    refs = data["references"]
-    rows.append(["ref: raw noisy view", f"{refs['raw_view']:.1f}", "-", ""])
-    rows.append(["ref: untrained speaker", f"{refs['untrained_hidden']:.1f}", "-", ""])
-    print(
-        f"\nTable 4.1, noise {data['config']['noise']:g}, {data['config']['estimator']}: student's linear probe, "
-        f"test accuracy (%) at best validation, mean ± std over {seeds} seed(s)"
-    )
-    print(format_table(["level", "ours", "thesis", "vs none (paired, ± s.e.)"], rows))
-    curves = {}
-    for level in levels:
-        runs = [data["levels"][level]["runs"][str(k)] for k in range(seeds)]
-        curves[level] = (runs[0]["steps"], [r["val_accuracy"] for r in runs])
-    png = run_root / "val_accuracy.png"
-    plot_curves(
-        png,
-        curves,
-        "training step",
-        "validation accuracy (%)",
-        f"Student's linear probe, noise {data['config']['noise']:g}",
-    )
-    print(
-        f"\nresults: {out}   curves: {png}   TensorBoard: tensorboard --logdir {run_root}   "
-        f"wall time: {data['wall_time_s']:.0f} s"
-    )
+def _report(store: Store, chosen, levels: list[str], seeds: int, root: Path, swept) -> None:
+    data = store.data
+    for label, config, _ in chosen:
+        at = f"{label}/" if label else ""
+        cells = [at + lv for lv in levels]
+        store.summarise(cells, seeds, ["test_accuracy", "best_val_accuracy"])
+        accuracy = {lv: [store.runs(at + lv)[k]["test_accuracy"] for k in range(seeds)] for lv in levels}
+        rows = []
+        for level in levels:
+            gap = ""
+            if "none" in accuracy and level != "none":
+                m, s = mean_std([a - b for a, b in zip(accuracy[level], accuracy["none"], strict=True)])
+                gap = f"{m:+.1f}" + (f" ± {s / math.sqrt(seeds):.1f}" if seeds > 1 else "")
+            rows.append([level, format_summary(accuracy[level]), f"{THESIS[level]:.1f}", gap])
+        for name, text in REFERENCES.items():
+            rows.append([text, f"{mean_std([data['references'][at + name][str(k)] for k in range(seeds)])[0]:.1f}",
+                         "-", ""])  # fmt: skip
+        print(f"\nTable 4.1, {label + ', ' if label else ''}noise {config.noise:g}, {config.estimator}: student's "
+              f"linear probe, test accuracy (%) at best validation, mean ± std over {seeds} seed(s)")  # fmt: skip
+        print(format_table(["level", "ours", "thesis", "vs none (paired, ± s.e.)"], rows))
+        curves = {}
+        for level in levels:
+            runs = [store.runs(at + level)[k] for k in range(seeds)]
+            curves[level] = (runs[0]["steps"], [r["val_accuracy"] for r in runs])
+        plot_curves(root / at / "val_accuracy.png", curves, "training step", "validation accuracy (%)",
+                    f"Student's linear probe, {label or f'noise {config.noise:g}'}")  # fmt: skip
+    if swept:
+        name, _, values = swept
+        texts = [t for t, _ in values]
+        lines = {lv: [[store.runs(f"{name}={t}/{lv}")[k]["test_accuracy"] for k in range(seeds)] for t in texts]
+                 for lv in levels}  # fmt: skip
+        print(f"\nSweep over {name}: test accuracy (%), mean ± std over {seeds} seed(s)")
+        print(format_table([name, *levels], [[t, *(format_summary(lines[lv][i]) for lv in levels)]
+                                             for i, t in enumerate(texts)]))  # fmt: skip
+        plot_sweep(root / f"sweep_{name}.png", name, texts, lines, "test accuracy (%)")
+    print(f"\nresults: {store.path}   curves: {root}   TensorBoard: tensorboard --logdir {root}   "
+          f"wall time: {data['wall_time_s']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from benchmarks.harness import ArgumentParser, UsageError, format_table, run_cli, save_json
+from benchmarks.cli import ArgumentParser, UsageError
+from benchmarks.harness import device_of, format_table, run_cli
+from benchmarks.store import save_json
 from envs.data import DATASETS, load_splits
 
 ENVS = ("language", "teacher_student", "network")
@@ -21,21 +23,23 @@ DEFAULT_DATASET = {"language": "mnist", "teacher_student": "mnist", "network": "
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m benchmarks.sb3", description=__doc__.split("\n")[0])
-    p.add_argument("--env", required=True, choices=ENVS)
-    p.add_argument("--algo", default="ppo", choices=("ppo", "a2c"))
-    p.add_argument("--timesteps", type=int, default=20_000, help="agent-steps (all exposed agents count)")
-    p.add_argument("--n-steps", type=int, default=256, help="rollout length per agent between updates")
-    p.add_argument("--batch-size", type=int, default=64, help="PPO's minibatch (a divisor of n-steps x agents)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--episode-steps", type=int, default=100, help="env steps per episode")
-    p.add_argument("--nodes", type=int, default=4, help="network env: nodes (agents)")
-    p.add_argument("--dataset", default=None, choices=list(DATASETS), help="default mnist, fashion-mnist for network")
-    p.add_argument("--data-dir", default=None, help="dataset root (default $COMMCHANNELS_DATA, else a cache)")
-    p.add_argument("--teacher-cache", default="checkpoints/teachers", help="teacher_student: cached teachers")
-    p.add_argument("--quick-teacher", action="store_true", help="teacher_student: a one-epoch teacher if none cached")
-    p.add_argument("--logdir", default="runs")
-    p.add_argument("--out", default=None, help="logged rows as JSON (default results/sb3-<env>-<algo>-seed<k>.json)")
-    p.add_argument("--save", default=None, help="model zip (default checkpoints/sb3/<env>-<algo>-seed<k>.zip)")
+    p.add_argument("--env", required=True, choices=ENVS, help="which of our envs (required)")
+    p.option("--algo", "ppo", "SB3 algorithm", choices=("ppo", "a2c"))
+    p.option("--timesteps", 20_000, "agent-steps (all exposed agents count)", type=int)
+    p.option("--n-steps", 256, "rollout length per agent between updates", type=int)
+    p.option("--batch-size", 64, "PPO's minibatch (a divisor of n-steps x agents)", type=int)
+    p.option("--seed", 0, "seed of the policy, the envs and their data order", type=int)
+    p.option("--episode-steps", 100, "env steps per episode", type=int)
+    p.option("--nodes", 4, "network env: nodes (agents)", type=int)
+    p.option("--dataset", None, "dataset", default_text="mnist; fashion-mnist for network", choices=list(DATASETS))
+    p.option("--data-dir", None, "dataset root", default_text="$COMMCHANNELS_DATA, else a per-user cache")
+    p.option("--teacher-cache", "checkpoints/teachers", "teacher_student: cached teachers")
+    p.option("--quick-teacher", False, "teacher_student: a one-epoch teacher if none cached", action="store_true")
+    p.option("--device", "auto", "where the policy trains: auto is cuda when available, else cpu",
+             choices=["auto", "cpu", "cuda", "mps"])  # fmt: skip
+    p.option("--logdir", "runs", "TensorBoard root")
+    p.option("--out", None, "logged rows as JSON", default_text="results/sb3-<env>-<algo>-seed<k>.json")
+    p.option("--save", None, "model zip", default_text="checkpoints/sb3/<env>-<algo>-seed<k>.zip")
     return p
 
 
@@ -54,7 +58,7 @@ def make_env(args):
             raise UsageError(f"--nodes must be >= 2 for agents to communicate, got {args.nodes}")
         return parallel_env(splits.train.images, splits.train.labels, splits.val.images, splits.val.labels,
                             shape=splits.shape, nodes=args.nodes, max_steps=args.episode_steps)  # fmt: skip
-    from benchmarks.teacher import QUICK_TEACHER
+    from benchmarks.teacher import QUICK_TEACHER  # the teacher benchmark's --quick teacher
     from envs.base import Scripted
     from envs.teacher_student import parallel_env
     from trainers.teacher import TeacherConfig, load_or_train_teachers, predict
@@ -67,7 +71,8 @@ def make_env(args):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse(argv)
+    device = device_of(args)
     if min(args.timesteps, args.episode_steps, args.batch_size) < 1 or args.n_steps < 2:
         raise UsageError("--timesteps, --episode-steps and --batch-size must be >= 1 and --n-steps >= 2")
     try:
@@ -78,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     env = make_env(args)
     agents = len(env.possible_agents)
     started = time.time()
-    kwargs = {"n_steps": args.n_steps, **({"batch_size": args.batch_size} if args.algo == "ppo" else {})}
+    kwargs = {"n_steps": args.n_steps, "device": str(device),
+              **({"batch_size": args.batch_size} if args.algo == "ppo" else {})}  # fmt: skip
     model, rows = train(
         env, args.algo, args.timesteps, args.seed, Path(args.logdir) / "sb3" / args.env / name, **kwargs
     )
@@ -87,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     save.parent.mkdir(parents=True, exist_ok=True)
     model.save(save)
     out = Path(args.out or f"results/sb3-{args.env}-{name}.json")
-    save_json(out, {"env": args.env, "algo": args.algo, "seed": args.seed, "agents": agents,
+    save_json(out, {"env": args.env, "algo": args.algo, "seed": args.seed, "agents": agents, "device": str(device),
                     "timesteps": model.num_timesteps, "wall_time_s": seconds, "rows": rows})  # fmt: skip
     keys = ("time/total_timesteps", "rollout/ep_rew_mean", "train/loss", "train/entropy_loss")
     table = [[f"{r.get(k, float('nan')):.4g}" for k in keys] for r in rows if "train/loss" in r]

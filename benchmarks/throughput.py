@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from agents.network import MODELS, node_model, stack
-from benchmarks.harness import ArgumentParser, UsageError, format_table, run_cli, save_json
+from benchmarks.cli import ArgumentParser, UsageError
+from benchmarks.harness import device_of, format_table, run_cli
+from benchmarks.store import save_json
 
 SHAPES = {"dcgan-small": (1, 28, 28), "dcgan": (3, 32, 32)}  # what each model is for: Fashion-MNIST, CIFAR-10
 DEFAULT = "dcgan-small"  # the network benchmark's model on the 28x28 datasets measured here
@@ -25,15 +27,18 @@ DEFAULT = "dcgan-small"  # the network benchmark's model on the 28x28 datasets m
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n")[0])
-    p.add_argument("--nodes", default="1,10,20", help="comma-separated node counts")
-    p.add_argument("--models", default=",".join(MODELS), help="comma-separated node models")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (after 3 warm-up steps)")
-    p.add_argument("--out", default="results/throughput.json")
+    p.option("--nodes", "1,10,20", "comma-separated node counts")
+    p.option("--models", ",".join(MODELS), "comma-separated node models")
+    p.option("--batch-size", 32, "minibatch of every node", type=int)
+    p.option("--steps", 20, "timed steps per measurement (after 3 warm-up steps)", type=int)
+    p.option("--device", "auto", "where to measure: auto is cuda when available, else cpu",
+             choices=["auto", "cpu", "cuda", "mps"])  # fmt: skip
+    p.option("--out", "results/throughput.json", "results JSON")
     return p
 
 
-def steppers(model: str, nodes: int, batch_size: int, seed: int = 0) -> tuple[Callable, Callable]:
+def steppers(model: str, nodes: int, batch_size: int, seed: int = 0,
+             device: torch.device | str = "cpu") -> tuple[Callable, Callable]:  # fmt: skip
     """(batched step, loop step) over the same ``nodes`` freshly initialised classifiers and minibatches."""
     shape = SHAPES[model]
     with torch.random.fork_rng(devices=[]):
@@ -41,6 +46,8 @@ def steppers(model: str, nodes: int, batch_size: int, seed: int = 0) -> tuple[Ca
         models = [node_model("classifier", shape, MODELS[model]) for _ in range(nodes)]
         images = torch.rand(nodes, batch_size, *shape)
         labels = torch.randint(0, 10, (nodes, batch_size))
+    models = [m.to(device) for m in models]
+    images, labels = images.to(device), labels.to(device)
     parts = stack(models)
     batched_opt = torch.optim.Adam(parts.parameters())
     loop_opts = [torch.optim.Adam(m.parameters()) for m in models]
@@ -62,17 +69,22 @@ def steppers(model: str, nodes: int, batch_size: int, seed: int = 0) -> tuple[Ca
     return batched, loop
 
 
-def node_steps_per_s(step: Callable[[], None], nodes: int, steps: int) -> float:
+def node_steps_per_s(step: Callable[[], None], nodes: int, steps: int, device: torch.device) -> float:
+    """Timed after 3 warm-up steps; on a GPU, after its queued work finished (kernels run asynchronously)."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(3):
         step()
+    sync()
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    sync()
     return nodes * steps / (time.perf_counter() - start)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse(argv)
+    device = device_of(args)
     try:
         nodes = sorted({int(x) for x in args.nodes.split(",") if x.strip()})
     except ValueError:
@@ -87,19 +99,20 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for model in models:
         for n in nodes:
-            batched, loop = steppers(model, n, args.batch_size)
-            a, b = node_steps_per_s(batched, n, args.steps), node_steps_per_s(loop, n, args.steps)
+            batched, loop = steppers(model, n, args.batch_size, device=device)
+            a, b = node_steps_per_s(batched, n, args.steps, device), node_steps_per_s(loop, n, args.steps, device)
             rows.append({"model": model, "n_nodes": n, "batched_node_steps_per_s": a, "loop_node_steps_per_s": b,
                          "ratio": a / b, "default": model == DEFAULT})  # fmt: skip
             print(f"{model} N={n}: batched {a:,.0f}, loop {b:,.0f} node-steps/s ({a / b:.2f}x)", flush=True)
-    save_json(Path(args.out), {"batch_size": args.batch_size, "threads": torch.get_num_threads(), "rows": rows})
+    save_json(Path(args.out), {"batch_size": args.batch_size, "threads": torch.get_num_threads(),
+                               "device": str(device), "rows": rows})  # fmt: skip
     print()
     print(format_table(
         ["model", "nodes", "batched node-steps/s", "loop node-steps/s", "ratio"],
         [[r["model"] + (" (default)" if r["default"] else ""), r["n_nodes"], f"{r['batched_node_steps_per_s']:,.0f}",
           f"{r['loop_node_steps_per_s']:,.0f}", f"{r['ratio']:.2f}x"] for r in rows],
     ))  # fmt: skip
-    print(f"\nresults: {args.out}   (batch {args.batch_size}, {torch.get_num_threads()} threads)")
+    print(f"\nresults: {args.out}   (batch {args.batch_size}, {torch.get_num_threads()} threads, {device})")
     return 0
 
 

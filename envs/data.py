@@ -86,6 +86,11 @@ class Splits:
     test: Split
     shape: tuple[int, ...] = ()  # (channels, height, width) of an image; () for feature vectors
 
+    def to(self, device: torch.device | str) -> Splits:
+        """The same splits on ``device`` (a trainer keeps its data where it computes)."""
+        moved = (Split(s.images.to(device), s.labels.to(device)) for s in (self.train, self.val, self.test))
+        return Splits(*moved, shape=self.shape)
+
 
 def default_root() -> Path:
     """``$COMMCHANNELS_DATA`` if set, else the per-user cache that pooch would choose."""

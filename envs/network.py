@@ -34,9 +34,6 @@ from gymnasium import spaces
 
 from envs.base import TruncatingParallelEnv, aec
 
-CONTENTS = ("none", "logits", "labels", "features", "gaussian")
-SUPERVISED_CONTENTS = CONTENTS[:4]
-
 
 def shards(n_samples: int, nodes: int, generator: torch.Generator) -> list[torch.Tensor]:
     """An exclusive random part of ``range(n_samples)`` per node; together they cover it (sizes differ by <= 1)."""
@@ -71,35 +68,93 @@ def every_node(images: torch.Tensor, nodes: int, shape: tuple[int, ...]) -> torc
     return images.view(1, len(images), *shape).expand(nodes, *([-1] * (len(shape) + 1)))
 
 
-def payload_size(content: str, classes: int, features: int) -> int:
-    """Floats stored per sample in an inbox."""
-    return {"none": 0, "logits": classes, "labels": classes, "features": features, "gaussian": 2 * features}[content]
+class Content:
+    """What travels with an image (one object per kind, ``CONTENTS``): how many floats an inbox stores
+    per sample, the bytes on the wire, what a node sends and the receiver's loss on it. ``reads`` is
+    which of the receiver's outputs that loss compares: its ``logits`` or its ``features``."""
+
+    name = "none"
+    reads = ""
+
+    def size(self, classes: int, features: int) -> int:
+        """Floats stored per sample in an inbox."""
+        return 0
+
+    def wire_bytes(self, pixels: int, classes: int, features: int) -> int:
+        """Bytes on the wire per sample sent: the image as uint8 pixels plus the content."""
+        return pixels + 4 * self.size(classes, features)
+
+    def send(self, logits: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """What a node sends with each sample of its minibatch ``[N, B, size]``."""
+        return logits.new_zeros(*logits.shape[:2], 0)
+
+    def loss(self, own: torch.Tensor, payload: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """Per-sample loss of the receiver's ``own`` output against what came with the sample."""
+        raise ValueError(f"content {self.name!r} carries no training signal; choose from "
+                         f"{', '.join(list(CONTENTS)[1:])}")  # fmt: skip
 
 
-def message_bytes(content: str, pixels: int, classes: int, features: int) -> int:
-    """Bytes on the wire per sample sent: the image as uint8 pixels plus float32 logits or features, or
-    a one-byte label."""
-    extra = {"none": 0, "logits": 4 * classes, "labels": 1, "features": 4 * features, "gaussian": 8 * features}
-    return pixels + extra[content]
+class Logits(Content):
+    """The sender's logits; the receiver's cross-entropy against their softmax at temperature T."""
+
+    name, reads = "logits", "logits"
+
+    def size(self, classes: int, features: int) -> int:
+        return classes
+
+    def send(self, logits: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return logits.detach()
+
+    def loss(self, own: torch.Tensor, payload: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        return -(torch.softmax(payload / temperature, -1) * F.log_softmax(own, -1)).sum(-1)
 
 
-def content_loss(content: str, own: torch.Tensor, payload: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Per-sample loss of a receiver's output ``own`` against what came with the sample.
+class Labels(Logits):
+    """The true label: one byte on the wire, a one-hot target in the inbox."""
 
-    ``logits``: cross-entropy against ``softmax(payload / T)`` (``own`` are the receiver's logits);
-    ``labels``: cross-entropy against the one-hot label; ``features``: mean squared error;
-    ``gaussian``: ``KL(sender || receiver)`` of diagonal Gaussians given as ``[mean, log-variance]``.
-    """
-    if content in ("logits", "labels"):
-        target = torch.softmax(payload / temperature, -1) if content == "logits" else payload
-        return -(target * F.log_softmax(own, -1)).sum(-1)
-    if content == "features":
+    name = "labels"
+
+    def wire_bytes(self, pixels: int, classes: int, features: int) -> int:
+        return pixels + 1
+
+    def send(self, logits: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(labels, logits.shape[-1]).float()
+
+    def loss(self, own: torch.Tensor, payload: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        return -(payload * F.log_softmax(own, -1)).sum(-1)
+
+
+class Features(Content):
+    """The sender's top hidden layer; the receiver's mean squared error to it."""
+
+    name, reads = "features", "features"
+
+    def size(self, classes: int, features: int) -> int:
+        return features
+
+    def send(self, logits: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return features.detach()
+
+    def loss(self, own: torch.Tensor, payload: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         return (own - payload).pow(2).mean(-1)
-    if content == "gaussian":
+
+
+class Gaussian(Features):
+    """A VAE's code as ``[mean, log-variance]``; the receiver's ``KL(sender || receiver)``."""
+
+    name = "gaussian"
+
+    def size(self, classes: int, features: int) -> int:
+        return 2 * features
+
+    def loss(self, own: torch.Tensor, payload: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         mu_s, logvar_s = payload.chunk(2, -1)
         mu_r, logvar_r = own.chunk(2, -1)
         return 0.5 * (logvar_r - logvar_s + (logvar_s.exp() + (mu_s - mu_r).pow(2)) / logvar_r.exp() - 1).sum(-1)
-    raise ValueError(f"content {content!r} carries no training signal; choose from {', '.join(CONTENTS[1:])}")
+
+
+CONTENTS: dict[str, Content] = {c.name: c for c in (Content(), Logits(), Labels(), Features(), Gaussian())}
+SUPERVISED_CONTENTS = tuple(CONTENTS)[:4]
 
 
 class Inbox:
@@ -209,6 +264,20 @@ class Network:
         self.consumed_local += b - taken
         return Minibatch(index, received, payload)
 
+    def state_dict(self) -> dict:
+        """The routing state a resumed run needs (shards follow from the seed)."""
+        inbox = {k: getattr(self.inbox, k) for k in ("index", "payload", "head", "count", "dropped")}
+        return {"inbox": inbox, "order": self.order, "cursor": list(self.cursor),
+                "consumed_local": self.consumed_local, "consumed_received": self.consumed_received,
+                "sent": self.sent}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, v in state["inbox"].items():
+            setattr(self.inbox, k, v.clone())
+        self.order, self.cursor = [o.clone() for o in state["order"]], list(state["cursor"])
+        for k in ("consumed_local", "consumed_received", "sent"):
+            setattr(self, k, state[k].clone())
+
     def broadcast(self, senders: torch.Tensor, index: torch.Tensor, payload: torch.Tensor) -> None:
         """Nodes with ``senders[i]`` send their minibatch ``index[i]`` with ``payload[i]`` to each neighbour."""
         who = senders.nonzero().squeeze(1)
@@ -222,23 +291,12 @@ class Network:
         self.sent[who] += b * k
 
 
-def outgoing(content: str, logits: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """What a node sends with each sample of its minibatch ``[N, B, D]`` (``labels`` are the samples' true ones)."""
-    if content == "logits":
-        return logits.detach()
-    if content == "labels":
-        return F.one_hot(labels, logits.shape[-1]).float()
-    if content in ("features", "gaussian"):
-        return features.detach()
-    return logits.new_zeros(*logits.shape[:2], 0)
-
-
 def supervised_losses(
     parts: Mapping[str, torch.nn.Module],
     images: torch.Tensor,
     labels: torch.Tensor,
     batch: Minibatch,
-    content: str,
+    content: Content,
     shape: tuple[int, ...],
     temperature: float = 1.0,
     comm_weight: float = 1.0,
@@ -251,10 +309,10 @@ def supervised_losses(
     logits = parts["head"](features)
     y = labels[batch.index]
     local = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
-    if content == "none":
+    if not content.reads:
         return local, logits, features, y
-    own = features if content == "features" else logits
-    received = comm_weight * content_loss(content, own, batch.payload, temperature)
+    own = features if content.reads == "features" else logits
+    received = comm_weight * content.loss(own, batch.payload, temperature)
     return torch.where(batch.received, received, local), logits, features, y
 
 
@@ -343,7 +401,7 @@ class parallel_env(TruncatingParallelEnv):
             models = [node_model("classifier", self.shape, MODELS[self.model], self.classes) for _ in range(self.nodes)]
         self.parts = stack(models)
         self.optimizer = torch.optim.Adam(self.parts.parameters(), lr=self.lr)
-        dim = payload_size(self.content, self.classes, MODELS[self.model].features)
+        dim = CONTENTS[self.content].size(self.classes, MODELS[self.model].features)
         self.network = Network(len(self.images), self.nodes, self.k, self.batch_size, dim, self.capacity, generator)
         self.agents, self._steps = list(self.possible_agents), 0
         self._last_val = self._val_loss()
@@ -363,13 +421,14 @@ class parallel_env(TruncatingParallelEnv):
         chosen = torch.from_numpy(chosen)
         batch = self.network.minibatch(chosen[:, 1])
         losses, logits, features, y = supervised_losses(
-            self.parts, self.images, self.labels, batch, self.content, self.shape, self.temperature, self.comm_weight
+            self.parts, self.images, self.labels, batch, CONTENTS[self.content], self.shape, self.temperature,
+            self.comm_weight,
         )
         self.optimizer.zero_grad(set_to_none=True)
         losses.mean(1).sum().backward()  # summed over nodes: each node gets its own gradient
         self.optimizer.step()
         if self.content != "none":
-            self.network.broadcast(chosen[:, 0] == 1, batch.index, outgoing(self.content, logits, features, y))
+            self.network.broadcast(chosen[:, 0] == 1, batch.index, CONTENTS[self.content].send(logits, features, y))
         before, self._last_val = self._last_val, self._val_loss()
         reward = (before - self._last_val).tolist()
         with torch.no_grad():

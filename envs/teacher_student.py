@@ -5,8 +5,10 @@ every sample by a difficulty measure and returns the ``batch_size`` hardest, wit
 as soft labels or with the true labels. Everything here is shape-generic over leading dimensions (the
 trainer runs many students at once) and is what the scripted teachers and the env share.
 
-A new difficulty measure is one function ``(teacher_probs, student_probs, generator) -> scores``
-added to ``MEASURES``; a new target is one function added to ``TARGETS``.
+A new difficulty measure is a ``Measure`` wrapping one function ``(teacher_probs, student_probs,
+generator) -> scores``, added to ``MEASURES``, saying whether it reads the student's predictions (they
+cost forward passes); a new target is one function added to ``TARGETS``. ``EpochStacks`` is the one
+sampler of stacks, used by the env and the batched trainer alike.
 
 The same world as a PettingZoo parallel env:
 
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -46,7 +49,6 @@ from gymnasium import spaces
 from agents.teacher_student import student
 from envs.base import TruncatingParallelEnv, aec
 
-Measure = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 Target = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 
@@ -65,8 +67,39 @@ def random(teacher_probs: torch.Tensor, student_probs: torch.Tensor, generator: 
     return torch.rand(teacher_probs.shape[:-1], generator=generator)
 
 
-MEASURES: dict[str, Measure] = {"cross_entropy": cross_entropy, "euclidean": euclidean, "random": random}
-USES_STUDENT = {"cross_entropy", "euclidean"}  # measures that need the student's predictions on the stack
+@dataclass(frozen=True)
+class Measure:
+    """A difficulty measure: ``score(teacher_probs, student_probs, generator) -> scores``, and whether it
+    reads the student's predictions on the stack (a forward pass per stack minibatch when it does)."""
+
+    score: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+    reads_student: bool = True
+
+    def __call__(self, teacher_probs: torch.Tensor, student_probs: torch.Tensor, generator: torch.Generator):
+        return self.score(teacher_probs, student_probs, generator)
+
+
+MEASURES: dict[str, Measure] = {
+    "cross_entropy": Measure(cross_entropy),
+    "euclidean": Measure(euclidean),
+    "random": Measure(random, reads_student=False),
+}
+
+
+class EpochStacks:
+    """Consecutive stacks of sample indices from epoch-wise shuffled data: a new permutation of all
+    ``n`` samples is appended whenever fewer than a stack are left (so every sample is seen once per
+    epoch, and a stack may straddle two epochs)."""
+
+    def __init__(self, n: int, generator: torch.Generator):
+        self.n, self.generator = n, generator
+        self.order = torch.empty(0, dtype=torch.long)
+
+    def next(self, size: int) -> torch.Tensor:
+        if len(self.order) < size:
+            self.order = torch.cat([self.order, torch.randperm(self.n, generator=self.generator)])
+        stack, self.order = self.order[:size], self.order[size:]
+        return stack
 
 
 def soft(teacher_logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -175,19 +208,12 @@ class parallel_env(TruncatingParallelEnv):
             return spaces.Box(-1.0, 1.0, (self.stack_size * self.batch_size + 1,), dtype=np.float32)
         return spaces.Discrete(2)
 
-    def _next_stack(self) -> torch.Tensor:
-        need = self.stack_size * self.batch_size
-        if len(self._order) < need:
-            self._order = torch.cat([self._order, torch.randperm(len(self.images), generator=self._generator)])
-        stack, self._order = self._order[:need], self._order[need:]
-        return stack
-
     @torch.no_grad()
     def _val_loss(self) -> float:
         return F.cross_entropy(self.student(self.val_images), self.val_labels).item()
 
     def _observe(self, given: torch.Tensor) -> dict[str, np.ndarray]:
-        self._stack = self._next_stack()
+        self._stack = self._stacks.next(self.stack_size * self.batch_size)
         with torch.no_grad():
             student_probs = torch.softmax(self.student(self.images[self._stack]), -1)
         seen = features(self.teacher_probs[self._stack], student_probs)
@@ -201,7 +227,7 @@ class parallel_env(TruncatingParallelEnv):
             torch.manual_seed(self._seed)
             self.student = student(self.images.shape[1], self.hidden)
         self.optimizer = torch.optim.Adam(self.student.parameters(), lr=self.lr)
-        self._order = torch.empty(0, dtype=torch.long)
+        self._stacks = EpochStacks(len(self.images), self._generator)
         self.agents, self._steps = list(self.possible_agents), 0
         nothing = torch.zeros(self.batch_size, self.images.shape[1] + self.classes)
         return self._observe(nothing), {a: {} for a in self.agents}

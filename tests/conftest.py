@@ -67,3 +67,32 @@ def check_pettingzoo(make) -> None:
     api_test(parallel_to_aec(make()), num_cycles=20)
     parallel_seed_test(make)
     seed_test(lambda: parallel_to_aec(make()))
+
+
+class KillAt:
+    """Events that interrupt training as Ctrl-C would, once the trainer reached ``step``."""
+
+    def __init__(self, step: int):
+        self.step, self.trainer = step, None
+
+    def begin(self, total: int, done: int) -> None: ...
+
+    def scalars(self, step: int, values: dict) -> None: ...
+
+    def finished(self, run: int, result, weights) -> None: ...
+
+    def advance(self, steps: int = 1) -> None:
+        if self.trainer.step == self.step:
+            raise KeyboardInterrupt
+
+
+def killed_and_resumed(make, step: int, checkpoint: Path):
+    """Train a trainer from ``make()``, kill it at ``step`` (after the checkpoint of an earlier
+    evaluation), resume a fresh one from the checkpoint to the end; returns it and its results."""
+    killed, events = make(), KillAt(step)
+    events.trainer = killed
+    with pytest.raises(KeyboardInterrupt):
+        killed.fit(events, checkpoint)
+    assert checkpoint.exists()
+    resumed = make()
+    return resumed, resumed.fit(checkpoint=checkpoint)

@@ -2,6 +2,7 @@ import json
 import os
 
 import pytest
+import torch
 
 from benchmarks import language as bench
 from tests.conftest import exit_code
@@ -27,21 +28,26 @@ def test_smoke_run_writes_table_json_tensorboard_and_png(cli, capsys):
     assert "64.4" in printed and "71.4" in printed and "raw noisy view" in printed
     data = json.loads(out.read_text())
     assert data["benchmark"] == "language" and data["config"]["noise"] == 0.1
-    for level, thesis in (("none", 64.4), ("both", 71.4)):
-        entry = data["levels"][level]
-        assert len(entry["test_accuracy"]) == 2 and entry["thesis"] == thesis
-        assert entry["mean"] == pytest.approx(sum(entry["test_accuracy"]) / 2)
-    assert set(data["references"]) == {"raw_view", "untrained_hidden"}
+    for level in ("none", "both"):
+        entry = data["cells"][level]
+        accuracies = [entry["runs"][k]["test_accuracy"] for k in ("0", "1")]
+        assert entry["summary"]["test_accuracy"]["mean"] == pytest.approx(sum(accuracies) / 2)
+        assert entry["summary"]["test_accuracy"]["n"] == 2
+        weights = torch.load(out.parent / entry["runs"]["1"]["weights"], weights_only=True)
+        assert weights["speaker_student.body.0.weight"].shape == (16, 64)  # one run's best speaker, tensors only
+    assert set(data["references"]) == {"raw_view", "untrained_hidden"} and set(data["references"]["raw_view"]) == {
+        "0", "1"}  # fmt: skip
     assert data["wall_time_s"] > 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_dir = logdir / "language" / "noise0.1" / "both" / "seed1"
+    run_dir = logdir / "language" / "both" / "seed1"
     events = EventAccumulator(str(run_dir)).Reload()
     tags = set(events.Tags()["scalars"])
     assert {"train/mi_loss_student", "train/communication_ce_student", "train/temperature", "val/accuracy"} <= tags
     assert [e.step for e in events.Scalars("val/accuracy")] == [3, 6]
-    assert (logdir / "language" / "noise0.1" / "val_accuracy.png").stat().st_size > 1000
-    assert not list(out.parent.glob("*.ckpt.pt")) and not list(out.parent.glob(".*"))
+    assert (logdir / "language" / "val_accuracy.png").stat().st_size > 1000
+    assert not list(out.parent.glob("*.ckpt.*")) and not list(out.parent.glob(".*")) and not list(
+        out.parent.glob("*.lock"))  # fmt: skip
 
 
 def test_rerun_skips_finished_runs_and_trains_only_new_ones(cli, monkeypatch):
@@ -51,9 +57,9 @@ def test_rerun_skips_finished_runs_and_trains_only_new_ones(cli, monkeypatch):
     trained = []
     real = bench.LanguageTrainer
 
-    def recording(config, splits, runs, speaker_cls=None):
+    def recording(config, splits, runs, speaker_cls=None, device="cpu"):
         trained.append(list(runs))
-        return real(config, splits, runs, speaker_cls)
+        return real(config, splits, runs, speaker_cls, device)
 
     monkeypatch.setattr(bench, "LanguageTrainer", recording)
     assert run([*argv, "--seeds", "1", "--levels", "none"]) == 0
@@ -61,7 +67,7 @@ def test_rerun_skips_finished_runs_and_trains_only_new_ones(cli, monkeypatch):
     assert run([*argv, "--seeds", "1", "--levels", "none,receive"]) == 0
     assert trained == [[("receive", 0)]]
     data = json.loads(out.read_text())
-    assert data["levels"]["none"]["runs"] == first["levels"]["none"]["runs"]
+    assert data["cells"]["none"]["runs"] == first["cells"]["none"]["runs"]
 
 
 def test_results_of_another_config_are_never_overwritten(cli, capsys):
@@ -81,7 +87,8 @@ def test_same_command_same_numbers(cli, tmp_path):
     again = tmp_path / "again.json"
     assert run([*argv, "--seeds", "1", "--levels", "both", "--out", str(again)]) == 0
     a, b = json.loads(out.read_text()), json.loads(again.read_text())
-    assert a["levels"] == b["levels"] and a["references"] == b["references"]
+    strip = lambda d: {c: {k: {**r, "weights": None} for k, r in e["runs"].items()} for c, e in d["cells"].items()}  # noqa: E731
+    assert strip(a) == strip(b) and a["references"] == b["references"]
 
 
 def test_agent_plugs_in_from_the_command_line(cli):
@@ -90,22 +97,24 @@ def test_agent_plugs_in_from_the_command_line(cli):
     assert run([*argv, "--seeds", "1", "--levels", "feedback", "--agent", agent]) == 0
     data = json.loads(out.read_text())
     assert data["config"]["agent"] == agent
-    assert 0 <= data["levels"]["feedback"]["test_accuracy"][0] <= 100
+    assert 0 <= data["cells"]["feedback"]["runs"]["0"]["test_accuracy"] <= 100
 
 
 BAD_INPUTS = [
     (["--noise", "1.5"], "noise must be a probability"),
     (["--levels", "foo"], "unknown level(s) foo"),
-    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--seeds", "0"], "--seeds and --reference-epochs must be >= 1"),
     (["--agent", "nosuch:Thing"], "cannot import module 'nosuch'"),
     (["--agent", "json:NoSuchClass"], "has no class 'NoSuchClass'"),
     (["--agent", "json"], "package.module:ClassName"),
     (["--agent", "collections:OrderedDict"], "does not follow the speaker protocol"),
     (["--steps", "0"], "steps must be >= 1"),
-    (["--hidden", "a,b"], "--hidden must be positive"),
+    (["--hidden", "a,b"], "--hidden: expected comma-separated integers"),
     (["--temperature-factor", "2"], "temperature"),
     (["--batch-size", "5000"], "exceeds the 100 training images"),
-    (["--noise", "abc"], "invalid float value"),
+    (["--noise", "abc"], "expected a number"),
+    (["--lr", "nan"], "expected a finite number"),
+    (["--sweep", "noise=0.1,2"], "noise must be a probability"),
 ]
 
 
@@ -129,38 +138,101 @@ def test_quick_main_job_on_real_mnist(tmp_path, capsys):
     out = tmp_path / "quick.json"
     assert run(["--quick", "--noise", "0.1", "--out", str(out), "--logdir", str(tmp_path / "runs")]) == 0
     data = json.loads(out.read_text())
-    assert set(data["levels"]) == {"none", "receive", "feedback", "both"}
-    assert all(len(e["test_accuracy"]) == 1 for e in data["levels"].values())
-    assert data["references"]["raw_view"] > 80  # a linear probe undoes a fixed inversion mask
-    assert all(e["mean"] > 20 for e in data["levels"].values())  # well above chance after 150 steps
+    assert set(data["cells"]) == {"none", "receive", "feedback", "both"}
+    assert all(e["summary"]["test_accuracy"]["n"] == 1 for e in data["cells"].values())
+    assert data["references"]["raw_view"]["0"] > 80  # a linear probe undoes a fixed inversion mask
+    assert all(e["summary"]["test_accuracy"]["mean"] > 20 for e in data["cells"].values())  # chance is 10%
     assert "Table 4.1" in capsys.readouterr().out
 
 
-def test_both_estimators_side_by_side_with_their_own_results_and_runs(cli, capsys, monkeypatch):
+def test_both_estimators_are_a_sweep_in_one_file(cli, capsys, monkeypatch):
     argv, out, logdir = cli
     assert run([*argv, "--seeds", "1", "--levels", "none,feedback", "--estimator", "reinforce"]) == 0
-    reinforce_file = out.with_name("language-reinforce.json")
-    first = json.loads(reinforce_file.read_text())
-    assert first["config"]["estimator"] == "reinforce" and set(first["levels"]) == {"none", "feedback"}
-    assert not out.exists()  # the Gumbel results are another file
+    first = json.loads(out.read_text())  # an explicit --out is used as given, whatever the estimator
+    assert first["config"]["estimator"] == "reinforce" and set(first["cells"]) == {"none", "feedback"}
+    both = out.with_name("both.json")
+    capsys.readouterr()
+    assert run([*argv, "--seeds", "1", "--levels", "none,feedback", "--estimator", "both", "--out", str(both)]) == 0
+    printed = capsys.readouterr().out
+    assert "Sweep over estimator" in printed and "estimator=gumbel" in printed and "estimator=reinforce" in printed
+    data = json.loads(both.read_text())
+    assert set(data["cells"]) == {f"estimator={e}/{lv}" for e in ("gumbel", "reinforce") for lv in ("none", "feedback")}
+    assert data["config"]["sweep"] == "estimator" and "estimator" not in data["config"]
+    assert data["cells"]["estimator=reinforce/feedback"]["runs"]["0"]["test_accuracy"] == first["cells"]["feedback"][
+        "runs"]["0"]["test_accuracy"]  # fmt: skip
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(logdir / "both" / "estimator=reinforce" / "feedback" / "seed0")).Reload()
+    assert "train/message_entropy_teacher" in events.Tags()["scalars"]
+    assert (logdir / "both" / "sweep_estimator.png").stat().st_size > 1000
+
+
+def test_a_sweep_keeps_finished_values_when_more_are_added(cli, monkeypatch):
+    argv, out, logdir = cli
+    assert run([*argv, "--seeds", "1", "--levels", "none", "--sweep", "ce-weight=0.01,0.1"]) == 0
     trained = []
     real = bench.LanguageTrainer
 
-    def recording(config, splits, runs, speaker_cls=None):
-        trained.append(config.estimator)
-        return real(config, splits, runs, speaker_cls)
+    def recording(config, splits, runs, speaker_cls=None, device="cpu"):
+        trained.append((config.ce_weight, list(runs)))
+        return real(config, splits, runs, speaker_cls, device)
 
     monkeypatch.setattr(bench, "LanguageTrainer", recording)
-    capsys.readouterr()
-    assert run([*argv, "--seeds", "1", "--levels", "none,feedback", "--estimator", "both"]) == 0
-    assert trained == ["gumbel"]  # REINFORCE's runs were finished already
-    printed = capsys.readouterr().out
-    assert "Table 4.1 by estimator" in printed and "gumbel" in printed and "reinforce" in printed
-    assert json.loads(out.read_text())["config"]["estimator"] == "gumbel"
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    assert run([*argv, "--seeds", "1", "--levels", "none", "--sweep", "ce-weight=0.01,0.1,0.5"]) == 0
+    assert trained == [(0.5, [("none", 0)])]
+    data = json.loads(out.read_text())
+    assert set(data["cells"]) == {"ce-weight=0.01/none", "ce-weight=0.1/none", "ce-weight=0.5/none"}
+    assert (logdir / "language" / "ce-weight=0.5" / "none" / "seed0").is_dir()
 
-    events = EventAccumulator(str(logdir / "language" / "noise0.1-reinforce" / "feedback" / "seed0")).Reload()
-    assert "train/message_entropy_teacher" in events.Tags()["scalars"]
+
+def test_a_killed_run_resumes_even_with_other_seeds_and_levels(cli, monkeypatch, capsys):
+    argv, out, _ = cli
+    whole = out.with_name("whole.json")
+    assert run([*argv, "--seeds", "1", "--levels", "none,both", "--out", str(whole)]) == 0
+    real_evaluation = bench.LanguageTrainer.evaluation
+
+    def killed_at_the_last_evaluation(self):  # the checkpoint of the evaluation at step 3 is on disk
+        if self.step == 6:
+            raise KeyboardInterrupt
+        return real_evaluation(self)
+
+    monkeypatch.setattr(bench.LanguageTrainer, "evaluation", killed_at_the_last_evaluation)
+    assert run([*argv, "--seeds", "1", "--levels", "none,both"]) == 130
+    assert "re-run the same command to continue" in capsys.readouterr().err
+    assert out.with_name(out.name + ".ckpt.pt").exists()
+    monkeypatch.setattr(bench.LanguageTrainer, "evaluation", real_evaluation)
+    assert run([*argv, "--seeds", "2", "--levels", "none"]) == 0  # other flags: the interrupted job finishes first
+    data, reference = json.loads(out.read_text()), json.loads(whole.read_text())
+    for level in ("none", "both"):
+        assert data["cells"][level]["runs"]["0"]["val_accuracy"] == reference["cells"][level]["runs"]["0"][
+            "val_accuracy"]  # fmt: skip
+    assert set(data["cells"]["none"]["runs"]) == {"0", "1"}
+    assert not list(out.parent.glob("*.ckpt.*"))
+
+
+def test_a_diverging_run_stops_with_one_line_and_no_nan_in_results(cli, capsys):
+    argv, out, _ = cli
+    assert run([*argv, "--seeds", "1", "--levels", "none"]) == 0
+    before = out.read_text()
+    diverging = out.with_name("diverging.json")
+    assert run([*argv, "--seeds", "1", "--levels", "none", "--lr", "1e30", "--probe-lr", "1e30", "--out",
+                str(diverging)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "diverged at step" in errors[0] and "none seed 0" in errors[0]
+    assert "Traceback" not in err
+    assert "NaN" not in diverging.read_text() and "nan" not in diverging.read_text().lower().replace("nanmean", "")
+    assert out.read_text() == before
+
+
+def test_an_unwritable_out_is_refused_before_any_training(cli, capsys, monkeypatch, tmp_path):
+    argv, _, _ = cli
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setattr(bench.LanguageTrainer, "train_step", lambda self: pytest.fail("trained before preflight"))
+    assert run([*argv, "--seeds", "1", "--out", str(blocker / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot write to" in err and "--out" in err and err.count("\n") == 1
 
 
 def test_bad_reinforce_settings_are_one_line_errors(cli, capsys):

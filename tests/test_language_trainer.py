@@ -5,6 +5,8 @@ import torch
 
 from agents.language import Critic
 from envs.language import AGENTS
+from tests.conftest import killed_and_resumed
+from trainers.base import CheckpointError, save_atomic
 from trainers.gumbel import TemperatureSchedule, gumbel_softmax, hard_message
 from trainers.language import LEVELS, LanguageConfig, LanguageTrainer, mi_loss
 
@@ -135,33 +137,26 @@ def test_levels_of_one_seed_start_alike(splits):
     assert torch.equal(trainer.masks[0], trainer.masks[1]) and not torch.equal(trainer.masks[0], trainer.masks[2])
 
 
-def killed_and_resumed(config, splits, runs, checkpoint):
-    """Train ``runs``, kill the training at step 5 (after the checkpoint of the step-3 evaluation), then
-    resume from the checkpoint to the end; returns the resumed trainer and its results."""
-
-    def kill_at_step_5(_):
-        if killed.step == 5:
-            raise KeyboardInterrupt
-
-    killed = LanguageTrainer(config, splits, runs)
-    with pytest.raises(KeyboardInterrupt):
-        killed.fit(checkpoint=checkpoint, progress=kill_at_step_5)
-    resumed = LanguageTrainer(config, splits, runs)
-    return resumed, resumed.fit(checkpoint=checkpoint)
-
-
 def test_resume_after_a_kill_matches_an_uninterrupted_run(splits, tmp_path):
     runs = [("feedback", 0), ("none", 1)]
     whole = LanguageTrainer(TINY, splits, runs).fit()
-    _, results = killed_and_resumed(TINY, splits, runs, tmp_path / "ckpt.pt")
+    resumed, results = killed_and_resumed(lambda: LanguageTrainer(TINY, splits, runs), 5, tmp_path / "ckpt.pt")
     assert [dataclasses.asdict(r) for r in results] == [dataclasses.asdict(r) for r in whole]
+    again = LanguageTrainer(TINY, splits, runs)
+    again.fit()
+    assert all(torch.equal(again.best_weights(r)[k], resumed.best_weights(r)[k])
+               for r in range(2) for k in again.best_weights(r))  # fmt: skip
 
 
 def test_checkpoint_of_other_runs_is_refused(splits, tmp_path):
     checkpoint = tmp_path / "ckpt.pt"
-    LanguageTrainer(TINY, splits, [("none", 0)]).save(checkpoint)
-    with pytest.raises(ValueError, match="other runs"):
+    save_atomic(checkpoint, LanguageTrainer(TINY, splits, [("none", 0)]).state_dict())
+    with pytest.raises(CheckpointError, match="other runs"):
         LanguageTrainer(TINY, splits, [("both", 0)]).fit(checkpoint=checkpoint)
+    checkpoint.write_bytes(b"PK\x03\x04 half a zip")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint") as e:
+        LanguageTrainer(TINY, splits, [("none", 0)]).fit(checkpoint=checkpoint)
+    assert "\n" not in str(e.value) and str(checkpoint) in str(e.value)
 
 
 def test_unknown_level_is_rejected(splits):
@@ -235,7 +230,7 @@ def test_population_fast_mlp_path_matches_vmap():
 
     models = [student(12, (6, 5)) for _ in range(3)]
     population = Population(models)
-    assert population._layers == ["0", "2", "4"]
+    assert population._layers == [("linear", "0"), ("relu", "1"), ("linear", "2"), ("relu", "3"), ("linear", "4")]
     x = torch.randn(3, 7, 12)
     reference = vmap(lambda p, b, v: functional_call(population._base, (p, b), (v,)))(
         population.params, population.buffers, x
@@ -245,6 +240,27 @@ def test_population_fast_mlp_path_matches_vmap():
     assert torch.allclose(population.rows(torch.tensor([2, 0]), x[:2]), torch.stack([models[2](x[0]), models[0](x[1])]),
                           atol=1e-6)  # fmt: skip
     assert Population([torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout(0.5))])._layers is None
+
+
+def test_population_dropout_draws_from_each_members_own_generator():
+    from agents.teacher_student import mlp
+    from trainers.population import Population
+
+    def outputs(seeds, member_seeds):
+        models = []
+        for s in member_seeds:
+            torch.manual_seed(s)
+            models.append(mlp(12, (8,), dropout=0.5))
+        population = Population(models, [torch.Generator().manual_seed(s) for s in seeds])
+        torch.manual_seed(123)  # the global stream must not matter
+        return population(torch.ones(len(seeds), 4, 12))
+
+    a, b = outputs([1, 2], [5, 6]), outputs([1, 2], [5, 6])
+    assert torch.equal(a, b)
+    alone = outputs([2], [6])
+    assert torch.equal(a[1], alone[0])  # a member's masks do not depend on who trains beside it
+    with pytest.raises(ValueError, match="one generator per model"):
+        Population([mlp(12, (8,), dropout=0.5)])
 
 
 REINFORCE = dataclasses.replace(TINY, estimator="reinforce", entropy_weight=0.0)
@@ -288,5 +304,5 @@ def test_reinforce_training_is_seeded_and_resumes_with_its_baseline(splits, tmp_
     runs = [("both", 0)]
     whole = LanguageTrainer(REINFORCE, splits, runs).fit()
     assert whole == LanguageTrainer(REINFORCE, splits, runs).fit()
-    resumed, results = killed_and_resumed(REINFORCE, splits, runs, tmp_path / "ckpt.pt")
+    resumed, results = killed_and_resumed(lambda: LanguageTrainer(REINFORCE, splits, runs), 5, tmp_path / "ckpt.pt")
     assert results == whole and resumed.reinforce["student"].updates == REINFORCE.steps

@@ -26,10 +26,12 @@ def test_smoke_run_of_table_2_2_writes_tables_json_tensorboard_and_figure(cli, c
     assert "Table 2.2" in printed and "DDP all-reduce" in printed and "steps per node until" in printed
     data = json.loads(out.read_text())
     names = ["1node", "10nodes-none", "10nodes-logits", "10nodes-labels", "10nodes-features", "20nodes-labels"]
-    assert list(data["configs"]) == names
-    run = data["configs"]["10nodes-labels"]["runs"]["1"]
+    assert list(data["cells"]) == names
+    run = data["cells"]["10nodes-labels"]["runs"]["1"]
     assert run["steps"] == [4, 8] and len(run["test_nodes"]) == 10 and run["samples_sent"] > 0
-    assert data["ddp_bytes_per_node_step"]["1node"] == 0 and data["ddp_bytes_per_node_step"]["10nodes-none"] > 0
+    assert data["cells"]["1node"]["ddp_bytes_per_node_step"] == 0
+    assert data["cells"]["10nodes-none"]["ddp_bytes_per_node_step"] > 0
+    assert data["cells"]["10nodes-labels"]["summary"]["test_collective"]["n"] == 2
     assert (logdir / "network" / "figure_table_2_2.png").stat().st_size > 1000
     assert list((logdir / "network" / "20nodes-labels" / "seed1").glob("events.out.tfevents.*"))
 
@@ -39,7 +41,7 @@ def test_custom_grid_unsupervised_and_rerun_skips_finished_configs(cli, capsys, 
     grid = [*argv, "--unsupervised", "vae", "--nodes", "1,3", "--content", "none,features", "--seeds", "1"]
     assert exit_code(bench.main, grid) == 0
     data = json.loads(out.read_text())
-    assert list(data["configs"]) == ["vae-1node", "vae-3nodes-none", "vae-3nodes-features"]
+    assert list(data["cells"]) == ["vae-1node", "vae-3nodes-none", "vae-3nodes-features"]
     assert "Table 2.3" in capsys.readouterr().out
     assert (out.parent / "runs" / "network" / "figure_table_2_3_vae.png").exists()
     stamp = os.stat(out).st_mtime_ns
@@ -49,7 +51,8 @@ def test_custom_grid_unsupervised_and_rerun_skips_finished_configs(cli, capsys, 
 
     monkeypatch.setattr(trainer_module.NetworkTrainer, "fit", no_training)
     assert exit_code(bench.main, grid) == 0
-    assert json.loads(out.read_text())["configs"] == data["configs"] and os.stat(out).st_mtime_ns >= stamp
+    runs = lambda d: {c: e["runs"] for c, e in d["cells"].items()}  # noqa: E731
+    assert runs(json.loads(out.read_text())) == runs(data) and os.stat(out).st_mtime_ns >= stamp
 
 
 @pytest.mark.parametrize(
@@ -97,10 +100,10 @@ def test_a_killed_benchmark_keeps_finished_configs_and_a_rerun_finishes(cli, mon
 
     monkeypatch.setattr(trainer_module.NetworkTrainer, "fit", fit_then_die)
     assert exit_code(bench.main, argv) == 130
-    assert list(json.loads(out.read_text())["configs"]) == ["2nodes-labels"]
+    assert list(json.loads(out.read_text())["cells"]) == ["2nodes-labels"]
     monkeypatch.setattr(trainer_module.NetworkTrainer, "fit", real_fit)
     assert exit_code(bench.main, argv) == 0
-    assert list(json.loads(out.read_text())["configs"]) == ["2nodes-labels", "3nodes-labels"]
+    assert list(json.loads(out.read_text())["cells"]) == ["2nodes-labels", "3nodes-labels"]
 
 
 @pytest.mark.skipif(not os.environ.get("COMMCHANNELS_DATA"), reason="real Fashion-MNIST needs COMMCHANNELS_DATA")
@@ -109,6 +112,6 @@ def test_quick_network_benchmark_on_real_fashion_mnist(tmp_path, capsys):
     assert exit_code(bench.main, ["--dataset", "fashion-mnist", "--quick", "--out", str(out),
                                   "--logdir", str(tmp_path / "runs")]) == 0  # fmt: skip
     data = json.loads(out.read_text())
-    assert len(data["configs"]) == 6
-    assert all(e["runs"]["0"]["test_collective"] > 40 for e in data["configs"].values())  # 40 steps; chance is 10%
+    assert len(data["cells"]) == 6
+    assert all(e["runs"]["0"]["test_collective"] > 40 for e in data["cells"].values())  # 40 steps; chance is 10%
     assert "Table 2.2" in capsys.readouterr().out

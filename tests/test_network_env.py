@@ -88,15 +88,28 @@ def test_collective_decision_on_a_hand_example():
 
 def test_content_losses():
     logits = torch.tensor([[2.0, 0.0, -1.0]])
-    soft = nw.content_loss("logits", logits, logits, temperature=1.0)
+    soft = nw.CONTENTS["logits"].loss(logits, logits, temperature=1.0)
     assert soft.item() == pytest.approx(-(torch.softmax(logits, -1) * torch.log_softmax(logits, -1)).sum().item())
-    hot = nw.content_loss("labels", logits, torch.tensor([[0.0, 1.0, 0.0]]))
+    hot = nw.CONTENTS["labels"].loss(logits, torch.tensor([[0.0, 1.0, 0.0]]))
     assert hot.item() == pytest.approx(torch.nn.functional.cross_entropy(logits, torch.tensor([1])).item())
     gaussian = torch.tensor([[0.3, -1.0, 0.2, 0.5]])  # two means, two log-variances
-    assert nw.content_loss("gaussian", gaussian, gaussian).item() == pytest.approx(0.0, abs=1e-6)
+    assert nw.CONTENTS["gaussian"].loss(gaussian, gaussian).item() == pytest.approx(0.0, abs=1e-6)
     # KL(N(0,1) || N(1,1)) = 0.5 per dimension
-    assert nw.content_loss("gaussian", torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 0.0]])).item() == 0.5
-    assert nw.content_loss("features", torch.ones(1, 4), torch.zeros(1, 4)).item() == 1.0
+    assert nw.CONTENTS["gaussian"].loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 0.0]])).item() == 0.5
+    assert nw.CONTENTS["features"].loss(torch.ones(1, 4), torch.zeros(1, 4)).item() == 1.0
+    with pytest.raises(ValueError, match="carries no training signal"):
+        nw.CONTENTS["none"].loss(logits, logits)
+
+
+def test_each_content_owns_its_size_bytes_and_message():
+    logits, features, labels = torch.randn(2, 3, 10), torch.randn(2, 3, 64), torch.tensor([[1, 2, 3], [4, 5, 6]])
+    for name, floats, wire in (("none", 0, 784), ("logits", 10, 784 + 40), ("labels", 10, 785),
+                               ("features", 64, 784 + 256), ("gaussian", 128, 784 + 512)):  # fmt: skip
+        content = nw.CONTENTS[name]
+        assert content.size(10, 64) == floats and content.wire_bytes(784, 10, 64) == wire
+        if name != "gaussian":
+            assert content.send(logits, features, labels).shape == (2, 3, floats)
+    assert torch.equal(nw.CONTENTS["labels"].send(logits, features, labels).argmax(-1), labels)
 
 
 def make_env(**kw):

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from agents.network import MODELS, node_model, stack
 from envs.data import load_splits
-from envs.network import Minibatch, content_loss, supervised_losses
-from tests.conftest import make_dataset
+from envs.network import CONTENTS, Minibatch, supervised_losses
+from tests.conftest import killed_and_resumed, make_dataset
 from trainers.network import NetworkConfig, NetworkTrainer
 
 SHAPE = (1, 8, 8)
@@ -44,7 +44,8 @@ def test_batched_training_equals_a_per_node_loop_with_one_adam_each(content):
     dim = 64 if content == "features" else 10
     for _ in range(3):
         batch = Minibatch(torch.randint(0, 40, (nodes, b)), torch.rand(nodes, b) < 0.5, torch.randn(nodes, b, dim))
-        losses, *_ = supervised_losses(parts, images, labels, batch, content, SHAPE, temperature=2.0, comm_weight=0.7)
+        losses, *_ = supervised_losses(parts, images, labels, batch, CONTENTS[content], SHAPE, temperature=2.0,
+                                       comm_weight=0.7)
         batched_opt.zero_grad()
         losses.mean(1).sum().backward()
         batched_opt.step()
@@ -54,7 +55,7 @@ def test_batched_training_equals_a_per_node_loop_with_one_adam_each(content):
             logits = m["head"](features)
             local = F.cross_entropy(logits, labels[batch.index[i]], reduction="none")
             own = features if content == "features" else logits
-            received = 0.7 * content_loss(content, own, batch.payload[i], temperature=2.0)
+            received = 0.7 * CONTENTS[content].loss(own, batch.payload[i], temperature=2.0)
             loss = torch.where(batch.received[i], received, local).mean()
             opt.zero_grad()
             loss.backward()
@@ -106,6 +107,18 @@ def test_unsupervised_nodes_train_and_are_probed(big_splits, kind):
     assert result.samples_sent > 0
     after = trainer.parts.state_dict()
     assert all(not torch.equal(before[k], after[k]) for k in before)  # every part learned
+
+
+@pytest.mark.parametrize(("content", "unsupervised"), [("labels", None), ("features", "vae"), ("features", "bigan")])
+def test_a_killed_network_resumes_bit_for_bit(big_splits, tmp_path, content, unsupervised):
+    config = NetworkConfig(nodes=3, content=content, unsupervised=unsupervised, batch_size=8, steps=12, eval_every=4)
+    whole = NetworkTrainer(config, big_splits, [0, 1])
+    results = whole.fit()
+    resumed, again = killed_and_resumed(lambda: NetworkTrainer(config, big_splits, [0, 1]), 7, tmp_path / "c.pt")
+    assert [dataclasses.asdict(r) for r in again] == [dataclasses.asdict(r) for r in results]
+    for r in (0, 1):
+        assert all(torch.equal(v, resumed.best_weights(r)[k]) for k, v in whole.best_weights(r).items())
+    assert whole.best_weights(0)["trunk.weights.0" if unsupervised is None else "encoder.weights.0"].shape[0] == 3 * 8
 
 
 @pytest.mark.parametrize(

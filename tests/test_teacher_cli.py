@@ -31,16 +31,18 @@ def test_smoke_run_writes_table_json_tensorboard_and_figure(cli, capsys):
     printed = capsys.readouterr().out
     assert "Table 3.1" in printed and "stack2-cross_entropy-soft" in printed and "96.9" in printed
     data = json.loads(out.read_text())
-    assert data["benchmark"] == "teacher" and set(data["configs"]) == {
+    assert data["benchmark"] == "teacher" and set(data["cells"]) == {
         "baseline", "stack2-cross_entropy-soft", "stack2-cross_entropy-true"}  # fmt: skip
-    entry = data["configs"]["stack2-cross_entropy-soft"]
+    entry = data["cells"]["stack2-cross_entropy-soft"]
     assert len(entry["test_accuracy"]) == 2 and entry["thesis"] == {"accuracy": 96.9, "backward_passes": 25_000}
     for key in ("backward_passes", "forward_passes", "teacher_forward_passes", "backward_passes_to_best"):
         assert len(entry[key]) == 2
     run0 = entry["runs"]["0"]
     assert run0["counters"]["student_forward_passes"] == 3 * run0["stopped_step"]  # stack of 2 + training pass
     assert run0["counters"]["teacher_forward_passes"] == 2 * run0["stopped_step"]
-    assert data["configs"]["baseline"]["runs"]["0"]["counters"]["teacher_forward_passes"] == 0
+    assert data["cells"]["baseline"]["runs"]["0"]["counters"]["teacher_forward_passes"] == 0
+    assert entry["summary"]["test_accuracy"]["n"] == 2 and set(data["references"]["teacher_test_accuracy"]) == {
+        "0", "1"}  # fmt: skip
     assert (logdir / "teacher" / "figure_3_1.png").stat().st_size > 1000
     assert list((logdir / "teacher" / "baseline" / "seed1").glob("events.out.tfevents.*"))
 
@@ -48,15 +50,15 @@ def test_smoke_run_writes_table_json_tensorboard_and_figure(cli, capsys):
 def test_rerun_skips_finished_runs_and_reuses_cached_teachers(cli, monkeypatch):
     argv, out, _ = cli
     assert run([*argv, "--stack-sizes", "2", "--measures", "random", "--targets", "soft", "--seeds", "1"]) == 0
-    before = json.loads(out.read_text())["configs"]
+    before = json.loads(out.read_text())["cells"]
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained again")
 
     monkeypatch.setattr(bench, "StudentTrainer", no_training)
-    monkeypatch.setattr(teacher_module, "_train", no_training)
+    monkeypatch.setattr(teacher_module, "StudentTrainer", no_training)
     assert run([*argv, "--stack-sizes", "2", "--measures", "random", "--targets", "soft", "--seeds", "1"]) == 0
-    assert {k: v["runs"] for k, v in json.loads(out.read_text())["configs"].items()} == {
+    assert {k: v["runs"] for k, v in json.loads(out.read_text())["cells"].items()} == {
         k: v["runs"] for k, v in before.items()}  # fmt: skip
 
 
@@ -86,30 +88,36 @@ def test_quick_teacher_benchmark_on_real_mnist(tmp_path, capsys):
     argv = ["--quick", "--out", str(out), "--logdir", str(tmp_path / "runs"), "--teacher-cache", str(tmp_path / "t")]
     assert run(argv) == 0
     data = json.loads(out.read_text())
-    assert len(data["configs"]) == 7
-    assert all(e["test_accuracy"][0] > 85 for e in data["configs"].values())  # two epochs of a 784-32-32-10 MLP
+    assert len(data["cells"]) == 7
+    assert all(e["test_accuracy"][0] > 85 for e in data["cells"].values())  # two epochs of a 784-32-32-10 MLP
     assert "Table 3.1" in capsys.readouterr().out
 
 
 def test_a_killed_benchmark_keeps_the_students_that_had_finished(cli, monkeypatch):
     argv, out, _ = cli
-    real_finish = bench.StudentTrainer._finish
+    grid = [*argv, "--stack-sizes", "2", "--measures", "cross_entropy", "--targets", "soft", "--seeds", "2"]
+    assert run([*grid, "--out", str(out.with_name("whole.json"))]) == 0
+    whole = json.loads(out.with_name("whole.json").read_text())["cells"]
+    real_finished = bench.Sink.finished
     finished = []
 
-    def finish_then_die(selection, result):
-        real_finish(selection, result)
-        finished.append(selection)
-        if len(finished) == 2:  # the second student to finish; the save of the first one already happened
+    def finish_then_die(self, run, result, weights):
+        finished.append(run)
+        if len(finished) == 2:  # the second student to finish; the first one was saved
             raise KeyboardInterrupt
+        real_finished(self, run, result, weights)
 
-    monkeypatch.setattr(bench.StudentTrainer, "_finish", staticmethod(finish_then_die))
-    assert run([*argv, "--stack-sizes", "2", "--measures", "cross_entropy", "--targets", "soft", "--seeds", "2"]) == 130
-    saved = json.loads(out.read_text())["configs"]
+    monkeypatch.setattr(bench.Sink, "finished", finish_then_die)
+    assert run(grid) == 130
+    saved = json.loads(out.read_text())["cells"]
     assert sum(len(e["runs"]) for e in saved.values()) == 1
-    monkeypatch.setattr(bench.StudentTrainer, "_finish", staticmethod(real_finish))
-    assert run([*argv, "--stack-sizes", "2", "--measures", "cross_entropy", "--targets", "soft", "--seeds", "2"]) == 0
-    saved = json.loads(out.read_text())["configs"]
+    monkeypatch.setattr(bench.Sink, "finished", real_finished)
+    assert run(grid) == 0  # resumes the interrupted batch from its checkpoint
+    saved = json.loads(out.read_text())["cells"]
     assert sum(len(e["runs"]) for e in saved.values()) == 4
+    for cell, entry in whole.items():
+        for k, r in entry["runs"].items():
+            assert saved[cell]["runs"][k]["val_accuracy"] == r["val_accuracy"]
 
 
 def test_learned_policies_are_compared_with_the_heuristic_and_random(cli, capsys):
@@ -118,10 +126,11 @@ def test_learned_policies_are_compared_with_the_heuristic_and_random(cli, capsys
                 "--policy-stack-size", "2", "--seeds", "1"]  # fmt: skip
     assert run([*argv, *policies]) == 0
     data = json.loads(out.read_text())
-    assert set(data["configs"]) == {"baseline", "stack2-cross_entropy-true", "stack2-random-true",
+    assert set(data["cells"]) == {"baseline", "stack2-cross_entropy-true", "stack2-random-true",
                                     "stack2-learned_reinforce-true", "stack2-learned_ppo-true"}  # fmt: skip
-    assert data["config"]["policy"]["episode_steps"] == 10 and set(data["policy_training_s"]) == {"reinforce", "ppo"}
-    run0 = data["configs"]["stack2-learned_ppo-true"]["runs"]["0"]
+    assert data["config"]["policy"]["steps"] == 10 and set(data["references"]["policy_training_s"]) == {
+        "reinforce", "ppo"}  # fmt: skip
+    run0 = data["cells"]["stack2-learned_ppo-true"]["runs"]["0"]
     assert run0["counters"]["student_forward_passes"] == 3 * run0["stopped_step"]  # reads the student's stack
     assert "stack2-learned_reinforce-true" in capsys.readouterr().out
     assert run([*argv, *policies, "--policies", "dance"]) == 2

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 import torch
 
-from envs.teacher_student import MEASURES, USES_STUDENT
+from envs.teacher_student import MEASURES
 from trainers.teacher_policy import PolicyConfig, plackett_luce, ppo_scorer, register, train_ppo, train_reinforce
 from trainers.teacher_student import Selection, StudentConfig, StudentTrainer
 
@@ -34,7 +34,7 @@ def test_plackett_luce_gradient_raises_the_chosen_scores():
     assert all(scores.grad[c] > 0 for c in chosen) and scores.grad.sum().abs() < 1e-6
 
 
-CONFIG = PolicyConfig(episodes=2, episode_steps=6, stack_size=2, batch_size=4, update_every=3, reward_samples=20)
+CONFIG = PolicyConfig(episodes=2, steps=6, stack_size=2, batch_size=4, update_every=3, reward_samples=20)
 
 
 @pytest.fixture
@@ -45,13 +45,13 @@ def teacher_logits(splits):
 def test_reinforce_teacher_learns_deterministically_and_becomes_a_measure(splits, teacher_logits):
     a = train_reinforce(splits, teacher_logits, CONFIG, seed=0)
     b = train_reinforce(splits, teacher_logits, CONFIG, seed=0)
-    untrained = train_reinforce(splits, teacher_logits, dataclasses.replace(CONFIG, episodes=1, episode_steps=1), 0)
+    untrained = train_reinforce(splits, teacher_logits, dataclasses.replace(CONFIG, episodes=1, steps=1), 0)
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q)
     assert any(not torch.equal(p, r) for p, r in zip(a.parameters(), untrained.parameters(), strict=True))
     name = register("test_reinforce", a)
     try:
-        assert name in MEASURES and name in USES_STUDENT
+        assert name in MEASURES and MEASURES[name].reads_student
         runs = [(Selection(2, name, "true"), 0), (Selection(2, "cross_entropy", "true"), 0)]
         config = StudentConfig(batch_size=4, max_epochs=1, eval_every=5)
         trainer = StudentTrainer(config, splits, runs, {0: teacher_logits})
@@ -59,7 +59,6 @@ def test_reinforce_teacher_learns_deterministically_and_becomes_a_measure(splits
         assert all(r.steps for r in results)
     finally:
         MEASURES.pop(name)
-        USES_STUDENT.discard(name)
 
 
 def test_ppo_teacher_trains_through_sb3_and_scores_a_stack(splits, teacher_logits):

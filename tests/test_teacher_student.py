@@ -6,8 +6,10 @@ import torch
 
 import trainers.teacher as teacher_module
 from envs.teacher_student import MEASURES, TARGETS, cross_entropy, euclidean, select_hardest, soft, target_loss
+from tests.conftest import killed_and_resumed
+from trainers.base import CheckpointError
 from trainers.teacher import TeacherConfig, load_or_train_teachers, predict
-from trainers.teacher_student import Selection, StudentConfig, StudentTrainer
+from trainers.teacher_student import Selection, StudentConfig, StudentTrainer, per_step_counters
 
 G = torch.Generator().manual_seed(0)
 
@@ -71,10 +73,11 @@ def test_counters_count_what_they_claim(splits):
         trainer.train_step()
     adam_steps = {int(s["step"]) for s in trainer.optimizer.state.values()}
     assert adam_steps == {7}  # one parameter update per backward pass
-    assert trainer.counters(0, 7) == {"backward_passes": 7, "student_forward_passes": 7, "teacher_forward_passes": 0}
-    assert trainer.counters(1, 7) == {"backward_passes": 7, "student_forward_passes": 42, "teacher_forward_passes": 35}
-    assert trainer.counters(2, 7) == {"backward_passes": 7, "student_forward_passes": 7, "teacher_forward_passes": 14}
-    assert trainer.counters(3, 7) == {"backward_passes": 7, "student_forward_passes": 28, "teacher_forward_passes": 21}
+    counters = [{k: 7 * v for k, v in per_step_counters(sel).items()} for sel, _ in runs]
+    assert counters[0] == {"backward_passes": 7, "student_forward_passes": 7, "teacher_forward_passes": 0}
+    assert counters[1] == {"backward_passes": 7, "student_forward_passes": 42, "teacher_forward_passes": 35}
+    assert counters[2] == {"backward_passes": 7, "student_forward_passes": 7, "teacher_forward_passes": 14}
+    assert counters[3] == {"backward_passes": 7, "student_forward_passes": 28, "teacher_forward_passes": 21}
 
 
 def test_stacks_walk_through_shuffled_epochs(splits):
@@ -135,13 +138,48 @@ def test_teachers_are_cached_and_loaded_weights_only(splits, tmp_path, monkeypat
     def no_training(*args, **kwargs):
         raise AssertionError("cached teachers must not be retrained")
 
-    monkeypatch.setattr(teacher_module, "_train", no_training)
+    monkeypatch.setattr(teacher_module, "StudentTrainer", no_training)
     again = load_or_train_teachers(splits, [0, 1], config, tmp_path)
     for seed in (0, 1):
         assert torch.equal(predict(first[seed], splits.val.images), predict(again[seed], splits.val.images))
     assert not torch.equal(predict(first[0], splits.val.images), predict(first[1], splits.val.images))
     with pytest.raises(AssertionError, match="retrained"):
         load_or_train_teachers(splits, [0], config, tmp_path, retrain=True)
+    next(tmp_path.glob("teacher-*-seed0.pt")).write_text("not a tensor file")
+    with pytest.raises(CheckpointError, match=r"not a readable teacher cache file.*retrain-teacher"):
+        load_or_train_teachers(splits, [0], config, tmp_path)
+
+
+def test_two_teacher_trainings_with_one_seed_give_identical_weights(splits, tmp_path):
+    config = TeacherConfig(hidden=(16, 16), dropout=0.5, batch_size=10, patience=1, max_epochs=2)
+    beside = load_or_train_teachers(splits, [0, 1], config, tmp_path / "a")[1].state_dict()
+    alone = load_or_train_teachers(splits, [1], config, tmp_path / "b")[1].state_dict()
+    torch.manual_seed(99)  # the global stream plays no part
+    again = load_or_train_teachers(splits, [1], config, tmp_path / "c")[1].state_dict()
+    assert all(torch.equal(alone[k], beside[k]) and torch.equal(alone[k], again[k]) for k in alone)
+
+
+def test_teacher_training_resumes_bit_for_bit(splits, tmp_path):
+    config = TeacherConfig(hidden=(16,), dropout=0.5, batch_size=10, patience=2, max_epochs=3).as_student(100)
+    runs = [(Selection(), 0), (Selection(), 1)]
+    whole = StudentTrainer(config, splits, runs)
+    results = whole.fit()
+    resumed, again = killed_and_resumed(lambda: StudentTrainer(config, splits, runs), 15, tmp_path / "ckpt.pt")
+    assert [dataclasses.asdict(r) for r in again] == [dataclasses.asdict(r) for r in results]
+    assert all(torch.equal(whole.best_weights(r)[k], resumed.best_weights(r)[k]) for r in (0, 1)
+               for k in whole.best_weights(r))  # fmt: skip
+
+
+def test_students_resume_bit_for_bit_after_some_stopped_early(splits, tmp_path):
+    runs = [(Selection(2, "cross_entropy", "soft"), 0), (Selection(5, "euclidean", "true"), 1), (Selection(), 2)]
+    teachers = fake_teacher(splits, [0, 1, 2])
+    config = dataclasses.replace(CONFIG, patience=1, max_epochs=6)
+    whole = StudentTrainer(config, splits, runs, teachers).fit()
+    stops = sorted(r.stopped_step for r in whole)
+    assert stops[0] < stops[-1]  # the kill below falls after a run left the batch
+    _, again = killed_and_resumed(lambda: StudentTrainer(config, splits, runs, teachers), stops[0] + 1,
+                                  tmp_path / "ckpt.pt")  # fmt: skip
+    assert [dataclasses.asdict(r) for r in again] == [dataclasses.asdict(r) for r in whole]
 
 
 def test_dropping_finished_runs_leaves_the_others_unchanged(splits):
@@ -150,7 +188,7 @@ def test_dropping_finished_runs_leaves_the_others_unchanged(splits):
     together = StudentTrainer(CONFIG, splits, runs, teachers)
     for _ in range(5):
         together.train_step()
-    together._keep([0, 2])  # the stack-5 run finished: the batch shrinks to stacks of 2
+    together.drop([1])  # the stack-5 run finished: the batch shrinks to stacks of 2
     for _ in range(5):
         together.train_step()
     alone = {}
@@ -163,4 +201,4 @@ def test_dropping_finished_runs_leaves_the_others_unchanged(splits):
     for position, r in enumerate((0, 2)):
         for k in kept:
             assert torch.allclose(kept[k][position], alone[r][k][0], atol=1e-6), (r, k)  # batch-size rounding
-    assert together.stack == 8 and len(together.runs) == 2
+    assert together.stack == 8 and len(together.batch) == 2

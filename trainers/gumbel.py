@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from trainers.base import option
+
 
 def gumbel_noise(uniform: torch.Tensor) -> torch.Tensor:
     """Standard Gumbel noise from uniform noise (clamped away from 0 and 1, where it is infinite)."""
@@ -36,10 +38,10 @@ def hard_message(logits: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class TemperatureSchedule:
-    start: float = 1.0
-    factor: float = 0.8
-    every: int = 1000
-    floor: float = 0.1
+    start: float = option(1.0, "Gumbel-Softmax temperature at step 0")
+    factor: float = option(0.8, "temperature multiplier every --temperature-every steps")
+    every: int = option(1000, "steps between temperature decays")
+    floor: float = option(0.1, "lowest temperature")
 
     def __post_init__(self) -> None:
         if self.start <= 0 or self.floor <= 0 or not 0 < self.factor <= 1 or self.every < 1:

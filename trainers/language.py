@@ -26,8 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from agents.language import Critic, LinearProbe, Speaker
 from envs.data import Split, Splits
 from envs.language import AGENTS, communication_loss, draw_masks, exchange, views
+from trainers.base import Trainer, generator, option, restore_generators
 from trainers.gumbel import TemperatureSchedule, gumbel_softmax, hard_message, sampled_message
 from trainers.population import Population
 from trainers.reinforce import Reinforce
@@ -64,25 +64,25 @@ LEVELS: dict[str, Level] = {
 class LanguageConfig:
     """Hyper-parameters; values the thesis lost in extraction are our choices (see README)."""
 
-    noise: float = 0.1
-    message_length: int = 32
-    vocab_size: int = 2
-    hidden: tuple[int, ...] = (256, 256)
-    speaker_layer_norm: bool = False
-    critic_hidden: int = 256
-    batch_size: int = 64
-    steps: int = 3000
-    lr: float = 1e-4
-    probe_lr: float = 3e-3
-    ce_weight: float = 0.01  # one-way levels (receive, feedback)
-    ce_weight_two_way: float = 0.005  # both
-    temperature: TemperatureSchedule = field(default_factory=TemperatureSchedule)
-    straight_through: bool = False
-    estimator: str = "gumbel"  # or "reinforce"
-    entropy_weight: float = 0.01  # REINFORCE's entropy bonus (per token, summed over the message)
-    baseline_decay: float = 0.99  # REINFORCE's running-mean baseline
-    eval_every: int = 100
-    log_every: int = 50
+    noise: float = option(0.1, "pixel inversion probability of each agent's mask")
+    message_length: int = option(32, "tokens per message")
+    vocab_size: int = option(2, "symbols per token (2: a 32-bit message)")
+    hidden: tuple[int, ...] = option((256, 256), "speaker hidden widths, e.g. 256,256")
+    speaker_layer_norm: bool = option(False, "LayerNorm before each ReLU of the speaker")
+    critic_hidden: int = option(256, "hidden width of the MI critics")
+    batch_size: int = option(64, "images per step")
+    steps: int = option(3000, "training steps")
+    lr: float = option(1e-4, "Adam learning rate of speakers and critics")
+    probe_lr: float = option(3e-3, "Adam learning rate of the student's linear probe")
+    ce_weight: float = option(0.01, "communication cross-entropy weight at the one-way levels (receive, feedback)")
+    ce_weight_two_way: float = option(0.005, "communication cross-entropy weight at level both")
+    temperature: TemperatureSchedule = option(TemperatureSchedule(), "Gumbel-Softmax temperature schedule")
+    straight_through: bool = option(False, "hard messages forward, soft gradients")
+    estimator: str = option("gumbel", "speakers' gradients", choices=ESTIMATORS)
+    entropy_weight: float = option(0.01, "REINFORCE's entropy bonus (per token, summed over the message)")
+    baseline_decay: float = option(0.99, "REINFORCE's running-mean baseline decay")
+    eval_every: int = option(100, "steps between evaluations")
+    log_every: int = option(50, "steps between TensorBoard training scalars")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.noise <= 1.0:
@@ -111,10 +111,6 @@ class RunResult:
     best_step: int
     steps: list[int]
     val_accuracy: list[float]
-
-
-Logger = Callable[[int, dict[str, list[float]]], None]
-"""Receives ``(step, {tag: one value per run})`` for tags ``train/...`` and ``val/...``."""
 
 
 def run_modules(seed: int, config: LanguageConfig, pixels: int, speaker_cls: type):
@@ -172,14 +168,10 @@ def default_speaker(config: LanguageConfig) -> type:
 def _derangement(n: int, generator: torch.Generator) -> torch.Tensor:
     """A random permutation without fixed points (one cycle through a shuffled order), so that a
     product-of-marginals pair never pairs an image with its own message."""
-    order = torch.randperm(n, generator=generator)
+    order = torch.randperm(n, generator=generator, device=generator.device)
     perm = torch.empty_like(order)
     perm[order] = order.roll(-1)
     return perm
-
-
-def _column(values: list) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32)
 
 
 def mi_loss(critic, view: torch.Tensor, message: torch.Tensor, other_view: torch.Tensor) -> torch.Tensor:
@@ -192,37 +184,54 @@ def mi_loss(critic, view: torch.Tensor, message: torch.Tensor, other_view: torch
     ) + F.binary_cross_entropy_with_logits(marginal, torch.zeros_like(marginal), reduction="none")
 
 
-class LanguageTrainer:
+class LanguageTrainer(Trainer):
     """Trains ``runs`` = [(level, seed), ...] together; ``fit`` returns one ``RunResult`` per run."""
 
     def __init__(
-        self, config: LanguageConfig, splits: Splits, runs: Sequence[tuple[str, int]], speaker_cls: type | None = None
+        self,
+        config: LanguageConfig,
+        splits: Splits,
+        runs: Sequence[tuple[str, int]],
+        speaker_cls: type | None = None,
+        device: torch.device | str = "cpu",
     ):
         unknown = sorted({level for level, _ in runs} - LEVELS.keys())
         if unknown:
             raise ValueError(f"unknown level(s) {', '.join(unknown)}; choose from {', '.join(LEVELS)}")
         if not runs:
             raise ValueError("no runs to train")
-        self.config, self.splits, self.runs = config, splits, list(runs)
+        self._args = (config, splits, runs, speaker_cls)
+        self.device = torch.device(device)
+        self.config, self.splits, self.runs = config, splits.to(device), list(runs)
+        self.eval_every, self.log_every = config.eval_every, config.log_every
         pixels = splits.train.images.shape[1]
-        self.masks = torch.stack([draw_masks(config.noise, pixels, seed) for _, seed in runs])
+        self.masks = torch.stack([draw_masks(config.noise, pixels, seed) for _, seed in runs]).to(device)
         self.speakers, self.critics, self.probe = _build(runs, config, pixels, speaker_cls or default_speaker(config))
+        for population in self._populations().values():
+            population.to(device)
         self.optimizer = torch.optim.Adam(
             [p for pop in (*self.speakers.values(), *self.critics.values()) for p in pop.parameters()], lr=config.lr
         )
         self.probe_optimizer = torch.optim.Adam(self.probe.parameters(), lr=config.probe_lr)
-        self.generators = [torch.Generator().manual_seed(seed) for _, seed in runs]
+        self.generators = [generator(seed, device) for _, seed in runs]
         self.reinforce = {a: Reinforce(config.entropy_weight, config.baseline_decay) for a in AGENTS}
         levels = [LEVELS[level] for level, _ in runs]
         two_way = [lv.teacher_receives for lv in levels]
         weight = [config.ce_weight_two_way if tw else config.ce_weight for tw in two_way]
         self.ce_weight = {
-            STUDENT: _column([w * lv.student_receives for w, lv in zip(weight, levels, strict=True)]),
-            TEACHER: _column([w * lv.teacher_receives for w, lv in zip(weight, levels, strict=True)]),
+            STUDENT: self._column([w * lv.student_receives for w, lv in zip(weight, levels, strict=True)]),
+            TEACHER: self._column([w * lv.teacher_receives for w, lv in zip(weight, levels, strict=True)]),
         }
-        self.feedback = _column([lv.feedback for lv in levels]).view(-1, 1, 1, 1)
+        self.feedback = self._column([lv.feedback for lv in levels]).view(-1, 1, 1, 1)
         self.step = 0
         self.history: dict[str, list] = {"steps": [], "val": [], "test": []}
+        self.best: list[dict[str, torch.Tensor]] = [{} for _ in runs]
+
+    def _build(self, device: torch.device) -> None:
+        self.__init__(*self._args, device=device)
+
+    def _column(self, values: list) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32, device=self.device)
 
     # ---------------------------------------------------------------------------------- training
     def _draw(self, shape: tuple[int, ...], fn: Callable) -> torch.Tensor:
@@ -233,15 +242,15 @@ class LanguageTrainer:
         ``mi_<agent>``, ``communication_<agent>`` (weighted and routed as the level says),
         ``ce_<agent>`` (unweighted, for logging), ``probe`` and ``temperature``; with REINFORCE also
         ``reinforce_<agent>`` (the speaker's surrogate loss) and ``entropy_<agent>``."""
-        cfg, train = self.config, self.splits.train
+        cfg, train, dev = self.config, self.splits.train, self.device
         B, L, V = cfg.batch_size, cfg.message_length, cfg.vocab_size
-        idx = self._draw((B,), lambda s, g: torch.randint(len(train.images), s, generator=g))
+        idx = self._draw((B,), lambda s, g: torch.randint(len(train.images), s, generator=g, device=dev))
         perm = self._draw((B,), lambda s, g: _derangement(s[0], g))
-        uniform = self._draw((len(AGENTS), B, L, V), lambda s, g: torch.rand(s, generator=g))
+        uniform = self._draw((len(AGENTS), B, L, V), lambda s, g: torch.rand(s, generator=g, device=dev))
         seen = views(train.images[idx], self.masks)
         temperature = cfg.temperature(self.step)
 
-        out: dict[str, torch.Tensor] = {"temperature": torch.full((len(self.runs),), temperature)}
+        out: dict[str, torch.Tensor] = {"temperature": torch.full((len(self.runs),), temperature, device=dev)}
         reinforce = cfg.estimator == "reinforce"
         logits, messages, mi = {}, {}, {}
         for i, a in enumerate(AGENTS):
@@ -296,13 +305,16 @@ class LanguageTrainer:
         metrics = {f"train/{names[k]}_{a}": terms[f"{k}_{a}"].detach() for k in names for a in AGENTS}
         return {**metrics, "train/probe_loss": terms["probe"].detach(), "train/temperature": terms["temperature"]}
 
+    def total_steps(self) -> int:
+        return self.config.steps
+
     # -------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, split: Split, agreement: bool = True, chunk: int = 1000) -> dict[str, torch.Tensor]:
         """Per-run probe accuracy (%) of the student and, with ``agreement``, the fraction of tokens on
         which the teacher's and the student's *hard* (evaluation) messages agree."""
-        correct = torch.zeros(len(self.runs))
-        agree = torch.zeros(len(self.runs))
+        correct = torch.zeros(len(self.runs), device=self.device)
+        agree = torch.zeros(len(self.runs), device=self.device)
         for population in self._populations().values():
             population.eval()
         for start in range(0, len(split.images), chunk):
@@ -321,57 +333,36 @@ class LanguageTrainer:
             out["message_agreement"] = agree / n
         return out
 
-    def fit(
-        self,
-        logger: Logger | None = None,
-        checkpoint: Path | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> list[RunResult]:
-        """Train to ``config.steps``, evaluating every ``eval_every`` steps. With ``checkpoint``, state is
-        saved there at each evaluation and training resumes from it if it exists."""
-        cfg = self.config
-        if checkpoint is not None and checkpoint.exists():
-            self.load(checkpoint)
-            if progress:
-                progress(self.step)
-        while self.step < cfg.steps:
-            metrics = self.train_step()
-            if logger and (self.step % cfg.log_every == 0 or self.step == 1):
-                logger(self.step, {k: v.tolist() for k, v in metrics.items()})
-            if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
-                val, test = self.evaluate(self.splits.val), self.evaluate(self.splits.test, agreement=False)
-                self.history["steps"].append(self.step)
-                self.history["val"].append(val["accuracy"].tolist())
-                self.history["test"].append(test["accuracy"].tolist())
-                if logger:
-                    logger(
-                        self.step,
-                        {
-                            "val/accuracy": val["accuracy"].tolist(),
-                            "val/message_agreement": val["message_agreement"].tolist(),
-                        },
-                    )
-                if checkpoint is not None:
-                    self.save(checkpoint)
-            if progress:
-                progress(1)
-        return self.results()
+    def evaluation(self) -> dict[str, torch.Tensor]:
+        """Validation and test accuracy of every run; a run's weights are kept at its best validation
+        (the first step that reached it)."""
+        val, test = self.evaluate(self.splits.val), self.evaluate(self.splits.test, agreement=False)
+        accuracies = val["accuracy"].tolist()
+        for r, accuracy in enumerate(accuracies):
+            if not self.history["val"] or accuracy > max(v[r] for v in self.history["val"]):
+                self.best[r] = {k: p.member(r) for k, p in self._populations().items()}
+        self.history["steps"].append(self.step)
+        self.history["val"].append(accuracies)
+        self.history["test"].append(test["accuracy"].tolist())
+        return {"val/accuracy": val["accuracy"], "val/message_agreement": val["message_agreement"]}
 
-    def results(self) -> list[RunResult]:
-        out = []
-        for r in range(len(self.runs)):
-            val = [v[r] for v in self.history["val"]]
-            best = max(range(len(val)), key=lambda i: (val[i], -i)) if val else None
-            out.append(
-                RunResult(
-                    test_accuracy=self.history["test"][best][r] if val else math.nan,
-                    best_val_accuracy=val[best] if val else math.nan,
-                    best_step=self.history["steps"][best] if val else 0,
-                    steps=list(self.history["steps"]),
-                    val_accuracy=val,
-                )
-            )
-        return out
+    def result(self, run: int) -> RunResult:
+        val = [v[run] for v in self.history["val"]]
+        best = max(range(len(val)), key=lambda i: (val[i], -i)) if val else None
+        return RunResult(
+            test_accuracy=self.history["test"][best][run] if val else math.nan,
+            best_val_accuracy=val[best] if val else math.nan,
+            best_step=self.history["steps"][best] if val else 0,
+            steps=list(self.history["steps"]),
+            val_accuracy=val,
+        )
+
+    def best_weights(self, run: int) -> dict[str, torch.Tensor]:
+        """Speakers, critics and probe of run ``run`` at its best validation, ``{population.param: tensor}``."""
+        return {f"{name}.{k}": v for name, state in self.best[run].items() for k, v in state.items()}
+
+    def parameters_by_name(self) -> dict[str, torch.Tensor]:
+        return {f"{name}.{k}": v for name, p in self._populations().items() for k, v in p.params.items()}
 
     # ------------------------------------------------------------------------------- checkpoints
     def _populations(self) -> dict[str, Population]:
@@ -381,34 +372,24 @@ class LanguageTrainer:
             "probe": self.probe,
         }
 
-    def save(self, path: Path) -> None:
-        """Everything needed to resume bit-for-bit: weights, optimisers, RNG streams, step, history."""
-        state = {
-            "runs": [list(r) for r in self.runs],
-            "config": repr(self.config),
-            "step": self.step,
+    def _state(self) -> dict:
+        """Everything needed to resume bit-for-bit: weights, optimisers, RNG streams, history."""
+        return {
             "history": self.history,
+            "best": self.best,
             "generators": [g.get_state() for g in self.generators],
             "populations": {k: p.state_dict() for k, p in self._populations().items()},
             "optimizer": self.optimizer.state_dict(),
             "probe_optimizer": self.probe_optimizer.state_dict(),
             "reinforce": {a: r.state_dict() for a, r in self.reinforce.items()},
         }
-        tmp = path.with_name(path.name + ".tmp")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, tmp)
-        tmp.replace(path)
 
-    def load(self, path: Path) -> None:
-        state = torch.load(path, weights_only=True)
-        if state["runs"] != [list(r) for r in self.runs] or state["config"] != repr(self.config):
-            raise ValueError(f"checkpoint {path} belongs to other runs or another config; delete it to restart")
+    def _load_state(self, state: dict) -> None:
         for k, p in self._populations().items():
             p.load_state_dict(state["populations"][k])
         self.optimizer.load_state_dict(state["optimizer"])
         self.probe_optimizer.load_state_dict(state["probe_optimizer"])
         for a, r in self.reinforce.items():
             r.load_state_dict(state["reinforce"][a])
-        for g, s in zip(self.generators, state["generators"], strict=True):
-            g.set_state(s)
-        self.step, self.history = state["step"], state["history"]
+        restore_generators(self.generators, state["generators"])
+        self.history, self.best = state["history"], state["best"]

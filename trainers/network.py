@@ -13,43 +13,50 @@ fills the rest of its minibatch from its shard, takes one step on it, and with p
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from agents.network import MODELS, node_model, stack
-from envs.data import Splits
+from envs.data import Split, Splits
 from envs.network import (
+    CONTENTS,
     SUPERVISED_CONTENTS,
     Minibatch,
     Network,
     collective_decision,
     every_node,
-    message_bytes,
-    outgoing,
-    payload_size,
     supervised_losses,
 )
+from trainers.base import Trainer, generator, option, restore_generators, run_rows
 from trainers.network_objectives import UNSUPERVISED, NodeProbes, bigan_step, vae_losses
+
+CONTENT_NAMES = ("none", "logits", "labels", "features")
 
 
 @dataclass(frozen=True)
 class NetworkConfig:
-    nodes: int = 10
-    neighbours: int | None = None  # nodes each node broadcasts to; default all others
-    content: str = "labels"  # none, logits, labels, features (unsupervised: none, features)
-    p_broadcast: float | None = None  # default p_consume / neighbours (balanced inboxes)
-    p_consume: float = 0.5
-    temperature: float = 1.0  # of received logits
-    comm_weight: float = 1.0  # scale of the loss on received samples
-    capacity: int | None = None  # inbox size in samples; default 10 minibatches
-    batch_size: int = 32
-    lr: float = 1e-3  # Adam's default, as in the thesis
-    steps: int = 5000
-    eval_every: int = 250
-    model: str = "dcgan-small"
-    unsupervised: str | None = None  # None (classifiers), "vae" or "bigan"
+    nodes: int = option(10, "nodes of the network")
+    neighbours: int | None = option(None, "k nearest nodes on the ring each node broadcasts to",
+                                    default_text="all others")  # fmt: skip
+    content: str = option("labels", "what travels with an image", choices=CONTENT_NAMES)
+    p_broadcast: float | None = option(None, "probability that a node broadcasts its minibatch",
+                                       default_text="p-consume / neighbours: balanced inboxes")  # fmt: skip
+    p_consume: float = option(0.5, "expected fraction of a minibatch taken from the inbox")
+    temperature: float = option(1.0, "temperature of received logits")
+    comm_weight: float = option(1.0, "scale of the loss on received samples")
+    capacity: int | None = option(None, "inbox size in samples", default_text="10 minibatches")
+    batch_size: int = option(32, "minibatch size of every node")
+    lr: float = option(1e-3, "Adam learning rate (Adam's default, as in the thesis)")
+    steps: int = option(5000, "training steps per node")
+    eval_every: int = option(250, "steps between evaluations", default_text="250; 1000 with --unsupervised, "
+                             "where each evaluation trains linear probes")  # fmt: skip
+    model: str = option("dcgan-small", "node model", choices=tuple(MODELS),
+                        default_text="dcgan for cifar10, else dcgan-small")  # fmt: skip
+    unsupervised: str | None = option(None, "Table 2.3 with VAE or BiGAN nodes", choices=UNSUPERVISED,
+                                      default_text="classifiers")  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -119,19 +126,27 @@ class NetworkResult:
         return next((s for s, a in zip(self.steps, curve, strict=True) if a >= accuracy), None)
 
 
-class NetworkTrainer:
-    """Every seed's network of ``config.nodes`` nodes, trained as one stacked model."""
+class NetworkTrainer(Trainer):
+    """Every seed's network of ``config.nodes`` nodes, trained as one stacked model; one run per seed.
 
-    def __init__(self, config: NetworkConfig, splits: Splits, seeds: Sequence[int]):
+    Routing (shards, inboxes, who broadcasts) is integer bookkeeping on the CPU with each seed's own
+    generator; models, data and their noise (drawn from the same generators) live on ``device``."""
+
+    def __init__(self, config: NetworkConfig, splits: Splits, seeds: Sequence[int], device: torch.device | str = "cpu"):
         if not splits.shape:
             raise ValueError("the node models need image shapes; load the data with envs.data.load_splits")
-        self.config, self.splits, self.seeds = config, splits, list(seeds)
+        self._args = (config, splits, seeds)
+        self.device = torch.device(device)
+        self.config, self.splits, self.seeds = config, splits.to(device), list(seeds)
+        self.runs = self.seeds
+        self.eval_every = self.log_every = config.eval_every
         self.classes = int(splits.train.labels.max()) + 1
         c, self.n = config, len(self.seeds) * config.nodes
         kind = c.unsupervised or "classifier"
         features = MODELS[c.model].features
-        dim = payload_size(c.wire_content, self.classes, features)
-        self.generators = [torch.Generator().manual_seed(s) for s in self.seeds]
+        self.content = CONTENTS[c.wire_content]
+        dim = self.content.size(self.classes, features)
+        self.generators = [generator(s) for s in self.seeds]
         self.networks = []
         models = []
         for seed, g in zip(self.seeds, self.generators, strict=True):
@@ -140,19 +155,27 @@ class NetworkTrainer:
                 models += [node_model(kind, splits.shape, MODELS[c.model], self.classes) for _ in range(c.nodes)]
             capacity = c.capacity or 10 * c.batch_size
             self.networks.append(Network(len(splits.train.images), c.nodes, c.k, c.batch_size, dim, capacity, g))
-        self.parts = stack(models)
+        self.parts = stack(models).to(device)
         if kind == "bigan":  # DCGAN's Adam for adversarial pairs
             critic = [*self.parts["critic_x"].parameters(), *self.parts["critic"].parameters()]
             players = [*self.parts["encoder"].parameters(), *self.parts["generator"].parameters()]
-            self.optimizers = [torch.optim.Adam(p, lr=c.lr, betas=(0.5, 0.999)) for p in (critic, players)]
+            self.optimizers = {k: torch.optim.Adam(p, lr=c.lr, betas=(0.5, 0.999))
+                               for k, p in (("critic", critic), ("players", players))}  # fmt: skip
         else:
-            self.optimizers = [torch.optim.Adam(self.parts.parameters(), lr=c.lr)]
-        self.wire_bytes = message_bytes(c.wire_content, splits.train.images.shape[1], self.classes, features)
-        self.step_count = 0
+            self.optimizers = {"nodes": torch.optim.Adam(self.parts.parameters(), lr=c.lr)}
+        self.wire_bytes = self.content.wire_bytes(splits.train.images.shape[1], self.classes, features)
+        self.probes = NodeProbes(self) if c.unsupervised else None
+        self.history = [NetworkResult() for _ in self.seeds]
+        self.best: list[dict[str, torch.Tensor]] = [{} for _ in self.seeds]
+        self.step = 0
 
-    def _noise(self, *shape: int) -> torch.Tensor:
+    def _build(self, device: torch.device) -> None:
+        self.__init__(*self._args, device=device)
+
+    def noise(self, *shape: int) -> torch.Tensor:
         """Standard normal noise ``[nodes of all seeds, *shape]``, drawn from each seed's own generator."""
-        return torch.cat([torch.randn(self.config.nodes, *shape, generator=g) for g in self.generators])
+        noise = torch.cat([torch.randn(self.config.nodes, *shape, generator=g) for g in self.generators])
+        return noise.to(self.device)
 
     def minibatches(self) -> Minibatch:
         c, b = self.config, self.config.batch_size
@@ -160,35 +183,48 @@ class NetworkTrainer:
         for net, g in zip(self.networks, self.generators, strict=True):
             p = torch.full((c.nodes,), c.p_consume if c.communicates else 0.0)
             parts.append(net.minibatch(torch.binomial(torch.full((c.nodes,), float(b)), p, generator=g).long()))
-        return Minibatch(*(torch.cat([getattr(m, f) for m in parts]) for f in ("index", "received", "payload")))
+        return Minibatch(*(torch.cat([getattr(m, f) for m in parts]).to(self.device)
+                           for f in ("index", "received", "payload")))  # fmt: skip
 
-    def step(self) -> dict[str, float]:
-        """One training step of every node; returns training metrics."""
+    def _per_seed(self, per_node: torch.Tensor) -> torch.Tensor:
+        return per_node.detach().view(len(self.seeds), -1).mean(1)
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One training step of every node; returns each seed's mean loss over its nodes."""
         c, train = self.config, self.splits.train
         batch = self.minibatches()
+        content = self.content if c.communicates else None
+        if c.unsupervised:
+            x = train.images[batch.index].view(*batch.index.shape, *self.splits.shape)
         if c.unsupervised == "bigan":
-            metrics, payload = bigan_step(self, batch)
+            critic, players, payload = bigan_step(self.parts, x, self.noise, batch, content, c.comm_weight,
+                                                  self.optimizers["critic"], self.optimizers["players"])  # fmt: skip
+            metrics = {"train/critic_loss": self._per_seed(critic), "train/loss": self._per_seed(players)}
         else:
             if c.unsupervised == "vae":
-                losses, payload = vae_losses(self, batch)
+                losses, payload = vae_losses(self.parts, x, self.noise, batch, content, c.comm_weight)
             else:
                 losses, logits, features, y = supervised_losses(
-                    self.parts, train.images, train.labels, batch, c.content, self.splits.shape,
+                    self.parts, train.images, train.labels, batch, self.content, self.splits.shape,
                     c.temperature, c.comm_weight,
                 )  # fmt: skip
-                payload = outgoing(c.content, logits, features, y)
+                payload = self.content.send(logits, features, y)
             loss = losses.mean(1).sum()  # summed over nodes: every node gets its own gradient
-            self.optimizers[0].zero_grad(set_to_none=True)
+            self.optimizers["nodes"].zero_grad(set_to_none=True)
             loss.backward()
-            self.optimizers[0].step()
-            metrics = {"train/loss": loss.item() / self.n}
+            self.optimizers["nodes"].step()
+            metrics = {"train/loss": self._per_seed(losses.mean(1))}
         if c.communicates:
+            payload = payload.cpu()
             for r, (net, g) in enumerate(zip(self.networks, self.generators, strict=True)):
                 rows = slice(r * c.nodes, (r + 1) * c.nodes)
                 senders = torch.rand(c.nodes, generator=g) < c.broadcast_probability
-                net.broadcast(senders, batch.index[rows], payload[rows])
-        self.step_count += 1
+                net.broadcast(senders, batch.index[rows].cpu(), payload[rows])
+        self.step += 1
         return metrics
+
+    def total_steps(self) -> int:
+        return self.config.steps
 
     @torch.no_grad()
     def on_shared(self, images: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], chunk: int = 1000):
@@ -209,50 +245,69 @@ class NetworkTrainer:
             out.append((sum(nodes) / len(nodes), collective, nodes))
         return out
 
-    def fit(
-        self,
-        progress: Callable[[int], None] | None = None,
-        logger: Callable[[int, dict[str, list[float]]], None] | None = None,
-    ) -> list[NetworkResult]:
-        """Train ``config.steps`` steps; evaluate on validation every ``eval_every`` steps and on test at the end
-        (unsupervised: at the stage whose linear probes were best on validation)."""
-        c = self.config
-        results = [NetworkResult() for _ in self.seeds]
-        probes = NodeProbes(self) if c.unsupervised else None
-        best = [-1.0] * len(self.seeds)
-        while self.step_count < c.steps:
-            metrics = self.step()
-            if progress:
-                progress(1)
-            if self.step_count % c.eval_every and self.step_count != c.steps:
-                continue
-            if probes is None:
-                val = self.accuracies(self.predict(self.splits.val.images), self.splits.val.labels)
-            else:
-                val, test = probes.evaluate()
-            for r, (average, collective, _) in enumerate(val):
-                res = results[r]
-                res.steps.append(self.step_count)
-                res.val_average.append(average)
-                res.val_collective.append(collective)
-                if probes is not None and collective > best[r]:
-                    best[r], res.best_step = collective, self.step_count
-                    res.test_average, res.test_collective, res.test_nodes = test[r]
-            if logger:
-                logger(self.step_count, {
-                    **{k: [v] * len(self.seeds) for k, v in metrics.items()},
-                    "val/average_accuracy": [v[0] for v in val],
-                    "val/collective_accuracy": [v[1] for v in val],
-                })  # fmt: skip
-        if probes is None:
-            test = self.accuracies(self.predict(self.splits.test.images), self.splits.test.labels)
-            for res, (average, collective, nodes) in zip(results, test, strict=True):
-                res.test_average, res.test_collective, res.test_nodes = average, collective, nodes
-                res.best_step = c.steps
-        for res, net in zip(results, self.networks, strict=True):
-            res.samples_sent = int(net.sent.sum())
-            res.bytes_sent_per_node_step = res.samples_sent * self.wire_bytes / (c.nodes * c.steps)
-            consumed = net.consumed_received.sum() + net.consumed_local.sum()
-            res.consumed_from_inbox = float(net.consumed_received.sum() / consumed)
-            res.dropped = int(net.inbox.dropped.sum())
-        return results
+    def evaluate(self, split: Split) -> dict[str, torch.Tensor]:
+        """Classifiers: node-average and collective accuracy (%) per seed on ``split``."""
+        scores = self.accuracies(self.predict(split.images), split.labels)
+        return {"average_accuracy": run_rows([s[0] for s in scores]),
+                "collective_accuracy": run_rows([s[1] for s in scores])}  # fmt: skip
+
+    def evaluation(self) -> dict[str, torch.Tensor]:
+        """Validation curves; classifiers are tested after the last step, unsupervised nodes at the stage
+        whose linear probes were best on validation (their weights then are the ones kept)."""
+        final = self.step >= self.config.steps
+        if self.probes is None:
+            val = self.accuracies(self.predict(self.splits.val.images), self.splits.val.labels)
+            test = self.accuracies(self.predict(self.splits.test.images), self.splits.test.labels) if final else None
+        else:
+            val, test = self.probes.evaluate()
+        for r, (average, collective, _) in enumerate(val):
+            res = self.history[r]
+            res.steps.append(self.step)
+            res.val_average.append(average)
+            res.val_collective.append(collective)
+            best = self.probes is not None and collective > max(res.val_collective[:-1], default=-1.0)
+            if best or (self.probes is None and final):
+                res.best_step = self.step
+                res.test_average, res.test_collective, res.test_nodes = test[r]
+                self.best[r] = self._seed_weights(r)
+        return {"val/average_accuracy": run_rows([v[0] for v in val]),
+                "val/collective_accuracy": run_rows([v[1] for v in val])}  # fmt: skip
+
+    def _seed_weights(self, r: int) -> dict[str, torch.Tensor]:
+        """Seed ``r``'s nodes (stacked as in ``agents.network.Stacked``), CPU copies."""
+        return {k: v.detach().chunk(len(self.seeds))[r].cpu().clone() for k, v in self.parts.state_dict().items()}
+
+    def result(self, run: int) -> NetworkResult:
+        c, res, net = self.config, dataclasses.replace(self.history[run]), self.networks[run]
+        res.samples_sent = int(net.sent.sum())
+        res.bytes_sent_per_node_step = res.samples_sent * self.wire_bytes / (c.nodes * max(self.step, 1))
+        consumed = net.consumed_received.sum() + net.consumed_local.sum()
+        res.consumed_from_inbox = float(net.consumed_received.sum() / consumed) if consumed else 0.0
+        res.dropped = int(net.inbox.dropped.sum())
+        return res
+
+    def best_weights(self, run: int) -> dict[str, torch.Tensor]:
+        return self.best[run]
+
+    def parameters_by_name(self) -> dict[str, torch.Tensor]:
+        return dict(self.parts.named_parameters())
+
+    def _state(self) -> dict:
+        return {
+            "parts": self.parts.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "generators": [g.get_state() for g in self.generators],
+            "networks": [net.state_dict() for net in self.networks],
+            "history": [dataclasses.asdict(h) for h in self.history],
+            "best": self.best,
+        }
+
+    def _load_state(self, state: dict) -> None:
+        self.parts.load_state_dict(state["parts"])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        restore_generators(self.generators, state["generators"])
+        for net, s in zip(self.networks, state["networks"], strict=True):
+            net.load_state_dict(s)
+        self.history = [NetworkResult(**h) for h in state["history"]]
+        self.best = state["best"]

@@ -10,63 +10,66 @@ on the full training set with early stopping on validation; the collective decis
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from envs.network import Minibatch, content_loss
+from envs.network import Content, Minibatch
 
 if TYPE_CHECKING:
     from trainers.network import NetworkTrainer
 
 UNSUPERVISED = ("vae", "bigan")
+Noise = Callable[..., torch.Tensor]
+"""``noise(*shape)``: standard normal noise ``[nodes, *shape]`` from each seed's own generator."""
 
 
-def _images(t: NetworkTrainer, batch: Minibatch) -> torch.Tensor:
-    return t.splits.train.images[batch.index].view(*batch.index.shape, *t.splits.shape)
-
-
-def _received(t: NetworkTrainer, batch: Minibatch, own: torch.Tensor) -> torch.Tensor:
-    """``comm_weight`` times the content loss where a sample came from the inbox, else 0."""
-    c = t.config
-    if not c.communicates:
+def received_loss(content: Content | None, weight: float, batch: Minibatch, own: torch.Tensor) -> torch.Tensor:
+    """``weight`` times the content's loss where a sample came from the inbox, else 0 (``content`` None:
+    the nodes do not communicate)."""
+    if content is None:
         return own.new_zeros(batch.received.shape)
-    return torch.where(batch.received, c.comm_weight * content_loss(c.wire_content, own, batch.payload), 0.0)
+    return torch.where(batch.received, weight * content.loss(own, batch.payload), 0.0)
 
 
-def vae_losses(t: NetworkTrainer, batch: Minibatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample losses ``[N, B]`` and what is sent (the Gaussian: mean and log-variance)."""
-    x = _images(t, batch)
-    stats = t.parts["encoder"](x)
+def vae_losses(parts: nn.ModuleDict, x: torch.Tensor, noise: Noise, batch: Minibatch, content: Content | None,
+               weight: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Per-sample losses ``[N, B]`` on images ``x`` and what is sent (the Gaussian: mean and log-variance)."""
+    stats = parts["encoder"](x)
     mean, logvar = stats.chunk(2, -1)
-    code = mean + (0.5 * logvar).exp() * t._noise(*mean.shape[1:])
-    reconstruction = F.binary_cross_entropy(t.parts["decoder"](code), x, reduction="none").flatten(2).sum(-1)
+    code = mean + (0.5 * logvar).exp() * noise(*mean.shape[1:])
+    reconstruction = F.binary_cross_entropy(parts["decoder"](code), x, reduction="none").flatten(2).sum(-1)
     kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(-1)
-    return reconstruction + kl + _received(t, batch, stats), stats.detach()
+    return reconstruction + kl + received_loss(content, weight, batch, stats), stats.detach()
 
 
-def bigan_step(t: NetworkTrainer, batch: Minibatch) -> tuple[dict[str, float], torch.Tensor]:
-    """One critic step, then one encoder + generator step; returns metrics and what is sent (the encoding)."""
-    p, x = t.parts, _images(t, batch)
+def bigan_step(parts: nn.ModuleDict, x: torch.Tensor, noise: Noise, batch: Minibatch, content: Content | None,
+               weight: float, critic_opt: torch.optim.Optimizer, players_opt: torch.optim.Optimizer,
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """One critic step, then one encoder + generator step; returns each node's critic and players losses
+    ``[N]`` and what is sent (the encoding)."""
+    p = parts
 
     def critic(images: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         return p["critic"](torch.cat([p["critic_x"](images), code], -1)).squeeze(-1)
 
     encoded = p["encoder"](x)
-    noise = t._noise(*encoded.shape[1:])
-    fake = p["generator"](noise)
-    critic_loss = (F.softplus(-critic(x, encoded.detach())) + F.softplus(critic(fake.detach(), noise))).mean(1).sum()
-    critic_opt, players_opt = t.optimizers
+    z = noise(*encoded.shape[1:])
+    fake = p["generator"](z)
+    critic_losses = (F.softplus(-critic(x, encoded.detach())) + F.softplus(critic(fake.detach(), z))).mean(1)
     critic_opt.zero_grad(set_to_none=True)
-    critic_loss.backward()
+    critic_losses.sum().backward()
     critic_opt.step()
-    players = F.softplus(critic(x, encoded)) + F.softplus(-critic(fake, noise)) + _received(t, batch, encoded)
-    players_loss = players.mean(1).sum()
+    players = F.softplus(critic(x, encoded)) + F.softplus(-critic(fake, z))
+    players = players + received_loss(content, weight, batch, encoded)
+    players_losses = players.mean(1)
     players_opt.zero_grad(set_to_none=True)
-    players_loss.backward()
+    players_losses.sum().backward()
     players_opt.step()
-    return {"train/critic_loss": critic_loss.item() / t.n, "train/loss": players_loss.item() / t.n}, encoded.detach()
+    return critic_losses.detach(), players_losses.detach(), encoded.detach()
 
 
 class NodeProbes:
@@ -88,13 +91,13 @@ class NodeProbes:
         mean, std = train.mean(1, keepdim=True), train.std(1, keepdim=True).clamp_min(1e-6)
         train, val, test = ((f - mean) / std for f in (train, val, test))
         dim = train.shape[-1]
-        generator = torch.Generator().manual_seed(t.seeds[0] * 100_003 + t.step_count)
-        weight = (torch.randn(t.n, dim, t.classes, generator=generator) / dim**0.5).requires_grad_()
-        bias = torch.zeros(t.n, 1, t.classes, requires_grad=True)
+        generator = torch.Generator().manual_seed(t.seeds[0] * 100_003 + t.step)
+        weight = (torch.randn(t.n, dim, t.classes, generator=generator) / dim**0.5).to(t.device).requires_grad_()
+        bias = torch.zeros(t.n, 1, t.classes, requires_grad=True, device=t.device)
         optimizer = torch.optim.Adam([weight, bias], lr=1e-3)
-        best = torch.full((t.n,), -1.0)
+        best = torch.full((t.n,), -1.0, device=t.device)
         best_w, best_b = weight.detach().clone(), bias.detach().clone()
-        waited = torch.zeros(t.n)
+        waited = torch.zeros(t.n, device=t.device)
         for _ in range(self.max_epochs):
             for idx in torch.randperm(train.shape[1], generator=generator).split(self.batch_size):
                 logits = torch.baddbmm(bias, train[:, idx], weight)

@@ -28,11 +28,11 @@ class Reinforce:
         self.mean: torch.Tensor | None = None  # the running mean, before bias correction
         self.updates = 0
 
-    def baseline(self, runs: int) -> torch.Tensor:
+    def baseline(self, runs: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """The current baseline per run (0 before any reward was seen)."""
         if self.mean is None:
-            return torch.zeros(runs)
-        return self.mean / (1 - self.baseline_decay**self.updates)
+            return torch.zeros(runs, device=device)
+        return self.mean.to(device) / (1 - self.baseline_decay**self.updates)
 
     def loss(self, log_prob: torch.Tensor, reward: torch.Tensor, entropy: torch.Tensor | None = None) -> torch.Tensor:
         """Surrogate loss ``[runs]`` whose gradient is ``-mean((R - b) grad log pi) - entropy_weight grad H``.
@@ -41,12 +41,12 @@ class Reinforce:
         Updates the baseline with this batch's mean reward afterwards.
         """
         reward = reward.detach()
-        advantage = reward - self.baseline(reward.shape[0]).unsqueeze(-1)
+        advantage = reward - self.baseline(reward.shape[0], reward.device).unsqueeze(-1)
         loss = -(advantage * log_prob).mean(-1)
         if entropy is not None:
             loss = loss - self.entropy_weight * entropy.mean(-1)
         batch_mean = reward.mean(-1)
-        previous = torch.zeros_like(batch_mean) if self.mean is None else self.mean
+        previous = torch.zeros_like(batch_mean) if self.mean is None else self.mean.to(batch_mean.device)
         self.mean = self.baseline_decay * previous + (1 - self.baseline_decay) * batch_mean
         self.updates += 1
         return loss

@@ -68,9 +68,11 @@ def train(
     logdir: Path | None = None,
     **kwargs: Any,
 ) -> tuple[BaseAlgorithm, list[dict[str, float]]]:
-    """Train ``algorithm`` with an MLP policy on ``env`` for ``timesteps`` agent-steps; TensorBoard scalars
-    go to ``logdir``. Returns the model and every logged row."""
-    model = ALGORITHMS[algorithm]("MlpPolicy", vec_env(env), seed=seed, device="cpu", verbose=0, **kwargs)
+    """Train ``algorithm`` with an MLP policy on ``env`` for ``timesteps`` agent-steps (``kwargs`` go to
+    the algorithm, ``device`` included); TensorBoard scalars go to ``logdir``. Returns the model and
+    every logged row."""
+    kwargs.setdefault("device", "cpu")  # SB3's MLP policies are small: a GPU only pays with --device cuda
+    model = ALGORITHMS[algorithm]("MlpPolicy", vec_env(env), seed=seed, verbose=0, **kwargs)
     recorder = Recorder()
     outputs: list[KVWriter] = [recorder]
     if logdir is not None:

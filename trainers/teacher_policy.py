@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from agents.teacher_student import TeacherPolicy
-from envs.teacher_student import MEASURES, USES_STUDENT, features, parallel_env
+from envs.teacher_student import MEASURES, Measure, features, parallel_env
+from trainers.base import option
 from trainers.gumbel import gumbel_noise
 from trainers.reinforce import Reinforce
 
@@ -32,18 +33,18 @@ POLICIES = ("reinforce", "ppo")
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    episodes: int = 20  # fresh students per policy
-    episode_steps: int = 300  # student updates per episode
-    stack_size: int = 5
-    batch_size: int = 32
-    target: str = "true"
-    lr: float = 3e-3
-    entropy_weight: float = 0.01
-    update_every: int = 10  # REINFORCE: env steps per policy update
-    reward_samples: int = 1000
+    episodes: int = option(20, "fresh students a learned teacher trains on")
+    steps: int = option(300, "student updates per episode")
+    stack_size: int = option(5, "the learned teachers' stack size (minibatches)")
+    batch_size: int = option(32, "samples the teacher sends per update")
+    target: str = option("true", "targets the learned teachers send", choices=("soft", "true"))
+    lr: float = option(3e-3, "the learned teachers' Adam learning rate")
+    entropy_weight: float = option(0.01, "REINFORCE teacher's entropy bonus")
+    update_every: int = option(10, "REINFORCE teacher: env steps per policy update")
+    reward_samples: int = option(1000, "validation images of the env's reward")
 
     def __post_init__(self) -> None:
-        if min(self.episodes, self.episode_steps, self.stack_size, self.batch_size, self.update_every) < 1:
+        if min(self.episodes, self.steps, self.stack_size, self.batch_size, self.update_every) < 1:
             raise ValueError("policy episodes, steps, stack and batch sizes and update interval must be >= 1")
 
 
@@ -64,7 +65,7 @@ def plackett_luce(scores: torch.Tensor, k: int, generator: torch.Generator) -> t
 
 def _env(splits, teacher_logits: torch.Tensor, config: PolicyConfig) -> parallel_env:
     return parallel_env(splits.train.images, splits.train.labels, teacher_logits, splits.val.images, splits.val.labels,
-                        stack_size=config.stack_size, batch_size=config.batch_size, max_steps=config.episode_steps,
+                        stack_size=config.stack_size, batch_size=config.batch_size, max_steps=config.steps,
                         reward_samples=config.reward_samples)  # fmt: skip
 
 
@@ -115,8 +116,8 @@ def train_ppo(splits, teacher_logits: torch.Tensor, config: PolicyConfig, seed: 
     from trainers.sb3 import train
 
     env = Scripted(_env(splits, teacher_logits, config), {"student": lambda observation: 1})
-    model, _ = train(env, "ppo", config.episodes * config.episode_steps, seed, logdir, n_steps=config.episode_steps,
-                     batch_size=max(2, config.episode_steps // 5), learning_rate=config.lr)  # fmt: skip
+    model, _ = train(env, "ppo", config.episodes * config.steps, seed, logdir, n_steps=config.steps,
+                     batch_size=max(2, config.steps // 5), learning_rate=config.lr)  # fmt: skip
     return model
 
 
@@ -129,8 +130,7 @@ def register(name: str, scorer: Callable[[torch.Tensor], torch.Tensor]) -> str:
     def measure(teacher_probs: torch.Tensor, student_probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return scorer(features(teacher_probs, student_probs))
 
-    MEASURES[key] = measure
-    USES_STUDENT.add(key)
+    MEASURES[key] = Measure(measure)
     return key
 
 

@@ -14,14 +14,16 @@ teacher's predictions on the stack, where the measure or the target needs them).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from agents.teacher_student import student
-from envs.data import Splits
-from envs.teacher_student import MEASURES, TARGETS, USES_STUDENT, select_hardest, target_loss
+from agents.teacher_student import mlp
+from envs.data import Split, Splits
+from envs.teacher_student import MEASURES, TARGETS, EpochStacks, select_hardest, target_loss
+from trainers.base import Trainer, generator, option, restore_generators
 from trainers.population import Population
 from trainers.probe import accuracy
 
@@ -55,17 +57,20 @@ class Selection:
 
 @dataclass(frozen=True)
 class StudentConfig:
-    hidden: tuple[int, ...] = (32, 32)
-    batch_size: int = 32
-    lr: float = 1e-3
-    temperature: float = 1.0  # of the teacher's soft labels
-    patience: int = 20  # epochs (of backward passes) without validation improvement
-    max_epochs: int = 100
-    eval_every: int = 250  # backward passes
+    hidden: tuple[int, ...] = option((32, 32), "student hidden widths (784-32-32-10 in the thesis)")
+    batch_size: int = option(32, "minibatch size (what the teacher sends)")
+    lr: float = option(1e-3, "student's Adam learning rate")
+    temperature: float = option(1.0, "temperature of the teacher's soft labels")
+    patience: int = option(20, "epochs (of backward passes) without validation gain before a run stops")
+    max_epochs: int = option(100, "epochs (of backward passes) at most")
+    eval_every: int = option(250, "backward passes between evaluations")
+    dropout: float = option(0.0, "dropout after each hidden layer (the teacher's 0.5; the student has none)")
 
     def __post_init__(self) -> None:
         if min(self.batch_size, self.patience, self.max_epochs, self.eval_every) < 1 or self.temperature <= 0:
             raise ValueError("batch size, patience, max epochs and eval interval must be >= 1; temperature > 0")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 @dataclass
@@ -85,98 +90,124 @@ class StudentResult:
         return next((s for s, a in zip(self.steps, self.test_accuracy_curve, strict=True) if a >= test_accuracy), None)
 
 
-Logger = Callable[[int, dict[str, dict[int, float]]], None]
-"""Receives ``(step, {tag: {run index: value}})`` for the runs still training."""
-
-
 def per_step_counters(selection: Selection) -> dict[str, int]:
     """Minibatches of work per student update under ``selection`` (see module doc)."""
     return {
         "backward_passes": 1,
-        "student_forward_passes": 1 + selection.stack_size * (selection.measure in USES_STUDENT),
+        "student_forward_passes": 1 + selection.stack_size * MEASURES[selection.measure].reads_student,
         "teacher_forward_passes": selection.stack_size * selection.uses_teacher,
     }
 
 
-class StudentTrainer:
+class StudentTrainer(Trainer):
     """Trains ``runs`` = [(Selection, seed), ...]; ``teacher_logits[seed]`` holds the frozen teacher's
-    logits for every training image."""
+    logits for every training image (not needed when no run uses the teacher: the teacher itself is
+    trained this way, as the baseline selection of a student with dropout)."""
 
-    def __init__(self, config: StudentConfig, splits: Splits, runs: Sequence[tuple[Selection, int]],
-                 teacher_logits: dict[int, torch.Tensor]):  # fmt: skip
+    def __init__(
+        self,
+        config: StudentConfig,
+        splits: Splits,
+        runs: Sequence[tuple[Selection, int]],
+        teacher_logits: dict[int, torch.Tensor] | None = None,
+        device: torch.device | str = "cpu",
+    ):
         if not runs:
             raise ValueError("no runs to train")
         n = len(splits.train.images)
         if config.batch_size * max(sel.stack_size for sel, _ in runs) > n:
             raise ValueError(f"a stack of batch size x stack size samples must fit in the {n} training images")
-        self.config, self.splits, self.runs = config, splits, list(runs)
+        if teacher_logits is None and any(sel.uses_teacher for sel, _ in runs):
+            raise ValueError("selections that use the teacher need its logits")
+        self._args = (config, splits, runs, teacher_logits)
+        self.device = torch.device(device)
+        self.config, self.splits, self.runs = config, splits.to(device), list(runs)
+        self.eval_every = self.log_every = config.eval_every
+        self.epoch = n // config.batch_size
         pixels = splits.train.images.shape[1]
         models = []
         for _, seed in runs:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                models.append(student(pixels, config.hidden))
-        self.students = Population(models)
-        self.optimizer = torch.optim.Adam(self.students.parameters(), lr=config.lr, fused=True)
-        self.teacher_logits = torch.stack([teacher_logits[seed] for _, seed in runs])  # [R, n, classes]
+                models.append(mlp(pixels, config.hidden, dropout=config.dropout))
+        dropout = [generator(20_000 + seed) for _, seed in runs] if config.dropout else None
+        self.students = Population(models, dropout).to(device)
+        self.optimizer = self._adam()
+        classes = models[0][-1].out_features
+        logits = [torch.zeros(n, classes) if teacher_logits is None else teacher_logits[seed] for _, seed in runs]
+        self.teacher_logits = torch.stack(logits).to(device)  # [R, n, classes]
         self.teacher_probs = torch.softmax(self.teacher_logits, -1)
-        self.data_generators = [torch.Generator().manual_seed(seed) for _, seed in runs]
-        self.measure_generators = [torch.Generator().manual_seed(10_000 + seed) for _, seed in runs]
-        self.orders = [torch.empty(0, dtype=torch.long) for _ in runs]
+        self.data_generators = [generator(seed) for _, seed in runs]
+        self.measure_generators = [generator(10_000 + seed) for _, seed in runs]
+        self.stacks = [EpochStacks(n, g) for g in self.data_generators]
+        self.history = [StudentResult(float("nan"), -1.0, 0, 0) for _ in runs]
+        self.best: list[dict[str, torch.Tensor]] = [{} for _ in runs]
+        self._alive = list(range(len(runs)))
         self._index_runs()
         self.step = 0
 
+    def _build(self, device: torch.device) -> None:
+        self.__init__(*self._args, device=device)
+
+    def _adam(self) -> torch.optim.Optimizer:
+        fused = self.device.type in ("cpu", "cuda")
+        return torch.optim.Adam(self.students.parameters(), lr=self.config.lr, fused=fused)
+
+    @property
+    def batch(self) -> list[tuple[Selection, int]]:
+        """The runs still training, in batch order."""
+        return [self.runs[r] for r in self._alive]
+
     def _index_runs(self) -> None:
-        """Per-run constants derived from ``self.runs`` (rebuilt when stopped runs leave the batch)."""
-        runs, batch = self.runs, self.config.batch_size
+        """Per-run constants derived from the runs still training."""
+        runs, batch, dev = self.batch, self.config.batch_size, self.device
         self.stack = max(sel.stack_size for sel, _ in runs) * batch
-        self.valid = torch.stack([torch.arange(self.stack) < sel.stack_size * batch for sel, _ in runs])
-        self.soft = torch.tensor([sel.target == "soft" for sel, _ in runs]).view(-1, 1, 1)
+        self.valid = torch.stack([torch.arange(self.stack, device=dev) < sel.stack_size * batch for sel, _ in runs])
+        self.soft = torch.tensor([sel.target == "soft" for sel, _ in runs], device=dev).view(-1, 1, 1)
         # the student predicts on its stack only where the measure reads it, grouped by stack size
-        reads = [r for r, (sel, _) in enumerate(runs) if sel.measure in USES_STUDENT]
+        reads = [r for r, (sel, _) in enumerate(runs) if MEASURES[sel.measure].reads_student]
         self.prediction_groups = [
-            (size, torch.tensor([r for r in reads if runs[r][0].stack_size == size]))
+            (size, torch.tensor([r for r in reads if runs[r][0].stack_size == size], device=dev))
             for size in sorted({runs[r][0].stack_size for r in reads})
         ]
 
-    def _keep(self, positions: list[int]) -> None:
+    def drop(self, finished: list[int]) -> None:
         """Drop finished runs from the batch: every other run continues exactly as it would have."""
+        positions = [i for i, r in enumerate(self._alive) if r not in finished]
         old_params, old_state = self.students.parameters(), self.optimizer.state
         self.students.keep(positions)
-        self.optimizer = torch.optim.Adam(self.students.parameters(), lr=self.config.lr, fused=True)
+        self.optimizer = self._adam()
         for old, new in zip(old_params, self.students.parameters(), strict=True):
             if old in old_state:
                 state = old_state[old]
                 self.optimizer.state[new] = {k: v.clone() if k == "step" else v[positions].clone()
                                              for k, v in state.items()}  # fmt: skip
         self.teacher_logits, self.teacher_probs = self.teacher_logits[positions], self.teacher_probs[positions]
-        for name in ("runs", "data_generators", "measure_generators", "orders"):
+        for name in ("data_generators", "measure_generators", "stacks"):
             setattr(self, name, [getattr(self, name)[i] for i in positions])
+        self._alive = [self._alive[i] for i in positions]
         self._index_runs()
 
     def _stack_indices(self) -> torch.Tensor:
         """Next ``stack_size`` minibatches of each run's epoch-wise shuffled data, padded to one width."""
-        n, rows = len(self.splits.train.images), []
-        for r, (sel, _) in enumerate(self.runs):
-            need = sel.stack_size * self.config.batch_size
-            if len(self.orders[r]) < need:
-                self.orders[r] = torch.cat([self.orders[r], torch.randperm(n, generator=self.data_generators[r])])
-            take, self.orders[r] = self.orders[r][:need], self.orders[r][need:]
-            rows.append(torch.cat([take, take[:1].expand(self.stack - need)]))
-        return torch.stack(rows)
+        rows = []
+        for (sel, _), stacks in zip(self.batch, self.stacks, strict=True):
+            take = stacks.next(sel.stack_size * self.config.batch_size)
+            rows.append(torch.cat([take, take[:1].expand(self.stack - len(take))]))
+        return torch.stack(rows).to(self.device)
 
     def _scores(self, teacher_probs: torch.Tensor, student_probs: torch.Tensor) -> torch.Tensor:
-        scores = torch.empty(teacher_probs.shape[:-1])
-        for r, (sel, _) in enumerate(self.runs):
+        scores = torch.empty(teacher_probs.shape[:-1], device=self.device)
+        for r, (sel, _) in enumerate(self.batch):
             scores[r] = MEASURES[sel.measure](teacher_probs[r], student_probs[r], self.measure_generators[r])
         return scores
 
-    def train_step(self) -> torch.Tensor:
+    def train_step(self) -> dict[str, torch.Tensor]:
         """One teacher selection and one student update for every run; returns the per-run loss."""
         cfg, train = self.config, self.splits.train
         idx = self._stack_indices()  # [R, stack]
         t_logits = torch.gather(self.teacher_logits, 1, idx.unsqueeze(-1).expand(-1, -1, self.teacher_logits.shape[-1]))
-        s_probs = torch.full(t_logits.shape, 1.0 / t_logits.shape[-1])  # unused by measures that ignore it
+        s_probs = torch.full(t_logits.shape, 1.0 / t_logits.shape[-1], device=self.device)  # for measures ignoring it
         with torch.no_grad():
             for size, rows in self.prediction_groups:
                 n = size * cfg.batch_size
@@ -193,62 +224,67 @@ class StudentTrainer:
         loss.sum().backward()
         self.optimizer.step()
         self.step += 1
-        return loss.detach()
+        return {"train/loss": loss.detach()}
 
-    def counters(self, r: int, steps: int) -> dict[str, int]:
-        """Run ``r``'s (position in the current batch) counters after ``steps`` backward passes."""
-        return {k: v * steps for k, v in per_step_counters(self.runs[r][0]).items()}
+    def total_steps(self) -> int:
+        return self.config.max_epochs * self.epoch
 
-    def fit(
-        self,
-        progress: Callable[[int], None] | None = None,
-        logger: Logger | None = None,
-        on_finish: Callable[[int, StudentResult], None] | None = None,
-    ) -> list[StudentResult]:
-        """Train until every run stopped (``patience`` epochs without validation gain) or ``max_epochs``;
-        stopped runs leave the batch and are handed to ``on_finish(run index, result)`` at once (so a caller
-        can save them before the others end). ``logger`` gets ``(step, {tag: {run index: value}})``."""
-        cfg = self.config
-        epoch = len(self.splits.train.images) // cfg.batch_size
-        patience, limit = cfg.patience * epoch, cfg.max_epochs * epoch
-        selections = [sel for sel, _ in self.runs]
-        results = [StudentResult(float("nan"), -1.0, 0, 0) for _ in self.runs]
-        alive = list(range(len(self.runs)))  # original index of each run still in the batch
-        while alive and self.step < limit:
-            loss = self.train_step().tolist()
-            if progress:
-                progress(1)
-            if self.step % cfg.eval_every and self.step != limit:
-                continue
-            model = self.students.eval().shared
-            val, test = accuracy(model, self.splits.val).tolist(), accuracy(model, self.splits.test).tolist()
-            self.students.train()
-            if logger:
-                logger(self.step, {tag: dict(zip(alive, values, strict=True)) for tag, values in
-                                   (("train/loss", loss), ("val/accuracy", val), ("test/accuracy", test))})  # fmt: skip
-            keep = []
-            for i, r in enumerate(alive):
-                res = results[r]
-                res.steps.append(self.step)
-                res.val_accuracy.append(val[i])
-                res.test_accuracy_curve.append(test[i])
-                res.stopped_step = self.step
-                if val[i] > res.best_val_accuracy:
-                    res.best_val_accuracy, res.test_accuracy, res.best_step = val[i], test[i], self.step
-                if self.step - res.best_step < patience and self.step < limit:
-                    keep.append(i)
-            if len(keep) < len(alive):
-                for r in (r for i, r in enumerate(alive) if i not in keep):
-                    self._finish(selections[r], results[r])
-                    if on_finish:
-                        on_finish(r, results[r])
-                alive = [alive[i] for i in keep]
-                if keep:
-                    self._keep(keep)
-        return results
+    def evaluate(self, split: Split) -> dict[str, torch.Tensor]:
+        """Accuracy (%) of every student still training on ``split``."""
+        accuracies = accuracy(self.students.eval().shared, split)
+        self.students.train()
+        return {"accuracy": accuracies}
 
-    @staticmethod
-    def _finish(selection: Selection, result: StudentResult) -> None:
-        per_step = per_step_counters(selection)
-        result.counters_at_best = {k: v * result.best_step for k, v in per_step.items()}
-        result.counters = {k: v * result.stopped_step for k, v in per_step.items()}
+    def evaluation(self) -> dict[str, torch.Tensor]:
+        """Validation and test accuracy; a run's weights are kept at its best validation."""
+        val, test = self.evaluate(self.splits.val)["accuracy"], self.evaluate(self.splits.test)["accuracy"]
+        for i, r in enumerate(self._alive):
+            res = self.history[r]
+            res.steps.append(self.step)
+            res.val_accuracy.append(val[i].item())
+            res.test_accuracy_curve.append(test[i].item())
+            res.stopped_step = self.step
+            if res.val_accuracy[-1] > res.best_val_accuracy:
+                res.best_val_accuracy, res.test_accuracy, res.best_step = val[i].item(), test[i].item(), self.step
+                self.best[r] = self.students.member(i)
+        return {"val/accuracy": val, "test/accuracy": test}
+
+    def stopping(self) -> list[int]:
+        """Runs without validation gain for ``patience`` epochs."""
+        patience = self.config.patience * self.epoch
+        return [r for r in self._alive if self.step - self.history[r].best_step >= patience]
+
+    def result(self, run: int) -> StudentResult:
+        res = dataclasses.replace(self.history[run])
+        per_step = per_step_counters(self.runs[run][0])
+        res.counters_at_best = {k: v * res.best_step for k, v in per_step.items()}
+        res.counters = {k: v * res.stopped_step for k, v in per_step.items()}
+        return res
+
+    def best_weights(self, run: int) -> dict[str, torch.Tensor]:
+        return self.best[run]
+
+    def parameters_by_name(self) -> dict[str, torch.Tensor]:
+        return self.students.params
+
+    def _generators(self) -> list[torch.Generator]:
+        return [*self.data_generators, *self.measure_generators, *(self.students.generators or [])]
+
+    def _state(self) -> dict:
+        return {
+            "students": self.students.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generators": [g.get_state() for g in self._generators()],
+            "orders": [s.order for s in self.stacks],
+            "history": [dataclasses.asdict(h) for h in self.history],
+            "best": self.best,
+        }
+
+    def _load_state(self, state: dict) -> None:
+        self.students.load_state_dict(state["students"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        restore_generators(self._generators(), state["generators"])
+        for stacks, order in zip(self.stacks, state["orders"], strict=True):
+            stacks.order = order
+        self.history = [StudentResult(**h) for h in state["history"]]
+        self.best = state["best"]

@@ -1,0 +1,191 @@
+"""Command lines generated from config dataclasses (CleanRL's way), the same for every benchmark.
+
+Every field of a trainer's config becomes a flag (``ce_weight`` -> ``--ce-weight``; a nested dataclass
+prefixes its fields: ``--temperature-start``) with its help and default shown. Defaults are filled
+after parsing, so ``--quick`` (or a default derived from another flag) only fills what the user did
+not give. ``--sweep FLAG=v1,v2`` runs one variant per value of any flag, parsed as that flag parses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
+
+NOT_SWEPT = {"seeds", "out", "logdir", "quick", "sweep", "device", "data-dir", "help"}
+
+
+class UsageError(ValueError):
+    """Bad input from the command line; shown as one line, exit code 2."""
+
+
+def finite_float(text: str) -> float:
+    """A float that is neither nan nor infinite (a NaN learning rate would train garbage for minutes)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def int_tuple(text: str) -> tuple[int, ...]:
+    """Comma-separated positive integers, e.g. hidden widths ``256,256``."""
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
+    return values
+
+
+def boolean(text: str) -> bool:
+    """``true``/``false`` (for sweeps over a switch)."""
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "1")
+
+
+_PARSERS: dict[Any, Callable[[str], Any]] = {int: int, float: finite_float, str: str, tuple: int_tuple}
+
+
+def _parse_type(tp: Any) -> Any:
+    """The non-None member of ``X | None`` and the origin of ``tuple[int, ...]``."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    return typing.get_origin(tp) or tp
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose flags show their defaults, fill them after parsing and report bad input in one
+    line (no usage dump) with exit code 2."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.defaults: dict[str, Any] = {}
+        self.configs: list[tuple[type, str, tuple[str, ...]]] = []
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def option(self, flag: str, default: Any, help: str, default_text: str | None = None, **kwargs: Any) -> None:
+        """A flag whose default is filled after parsing (``None``: derived, say how in ``default_text``)."""
+        dest = flag.lstrip("-").replace("-", "_")
+        self.defaults[dest] = default
+        shown = default_text or ("off" if default is False else default)
+        if kwargs.get("type") is int_tuple and isinstance(default, tuple):
+            shown = ",".join(map(str, default))
+        self.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=f"{help} (default: {shown})", **kwargs)
+
+    def config(self, cls: type, prefix: str = "", exclude: tuple[str, ...] = (), _path: str = "") -> None:
+        """One flag per field of the dataclass ``cls`` (nested dataclasses: prefixed flags)."""
+        if not _path:
+            self.configs.append((cls, prefix, exclude))
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in exclude:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            tp = _parse_type(hints[f.name])
+            name = f"{prefix}{f.name.replace('_', '-')}"
+            if dataclasses.is_dataclass(tp):
+                self.config(tp, f"{name}-", (), _path=f"{_path}{f.name}.")
+                continue
+            help, extra = f.metadata.get("help", ""), {}
+            if tp is bool:
+                extra["action"] = argparse.BooleanOptionalAction
+            else:
+                extra["type"] = _PARSERS[tp]
+            if "choices" in f.metadata:
+                extra["choices"] = list(f.metadata["choices"])
+            self.option(f"--{name}", default, help, f.metadata.get("default_text"), **extra)
+
+    def parse(self, argv: list[str] | None, quick: dict[str, Any] | None = None) -> argparse.Namespace:
+        """Parse; ``args.given`` holds the dests the user set; unset ones get ``quick`` (with ``--quick``),
+        then their defaults."""
+        args = self.parse_args(argv)
+        args.given = set(vars(args))
+        fill = quick if getattr(args, "quick", False) else {}
+        for dest, default in {**self.defaults, **(fill or {})}.items():
+            if dest not in args.given:
+                setattr(args, dest, default)
+        return args
+
+    def build(self, cls: type, args: argparse.Namespace, prefix: str = "", **overrides: Any) -> Any:
+        """The config ``cls`` from the parsed flags (``prefix`` as given to ``config``); a value the config
+        rejects is a one-line ``UsageError``."""
+        kwargs = {}
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in overrides:
+                kwargs[f.name] = overrides[f.name]
+                continue
+            dest = f"{prefix}{f.name}".replace("-", "_")
+            if dataclasses.is_dataclass(_parse_type(hints[f.name])):
+                kwargs[f.name] = self.build(_parse_type(hints[f.name]), args, f"{dest}_")
+            elif hasattr(args, dest):
+                kwargs[f.name] = getattr(args, dest)
+        try:
+            return cls(**kwargs)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+
+    def sweep_flag(self, spec: str | None) -> tuple[str, str, list[tuple[str, Any]]] | None:
+        """``--sweep FLAG=v1,v2`` -> (flag, dest, [(text, value)]); values split on ``;`` when any contains
+        a comma (``--sweep "hidden=64,64;256,256"``)."""
+        if not spec:
+            return None
+        name, _, text = spec.partition("=")
+        name = name.strip().lstrip("-")
+        actions = {a.option_strings[0].lstrip("-"): a for a in self._actions if a.option_strings}
+        if name not in actions or name in NOT_SWEPT or not text:
+            allowed = ", ".join(sorted(n for n in actions if n not in NOT_SWEPT and not n.startswith("no-")))
+            raise UsageError(f"--sweep takes FLAG=v1,v2,... with FLAG one of: {allowed}; got {spec!r}")
+        action = actions[name]
+        parse = boolean if isinstance(action, argparse.BooleanOptionalAction) else (action.type or str)
+        values = []
+        for item in [v.strip() for v in text.split(";" if ";" in text else ",") if v.strip()]:
+            try:
+                value = parse(item)
+            except (argparse.ArgumentTypeError, ValueError) as e:
+                raise UsageError(f"--sweep {name}: {e}") from None
+            if action.choices and value not in action.choices:
+                raise UsageError(f"--sweep {name}: {item!r} is not one of {', '.join(map(str, action.choices))}")
+            values.append((item, value))
+        if len({v for _, v in values}) != len(values):
+            raise UsageError(f"--sweep {name}: values repeat in {text!r}")
+        return name, action.dest, values
+
+
+def variants(parser: ArgumentParser, args: argparse.Namespace) -> Iterator[tuple[str, argparse.Namespace]]:
+    """``("", args)`` without ``--sweep``; else ``("flag=value", args with that value)`` per value."""
+    swept = parser.sweep_flag(args.sweep)
+    if swept is None:
+        yield "", args
+        return
+    name, dest, values = swept
+    for text, value in values:
+        variant = copy.copy(args)
+        setattr(variant, dest, value)
+        variant.given = args.given | {dest}
+        yield f"{name}={text}", variant
+
+
+def add_common(parser: ArgumentParser, out: str, quick: str) -> None:
+    """The flags every benchmark has, spelled and explained once."""
+    parser.option("--seeds", None, "number of seeds 0..n-1", default_text=quick.split("|")[0], type=int)
+    parser.option("--device", "auto", "where to train: auto is cuda when available, else cpu",
+                  choices=["auto", "cpu", "cuda", "mps"])
+    parser.option("--sweep", None, "one variant per value of any flag, e.g. ce-weight=0.01,0.1 (values with commas: "
+                  "separate them with ';')", default_text="no sweep")  # fmt: skip
+    parser.option("--logdir", "runs", "TensorBoard root: runs go to <logdir>/<out name>/[<flag>=<value>/]<cell>/seed<k>"
+                  )
+    parser.option("--out", None, "results JSON", default_text=out)
+    parser.option("--quick", False, f"a one-minute smoke run: {quick.split('|')[1]}", action="store_true")

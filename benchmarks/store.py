@@ -1,0 +1,223 @@
+"""The results file every benchmark writes: one schema, atomic writes, an exclusive lock, resume.
+
+```
+{"benchmark": "language", "schema": 2,
+ "config": {...what makes runs comparable...},
+ "cells": {"<cell>": {"runs": {"<seed>": {...result..., "weights": "<file>"}},
+                      "summary": {"<metric>": {"mean": m, "std": s, "n": n}}}},
+ "references": {"<name>": {"<seed>": value}},
+ "wall_time_s": t}
+```
+A cell is one table row (a level, a selection, a node configuration), prefixed ``flag=value/`` under
+``--sweep``. Finished runs are never recomputed: a re-run with other ``--seeds`` or other cells keeps
+them. The best-validation weights of each run are saved beside the file (tensors only).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import statistics
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmarks.cli import UsageError
+
+SCHEMA = 2
+
+
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide results from collaborators
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_json(path: Path, data: dict) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def clean_temporaries(path: Path) -> None:
+    """Remove what a killed atomic write of ``path`` left behind (``.<name>.*.tmp``)."""
+    for stale in path.parent.glob(f".{path.name}.*tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def preflight(folders: Sequence[tuple[Path, str]]) -> None:
+    """Check that every ``(folder, flag)`` can be created and written, before any training starts."""
+    for folder, flag in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".commchannels-write-test."):
+                pass
+        except OSError as e:
+            raise UsageError(f"cannot write to {folder} ({e.strerror or e}); pass another {flag}") from None
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    mean, std = mean_std(values)
+    return {"mean": mean, "std": std, "n": len(values)}
+
+
+def format_summary(values: Sequence[float], digits: int = 1) -> str:
+    """``mean ± std`` (just the mean for one value): the one way every table prints a cell."""
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(values) > 1 else "")
+
+
+class Lock:
+    """An exclusive, non-blocking lock on ``<path>.lock``: a second process gets one line, never a
+    silent overwrite. The lock file is removed on release."""
+
+    def __init__(self, path: Path):
+        self.path = path.with_name(path.name + ".lock")
+        while True:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(self.fd)
+                raise UsageError(f"another process is writing {path} (it holds {self.path}); wait for it to "
+                                 "finish or pass another --out") from None  # fmt: skip
+            try:
+                if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                    return  # still the file on disk, not one a finishing process just removed
+            except FileNotFoundError:
+                pass
+            os.close(self.fd)
+
+    def release(self) -> None:
+        self.path.unlink(missing_ok=True)
+        os.close(self.fd)
+
+
+class Store:
+    """A benchmark's results file, locked while open. ``config`` is what makes runs comparable: a file
+    written under another config, schema or benchmark is never mixed with new runs nor overwritten."""
+
+    def __init__(self, path: Path, benchmark: str, config: dict):
+        self.path, self.weights_dir = path, path.with_name(path.stem + ".weights")
+        preflight([(path.parent, "--out")])
+        self.lock = Lock(path)
+        try:
+            clean_temporaries(path)
+            self.data = self._read(path, benchmark, json.loads(json.dumps(config)))
+        except BaseException:
+            self.lock.release()
+            raise
+
+    @staticmethod
+    def _read(path: Path, benchmark: str, config: dict) -> dict[str, Any]:
+        fresh = {"benchmark": benchmark, "schema": SCHEMA, "config": config, "cells": {}, "references": {},
+                 "wall_time_s": 0.0}  # fmt: skip
+        if not path.exists():
+            return fresh
+        fix = "move it away or pass another --out"
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UsageError(f"{path} is not a readable results file ({e}); {fix}") from None
+        if not isinstance(old, dict) or "benchmark" not in old:
+            raise UsageError(f"{path} is not a commchannels results file; {fix}")
+        if old.get("schema") != SCHEMA:
+            raise UsageError(f"{path} was written by an earlier commchannels (results schema "
+                             f"{old.get('schema', 1)}, this one reads {SCHEMA}); {fix} to rerun")  # fmt: skip
+        if not isinstance(old.get("cells"), dict) or not isinstance(old.get("references"), dict) or any(
+            not isinstance(c, dict) or not isinstance(c.get("runs"), dict) for c in old["cells"].values()
+        ):
+            raise UsageError(f"{path} has a damaged shape (cells/references missing or not tables); {fix}")
+        if old["benchmark"] != benchmark or old.get("config") != config:
+            diff = sorted(k for k in set(config) | set(old.get("config") or {})
+                          if (old.get("config") or {}).get(k) != config.get(k))  # fmt: skip
+            raise UsageError(f"{path} holds results of another configuration (differs in: "
+                             f"{', '.join(diff) or 'benchmark'}); pass another --out or delete it")  # fmt: skip
+        return old
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.lock.release()
+
+    # ------------------------------------------------------------------------------------ runs
+    def runs(self, cell: str) -> dict[int, dict]:
+        return {int(k): v for k, v in self.data["cells"].get(cell, {}).get("runs", {}).items()}
+
+    def done(self, cell: str, seed: int) -> bool:
+        return seed in self.runs(cell)
+
+    def add(self, cell: str, seed: int, result: dict, weights: dict[str, torch.Tensor] | None = None) -> None:
+        """Record a finished run (and its best-validation weights) and save at once."""
+        if weights:
+            file = self.weights_dir / cell / f"seed{seed}.pt"
+            file.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(file, lambda tmp: torch.save(weights, tmp))
+            result = {**result, "weights": str(file.relative_to(self.path.parent))}
+        self.data["cells"].setdefault(cell, {"runs": {}})["runs"][str(seed)] = result
+        self.save()
+
+    def jobs(self, checkpoint: Path, pending: list[tuple[str, int]],
+             key: Callable[[tuple[str, int]], Any] | None = None) -> Iterator[list[tuple[str, int]]]:  # fmt: skip
+        """The trainings to run: a job that a kill interrupted comes first, as it was (its checkpoint
+        resumes it even if ``--seeds`` or the cells changed since), then the rest of ``pending``: one
+        job, or one per ``key`` of a run. Each job's runs are written beside its checkpoint when it
+        starts; both go when it ends."""
+        job_file = checkpoint.with_suffix(".json")
+        job: list[tuple[str, int]] = []
+        if checkpoint.exists() and job_file.exists():
+            try:
+                job = [(str(c), int(k)) for c, k in json.loads(job_file.read_text())]
+            except (OSError, ValueError, TypeError) as e:
+                raise UsageError(f"{job_file} is damaged ({e}); delete it and {checkpoint} to restart") from None
+        groups: dict[Any, list[tuple[str, int]]] = {}
+        for run in pending:
+            if run not in job:
+                groups.setdefault(key(run) if key else None, []).append(run)
+        out = ([job] if job else []) + list(groups.values())
+        for runs in out:
+            save_json(job_file, runs)  # rewritten before each job (a one-job list normally)
+            yield runs
+            checkpoint.unlink(missing_ok=True)
+            job_file.unlink(missing_ok=True)
+
+    def reference(self, name: str, seed: int, value: float) -> None:
+        """Record a per-seed reference value (a row measured beside the runs) and save."""
+        self.data["references"].setdefault(name, {})[str(seed)] = value
+        self.save()
+
+    def summarise(self, cells: Sequence[str], seeds: int, metrics: Sequence[str]) -> None:
+        """Mean, std and n of ``metrics`` over seeds ``0..seeds-1`` of each cell."""
+        for cell in cells:
+            runs = self.runs(cell)
+            self.data["cells"][cell]["summary"] = {
+                m: summary([runs[k][m] for k in range(seeds) if runs[k].get(m) is not None]) for m in metrics
+            }
+        self.save()
+
+    def add_time(self, seconds: float) -> None:
+        self.data["wall_time_s"] = self.data.get("wall_time_s", 0.0) + seconds
+
+    def save(self) -> None:
+        save_json(self.path, self.data)

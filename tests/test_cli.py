@@ -1,0 +1,75 @@
+"""Command lines generated from the configs: defaults shown, --quick never beats an explicit flag,
+sweeps, devices, and bad numbers refused before anything trains."""
+
+import importlib
+
+import pytest
+import torch
+
+from benchmarks import language, network, teacher
+from benchmarks.cli import UsageError
+from tests.conftest import exit_code
+
+BENCHMARKS = ("language", "network", "teacher", "sb3", "throughput")
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_help_shows_every_flags_default(name, capsys):
+    parser = importlib.import_module(f"benchmarks.{name}").build_parser()
+    flags = [a for a in parser._actions if a.option_strings and a.dest != "help" and not a.required]
+    assert len(flags) >= 5
+    for action in flags:
+        assert "(default: " in (action.help or ""), f"{action.option_strings[0]} does not show its default"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--help"])
+    shown = capsys.readouterr().out
+    assert shown.count("(default:") >= len(flags)
+
+
+@pytest.mark.parametrize(("module", "argv", "given", "filled"), [
+    (language, ["--quick", "--steps", "7", "--reference-epochs", "3"], {"steps": 7, "reference_epochs": 3},
+     {"eval_every": 50, "seeds": 1}),
+    (network, ["--quick", "--eval-every", "5", "--seeds", "2"], {"eval_every": 5, "seeds": 2}, {"steps": 40}),
+    (teacher, ["--quick", "--teacher-max-epochs", "3", "--patience", "4"], {"teacher_max_epochs": 3, "patience": 4},
+     {"max_epochs": 2, "teacher_hidden": (256, 256)}),
+])  # fmt: skip
+def test_explicit_flags_beat_quick(module, argv, given, filled):
+    args = module.build_parser().parse(argv, module.QUICK)
+    assert {k: getattr(args, k) for k in given} == given
+    assert {k: getattr(args, k) for k in filled} == filled
+
+
+def test_config_flags_build_the_config_they_name():
+    parser = language.build_parser()
+    args = parser.parse(["--hidden", "64,32", "--temperature-floor", "0.5", "--speaker-layer-norm"])
+    config = parser.build(language.LanguageConfig, args)
+    assert config.hidden == (64, 32) and config.temperature.floor == 0.5 and config.speaker_layer_norm
+    assert config.lr == language.LanguageConfig().lr
+
+
+@pytest.mark.parametrize("argv", [["--lr", "nan"], ["--lr", "inf"], ["--ce-weight", "-inf"], ["--hidden", "0,4"]])
+def test_non_finite_or_bad_numbers_are_refused_up_front(argv, capsys):
+    assert exit_code(language.main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and argv[0] in err
+
+
+def test_sweep_values_parse_as_their_flag_parses():
+    parser = language.build_parser()
+    assert parser.sweep_flag("ce-weight=0.01,0.1") == ("ce-weight", "ce_weight", [("0.01", 0.01), ("0.1", 0.1)])
+    assert parser.sweep_flag("hidden=64,64;32")[2] == [("64,64", (64, 64)), ("32", (32,))]
+    assert parser.sweep_flag("straight-through=true,false")[2] == [("true", True), ("false", False)]
+    for bad, message in (("colour=1,2", "FLAG one of"), ("seeds=1,2", "FLAG one of"), ("lr=1,x", "expected a number"),
+                         ("estimator=gumbel,adam", "not one of"), ("lr=1,1", "repeat")):  # fmt: skip
+        with pytest.raises(UsageError, match=message):
+            parser.sweep_flag(bad)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the flag is valid here")
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_an_unavailable_device_is_one_line(name, capsys):
+    module = importlib.import_module(f"benchmarks.{name}")
+    argv = ["--device", "cuda", *(["--env", "language"] if name == "sb3" else [])]
+    assert exit_code(module.main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--device cuda is not available" in err

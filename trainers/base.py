@@ -1,0 +1,265 @@
+"""What every trainer of the three chapters shares: one ``fit`` loop, the events a benchmark listens to,
+the divergence guard, devices and resumable checkpoints.
+
+A trainer trains several independent *runs* at once (a level, selection or configuration, times a
+seed). ``fit`` calls the trainer's ``train_step`` until it is done, evaluates every ``eval_every``
+steps, hands finished runs to ``Events.finished`` as soon as they finish (so a benchmark can save them
+before the others end) and saves a checkpoint after evaluations, from which a killed run resumes with
+bit-identical results. A non-finite loss or weight stops training with one line (``Diverged``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT_SECONDS = 60.0  # between checkpoints after the first: saving every evaluation costs seconds
+
+
+def option(default: Any, help: str, **metadata: Any) -> Any:
+    """A config field with the help text its generated CLI flag shows (``benchmarks.cli``)."""
+    if isinstance(default, (list, dict, set)) or hasattr(default, "__dataclass_fields__"):
+        value = default
+        return field(default_factory=lambda: value, metadata={"help": help, **metadata})
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+class Diverged(ValueError):
+    """A run produced a non-finite loss or weight; shown as one line, exit code 2."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or belongs to other runs; shown as one line, exit code 2."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA when available, else the CPU; an unavailable device is one-line ``ValueError``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if name not in available:
+        raise ValueError(f"unknown device {name!r}; choose from auto, {', '.join(available)}")
+    if not available[name]:
+        raise ValueError(f"--device {name} is not available on this machine (torch {torch.__version__}); "
+                         "use --device cpu or auto")  # fmt: skip
+    return torch.device(name)
+
+
+def generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A seeded random stream on ``device``: the same seed on the same device gives the same draws."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def restore_generators(generators: Sequence[torch.Generator], states: Sequence[torch.Tensor]) -> None:
+    """Resume random streams; a state saved on another device type cannot be set and leaves that
+    stream freshly seeded (moving a run between devices changes its draws from then on)."""
+    for g, state in zip(generators, states, strict=True):
+        if g.get_state().shape == state.shape:
+            g.set_state(state.cpu())
+
+
+def save_atomic(path: Path, state: dict) -> None:
+    """``torch.save`` through a temporary file: a kill never leaves half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checked(path: Path, what: str, fix: str) -> dict:
+    """``torch.load`` (tensors only) or a one-line ``CheckpointError`` naming the file and the fix."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as e:  # a truncated zip, a pickle of code, a text file: all mean "not ours"
+        first = (str(e).splitlines() or [""])[0][:120]
+        raise CheckpointError(f"{path} is not a readable {what} ({type(e).__name__}: {first}); {fix}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a {what} (it holds a {type(state).__name__}); {fix}")
+    return state
+
+
+def checkpoint_header(path: Path) -> dict:
+    """The ``header`` of a trainer checkpoint (what it trains), read without building the trainer."""
+    state = load_checked(path, "checkpoint", "delete it to restart those runs")
+    if "header" not in state:
+        raise CheckpointError(f"{path} is a checkpoint from before this version; delete it to restart those runs")
+    return state["header"]
+
+
+class Trainer(ABC):
+    """The protocol of every trainer: ``train_step``, ``evaluate``, ``fit``, ``state_dict``, ``to``.
+
+    Subclasses set ``runs`` (one label per run), ``step`` and ``eval_every`` and implement the
+    abstract methods; ``fit`` is written once, here.
+    """
+
+    runs: list
+    step: int = 0
+    eval_every: int = 1
+    log_every: int = 1
+
+    @abstractmethod
+    def train_step(self) -> dict[str, torch.Tensor]:
+        """One optimisation step of every run still training; ``{tag: value per alive run}``."""
+
+    @abstractmethod
+    def evaluate(self, split: Any) -> dict[str, torch.Tensor]:
+        """Metrics on ``split`` per alive run, without training."""
+
+    @abstractmethod
+    def evaluation(self) -> dict[str, torch.Tensor]:
+        """The periodic evaluation: records history, returns ``{tag: value per alive run}`` to log."""
+
+    @abstractmethod
+    def total_steps(self) -> int:
+        """Upper bound of ``step`` (the progress bar's length)."""
+
+    @abstractmethod
+    def result(self, run: int) -> Any:
+        """Run ``run``'s (index into ``runs``) final result, a dataclass."""
+
+    @abstractmethod
+    def _state(self) -> dict:
+        """Everything but ``step``, RNG-free bookkeeping included, to resume bit for bit."""
+
+    @abstractmethod
+    def _load_state(self, state: dict) -> None: ...
+
+    def header(self) -> dict:
+        """What a checkpoint must match to be resumed by this trainer."""
+        return {"trainer": type(self).__name__, "runs": [repr(r) for r in self.runs], "config": repr(self.config)}
+
+    # Runs still training, by position in the batch; trainers that stop runs early shrink it.
+    @property
+    def alive(self) -> list[int]:
+        return getattr(self, "_alive", list(range(len(self.runs))))
+
+    def done(self) -> bool:
+        return self.step >= self.total_steps() or not self.alive
+
+    def stopping(self) -> list[int]:
+        """Runs (indices into ``runs``) that stop after this evaluation; default: none until the end."""
+        return []
+
+    def drop(self, finished: list[int]) -> None:  # noqa: B027 (only trainers that stop runs early drop them)
+        """Remove finished runs from the batch."""
+
+    def best_weights(self, run: int) -> dict[str, torch.Tensor]:
+        """Run ``run``'s weights at its best validation (tensors only, CPU)."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {"header": self.header(), "step": self.step, "alive": self.alive,
+                "finished": sorted(getattr(self, "_finished", ())), **self._state()}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self._finished = state["step"], set(state["finished"])
+        if state["alive"] != list(range(len(self.runs))):
+            self.drop([r for r in range(len(self.runs)) if r not in state["alive"]])
+        self._load_state(state)
+
+    def to(self, device: torch.device | str) -> Trainer:
+        """Move every tensor, model, optimiser and random stream to ``device`` (by a state round trip)."""
+        state = self.state_dict()
+        self._build(torch.device(device))
+        self.load_state_dict(state)
+        return self
+
+    def _build(self, device: torch.device) -> None:
+        raise NotImplementedError(f"{type(self).__name__} is built on its device; pass device= when creating it")
+
+    def fit(self, events: Events | None = None, checkpoint: Path | None = None) -> list:
+        """Train until done; every result goes to ``events.finished`` and is returned, in ``runs`` order.
+
+        With ``checkpoint``, training resumes from it if it exists and saves it after the first
+        evaluation and then at most once a minute (atomically); the caller deletes it when done."""
+        events = events or Events()
+        self._finished: set[int] = getattr(self, "_finished", set())
+        if checkpoint is not None and checkpoint.exists():
+            state = load_checked(checkpoint, "checkpoint", "delete it to restart those runs")
+            if state.get("header") != self.header():
+                raise CheckpointError(f"checkpoint {checkpoint} belongs to other runs or another config; "
+                                      "delete it to restart")  # fmt: skip
+            self.load_state_dict(state)
+        events.begin(self.total_steps(), self.step)
+        saved = -math.inf
+        while not self.done():
+            metrics = self.train_step()
+            self._guard(metrics)
+            if self.step % self.log_every == 0 or self.step == 1:
+                events.scalars(self.step, self._per_run(metrics))
+            if self.step % self.eval_every == 0 or self.step >= self.total_steps():
+                self._guard_weights()
+                events.scalars(self.step, self._per_run(self.evaluation()))
+                stopped = self.stopping() if self.step < self.total_steps() else list(self.alive)
+                self._finish(stopped, events)
+                if checkpoint is not None and not self.done() and time.monotonic() - saved > CHECKPOINT_SECONDS:
+                    save_atomic(checkpoint, self.state_dict())
+                    saved = time.monotonic()
+            events.advance(1)
+        self._finish(list(self.alive), events)
+        return [self.result(r) for r in range(len(self.runs))]
+
+    def _finish(self, stopped: list[int], events: Events) -> None:
+        stopped = [r for r in stopped if r not in self._finished]
+        for r in stopped:
+            self._finished.add(r)
+            events.finished(r, self.result(r), self.best_weights(r))
+        keep = [r for r in self.alive if r not in stopped]
+        if stopped and keep:
+            self.drop(stopped)
+
+    def _per_run(self, metrics: dict[str, torch.Tensor]) -> dict[str, dict[int, float]]:
+        alive = self.alive
+        return {tag: dict(zip(alive, torch.as_tensor(v).reshape(-1).tolist(), strict=True))
+                for tag, v in metrics.items()}  # fmt: skip
+
+    def _guard(self, metrics: dict[str, torch.Tensor]) -> None:
+        for tag, values in metrics.items():
+            values = torch.as_tensor(values).reshape(-1)
+            bad = (~torch.isfinite(values)).nonzero()
+            if len(bad):
+                i = int(bad[0])
+                raise Diverged(f"run {self._label(self.alive[i])} diverged at step {self.step}: {tag} is "
+                               f"{values[i].item()}; lower --lr (no results of it were saved)")  # fmt: skip
+
+    def _guard_weights(self) -> None:
+        for name, tensor in self.parameters_by_name().items():
+            if not torch.isfinite(tensor).all():
+                raise Diverged(f"{type(self).__name__} diverged at step {self.step}: non-finite weights in "
+                               f"{name}; lower --lr (no results of it were saved)")  # fmt: skip
+
+    def parameters_by_name(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def _label(self, run: int) -> str:
+        r = self.runs[run]
+        return " seed ".join(map(str, r)) if isinstance(r, tuple) else str(r)
+
+
+class Events:
+    """What a trainer tells its benchmark; the default ignores everything (library use, tests)."""
+
+    def begin(self, total: int, done: int) -> None:
+        """Training of ``total`` steps starts, ``done`` of them already (resumed)."""
+
+    def advance(self, steps: int = 1) -> None:
+        """``steps`` more steps were taken."""
+
+    def scalars(self, step: int, values: dict[str, dict[int, float]]) -> None:
+        """``{tag: {run index: value}}`` at ``step``; tags ``train/...``, ``val/...``, ``test/...``."""
+
+    def finished(self, run: int, result: Any, weights: dict[str, torch.Tensor]) -> None:
+        """Run ``run`` is done: its result and its best-validation weights (tensors only)."""
+
+
+def run_rows(values: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """A per-run column of floats (``[runs]``)."""
+    return torch.as_tensor(values, dtype=torch.float32)
