@@ -113,6 +113,12 @@ class Progress(Events):
         if self.bar is not None:
             self.bar.close()
 
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 class Sink(Progress):
     """One event sink for every benchmark: TensorBoard scalars and hparams per run, the progress bar,

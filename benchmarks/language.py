@@ -101,21 +101,18 @@ def main(argv: list[str] | None = None) -> int:
     swept = parser.sweep_flag(args.sweep)
     identity = {**chosen[0][1].to_dict(), "dataset": args.dataset, "agent": args.agent,
                 "reference_epochs": args.reference_epochs}  # fmt: skip
-    if swept:
-        identity.pop(swept[1], None)
-        identity["sweep"] = swept[0]
     root = Path(args.logdir) / out.stem
-    with Store(out, "language", identity) as store:
+    with Store(out, "language", identity, swept) as store:
         started = time.time()
         for label, config, speaker_cls in chosen:
-            _benchmark(store, label, config, speaker_cls, levels, seeds, splits, args, device, root, out)
+            _benchmark(store, label, config, speaker_cls, levels, seeds, splits, args, device, root)
         store.add_time(time.time() - started)
         store.save()
         _report(store, chosen, levels, seeds, root, swept)
     return 0
 
 
-def _benchmark(store, label, config, speaker_cls, levels, seeds, splits, args, device, root, out) -> None:
+def _benchmark(store, label, config, speaker_cls, levels, seeds, splits, args, device, root) -> None:
     """Reference probes, then every pending (level, seed) run of one variant, in as few jobs as resume allows."""
     at = f"{label}/" if label else ""
     for k in range(seeds):
@@ -123,17 +120,14 @@ def _benchmark(store, label, config, speaker_cls, levels, seeds, splits, args, d
             values = references(splits, config, k, speaker_cls, args.reference_epochs)
             for name, value in values.items():
                 store.reference(at + name, k, value)
-    checkpoint = out.with_name(f"{out.name}{'.' + label if label else ''}.ckpt.pt")
+    checkpoint = store.checkpoint(label)
     pending = [(at + lv, k) for lv in levels for k in range(seeds) if not store.done(at + lv, k)]
     hparams = {**flat_hparams(config), "dataset": args.dataset, "agent": args.agent or "thesis"}
     for job in store.jobs(checkpoint, pending):
         trainer = LanguageTrainer(config, splits, [(cell.rsplit("/", 1)[-1], k) for cell, k in job], speaker_cls,
                                   device=device)  # fmt: skip
-        sink = Sink(store, job, root, hparams, _headline, desc=f"{label or 'language'}: {len(job)} runs")
-        try:
+        with Sink(store, job, root, hparams, _headline, desc=f"{label or 'language'}: {len(job)} runs") as sink:
             trainer.fit(sink, checkpoint)
-        finally:
-            sink.close()
 
 
 def _headline(result) -> dict[str, float]:

@@ -136,25 +136,19 @@ def main(argv: list[str] | None = None) -> int:
     shared = {k: v for k, v in dataclasses.asdict(first).items() if k not in ("nodes", "neighbours", "content")}
     identity = {"dataset": args.dataset, "val_samples": args.val_samples, **shared, "neighbours": args.neighbours}
     swept = parser.sweep_flag(args.sweep)
-    if swept:
-        identity.pop(swept[1], None)
-        identity["sweep"] = swept[0]
     root = Path(args.logdir) / out.stem
-    with Store(out, "network", identity) as store:
+    with Store(out, "network", identity, swept) as store:
         started = time.time()
         for label, v, cs in chosen:
             at = f"{label}/" if label else ""
-            checkpoint = out.with_name(f"{out.name}{'.' + label if label else ''}.ckpt.pt")
+            checkpoint = store.checkpoint(label)
             pending = [(at + c.name, k) for c in cs for k in range(seeds) if not store.done(at + c.name, k)]
             for job in store.jobs(checkpoint, pending, key=lambda run: run[0]):
                 config = _cell_config(parser, v, job[0][0])
                 trainer = NetworkTrainer(config, splits, [k for _, k in job], device=device)
                 hparams = {**flat_hparams(config), "dataset": args.dataset}
-                sink = Sink(store, job, root, hparams, _headline, desc=f"{at}{config.name} x{len(job)} seeds")
-                try:
+                with Sink(store, job, root, hparams, _headline, desc=f"{at}{config.name} x{len(job)} seeds") as sink:
                     trainer.fit(sink, checkpoint)
-                finally:
-                    sink.close()
             for c in cs:
                 store.data["cells"][at + c.name]["ddp_bytes_per_node_step"] = ddp_bytes(
                     c, splits.shape, int(splits.train.labels.max()) + 1)  # fmt: skip

@@ -117,7 +117,10 @@ class Store:
     """A benchmark's results file, locked while open. ``config`` is what makes runs comparable: a file
     written under another config, schema or benchmark is never mixed with new runs nor overwritten."""
 
-    def __init__(self, path: Path, benchmark: str, config: dict):
+    def __init__(self, path: Path, benchmark: str, config: dict, sweep: tuple[str, str, list] | None = None):
+        """``sweep`` (``ArgumentParser.sweep_flag``): the swept field leaves the identity, so values can be added."""
+        if sweep:
+            config = {**{k: v for k, v in config.items() if k != sweep[1]}, "sweep": sweep[0]}
         self.path, self.weights_dir = path, path.with_name(path.stem + ".weights")
         preflight([(path.parent, "--out")])
         self.lock = Lock(path)
@@ -177,6 +180,10 @@ class Store:
             result = {**result, "weights": str(file.relative_to(self.path.parent))}
         self.data["cells"].setdefault(cell, {"runs": {}})["runs"][str(seed)] = result
         self.save()
+
+    def checkpoint(self, label: str = "") -> Path:
+        """Where the trainer of a variant (``flag=value`` under ``--sweep``) keeps its checkpoint."""
+        return self.path.with_name(f"{self.path.name}{'.' + label if label else ''}.ckpt.pt")
 
     def jobs(self, checkpoint: Path, pending: list[tuple[str, int]],
              key: Callable[[tuple[str, int]], Any] | None = None) -> Iterator[list[tuple[str, int]]]:  # fmt: skip

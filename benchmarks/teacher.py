@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                 **({"policy": policy.__dict__} if policy else {})}  # fmt: skip
     with Store(out, "teacher", identity) as store:
         started = time.time()
-        checkpoint = out.with_name(out.name + ".ckpt.pt")
+        checkpoint = store.checkpoint()
         pending = [(c.name, k) for c in configs for k in range(seeds) if not store.done(c.name, k)]
         for job in store.jobs(checkpoint, pending):
             runs = [(selection_of(cell), k) for cell, k in job]
@@ -143,11 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                 _train_policies(learned, policy, splits, teacher_config, args, store, root)
             trainer = StudentTrainer(student_config, splits, runs, logits, device=device)
             hparams = {**flat_hparams(student_config), "dataset": args.dataset}
-            sink = Sink(store, job, root, hparams, _headline, desc=f"{len(job)} students")
-            try:
+            with Sink(store, job, root, hparams, _headline, desc=f"{len(job)} students") as sink:
                 trainer.fit(sink, checkpoint)
-            finally:
-                sink.close()
         store.add_time(time.time() - started)
         _summarise(store, configs, seeds, args.target_accuracy)
         store.save()
