@@ -55,7 +55,7 @@ def build_parser() -> ArgumentParser:
     p.option("--data-dir", None, "dataset root", default_text="$COMMCHANNELS_DATA, else a per-user cache")
     p.option("--agent", None, "speaker class as package.module:ClassName", default_text="the thesis' speaker")
     p.option("--reference-epochs", 10, "epochs of the reference probes (1 with --quick)", type=int)
-    add_common(p, out="results/language[-reinforce][-quick].json", quick="5 (1 with --quick)|every level, one "
+    add_common(p, out="results/language[-reinforce|-both][-quick].json", quick="5 (1 with --quick)|every level, one "
                "seed, 150 steps")  # fmt: skip
     return p
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         if config.batch_size > len(splits.train.images):
             raise UsageError(f"--batch-size {config.batch_size} exceeds the {len(splits.train.images)} training images")
         chosen.append((label, config, speaker_cls))
-    suffix = ("-reinforce" if args.estimator == "reinforce" else "") + ("-quick" if args.quick else "")
+    suffix = {"gumbel": ""}.get(args.estimator, f"-{args.estimator}") + ("-quick" if args.quick else "")
     out = Path(args.out or f"results/language{suffix}.json")
     swept = parser.sweep_flag(args.sweep)
     identity = {**chosen[0][1].to_dict(), "dataset": args.dataset, "agent": args.agent,
