@@ -17,18 +17,21 @@ from benchmarks.store import Store, mean_std, write_atomic
 from envs.data import DataError
 from trainers.base import CheckpointError, Diverged, Events, resolve_device
 
+RESUMABLE = ("finished runs are saved and unfinished ones resume from their last checkpoint; re-run the same "
+             "command to continue")
 
-def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> NoReturn:
+
+def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None,
+            interrupted: str = RESUMABLE) -> NoReturn:  # fmt: skip
     """Call ``main``; input problems, divergence and unreadable checkpoints become one line on stderr
-    and exit 2."""
+    and exit 2; Ctrl-C says ``interrupted`` (what was kept), true for the benchmark that calls it."""
     try:
         code = main(argv)
     except (UsageError, DataError, Diverged, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
-        print("interrupted: finished runs are saved and unfinished ones resume from their last checkpoint; "
-              "re-run the same command to continue", file=sys.stderr)  # fmt: skip
+        print(f"interrupted: {interrupted}", file=sys.stderr)
         code = 130
     sys.exit(code)
 

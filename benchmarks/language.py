@@ -26,7 +26,7 @@ from benchmarks.harness import (
     plot_sweep,
     run_cli,
 )
-from benchmarks.store import Store, format_summary, mean_std
+from benchmarks.store import Store, format_summary, mean_std, preflight
 from envs.data import DATASETS, load_splits
 from envs.language import AGENTS, apply_mask, draw_masks
 from trainers.language import (
@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     identity = {**chosen[0][1].to_dict(), "dataset": args.dataset, "agent": args.agent,
                 "reference_epochs": args.reference_epochs}  # fmt: skip
     root = Path(args.logdir) / out.stem
+    preflight([(root, "--logdir")])
     with Store(out, "language", identity, swept) as store:
         started = time.time()
         for label, config, speaker_cls in chosen:

@@ -31,7 +31,7 @@ from benchmarks.harness import (
     plot_sweep,
     run_cli,
 )
-from benchmarks.store import Store, format_summary, mean_std
+from benchmarks.store import Store, format_summary, mean_std, preflight
 from envs.data import DATASETS, Split, load_splits
 from envs.network import SUPERVISED_CONTENTS
 from trainers.network import NetworkConfig, NetworkResult, NetworkTrainer
@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     identity = {"dataset": args.dataset, "val_samples": args.val_samples, **shared, "neighbours": args.neighbours}
     swept = parser.sweep_flag(args.sweep)
     root = Path(args.logdir) / out.stem
+    preflight([(root, "--logdir")])
     with Store(out, "network", identity, swept) as store:
         started = time.time()
         for label, v, cs in chosen:

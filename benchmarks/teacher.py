@@ -12,7 +12,7 @@ import re
 import time
 from pathlib import Path
 
-from benchmarks.cli import ArgumentParser, UsageError, add_common, finite_float
+from benchmarks.cli import ArgumentParser, UsageError, add_common, finite_float, variants
 from benchmarks.harness import (
     Progress,
     Sink,
@@ -23,9 +23,10 @@ from benchmarks.harness import (
     parse_ints,
     parse_list,
     plot_panels,
+    plot_sweep,
     run_cli,
 )
-from benchmarks.store import Store, mean_std, preflight
+from benchmarks.store import Store, format_summary, mean_std, preflight
 from envs.data import DATASETS, load_splits
 from envs.teacher_student import MEASURES, TARGETS
 from trainers.probe import accuracy
@@ -98,58 +99,84 @@ def selection_of(name: str) -> Selection:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse(argv, QUICK)
-    if args.sweep:
-        raise UsageError("the teacher benchmark compares selections in one batch; sweep one flag per run with --out")
     seeds = args.seeds if args.seeds is not None else 3
     if seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {seeds}")
-    device = device_of(args)
-    policy = parser.build(PolicyConfig, args, "policy_", batch_size=args.batch_size) if args.policies else None
-    if policy is not None:
-        for name in parse_list(args.policies, POLICIES, "policy"):
-            register(name, _unfit)  # a placeholder until the policy is trained, so the selections validate
-    configs = selections(args, policy)
     if args.target_accuracy is not None and not 0 < args.target_accuracy <= 100:
         raise UsageError(f"--target-accuracy is a percentage in (0, 100], got {args.target_accuracy}")
-    student_config = parser.build(StudentConfig, args)
-    teacher_config = parser.build(TeacherConfig, args, "teacher_")
+    device = device_of(args)
+    chosen = [_variant(parser, label, v) for label, v in variants(parser, args)]
     splits = load_splits(args.dataset, args.data_dir)
     n = len(splits.train.images)
-    largest = max(c.stack_size for c in configs) * student_config.batch_size
-    if largest > n or teacher_config.batch_size > n:
-        raise UsageError(f"a stack of {largest} samples (batch size x stack size) or a teacher batch of "
-                         f"{teacher_config.batch_size} does not fit in the {n} training images")  # fmt: skip
-
+    for _, _, configs, student_config, teacher_config, _ in chosen:
+        largest = max(c.stack_size for c in configs) * student_config.batch_size
+        if largest > n or teacher_config.batch_size > n:
+            raise UsageError(f"a stack of {largest} samples (batch size x stack size) or a teacher batch of "
+                             f"{teacher_config.batch_size} does not fit in the {n} training images")  # fmt: skip
+    _, _, _, student_config, teacher_config, policy = chosen[0]
     name = "teacher" + ("-policies" if policy else "") + ("-quick" if args.quick else "")
     out = Path(args.out or f"results/{name}.json")
     root = Path(args.logdir) / out.stem
     preflight([(Path(args.teacher_cache), "--teacher-cache"), (Path(args.logdir), "--logdir")])
-    identity = {"student": student_config.__dict__, "teacher": teacher_config.__dict__, "dataset": args.dataset,
-                **({"policy": policy.__dict__} if policy else {})}  # fmt: skip
-    with Store(out, "teacher", identity) as store:
+    identity = {**student_config.__dict__, **{f"teacher_{k}": v for k, v in teacher_config.__dict__.items()},
+                **{f"policy_{k}": v for k, v in (policy.__dict__ if policy else {}).items()}, "dataset": args.dataset}
+    swept = parser.sweep_flag(args.sweep)
+    with Store(out, "teacher", identity, swept) as store:
         started = time.time()
-        checkpoint = store.checkpoint()
-        pending = [(c.name, k) for c in configs for k in range(seeds) if not store.done(c.name, k)]
-        for job in store.jobs(checkpoint, pending):
-            runs = [(selection_of(cell), k) for cell, k in job]
-            teachers = load_or_train_teachers(splits, sorted({k for _, k in runs}), teacher_config,
-                                              Path(args.teacher_cache), args.retrain_teacher,
-                                              Progress("teachers"), device)  # fmt: skip
-            for k, m in teachers.items():
-                store.reference("teacher_test_accuracy", k, accuracy(m, splits.test).item())
-            logits = {k: predict(m, splits.train.images) for k, m in teachers.items()}
-            learned = sorted({s.measure.removeprefix("learned_") for s, _ in runs if s.measure.startswith("learned_")})
-            if learned:
-                _train_policies(learned, policy, splits, teacher_config, args, store, root)
-            trainer = StudentTrainer(student_config, splits, runs, logits, device=device)
-            hparams = {**flat_hparams(student_config), "dataset": args.dataset}
-            with Sink(store, job, root, hparams, _headline, desc=f"{len(job)} students") as sink:
-                trainer.fit(sink, checkpoint)
+        for label, v, configs, student_config, teacher_config, policy in chosen:
+            at = f"{label}/" if label else ""
+            checkpoint = store.checkpoint(label)
+            pending = [(at + c.name, k) for c in configs for k in range(seeds) if not store.done(at + c.name, k)]
+            for job in store.jobs(checkpoint, pending):
+                runs = [(selection_of(cell.rsplit("/", 1)[-1]), k) for cell, k in job]
+                teachers = load_or_train_teachers(splits, sorted({k for _, k in runs}), teacher_config,
+                                                  Path(args.teacher_cache), args.retrain_teacher,
+                                                  Progress("teachers"), device)  # fmt: skip
+                for k, m in teachers.items():
+                    store.reference(f"{at}teacher_test_accuracy", k, accuracy(m, splits.test).item())
+                logits = {k: predict(m, splits.train.images) for k, m in teachers.items()}
+                learned = sorted({s.measure.removeprefix("learned_") for s, _ in runs
+                                  if s.measure.startswith("learned_")})  # fmt: skip
+                if learned:
+                    _train_policies(learned, policy, splits, teacher_config, v, store, root / at)
+                trainer = StudentTrainer(student_config, splits, runs, logits, device=device)
+                hparams = {**flat_hparams(student_config), **flat_hparams(teacher_config, "teacher."),
+                           "dataset": args.dataset}  # fmt: skip
+                with Sink(store, job, root, hparams, _headline, desc=f"{at}{len(job)} students") as sink:
+                    trainer.fit(sink, checkpoint)
         store.add_time(time.time() - started)
-        _summarise(store, configs, seeds, args.target_accuracy)
+        for label, _, configs, *_ in chosen:
+            at = f"{label}/" if label else ""
+            _summarise(store, at, configs, seeds, args.target_accuracy)
+            _report(store, at, configs, seeds, root)
         store.save()
-        _report(store, configs, seeds, root)
+        if swept:
+            _sweep_report(store, swept, chosen[0][2], seeds, root)
+        print(f"\nresults: {store.path}   figures: {root}   TensorBoard: tensorboard --logdir {root}   "
+              f"wall time: {store.data['wall_time_s']:.0f} s")  # fmt: skip
     return 0
+
+
+def _variant(parser: ArgumentParser, label: str, v) -> tuple:
+    """One variant's (label, flags, selections, student, teacher and policy configs)."""
+    policy = parser.build(PolicyConfig, v, "policy_", batch_size=v.batch_size) if v.policies else None
+    if policy is not None:
+        for name in parse_list(v.policies, POLICIES, "policy"):
+            register(name, _unfit)  # a placeholder until the policy is trained, so the selections validate
+    student, teacher = parser.build(StudentConfig, v), parser.build(TeacherConfig, v, "teacher_")
+    return label, v, selections(v, policy), student, teacher, policy
+
+
+def _sweep_report(store: Store, swept, configs: list[Selection], seeds: int, root: Path) -> None:
+    """Each selection's test accuracy against the swept value."""
+    name, _, values = swept
+    texts = [t for t, _ in values]
+    lines = {c.name: [[store.runs(f"{name}={t}/{c.name}")[k]["test_accuracy"] for k in range(seeds)]
+                      for t in texts] for c in configs}  # fmt: skip
+    print(f"\nSweep over {name}: student test accuracy (%), mean ± std over {seeds} seed(s)")
+    print(format_table([name, *lines], [[t, *(format_summary(lines[c][i], 2) for c in lines)]
+                                        for i, t in enumerate(texts)]))  # fmt: skip
+    plot_sweep(root / f"sweep_{name}.png", name, texts, lines, "student test accuracy (%)")
 
 
 def _headline(result: StudentResult) -> dict[str, float]:
@@ -181,16 +208,18 @@ def _train_policies(names: list[str], policy: PolicyConfig, splits, teacher_conf
         store.reference("policy_training_s", name, time.time() - started)
 
 
-def _summarise(store: Store, configs: list[Selection], seeds: int, target: float | None) -> None:
+def _summarise(store: Store, at: str, configs: list[Selection], seeds: int, target: float | None) -> None:
+    """Per cell: what the table shows, and the baseline accuracy and target of the variant (under ``baseline``)."""
     data = store.data
-    store.summarise([c.name for c in configs], seeds, ["test_accuracy", "best_val_accuracy", "best_step"])
-    runs = {c.name: [store.runs(c.name)[k] for k in range(seeds)] for c in configs}
+    store.summarise([at + c.name for c in configs], seeds, ["test_accuracy", "best_val_accuracy", "best_step"])
+    runs = {c.name: [store.runs(at + c.name)[k] for k in range(seeds)] for c in configs}
     baseline = mean_std([r["test_accuracy"] for r in runs["baseline"]])[0] if "baseline" in runs else None
-    data["baseline_accuracy"] = baseline
-    data["target_accuracy"] = baseline = target if target is not None else baseline
+    target = target if target is not None else baseline
+    if "baseline" in runs:
+        data["cells"][at + "baseline"].update(baseline_accuracy=baseline, target_accuracy=target)
     for c in configs:
-        rs, entry = runs[c.name], data["cells"][c.name]
-        reach = [_first_reach(c, r, baseline) for r in rs]
+        rs, entry = runs[c.name], data["cells"][at + c.name]
+        reach = [_first_reach(c, r, target) for r in rs]
         entry.update(
             test_accuracy=[r["test_accuracy"] for r in rs],
             backward_passes=[x["backward_passes"] if x else None for x in reach],
@@ -210,13 +239,13 @@ def _first_reach(selection: Selection, run: dict, accuracy: float | None) -> dic
     return {k: v * step for k, v in per_step_counters(selection).items()}
 
 
-def _report(store: Store, configs: list[Selection], seeds: int, root: Path) -> None:
+def _report(store: Store, at: str, configs: list[Selection], seeds: int, root: Path) -> None:
     data = store.data
-    base = data["cells"].get("baseline")
+    base = data["cells"].get(at + "baseline")
     base_bp = mean_std([v for v in base["backward_passes"] if v is not None])[0] if base else None
     rows = []
     for c in configs:
-        e = data["cells"][c.name]
+        e = data["cells"][at + c.name]
         acc_m, acc_s = mean_std(e["test_accuracy"])
         reached = [v for v in e["backward_passes"] if v is not None]
         speedup = f"{base_bp / mean_std(reached)[0]:.1f}x" if base_bp and reached else "-"
@@ -226,11 +255,9 @@ def _report(store: Store, configs: list[Selection], seeds: int, root: Path) -> N
             format_counts(e["backward_passes"]), f"{thesis_bp:,}" if thesis_bp else "-", speedup,
             *map(format_counts, (e["forward_passes"], e["teacher_forward_passes"], e["backward_passes_to_best"])),
         ])  # fmt: skip
-    print(
-        f"\nTable 3.1: student test accuracy (%) at best validation, and passes (in minibatches of 32) until its "
-        f"test accuracy first reached {data['target_accuracy']:.2f}% (baseline: {data['baseline_accuracy']:.2f}%); "
-        f"mean ± std over {seeds} seed(s)"
-    )
+    reached = f"{base['target_accuracy']:.2f}% (baseline: {base['baseline_accuracy']:.2f}%)" if base else "-"
+    print(f"\nTable 3.1{', ' + at[:-1] if at else ''}: student test accuracy (%) at best validation, and passes (in "
+          f"minibatches of 32) until its test accuracy first reached {reached}; mean ± std over {seeds} seed(s)")
     print(format_table(["config", "test acc", "thesis", "backward to target", "thesis", "speedup",
                         "student fwd", "teacher fwd", "backward to best"], rows))  # fmt: skip
     figure = (
@@ -241,19 +268,14 @@ def _report(store: Store, configs: list[Selection], seeds: int, root: Path) -> N
     for title, keep in figure:
         curves = {}
         for c in filter(keep, configs):
-            rs = [store.runs(c.name)[k] for k in range(seeds)]
+            rs = [store.runs(at + c.name)[k] for k in range(seeds)]
             longest = max(rs, key=lambda r: len(r["steps"]))
             curves[c.name] = (longest["steps"], [r["val_accuracy"] for r in rs])
         panels.append((title, curves))
-    png = root / "figure_3_1.png"
-    plot_panels(png, panels, "student backward passes", "validation accuracy (%)")
-    teachers = data["references"].get("teacher_test_accuracy", {})
+    plot_panels(root / at / "figure_3_1.png", panels, "student backward passes", "validation accuracy (%)")
+    teachers = data["references"].get(f"{at}teacher_test_accuracy", {})
     if teachers:
         print(f"teachers' test accuracy: {', '.join(f'seed {k}: {v:.2f}%' for k, v in sorted(teachers.items()))}")
-    print(
-        f"\nresults: {store.path}   figure: {png}   TensorBoard: tensorboard --logdir {root}   "
-        f"wall time: {data['wall_time_s']:.0f} s"
-    )
 
 
 if __name__ == "__main__":

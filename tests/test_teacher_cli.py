@@ -128,9 +128,26 @@ def test_learned_policies_are_compared_with_the_heuristic_and_random(cli, capsys
     data = json.loads(out.read_text())
     assert set(data["cells"]) == {"baseline", "stack2-cross_entropy-true", "stack2-random-true",
                                     "stack2-learned_reinforce-true", "stack2-learned_ppo-true"}  # fmt: skip
-    assert data["config"]["policy"]["steps"] == 10 and set(data["references"]["policy_training_s"]) == {
+    assert data["config"]["policy_steps"] == 10 and set(data["references"]["policy_training_s"]) == {
         "reinforce", "ppo"}  # fmt: skip
     run0 = data["cells"]["stack2-learned_ppo-true"]["runs"]["0"]
     assert run0["counters"]["student_forward_passes"] == 3 * run0["stopped_step"]  # reads the student's stack
     assert "stack2-learned_reinforce-true" in capsys.readouterr().out
     assert run([*argv, *policies, "--policies", "dance"]) == 2
+
+
+def test_a_sweep_trains_each_value_with_its_own_cells_and_figure(cli, capsys):
+    argv, out, logdir = cli
+    grid = [*argv, "--stack-sizes", "2", "--measures", "random", "--targets", "true", "--seeds", "1",
+            "--teacher-hidden", "16", "--sweep", "lr=0.001,0.01"]  # fmt: skip
+    assert run(grid) == 0
+    printed = capsys.readouterr().out
+    assert "Table 3.1, lr=0.001" in printed and "Table 3.1, lr=0.01" in printed and "Sweep over lr" in printed
+    data = json.loads(out.read_text())
+    assert set(data["cells"]) == {f"lr={v}/{c}" for v in ("0.001", "0.01") for c in ("baseline", "stack2-random-true")}
+    assert data["config"]["sweep"] == "lr" and "lr" not in data["config"] and data["config"]["teacher_hidden"] == [16]
+    assert data["cells"]["lr=0.01/baseline"]["target_accuracy"] == data["cells"]["lr=0.01/baseline"][
+        "baseline_accuracy"]  # fmt: skip
+    assert (logdir / "teacher" / "sweep_lr.png").stat().st_size > 1000
+    assert (logdir / "teacher" / "lr=0.01" / "figure_3_1.png").exists()
+    assert list((logdir / "teacher" / "lr=0.001" / "baseline" / "seed0").glob("events.out.tfevents.*"))
