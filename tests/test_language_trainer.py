@@ -153,6 +153,9 @@ def test_checkpoint_of_other_runs_is_refused(splits, tmp_path):
     save_atomic(checkpoint, LanguageTrainer(TINY, splits, [("none", 0)]).state_dict())
     with pytest.raises(CheckpointError, match="other runs"):
         LanguageTrainer(TINY, splits, [("both", 0)]).fit(checkpoint=checkpoint)
+    torch.save({"step": 3, "populations": {}}, checkpoint)  # what the trainer saved before the protocol
+    with pytest.raises(CheckpointError, match="from before this version"):
+        LanguageTrainer(TINY, splits, [("none", 0)]).fit(checkpoint=checkpoint)
     checkpoint.write_bytes(b"PK\x03\x04 half a zip")
     with pytest.raises(CheckpointError, match="not a readable checkpoint") as e:
         LanguageTrainer(TINY, splits, [("none", 0)]).fit(checkpoint=checkpoint)

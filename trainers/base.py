@@ -85,14 +85,6 @@ def load_checked(path: Path, what: str, fix: str) -> dict:
     return state
 
 
-def checkpoint_header(path: Path) -> dict:
-    """The ``header`` of a trainer checkpoint (what it trains), read without building the trainer."""
-    state = load_checked(path, "checkpoint", "delete it to restart those runs")
-    if "header" not in state:
-        raise CheckpointError(f"{path} is a checkpoint from before this version; delete it to restart those runs")
-    return state["header"]
-
-
 class Trainer(ABC):
     """The protocol of every trainer: ``train_step``, ``evaluate``, ``fit``, ``state_dict``, ``to``.
 
@@ -184,7 +176,9 @@ class Trainer(ABC):
         self._finished: set[int] = getattr(self, "_finished", set())
         if checkpoint is not None and checkpoint.exists():
             state = load_checked(checkpoint, "checkpoint", "delete it to restart those runs")
-            if state.get("header") != self.header():
+            if "header" not in state:
+                raise CheckpointError(f"{checkpoint} is a checkpoint from before this version; delete it to restart")
+            if state["header"] != self.header():
                 raise CheckpointError(f"checkpoint {checkpoint} belongs to other runs or another config; "
                                       "delete it to restart")  # fmt: skip
             self.load_state_dict(state)
