@@ -88,8 +88,9 @@ def load_checked(path: Path, what: str, fix: str) -> dict:
 class Trainer(ABC):
     """The protocol of every trainer: ``train_step``, ``evaluate``, ``fit``, ``state_dict``, ``to``.
 
-    Subclasses set ``runs`` (one label per run), ``step`` and ``eval_every`` and implement the
-    abstract methods; ``fit`` is written once, here.
+    Subclasses set ``runs`` (one label per run), ``step``, ``eval_every``, ``log_every`` and ``_args``
+    (their constructor's arguments but ``device``) and implement the abstract methods; ``fit`` is
+    written once, here.
     """
 
     runs: list
@@ -119,7 +120,7 @@ class Trainer(ABC):
 
     @abstractmethod
     def _state(self) -> dict:
-        """Everything but ``step``, RNG-free bookkeeping included, to resume bit for bit."""
+        """Everything but ``step`` (weights, optimisers, random streams, history) to resume bit for bit."""
 
     @abstractmethod
     def _load_state(self, state: dict) -> None: ...
@@ -165,7 +166,8 @@ class Trainer(ABC):
         return self
 
     def _build(self, device: torch.device) -> None:
-        raise NotImplementedError(f"{type(self).__name__} is built on its device; pass device= when creating it")
+        """Construct again on ``device`` from the arguments it was made with (``self._args``)."""
+        self.__init__(*self._args, device=device)
 
     def fit(self, events: Events | None = None, checkpoint: Path | None = None) -> list:
         """Train until done; every result goes to ``events.finished`` and is returned, in ``runs`` order.

@@ -227,9 +227,6 @@ class LanguageTrainer(Trainer):
         self.history: dict[str, list] = {"steps": [], "val": [], "test": []}
         self.best: list[dict[str, torch.Tensor]] = [{} for _ in runs]
 
-    def _build(self, device: torch.device) -> None:
-        self.__init__(*self._args, device=device)
-
     def _column(self, values: list) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.float32, device=self.device)
 

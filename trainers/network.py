@@ -169,9 +169,6 @@ class NetworkTrainer(Trainer):
         self.best: list[dict[str, torch.Tensor]] = [{} for _ in self.seeds]
         self.step = 0
 
-    def _build(self, device: torch.device) -> None:
-        self.__init__(*self._args, device=device)
-
     def noise(self, *shape: int) -> torch.Tensor:
         """Standard normal noise ``[nodes of all seeds, *shape]``, drawn from each seed's own generator."""
         noise = torch.cat([torch.randn(self.config.nodes, *shape, generator=g) for g in self.generators])

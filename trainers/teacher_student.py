@@ -146,9 +146,6 @@ class StudentTrainer(Trainer):
         self._index_runs()
         self.step = 0
 
-    def _build(self, device: torch.device) -> None:
-        self.__init__(*self._args, device=device)
-
     def _adam(self) -> torch.optim.Optimizer:
         fused = self.device.type in ("cpu", "cuda")
         return torch.optim.Adam(self.students.parameters(), lr=self.config.lr, fused=fused)
