@@ -128,12 +128,14 @@ class Sink(Progress):
     and each finished run saved to the results store (with its best weights) at once.
 
     ``runs[i]`` is ``(cell, seed)`` of the trainer's run ``i``; its TensorBoard run is
-    ``<root>/<cell>/seed<seed>``; ``headline(result)`` gives the hparams metrics."""
+    ``<root>/<cell>/seed<seed>``; ``headline(result)`` gives the hparams metrics; the device it trained
+    on is recorded with each run."""
 
     def __init__(self, store: Store, runs: Sequence[tuple[str, int]], root: Path, hparams: dict[str, Any],
-                 headline: Callable[[Any], dict[str, float]], desc: str):  # fmt: skip
+                 headline: Callable[[Any], dict[str, float]], desc: str, device: torch.device):  # fmt: skip
         super().__init__(desc)
         self.store, self.runs, self.root, self.hparams, self.headline = store, list(runs), root, hparams, headline
+        self.device = str(device)
         self.writers: dict[int, Any] = {}
 
     def writer(self, run: int):
@@ -151,9 +153,9 @@ class Sink(Progress):
         cell, seed = self.runs[run]
         writer = self.writer(run)
         metrics = {f"hparam/{k}": v for k, v in self.headline(result).items()}
-        writer.add_hparams({**self.hparams, "cell": cell, "seed": seed}, metrics, run_name=".")
+        writer.add_hparams({**self.hparams, "cell": cell, "seed": seed, "device": self.device}, metrics, run_name=".")
         writer.close()
-        self.store.add(cell, seed, dataclasses.asdict(result), weights)
+        self.store.add(cell, seed, {**dataclasses.asdict(result), "device": self.device}, weights)
 
     def close(self) -> None:
         super().close()

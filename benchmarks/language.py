@@ -127,7 +127,8 @@ def _benchmark(store, label, config, speaker_cls, levels, seeds, splits, args, d
     for job in store.jobs(checkpoint, pending):
         trainer = LanguageTrainer(config, splits, [(cell.rsplit("/", 1)[-1], k) for cell, k in job], speaker_cls,
                                   device=device)  # fmt: skip
-        with Sink(store, job, root, hparams, _headline, desc=f"{label or 'language'}: {len(job)} runs") as sink:
+        with Sink(store, job, root, hparams, _headline, desc=f"{label or 'language'}: {len(job)} runs",
+                  device=device) as sink:
             trainer.fit(sink, checkpoint)
 
 

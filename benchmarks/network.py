@@ -148,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                 config = _cell_config(parser, v, job[0][0])
                 trainer = NetworkTrainer(config, splits, [k for _, k in job], device=device)
                 hparams = {**flat_hparams(config), "dataset": args.dataset}
-                with Sink(store, job, root, hparams, _headline, desc=f"{at}{config.name} x{len(job)} seeds") as sink:
+                with Sink(store, job, root, hparams, _headline, desc=f"{at}{config.name} x{len(job)} seeds",
+                          device=device) as sink:
                     trainer.fit(sink, checkpoint)
             for c in cs:
                 store.data["cells"][at + c.name]["ddp_bytes_per_node_step"] = ddp_bytes(

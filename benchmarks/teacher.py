@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                 trainer = StudentTrainer(student_config, splits, runs, logits, device=device)
                 hparams = {**flat_hparams(student_config), **flat_hparams(teacher_config, "teacher."),
                            "dataset": args.dataset}  # fmt: skip
-                with Sink(store, job, root, hparams, _headline, desc=f"{at}{len(job)} students") as sink:
+                with Sink(store, job, root, hparams, _headline, desc=f"{at}{len(job)} students",
+                      device=device) as sink:
                     trainer.fit(sink, checkpoint)
         store.add_time(time.time() - started)
         for label, _, configs, *_ in chosen:

@@ -6,6 +6,7 @@ import torch
 
 from benchmarks import language as bench
 from tests.conftest import exit_code
+from trainers.base import resolve_device
 
 SMALL = ["--steps", "6", "--eval-every", "3", "--reference-epochs", "1", "--hidden", "16", "--critic-hidden", "16",
          "--message-length", "4", "--batch-size", "8"]  # fmt: skip
@@ -33,6 +34,7 @@ def test_smoke_run_writes_table_json_tensorboard_and_png(cli, capsys):
         accuracies = [entry["runs"][k]["test_accuracy"] for k in ("0", "1")]
         assert entry["summary"]["test_accuracy"]["mean"] == pytest.approx(sum(accuracies) / 2)
         assert entry["summary"]["test_accuracy"]["n"] == 2
+        assert entry["runs"]["1"]["device"] == str(resolve_device("auto"))  # recorded with every run
         weights = torch.load(out.parent / entry["runs"]["1"]["weights"], weights_only=True)
         assert weights["speaker_student.body.0.weight"].shape == (16, 64)  # one run's best speaker, tensors only
     assert set(data["references"]) == {"raw_view", "untrained_hidden"} and set(data["references"]["raw_view"]) == {
