@@ -178,13 +178,17 @@ def variants(parser: ArgumentParser, args: argparse.Namespace) -> Iterator[tuple
         yield f"{name}={text}", variant
 
 
+def add_sweep(parser: ArgumentParser) -> None:
+    parser.option("--sweep", None, "one variant per value of any flag, e.g. ce-weight=0.01,0.1 (values with commas: "
+                  "separate them with ';')", default_text="no sweep")  # fmt: skip
+
+
 def add_common(parser: ArgumentParser, out: str, quick: str) -> None:
     """The flags every benchmark has, spelled and explained once."""
     parser.option("--seeds", None, "number of seeds 0..n-1", default_text=quick.split("|")[0], type=int)
     parser.option("--device", "auto", "where to train: auto is cuda when available, else cpu",
                   choices=["auto", "cpu", "cuda", "mps"])
-    parser.option("--sweep", None, "one variant per value of any flag, e.g. ce-weight=0.01,0.1 (values with commas: "
-                  "separate them with ';')", default_text="no sweep")  # fmt: skip
+    add_sweep(parser)
     parser.option("--logdir", "runs", "TensorBoard root: runs go to <logdir>/<out name>/[<flag>=<value>/]<cell>/seed<k>"
                   )
     parser.option("--out", None, "results JSON", default_text=out)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from benchmarks.cli import ArgumentParser, UsageError
+from benchmarks.cli import ArgumentParser, UsageError, add_sweep, variants
 from benchmarks.harness import device_of, format_table, run_cli
 from benchmarks.store import save_json
 from envs.data import DATASETS, load_splits
@@ -37,6 +37,7 @@ def build_parser() -> ArgumentParser:
     p.option("--quick-teacher", False, "teacher_student: a one-epoch teacher if none cached", action="store_true")
     p.option("--device", "auto", "where the policy trains: auto is cuda when available, else cpu",
              choices=["auto", "cpu", "cuda", "mps"])  # fmt: skip
+    add_sweep(p)
     p.option("--logdir", "runs", "TensorBoard root")
     p.option("--out", None, "logged rows as JSON", default_text="results/sb3-<env>-<algo>-seed<k>.json")
     p.option("--save", None, "model zip", default_text="checkpoints/sb3/<env>-<algo>-seed<k>.zip")
@@ -71,37 +72,56 @@ def make_env(args):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse(argv)
+    parser = build_parser()
+    args = parser.parse(argv)
     device = device_of(args)
-    if min(args.timesteps, args.episode_steps, args.batch_size) < 1 or args.n_steps < 2:
-        raise UsageError("--timesteps, --episode-steps and --batch-size must be >= 1 and --n-steps >= 2")
+    chosen = list(variants(parser, args))
+    for _, v in chosen:
+        if min(v.timesteps, v.episode_steps, v.batch_size) < 1 or v.n_steps < 2:
+            raise UsageError("--timesteps, --episode-steps and --batch-size must be >= 1 and --n-steps >= 2")
     try:
         from trainers.sb3 import train
     except ImportError as e:
         raise UsageError(f"{e.name} is not installed; pip install -e '.[rl]'") from None
+    final = {label: _train(train, v, device, label) for label, v in chosen}
+    if len(final) > 1:
+        print(f"\nSweep over {chosen[0][0].split('=')[0]}: mean episode reward of the last rollout")
+        rows = [[k.split("=", 1)[1], f"{r:.4g}"] for k, r in final.items()]
+        print(format_table(["value", "rollout/ep_rew_mean"], rows))
+    return 0
+
+
+def _train(train, args, device, label: str) -> float:
+    """One training (one value of a sweep: ``label``); writes its model and rows, prints its table."""
     name = f"{args.algo}-seed{args.seed}"
+    suffix = f"-{label}" if label and (args.out or args.save) else ""
     env = make_env(args)
     agents = len(env.possible_agents)
     started = time.time()
     kwargs = {"n_steps": args.n_steps, "device": str(device),
               **({"batch_size": args.batch_size} if args.algo == "ppo" else {})}  # fmt: skip
-    model, rows = train(
-        env, args.algo, args.timesteps, args.seed, Path(args.logdir) / "sb3" / args.env / name, **kwargs
-    )
+    logdir = Path(args.logdir) / "sb3" / args.env / (f"{label}/{name}" if label else name)
+    model, rows = train(env, args.algo, args.timesteps, args.seed, logdir, **kwargs)
     seconds = time.time() - started
-    save = Path(args.save or f"checkpoints/sb3/{args.env}-{name}.zip")
+    tag = f"{label.replace('=', '-')}-" if label and not (args.out or args.save) else ""
+    save = Path(args.save or f"checkpoints/sb3/{args.env}-{tag}{name}.zip")
+    save = save.with_name(save.stem + suffix + save.suffix)
     save.parent.mkdir(parents=True, exist_ok=True)
     model.save(save)
-    out = Path(args.out or f"results/sb3-{args.env}-{name}.json")
+    out = Path(args.out or f"results/sb3-{args.env}-{tag}{name}.json")
+    out = out.with_name(out.stem + suffix + out.suffix)
     save_json(out, {"env": args.env, "algo": args.algo, "seed": args.seed, "agents": agents, "device": str(device),
-                    "timesteps": model.num_timesteps, "wall_time_s": seconds, "rows": rows})  # fmt: skip
+                    "variant": label, "timesteps": model.num_timesteps, "wall_time_s": seconds,
+                    "rows": rows})  # fmt: skip
     keys = ("time/total_timesteps", "rollout/ep_rew_mean", "train/loss", "train/entropy_loss")
-    table = [[f"{r.get(k, float('nan')):.4g}" for k in keys] for r in rows if "train/loss" in r]
-    print(f"\n{args.algo.upper()} on {args.env} ({agents} agent(s) sharing one policy), seed {args.seed}")
+    table = [[f"{r.get(k, float('nan')):.4g}" for k in keys] for r in rows if "time/total_timesteps" in r]
+    print(f"\n{args.algo.upper()} on {args.env} ({agents} agent(s) sharing one policy), seed {args.seed}"
+          f"{', ' + label if label else ''}")  # fmt: skip
     print(format_table(keys, table))
     print(f"\nresults: {out}   model: {save}   TensorBoard: tensorboard --logdir {Path(args.logdir) / 'sb3'}   "
           f"wall time: {seconds:.0f} s")  # fmt: skip
-    return 0
+    rewards = [r["rollout/ep_rew_mean"] for r in rows if "rollout/ep_rew_mean" in r]
+    return rewards[-1] if rewards else float("nan")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from agents.network import MODELS, node_model, stack
-from benchmarks.cli import ArgumentParser, UsageError
+from benchmarks.cli import ArgumentParser, UsageError, add_sweep, variants
 from benchmarks.harness import device_of, format_table, run_cli
 from benchmarks.store import save_json
 
@@ -33,6 +33,7 @@ def build_parser() -> ArgumentParser:
     p.option("--steps", 20, "timed steps per measurement (after 3 warm-up steps)", type=int)
     p.option("--device", "auto", "where to measure: auto is cuda when available, else cpu",
              choices=["auto", "cpu", "cuda", "mps"])  # fmt: skip
+    add_sweep(p)
     p.option("--out", "results/throughput.json", "results JSON")
     return p
 
@@ -83,8 +84,37 @@ def node_steps_per_s(step: Callable[[], None], nodes: int, steps: int, device: t
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse(argv)
+    parser = build_parser()
+    args = parser.parse(argv)
     device = device_of(args)
+    chosen = list(variants(parser, args))
+    grids = [(label, v, *_grid(v)) for label, v in chosen]  # every value checked before anything is timed
+    rows = []
+    for label, v, models, nodes in grids:
+        for model in models:
+            for n in nodes:
+                batched, loop = steppers(model, n, v.batch_size, device=device)
+                a, b = node_steps_per_s(batched, n, v.steps, device), node_steps_per_s(loop, n, v.steps, device)
+                rows.append({"variant": label, "model": model, "n_nodes": n, "batch_size": v.batch_size,
+                             "batched_node_steps_per_s": a, "loop_node_steps_per_s": b, "ratio": a / b,
+                             "default": model == DEFAULT})  # fmt: skip
+                print(f"{label + ' ' if label else ''}{model} N={n}: batched {a:,.0f}, loop {b:,.0f} node-steps/s "
+                      f"({a / b:.2f}x)", flush=True)  # fmt: skip
+    save_json(Path(args.out), {"batch_size": args.batch_size, "threads": torch.get_num_threads(),
+                               "device": str(device), "sweep": args.sweep, "rows": rows})  # fmt: skip
+    print()
+    print(format_table(
+        [*(["variant"] if args.sweep else []), "model", "nodes", "batched node-steps/s", "loop node-steps/s", "ratio"],
+        [[*([r["variant"]] if args.sweep else []), r["model"] + (" (default)" if r["default"] else ""), r["n_nodes"],
+          f"{r['batched_node_steps_per_s']:,.0f}", f"{r['loop_node_steps_per_s']:,.0f}", f"{r['ratio']:.2f}x"]
+         for r in rows],
+    ))  # fmt: skip
+    print(f"\nresults: {args.out}   (batch {args.batch_size}, {torch.get_num_threads()} threads, {device})")
+    return 0
+
+
+def _grid(args) -> tuple[list[str], list[int]]:
+    """The models and node counts to time, checked."""
     try:
         nodes = sorted({int(x) for x in args.nodes.split(",") if x.strip()})
     except ValueError:
@@ -96,24 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"unknown model in {args.models!r}; choose from {','.join(MODELS)}")
     if args.batch_size < 1 or args.steps < 1:
         raise UsageError("--batch-size and --steps must be >= 1")
-    rows = []
-    for model in models:
-        for n in nodes:
-            batched, loop = steppers(model, n, args.batch_size, device=device)
-            a, b = node_steps_per_s(batched, n, args.steps, device), node_steps_per_s(loop, n, args.steps, device)
-            rows.append({"model": model, "n_nodes": n, "batched_node_steps_per_s": a, "loop_node_steps_per_s": b,
-                         "ratio": a / b, "default": model == DEFAULT})  # fmt: skip
-            print(f"{model} N={n}: batched {a:,.0f}, loop {b:,.0f} node-steps/s ({a / b:.2f}x)", flush=True)
-    save_json(Path(args.out), {"batch_size": args.batch_size, "threads": torch.get_num_threads(),
-                               "device": str(device), "rows": rows})  # fmt: skip
-    print()
-    print(format_table(
-        ["model", "nodes", "batched node-steps/s", "loop node-steps/s", "ratio"],
-        [[r["model"] + (" (default)" if r["default"] else ""), r["n_nodes"], f"{r['batched_node_steps_per_s']:,.0f}",
-          f"{r['loop_node_steps_per_s']:,.0f}", f"{r['ratio']:.2f}x"] for r in rows],
-    ))  # fmt: skip
-    print(f"\nresults: {args.out}   (batch {args.batch_size}, {torch.get_num_threads()} threads, {device})")
-    return 0
+    return models, nodes
 
 
 if __name__ == "__main__":

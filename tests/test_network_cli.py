@@ -85,6 +85,10 @@ def test_throughput_writes_rows_with_ratios(tmp_path, capsys):
         assert r["ratio"] == pytest.approx(r["batched_node_steps_per_s"] / r["loop_node_steps_per_s"])
     assert exit_code(throughput.main, ["--nodes", "0", "--out", str(out)]) == 2
     assert "--nodes must be integers >= 1" in capsys.readouterr().err
+    assert exit_code(throughput.main, ["--nodes", "2", "--models", "dcgan-small", "--steps", "1", "--out", str(out),
+                                       "--sweep", "batch-size=2,3"]) == 0  # fmt: skip
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["variant"], r["batch_size"]) for r in rows] == [("batch-size=2", 2), ("batch-size=3", 3)]
 
 
 def test_a_killed_benchmark_keeps_finished_configs_and_a_rerun_finishes(cli, monkeypatch):

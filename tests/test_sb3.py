@@ -80,6 +80,26 @@ def test_sb3_cli_trains_saves_and_logs(name, tmp_path, capsys):
     assert "PPO on " + name in capsys.readouterr().out
 
 
+def test_sb3_cli_sweeps_a_flag_with_a_file_and_run_per_value(tmp_path, capsys):
+    import json
+
+    from benchmarks import sb3 as bench
+    from tests.conftest import exit_code, make_dataset
+
+    root = make_dataset(tmp_path / "data", name="fashion-mnist", n_train=300)
+    out = tmp_path / "rows.json"
+    argv = ["--env", "network", "--data-dir", str(root), "--timesteps", "16", "--n-steps", "8", "--episode-steps",
+            "4", "--batch-size", "8", "--algo", "a2c", "--logdir", str(tmp_path / "runs"), "--out", str(out),
+            "--save", str(tmp_path / "m.zip"), "--sweep", "seed=0,1"]  # fmt: skip
+    assert exit_code(bench.main, argv) == 0
+    first, second = (json.loads((tmp_path / f"rows-seed={k}.json").read_text()) for k in (0, 1))
+    assert (first["seed"], second["seed"]) == (0, 1) and first["variant"] == "seed=0"
+    assert (tmp_path / "m-seed=1.zip").stat().st_size > 0
+    assert list((tmp_path / "runs" / "sb3" / "network" / "seed=1" / "a2c-seed1").glob("events.*"))
+    printed = capsys.readouterr().out
+    assert "Sweep over seed" in printed and "A2C on network" in printed
+
+
 def test_sb3_cli_bad_input_is_one_line(tmp_path, capsys):
     from benchmarks import sb3 as bench
     from tests.conftest import exit_code
