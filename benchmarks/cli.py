@@ -71,6 +71,7 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.defaults: dict[str, Any] = {}
         self.configs: list[tuple[type, str, tuple[str, ...]]] = []
+        self.fixed: set[str] = set()  # flags a benchmark reads once (its data, its cells): never swept
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -145,8 +146,12 @@ class ArgumentParser(argparse.ArgumentParser):
         name, _, text = spec.partition("=")
         name = name.strip().lstrip("-")
         actions = {a.option_strings[0].lstrip("-"): a for a in self._actions if a.option_strings}
+        if name in self.fixed:
+            raise UsageError(f"--sweep cannot vary --{name}: it picks this benchmark's data or its cells (give "
+                             f"several in one run, or one --out per value)")  # fmt: skip
         if name not in actions or name in NOT_SWEPT or not text:
-            allowed = ", ".join(sorted(n for n in actions if n not in NOT_SWEPT and not n.startswith("no-")))
+            skip = NOT_SWEPT | self.fixed
+            allowed = ", ".join(sorted(n for n in actions if n not in skip and not n.startswith("no-")))
             raise UsageError(f"--sweep takes FLAG=v1,v2,... with FLAG one of: {allowed}; got {spec!r}")
         action = actions[name]
         parse = boolean if isinstance(action, argparse.BooleanOptionalAction) else (action.type or str)

@@ -55,6 +55,7 @@ def build_parser() -> ArgumentParser:
     p.option("--data-dir", None, "dataset root", default_text="$COMMCHANNELS_DATA, else a per-user cache")
     p.option("--agent", None, "speaker class as package.module:ClassName", default_text="the thesis' speaker")
     p.option("--reference-epochs", 10, "epochs of the reference probes (1 with --quick)", type=int)
+    p.fixed = {"levels", "dataset"}
     add_common(p, out="results/language[-reinforce|-both][-quick].json", quick="5 (1 with --quick)|every level, one "
                "seed, 150 steps")  # fmt: skip
     return p
@@ -81,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         args.sweep = "estimator=gumbel,reinforce"
     levels = parse_list(args.levels, LEVELS, "level(s)")
     seeds = args.seeds if args.seeds is not None else 5
-    if seeds < 1 or args.reference_epochs < 1:
-        raise UsageError(f"--seeds and --reference-epochs must be >= 1, got {seeds} and {args.reference_epochs}")
+    if seeds < 1:
+        raise UsageError(f"--seeds must be >= 1, got {seeds}")
     device = device_of(args)
     splits = load_splits(args.dataset, args.data_dir)
     chosen = []
@@ -95,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(str(e)) from None
         if config.batch_size > len(splits.train.images):
             raise UsageError(f"--batch-size {config.batch_size} exceeds the {len(splits.train.images)} training images")
-        chosen.append((label, config, speaker_cls))
+        if v.reference_epochs < 1:
+            raise UsageError(f"--reference-epochs must be >= 1, got {v.reference_epochs}")
+        chosen.append((label, config, speaker_cls, v))
     suffix = {"gumbel": ""}.get(args.estimator, f"-{args.estimator}") + ("-quick" if args.quick else "")
     out = Path(args.out or f"results/language{suffix}.json")
     swept = parser.sweep_flag(args.sweep)
@@ -105,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     preflight([(root, "--logdir")])
     with Store(out, "language", identity, swept) as store:
         started = time.time()
-        for label, config, speaker_cls in chosen:
-            _benchmark(store, label, config, speaker_cls, levels, seeds, splits, args, device, root)
+        for label, config, speaker_cls, v in chosen:
+            _benchmark(store, label, config, speaker_cls, levels, seeds, splits, v, device, root)
         store.add_time(time.time() - started)
         store.save()
         _report(store, chosen, levels, seeds, root, swept)
@@ -138,7 +141,7 @@ def _headline(result) -> dict[str, float]:
 
 def _report(store: Store, chosen, levels: list[str], seeds: int, root: Path, swept) -> None:
     data = store.data
-    for label, config, _ in chosen:
+    for label, config, *_ in chosen:
         at = f"{label}/" if label else ""
         cells = [at + lv for lv in levels]
         store.summarise(cells, seeds, ["test_accuracy", "best_val_accuracy"])

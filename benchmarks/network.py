@@ -73,6 +73,7 @@ def build_parser() -> ArgumentParser:
     p.option("--val-samples", 5000, "validation images of the curves (0: all)", type=int)
     p.option("--target-accuracy", 85.0, "validation accuracy (%%) whose first crossing is counted (changing "
              "it retrains nothing)", type=finite_float)  # fmt: skip
+    p.fixed = {"nodes", "content", "unsupervised", "dataset", "val-samples", "target-accuracy"}
     add_common(p, out="results/network[-vae|-bigan][-quick].json", quick="3 (1 with --quick)|every "
                "configuration, one seed, 40 steps")  # fmt: skip
     return p

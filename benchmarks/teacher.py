@@ -66,6 +66,8 @@ def build_parser() -> ArgumentParser:
              "nothing)", default_text="the baseline's mean", type=finite_float)  # fmt: skip
     p.option("--policies", None, "learned teachers to compare with the CE heuristic and random selection at the "
              f"policies' stack size: comma-separated from {','.join(POLICIES)}", default_text="none")  # fmt: skip
+    p.fixed = {"stack-sizes", "measures", "targets", "policies", "dataset", "target-accuracy", "teacher-cache",
+               "retrain-teacher"}  # fmt: skip
     add_common(p, out="results/teacher[-policies][-quick].json", quick="3 (1 with --quick)|every config, one "
                "seed, 2 epochs, a small teacher")  # fmt: skip
     return p

@@ -65,6 +65,13 @@ def test_sweep_values_parse_as_their_flag_parses():
             parser.sweep_flag(bad)
 
 
+@pytest.mark.parametrize(("module", "flag"), [(language, "levels"), (language, "dataset"), (network, "nodes"),
+                                            (network, "val-samples"), (teacher, "measures")])  # fmt: skip
+def test_flags_that_pick_the_data_or_the_cells_are_not_swept(module, flag):
+    with pytest.raises(UsageError, match=f"cannot vary --{flag}"):
+        module.build_parser().sweep_flag(f"{flag}=1,2")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: the flag is valid here")
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_an_unavailable_device_is_one_line(name, capsys):

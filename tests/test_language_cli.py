@@ -105,7 +105,8 @@ def test_agent_plugs_in_from_the_command_line(cli):
 BAD_INPUTS = [
     (["--noise", "1.5"], "noise must be a probability"),
     (["--levels", "foo"], "unknown level(s) foo"),
-    (["--seeds", "0"], "--seeds and --reference-epochs must be >= 1"),
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--reference-epochs", "0"], "--reference-epochs must be >= 1"),
     (["--agent", "nosuch:Thing"], "cannot import module 'nosuch'"),
     (["--agent", "json:NoSuchClass"], "has no class 'NoSuchClass'"),
     (["--agent", "json"], "package.module:ClassName"),
