@@ -13,9 +13,9 @@ from typing import Any, NoReturn
 import torch
 
 from benchmarks.cli import UsageError
-from benchmarks.store import Store, mean_std, write_atomic
+from benchmarks.store import Store, mean_std
 from envs.data import DataError
-from trainers.base import CheckpointError, Diverged, Events, resolve_device
+from trainers.base import CheckpointError, Diverged, Events, resolve_device, write_atomic
 
 RESUMABLE = ("finished runs are saved and unfinished ones resume from their last checkpoint; re-run the same "
              "command to continue")

@@ -26,7 +26,7 @@ from benchmarks.harness import (
     plot_sweep,
     run_cli,
 )
-from benchmarks.store import Store, format_summary, mean_std, preflight
+from benchmarks.store import Store, format_summary, mean_std, prefix, preflight
 from envs.data import DATASETS, load_splits
 from envs.language import AGENTS, apply_mask, draw_masks
 from trainers.language import (
@@ -118,21 +118,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _benchmark(store, label, config, speaker_cls, levels, seeds, splits, args, device, root) -> None:
     """Reference probes, then every pending (level, seed) run of one variant, in as few jobs as resume allows."""
-    at = f"{label}/" if label else ""
+    at = prefix(label)
     for k in range(seeds):
         if any(str(k) not in store.data["references"].get(at + name, {}) for name in REFERENCES):
             values = references(splits, config, k, speaker_cls, args.reference_epochs)
             for name, value in values.items():
                 store.reference(at + name, k, value)
-    checkpoint = store.checkpoint(label)
-    pending = [(at + lv, k) for lv in levels for k in range(seeds) if not store.done(at + lv, k)]
     hparams = {**flat_hparams(config), "dataset": args.dataset, "agent": args.agent or "thesis"}
-    for job in store.jobs(checkpoint, pending):
+    for job in store.jobs(label, levels, seeds):
         trainer = LanguageTrainer(config, splits, [(cell.rsplit("/", 1)[-1], k) for cell, k in job], speaker_cls,
                                   device=device)  # fmt: skip
         with Sink(store, job, root, hparams, _headline, desc=f"{label or 'language'}: {len(job)} runs",
                   device=device) as sink:
-            trainer.fit(sink, checkpoint)
+            trainer.fit(sink, store.checkpoint(label))
 
 
 def _headline(result) -> dict[str, float]:
@@ -142,7 +140,7 @@ def _headline(result) -> dict[str, float]:
 def _report(store: Store, chosen, levels: list[str], seeds: int, root: Path, swept) -> None:
     data = store.data
     for label, config, *_ in chosen:
-        at = f"{label}/" if label else ""
+        at = prefix(label)
         cells = [at + lv for lv in levels]
         store.summarise(cells, seeds, ["test_accuracy", "best_val_accuracy"])
         accuracy = {lv: [store.runs(at + lv)[k]["test_accuracy"] for k in range(seeds)] for lv in levels}

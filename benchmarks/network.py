@@ -31,7 +31,7 @@ from benchmarks.harness import (
     plot_sweep,
     run_cli,
 )
-from benchmarks.store import Store, format_summary, mean_std, preflight
+from benchmarks.store import Store, format_summary, mean_std, prefix, preflight
 from envs.data import DATASETS, Split, load_splits
 from envs.network import SUPERVISED_CONTENTS
 from trainers.network import NetworkConfig, NetworkResult, NetworkTrainer
@@ -142,22 +142,20 @@ def main(argv: list[str] | None = None) -> int:
     with Store(out, "network", identity, swept) as store:
         started = time.time()
         for label, v, cs in chosen:
-            at = f"{label}/" if label else ""
-            checkpoint = store.checkpoint(label)
-            pending = [(at + c.name, k) for c in cs for k in range(seeds) if not store.done(at + c.name, k)]
-            for job in store.jobs(checkpoint, pending, key=lambda run: run[0]):
+            at = prefix(label)
+            for job in store.jobs(label, [c.name for c in cs], seeds, per_cell=True):
                 config = _cell_config(parser, v, job[0][0])
                 trainer = NetworkTrainer(config, splits, [k for _, k in job], device=device)
                 hparams = {**flat_hparams(config), "dataset": args.dataset}
                 with Sink(store, job, root, hparams, _headline, desc=f"{at}{config.name} x{len(job)} seeds",
                           device=device) as sink:
-                    trainer.fit(sink, checkpoint)
+                    trainer.fit(sink, store.checkpoint(label))
             for c in cs:
                 store.data["cells"][at + c.name]["ddp_bytes_per_node_step"] = ddp_bytes(
                     c, splits.shape, int(splits.train.labels.max()) + 1)  # fmt: skip
         store.add_time(time.time() - started)
         for label, _, cs in chosen:
-            at = f"{label}/" if label else ""
+            at = prefix(label)
             store.summarise([at + c.name for c in cs], seeds, ["test_average", "test_collective"])
             _report(store, at, cs, seeds, args.target_accuracy, root)
         if swept:

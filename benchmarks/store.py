@@ -21,31 +21,16 @@ import math
 import os
 import statistics
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from benchmarks.cli import UsageError
+from trainers.base import save_atomic, write_atomic
 
 SCHEMA = 2
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide results from collaborators
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_json(path: Path, data: dict) -> None:
@@ -85,6 +70,11 @@ def format_summary(values: Sequence[float], digits: int = 1) -> str:
     """``mean ± std`` (just the mean for one value): the one way every table prints a cell."""
     mean, std = mean_std(values)
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(values) > 1 else "")
+
+
+def prefix(label: str) -> str:
+    """What a variant's label (``flag=value`` under ``--sweep``, else empty) puts before its cells' names."""
+    return f"{label}/" if label else ""
 
 
 class Lock:
@@ -175,8 +165,7 @@ class Store:
         """Record a finished run (and its best-validation weights) and save at once."""
         if weights:
             file = self.weights_dir / cell / f"seed{seed}.pt"
-            file.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(file, lambda tmp: torch.save(weights, tmp))
+            save_atomic(file, weights)
             result = {**result, "weights": str(file.relative_to(self.path.parent))}
         self.data["cells"].setdefault(cell, {"runs": {}})["runs"][str(seed)] = result
         self.save()
@@ -185,12 +174,14 @@ class Store:
         """Where the trainer of a variant (``flag=value`` under ``--sweep``) keeps its checkpoint."""
         return self.path.with_name(f"{self.path.name}{'.' + label if label else ''}.ckpt.pt")
 
-    def jobs(self, checkpoint: Path, pending: list[tuple[str, int]],
-             key: Callable[[tuple[str, int]], Any] | None = None) -> Iterator[list[tuple[str, int]]]:  # fmt: skip
-        """The trainings to run: a job that a kill interrupted comes first, as it was (its checkpoint
-        resumes it even if ``--seeds`` or the cells changed since), then the rest of ``pending``: one
-        job, or one per ``key`` of a run. Each job's runs are written beside its checkpoint when it
-        starts; both go when it ends."""
+    def jobs(self, label: str, cells: Sequence[str], seeds: int,
+             per_cell: bool = False) -> Iterator[list[tuple[str, int]]]:  # fmt: skip
+        """The trainings still to run of a variant's ``cells`` times seeds ``0..seeds-1``: a job that a kill
+        interrupted comes first, as it was (its checkpoint, ``checkpoint(label)``, resumes it even if
+        ``--seeds`` or the cells changed since), then the rest: one job, or one per cell. Each job's
+        runs (``(prefix(label) + cell, seed)``) are written beside its checkpoint when it starts; both
+        go when it ends."""
+        at, checkpoint = prefix(label), self.checkpoint(label)
         job_file = checkpoint.with_suffix(".json")
         job: list[tuple[str, int]] = []
         if checkpoint.exists() and job_file.exists():
@@ -198,13 +189,13 @@ class Store:
                 job = [(str(c), int(k)) for c, k in json.loads(job_file.read_text())]
             except (OSError, ValueError, TypeError) as e:
                 raise UsageError(f"{job_file} is damaged ({e}); delete it and {checkpoint} to restart") from None
-        groups: dict[Any, list[tuple[str, int]]] = {}
-        for run in pending:
-            if run not in job:
-                groups.setdefault(key(run) if key else None, []).append(run)
-        out = ([job] if job else []) + list(groups.values())
-        for runs in out:
-            save_json(job_file, runs)  # rewritten before each job (a one-job list normally)
+        groups: dict[str | None, list[tuple[str, int]]] = {}
+        for cell in cells:
+            for k in range(seeds):
+                if not self.done(at + cell, k) and (at + cell, k) not in job:
+                    groups.setdefault(cell if per_cell else None, []).append((at + cell, k))
+        for runs in ([job] if job else []) + list(groups.values()):
+            save_json(job_file, runs)  # rewritten before each job
             yield runs
             checkpoint.unlink(missing_ok=True)
             job_file.unlink(missing_ok=True)

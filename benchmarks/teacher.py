@@ -26,7 +26,7 @@ from benchmarks.harness import (
     plot_sweep,
     run_cli,
 )
-from benchmarks.store import Store, format_summary, mean_std, preflight
+from benchmarks.store import Store, format_summary, mean_std, prefix, preflight
 from envs.data import DATASETS, load_splits
 from envs.teacher_student import MEASURES, TARGETS
 from trainers.probe import accuracy
@@ -126,10 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     with Store(out, "teacher", identity, swept) as store:
         started = time.time()
         for label, v, configs, student_config, teacher_config, policy in chosen:
-            at = f"{label}/" if label else ""
-            checkpoint = store.checkpoint(label)
-            pending = [(at + c.name, k) for c in configs for k in range(seeds) if not store.done(at + c.name, k)]
-            for job in store.jobs(checkpoint, pending):
+            at = prefix(label)
+            for job in store.jobs(label, [c.name for c in configs], seeds):
                 runs = [(selection_of(cell.rsplit("/", 1)[-1]), k) for cell, k in job]
                 teachers = load_or_train_teachers(splits, sorted({k for _, k in runs}), teacher_config,
                                                   Path(args.teacher_cache), args.retrain_teacher,
@@ -146,10 +144,10 @@ def main(argv: list[str] | None = None) -> int:
                            "dataset": args.dataset}  # fmt: skip
                 with Sink(store, job, root, hparams, _headline, desc=f"{at}{len(job)} students",
                       device=device) as sink:
-                    trainer.fit(sink, checkpoint)
+                    trainer.fit(sink, store.checkpoint(label))
         store.add_time(time.time() - started)
         for label, _, configs, *_ in chosen:
-            at = f"{label}/" if label else ""
+            at = prefix(label)
             _summarise(store, at, configs, seeds, args.target_accuracy)
             _report(store, at, configs, seeds, root)
         store.save()

@@ -11,9 +11,11 @@ bit-identical results. A non-finite loss or weight stops training with one line 
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import field
 from pathlib import Path
 from typing import Any
@@ -65,12 +67,26 @@ def restore_generators(generators: Sequence[torch.Generator], states: Sequence[t
             g.set_state(state.cpu())
 
 
-def save_atomic(path: Path, state: dict) -> None:
-    """``torch.save`` through a temporary file: a kill never leaves half a checkpoint."""
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder, then rename: readers never see half a file
+    (results, checkpoints, weights and figures all go through here)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide results from collaborators
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_atomic(path: Path, state: dict) -> None:
+    """``torch.save`` through ``write_atomic``: a kill never leaves half a checkpoint."""
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checked(path: Path, what: str, fix: str) -> dict:
@@ -144,9 +160,13 @@ class Trainer(ABC):
     def drop(self, finished: list[int]) -> None:  # noqa: B027 (only trainers that stop runs early drop them)
         """Remove finished runs from the batch."""
 
+    @abstractmethod
     def best_weights(self, run: int) -> dict[str, torch.Tensor]:
         """Run ``run``'s weights at its best validation (tensors only, CPU)."""
-        return {}
+
+    @abstractmethod
+    def parameters_by_name(self) -> dict[str, torch.Tensor]:
+        """Every trainable tensor (the divergence guard checks them at each evaluation)."""
 
     def state_dict(self) -> dict:
         return {"header": self.header(), "step": self.step, "alive": self.alive,
@@ -200,7 +220,6 @@ class Trainer(ABC):
                     save_atomic(checkpoint, self.state_dict())
                     saved = time.monotonic()
             events.advance(1)
-        self._finish(list(self.alive), events)
         return [self.result(r) for r in range(len(self.runs))]
 
     def _finish(self, stopped: list[int], events: Events) -> None:
@@ -231,9 +250,6 @@ class Trainer(ABC):
             if not torch.isfinite(tensor).all():
                 raise Diverged(f"{type(self).__name__} diverged at step {self.step}: non-finite weights in "
                                f"{name}; lower --lr (no results of it were saved)")  # fmt: skip
-
-    def parameters_by_name(self) -> dict[str, torch.Tensor]:
-        return {}
 
     def _label(self, run: int) -> str:
         r = self.runs[run]
