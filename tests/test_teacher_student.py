@@ -150,6 +150,14 @@ def test_teachers_are_cached_and_loaded_weights_only(splits, tmp_path, monkeypat
         load_or_train_teachers(splits, [0], config, tmp_path)
 
 
+def test_training_ends_when_every_run_has_stopped(splits):
+    config = dataclasses.replace(CONFIG, patience=1, max_epochs=50)
+    trainer = StudentTrainer(config, splits, [(Selection(), 0), (Selection(), 1)])
+    results = trainer.fit()
+    assert trainer.step == max(r.stopped_step for r in results) < trainer.total_steps()
+    assert all(r.steps[-1] == r.stopped_step for r in results)
+
+
 def test_two_teacher_trainings_with_one_seed_give_identical_weights(splits, tmp_path):
     config = TeacherConfig(hidden=(16, 16), dropout=0.5, batch_size=10, patience=1, max_epochs=2)
     beside = load_or_train_teachers(splits, [0, 1], config, tmp_path / "a")[1].state_dict()

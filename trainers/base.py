@@ -151,7 +151,8 @@ class Trainer(ABC):
         return getattr(self, "_alive", list(range(len(self.runs))))
 
     def done(self) -> bool:
-        return self.step >= self.total_steps() or not self.alive
+        """At the step budget, or every run finished (runs that stop together are not dropped)."""
+        return self.step >= self.total_steps() or len(getattr(self, "_finished", ())) == len(self.runs)
 
     def stopping(self) -> list[int]:
         """Runs (indices into ``runs``) that stop after this evaluation; default: none until the end."""
