@@ -28,10 +28,11 @@ from benchmarks.harness import (
 )
 from benchmarks.store import Store, format_summary, mean_std, prefix, preflight
 from envs.data import DATASETS, load_splits
-from envs.language import AGENTS, apply_mask, draw_masks
+from envs.language import split_views
 from trainers.language import (
     ESTIMATORS,
     LEVELS,
+    STUDENT,
     LanguageConfig,
     LanguageTrainer,
     check_speaker,
@@ -62,9 +63,10 @@ def build_parser() -> ArgumentParser:
 
 
 def references(splits, config: LanguageConfig, seed: int, speaker_cls: type, epochs: int) -> dict[str, float]:
-    """Linear probes on the student's raw noisy view and on its untrained speaker's hidden layer."""
-    mask = draw_masks(config.noise, splits.train.images.shape[1], seed)[AGENTS.index("student")]
-    raw = map_splits(splits, lambda x: apply_mask(x, mask))
+    """Linear probes on the student's raw view and on its untrained speaker's hidden layer (a resample
+    view's noise is drawn once per split here, fixed as at evaluation)."""
+    view = config.partial_view()
+    raw = split_views(splits, view.masks(splits.train.images.shape[1], seed), view, seed)[STUDENT]
     speaker = run_modules(seed, config, splits.train.images.shape[1], speaker_cls)[0]["student"].eval()
     hidden = map_splits(raw, lambda x: speaker(x)[1])
     return {
@@ -128,8 +130,9 @@ def _benchmark(store, label, config, speaker_cls, levels, seeds, splits, args, d
     for job in store.jobs(label, levels, seeds):
         trainer = LanguageTrainer(config, splits, [(cell.rsplit("/", 1)[-1], k) for cell, k in job], speaker_cls,
                                   device=device)  # fmt: skip
-        with Sink(store, job, root, hparams, _headline, desc=f"{label or 'language'}: {len(job)} runs",
-                  device=device) as sink:
+        with Sink(
+            store, job, root, hparams, _headline, desc=f"{label or 'language'}: {len(job)} runs", device=device
+        ) as sink:
             trainer.fit(sink, store.checkpoint(label))
 
 
@@ -172,8 +175,10 @@ def _report(store: Store, chosen, levels: list[str], seeds: int, root: Path, swe
         print(format_table([name, *levels], [[t, *(format_summary(lines[lv][i]) for lv in levels)]
                                              for i, t in enumerate(texts)]))  # fmt: skip
         plot_sweep(root / f"sweep_{name}.png", name, texts, lines, "test accuracy (%)")
-    print(f"\nresults: {store.path}   curves: {root}   TensorBoard: tensorboard --logdir {root}   "
-          f"wall time: {data['wall_time_s']:.0f} s")
+    print(
+        f"\nresults: {store.path}   curves: {root}   TensorBoard: tensorboard --logdir {root}   "
+        f"wall time: {data['wall_time_s']:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -86,6 +86,10 @@ class Splits:
     test: Split
     shape: tuple[int, ...] = ()  # (channels, height, width) of an image; () for feature vectors
 
+    def named(self) -> dict[str, Split]:
+        """``{"train": ..., "val": ..., "test": ...}``."""
+        return {"train": self.train, "val": self.val, "test": self.test}
+
     def to(self, device: torch.device | str) -> Splits:
         """The same splits on ``device`` (a trainer keeps its data where it computes)."""
         moved = (Split(s.images.to(device), s.labels.to(device)) for s in (self.train, self.val, self.test))

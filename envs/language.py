@@ -9,9 +9,12 @@
 | Observation shape  | ``(batch_size, pixels + message_length)`` float32                       |
 | Observation values | view pixels in [0, 1], then received tokens in [0, vocab_size - 1]     |
 
-Both agents see the same batch of images, each through its own fixed inversion mask (every pixel
-inverted with probability ``noise``; masks are drawn once from ``seed`` and kept for the env's life),
-and never the clean image nor the other's view. Each step both send one message per image:
+Both agents see the same batch of images, each through its own ``View`` (``view``): by default the
+thesis' fixed inversion mask (every pixel inverted with probability ``noise``); ``occlude`` shows a
+fixed ``visible`` fraction of the pixels (``overlap``: independent or complementary subsets);
+``resample`` replaces each pixel by 0 or 1 with probability ``noise``, redrawn every step. Masks are
+drawn once from ``seed`` and kept for the env's life; the agents never see the clean image nor the
+other's view. The observation space is the same for every view. Each step both send one message per image:
 ``message_length`` tokens over ``vocab_size`` symbols, flattened row-major as ``[image, token]``.
 
 Observation: the agent's view of the current images, followed by the tokens the other agent sent at
@@ -31,7 +34,9 @@ differentiable trainer calls: it is shape-generic over leading dimensions and ke
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -39,28 +44,100 @@ import torch
 from gymnasium import spaces
 
 from envs.base import TruncatingParallelEnv, aec
-from envs.data import load_splits
+from envs.data import Split, Splits, load_splits
 
 AGENTS = ("teacher", "student")
 
 
 # ----------------------------------------------------------------------------------- torch core
-def draw_masks(noise: float, pixels: int, seed: int) -> torch.Tensor:
-    """Fixed inversion masks ``[len(AGENTS), pixels]`` (1.0 = invert), Bernoulli(noise) per pixel."""
-    if not 0.0 <= noise <= 1.0:
-        raise ValueError(f"noise must be a probability in [0, 1], got {noise}")
-    generator = torch.Generator().manual_seed(seed)
-    return (torch.rand(len(AGENTS), pixels, generator=generator) < noise).float()
+VIEWS = ("invert", "occlude", "resample")
+OVERLAPS = ("independent", "complementary")
 
 
-def apply_mask(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """An agent's partial observation: pixels under the mask are inverted (x -> 1 - x)."""
-    return images + mask * (1.0 - 2.0 * images)
+@dataclass(frozen=True)
+class View:
+    """How each agent sees an image (``kind``):
+
+    - ``invert`` (the thesis): a fixed mask per agent inverts each pixel with probability ``noise``.
+      The view is an invertible map of the image, so it loses nothing: talking can only regularise.
+    - ``occlude``: a fixed subset of ``visible`` of the pixels per agent, the rest 0; ``overlap``
+      ``independent`` draws the two subsets independently, ``complementary`` makes them disjoint.
+    - ``resample``: salt-and-pepper noise (each pixel replaced by 0 or 1 with probability ``noise``)
+      redrawn for every image every time it is seen; evaluation images get fixed, seeded noise.
+    """
+
+    kind: str = "invert"
+    noise: float = 0.1
+    visible: float = 0.5
+    overlap: str = "independent"
+
+    def __post_init__(self) -> None:
+        if self.kind not in VIEWS:
+            raise ValueError(f"unknown view {self.kind!r}; choose from {', '.join(VIEWS)}")
+        if self.overlap not in OVERLAPS:
+            raise ValueError(f"unknown overlap {self.overlap!r}; choose from {', '.join(OVERLAPS)}")
+        if not 0.0 <= self.noise <= 1.0:
+            raise ValueError(f"noise must be a probability in [0, 1], got {self.noise}")
+        if not 0.0 < self.visible <= 1.0:
+            raise ValueError(f"visible must be a fraction of the pixels in (0, 1], got {self.visible}")
+        if self.kind == "occlude" and self.overlap == "complementary" and self.visible > 0.5:
+            raise ValueError(f"complementary views need visible <= 0.5 (disjoint halves at most), got {self.visible}")
+
+    @property
+    def resamples(self) -> bool:
+        """Whether the view draws fresh noise per image (``uniform`` must be passed to ``views``)."""
+        return self.kind == "resample"
+
+    def masks(self, pixels: int, seed: int) -> torch.Tensor:
+        """Fixed masks ``[len(AGENTS), pixels]`` drawn from ``seed``: 1.0 = inverted (``invert``) or
+        visible (``occlude``); all ones for ``resample``, whose noise is not fixed."""
+        generator = torch.Generator().manual_seed(seed)
+        if self.kind == "invert":
+            return (torch.rand(len(AGENTS), pixels, generator=generator) < self.noise).float()
+        if self.kind == "resample":
+            return torch.ones(len(AGENTS), pixels)
+        kept = math.ceil(self.visible * pixels - 1e-9)
+        masks = torch.zeros(len(AGENTS), pixels)
+        if self.overlap == "complementary":  # one order split in turn: disjoint, and at 0.5 a partition
+            order = torch.randperm(pixels, generator=generator)
+            for i in range(len(AGENTS)):
+                masks[i, order[i * kept : (i + 1) * kept]] = 1.0
+        else:
+            for i in range(len(AGENTS)):
+                masks[i, torch.randperm(pixels, generator=generator)[:kept]] = 1.0
+        return masks
+
+    def apply(self, images: torch.Tensor, mask: torch.Tensor, uniform: torch.Tensor | None = None) -> torch.Tensor:
+        """One agent's view; ``uniform`` (same shape as ``images``, in [0, 1)) drives ``resample``: a
+        pixel is replaced where ``uniform < noise``, by 1 where ``uniform < noise / 2``."""
+        if self.kind == "invert":
+            return images + mask * (1.0 - 2.0 * images)
+        if self.kind == "occlude":
+            return images * mask
+        if uniform is None:
+            raise ValueError("the resample view needs uniform noise of the images' shape")
+        return torch.where(uniform < self.noise, (uniform < self.noise / 2).to(images.dtype), images)
 
 
-def views(images: torch.Tensor, masks: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Each agent's view of the same images; ``masks[..., i, :]`` belongs to ``AGENTS[i]``."""
-    return {agent: apply_mask(images, masks[..., i, :].unsqueeze(-2)) for i, agent in enumerate(AGENTS)}
+INVERT = View()
+
+
+def views(
+    images: torch.Tensor, masks: torch.Tensor, view: View = INVERT, uniform: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    """Each agent's view of the same images; ``masks[..., i, :]`` and ``uniform[..., i, :, :]`` (for
+    ``resample``: ``[..., len(AGENTS), *images.shape[-2:]]``) belong to ``AGENTS[i]``."""
+    return {
+        agent: view.apply(images, masks[..., i, :].unsqueeze(-2), None if uniform is None else uniform[..., i, :, :])
+        for i, agent in enumerate(AGENTS)
+    }
+
+
+def fixed_uniform(seed: int, tag: str, start: int, shape: tuple[int, ...], device: torch.device | str = "cpu"):
+    """Seeded uniform noise for evaluation images (``tag`` names the split, ``start`` the chunk), so that
+    every evaluation of a ``resample`` view sees the same noisy images."""
+    key = np.random.SeedSequence([seed, *tag.encode(), start]).generate_state(1)[0]
+    return torch.rand(shape, generator=torch.Generator(device).manual_seed(int(key)), device=device)
 
 
 def exchange(messages: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -90,6 +167,25 @@ def diversity(messages: torch.Tensor) -> torch.Tensor:
     return entropy.mean(-1) / np.log(messages.shape[-1])
 
 
+def fixed_views(
+    images: torch.Tensor, masks: torch.Tensor, view: View, seed: int, tag: str, chunk: int = 1000
+) -> dict[str, torch.Tensor]:
+    """Each agent's views of a whole evaluation split ``[n, pixels]`` of one run (masks ``[2, pixels]``),
+    in chunks of ``chunk`` images: the noise the trainer's evaluation draws for the same seed and tag."""
+    parts = []
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk]
+        noise = fixed_uniform(seed, tag, start, (len(AGENTS), *x.shape), x.device) if view.resamples else None
+        parts.append(views(x, masks, view, noise))
+    return {a: torch.cat([p[a] for p in parts]) for a in AGENTS}
+
+
+def split_views(splits: Splits, masks: torch.Tensor, view: View, seed: int) -> dict[str, Splits]:
+    """Each agent's view of every split of one run, labels kept (a resample view's noise fixed per split)."""
+    parts = {tag: (s, fixed_views(s.images, masks, view, seed, tag)) for tag, s in splits.named().items()}
+    return {a: Splits(*(Split(seen[a], s.labels) for s, seen in parts.values()), shape=splits.shape) for a in AGENTS}
+
+
 # --------------------------------------------------------------------------------- PettingZoo env
 class parallel_env(TruncatingParallelEnv):
     metadata: ClassVar[dict] = {"name": "language_v0", "render_modes": [], "is_parallelizable": True}
@@ -97,6 +193,9 @@ class parallel_env(TruncatingParallelEnv):
     def __init__(
         self,
         noise: float = 0.1,
+        view: str = "invert",
+        visible: float = 0.5,
+        overlap: str = "independent",
         message_length: int = 32,
         vocab_size: int = 2,
         batch_size: int = 8,
@@ -112,7 +211,8 @@ class parallel_env(TruncatingParallelEnv):
         if message_length < 1 or vocab_size < 2 or batch_size < 1 or max_steps < 1:
             raise ValueError("message_length, batch_size and max_steps must be >= 1 and vocab_size >= 2")
         self.images = images if images is not None else load_splits(dataset, data_dir).train.images
-        self.masks = draw_masks(noise, self.images.shape[1], seed)
+        self.view = View(view, noise, visible, overlap)
+        self.masks = self.view.masks(self.images.shape[1], seed)
         self.message_length, self.vocab_size, self.batch_size = message_length, vocab_size, batch_size
         self.max_steps, self.diversity_weight = max_steps, diversity_weight
         self.render_mode = render_mode
@@ -132,7 +232,10 @@ class parallel_env(TruncatingParallelEnv):
 
     def _observe(self, received: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
         idx = torch.randint(len(self.images), (self.batch_size,), generator=self._generator)
-        seen = views(self.images[idx], self.masks)
+        uniform = None
+        if self.view.resamples:
+            uniform = torch.rand(len(AGENTS), *self.images[idx].shape, generator=self._generator)
+        seen = views(self.images[idx], self.masks, self.view, uniform)
         return {a: torch.cat([seen[a], received[a].float()], -1).numpy() for a in self.agents}
 
     def reset(self, seed: int | None = None, options: dict | None = None):

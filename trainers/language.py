@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from agents.language import Critic, LinearProbe, Speaker
 from envs.data import Split, Splits
-from envs.language import AGENTS, communication_loss, draw_masks, exchange, views
+from envs.language import AGENTS, OVERLAPS, VIEWS, View, communication_loss, exchange, fixed_uniform, views
 from trainers.base import Trainer, generator, option, restore_generators
 from trainers.gumbel import TemperatureSchedule, gumbel_softmax, hard_message, sampled_message
 from trainers.population import Population
@@ -45,11 +45,13 @@ ESTIMATORS = ("gumbel", "reinforce")
 
 @dataclass(frozen=True)
 class Level:
-    """Who is trained on the other's message, and whether that loss reaches the sender."""
+    """Who is trained on the other's message, whether that loss reaches the sender, and whether the
+    student's probe also reads the received message (``decides``; beyond the thesis)."""
 
     student_receives: bool
     teacher_receives: bool
     feedback: bool
+    decides: bool = False
 
 
 LEVELS: dict[str, Level] = {
@@ -57,14 +59,25 @@ LEVELS: dict[str, Level] = {
     "receive": Level(True, False, False),  # student predicts the teacher's message; teacher untouched
     "feedback": Level(True, False, True),  # ... and that loss also trains the teacher's speaker
     "both": Level(True, True, True),  # symmetric: each predicts the other, gradients to both senders
+    "decide": Level(True, True, True, decides=True),  # as both; the probe reads [features, received message]
 }
+THESIS_LEVELS = ("none", "receive", "feedback", "both")
 
 
 @dataclass(frozen=True)
 class LanguageConfig:
     """Hyper-parameters; values the thesis lost in extraction are our choices (see README)."""
 
-    noise: float = option(0.1, "pixel inversion probability of each agent's mask")
+    view: str = option("invert", "how each agent sees the image (envs.language.View)", choices=VIEWS)
+    noise: float = option(
+        0.1,
+        "invert: pixel inversion probability of each agent's mask; resample: "
+        "probability that a pixel is replaced by 0 or 1, redrawn every step",
+    )
+    visible: float = option(0.5, "occlude: fraction of the pixels each agent sees")
+    overlap: str = option(
+        "independent", "occlude: the two agents' pixel subsets drawn independently or disjoint", choices=OVERLAPS
+    )
     message_length: int = option(32, "tokens per message")
     vocab_size: int = option(2, "symbols per token (2: a 32-bit message)")
     hidden: tuple[int, ...] = option((256, 256), "speaker hidden widths, e.g. 256,256")
@@ -85,8 +98,7 @@ class LanguageConfig:
     log_every: int = option(50, "steps between TensorBoard training scalars")
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.noise <= 1.0:
-            raise ValueError(f"noise must be a probability in [0, 1], got {self.noise}")
+        self.partial_view()  # checks the view's settings
         for name in ("message_length", "batch_size", "steps", "eval_every", "log_every", "critic_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -97,6 +109,10 @@ class LanguageConfig:
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
         Reinforce(self.entropy_weight, self.baseline_decay)  # checks its settings
+
+    def partial_view(self) -> View:
+        """The agents' view of an image, as the env defines it."""
+        return View(self.view, self.noise, self.visible, self.overlap)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -114,8 +130,9 @@ class RunResult:
 
 
 def run_modules(seed: int, config: LanguageConfig, pixels: int, speaker_cls: type):
-    """One run's freshly initialised ``(speakers, critics, probe)``, from its seed alone (so the levels
-    of one seed start from the same weights, and references can rebuild the untrained speaker)."""
+    """One run's freshly initialised ``(speakers, critics, probe, message_probe)``, from its seed alone
+    (so the levels of one seed start from the same weights, and references can rebuild the untrained
+    speaker). ``message_probe`` is the probe's half that reads the received message (level decide)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         kw = {"view_dim": pixels, "message_length": config.message_length, "vocab_size": config.vocab_size}
@@ -124,7 +141,8 @@ def run_modules(seed: int, config: LanguageConfig, pixels: int, speaker_cls: typ
         with torch.no_grad():
             width = speakers[STUDENT].eval()(torch.zeros(2, pixels))[1].shape[-1]
             speakers[STUDENT].train()
-        return speakers, critics, LinearProbe(width)
+        probe = LinearProbe(width)
+        return speakers, critics, probe, LinearProbe(config.message_length * config.vocab_size)
 
 
 def check_speaker(speaker_cls: type, config: LanguageConfig, pixels: int) -> None:
@@ -151,7 +169,7 @@ def _build(runs: Sequence[tuple[str, int]], config: LanguageConfig, pixels: int,
     per_run = [run_modules(seed, config, pixels, speaker_cls) for _, seed in runs]
     speakers = {a: Population([r[0][a] for r in per_run]) for a in AGENTS}
     critics = {a: Population([r[1][a] for r in per_run]) for a in AGENTS}
-    return speakers, critics, Population([r[2] for r in per_run])
+    return speakers, critics, Population([r[2] for r in per_run]), Population([r[3] for r in per_run])
 
 
 def default_speaker(config: LanguageConfig) -> type:
@@ -205,14 +223,19 @@ class LanguageTrainer(Trainer):
         self.config, self.splits, self.runs = config, splits.to(device), list(runs)
         self.eval_every, self.log_every = config.eval_every, config.log_every
         pixels = splits.train.images.shape[1]
-        self.masks = torch.stack([draw_masks(config.noise, pixels, seed) for _, seed in runs]).to(device)
-        self.speakers, self.critics, self.probe = _build(runs, config, pixels, speaker_cls or default_speaker(config))
+        self.view = config.partial_view()
+        self.masks = torch.stack([self.view.masks(pixels, seed) for _, seed in runs]).to(device)
+        self.speakers, self.critics, self.probe, self.message_probe = _build(
+            runs, config, pixels, speaker_cls or default_speaker(config)
+        )
         for population in self._populations().values():
             population.to(device)
         self.optimizer = torch.optim.Adam(
             [p for pop in (*self.speakers.values(), *self.critics.values()) for p in pop.parameters()], lr=config.lr
         )
-        self.probe_optimizer = torch.optim.Adam(self.probe.parameters(), lr=config.probe_lr)
+        self.probe_optimizer = torch.optim.Adam(
+            self.probe.parameters() + self.message_probe.parameters(), lr=config.probe_lr
+        )
         self.generators = [generator(seed, device) for _, seed in runs]
         self.reinforce = {a: Reinforce(config.entropy_weight, config.baseline_decay) for a in AGENTS}
         levels = [LEVELS[level] for level, _ in runs]
@@ -223,6 +246,7 @@ class LanguageTrainer(Trainer):
             TEACHER: self._column([w * lv.teacher_receives for w, lv in zip(weight, levels, strict=True)]),
         }
         self.feedback = self._column([lv.feedback for lv in levels]).view(-1, 1, 1, 1)
+        self.decides = self._column([lv.decides for lv in levels]).view(-1, 1, 1)
         self.step = 0
         self.history: dict[str, list] = {"steps": [], "val": [], "test": []}
         self.best: list[dict[str, torch.Tensor]] = [{} for _ in runs]
@@ -244,7 +268,11 @@ class LanguageTrainer(Trainer):
         idx = self._draw((B,), lambda s, g: torch.randint(len(train.images), s, generator=g, device=dev))
         perm = self._draw((B,), lambda s, g: _derangement(s[0], g))
         uniform = self._draw((len(AGENTS), B, L, V), lambda s, g: torch.rand(s, generator=g, device=dev))
-        seen = views(train.images[idx], self.masks)
+        images = train.images[idx]
+        noise = None
+        if self.view.resamples:
+            noise = self._draw((len(AGENTS), *images.shape[1:]), lambda s, g: torch.rand(s, generator=g, device=dev))
+        seen = views(images, self.masks, self.view, noise)
         temperature = cfg.temperature(self.step)
 
         out: dict[str, torch.Tensor] = {"temperature": torch.full((len(self.runs),), temperature, device=dev)}
@@ -260,10 +288,9 @@ class LanguageTrainer(Trainer):
             mi[a] = mi_loss(self.critics[a], seen[a], messages[a], other_view)
             out[f"mi_{a}"] = mi[a].mean(-1)
             if a == STUDENT:
+                scores = self._probe(features, messages[TEACHER])
                 out["probe"] = (
-                    F.cross_entropy(
-                        self.probe(features.detach()).flatten(0, 1), train.labels[idx].flatten(), reduction="none"
-                    )
+                    F.cross_entropy(scores.flatten(0, 1), train.labels[idx].flatten(), reduction="none")
                     .view(len(self.runs), B)
                     .mean(-1)
                 )
@@ -282,6 +309,12 @@ class LanguageTrainer(Trainer):
                 out[f"entropy_{a}"] = entropy.detach().mean(-1)
                 out[f"reinforce_{a}"] = self.reinforce[a].loss((messages[a] * log_p).sum((-1, -2)), reward, entropy)
         return out
+
+    def _probe(self, features: torch.Tensor, received: torch.Tensor) -> torch.Tensor:
+        """The student's class scores: its probe on its own features and, at level decide, on the hard
+        message it received (inputs detached: the probe's loss never reaches a speaker)."""
+        message = hard_message(received.detach()).flatten(-2)
+        return self.probe(features.detach()) + self.decides * self.message_probe(message)
 
     def train_step(self) -> dict[str, torch.Tensor]:
         """One optimisation step of every run; returns per-run training metrics ``[runs]``."""
@@ -306,8 +339,20 @@ class LanguageTrainer(Trainer):
         return self.config.steps
 
     # -------------------------------------------------------------------------------- evaluation
+    def eval_views(self, images: torch.Tensor, tag: str, start: int) -> dict[str, torch.Tensor]:
+        """Every run's views of evaluation images ``[n, pixels]`` (``tag`` names the split and ``start``
+        the images' offset in it: a resample view's noise is fixed per seed, split and chunk)."""
+        noise = None
+        if self.view.resamples:
+            shape = (len(AGENTS), *images.shape)
+            per_seed = {k: fixed_uniform(k, tag, start, shape, self.device) for k in {k for _, k in self.runs}}
+            noise = torch.stack([per_seed[k] for _, k in self.runs])
+        return views(images.unsqueeze(0), self.masks, self.view, noise)
+
     @torch.no_grad()
-    def evaluate(self, split: Split, agreement: bool = True, chunk: int = 1000) -> dict[str, torch.Tensor]:
+    def evaluate(
+        self, split: Split, agreement: bool = True, chunk: int = 1000, tag: str = "val"
+    ) -> dict[str, torch.Tensor]:
         """Per-run probe accuracy (%) of the student and, with ``agreement``, the fraction of tokens on
         which the teacher's and the student's *hard* (evaluation) messages agree."""
         correct = torch.zeros(len(self.runs), device=self.device)
@@ -315,12 +360,12 @@ class LanguageTrainer(Trainer):
         for population in self._populations().values():
             population.eval()
         for start in range(0, len(split.images), chunk):
-            seen = views(split.images[start : start + chunk].unsqueeze(0), self.masks)
+            seen = self.eval_views(split.images[start : start + chunk], tag, start)
             s_logits, s_features = self.speakers[STUDENT](seen[STUDENT])
-            predictions = self.probe(s_features).argmax(-1)
+            t_logits = self.speakers[TEACHER](seen[TEACHER])[0]
+            predictions = self._probe(s_features, t_logits).argmax(-1)
             correct += (predictions == split.labels[start : start + chunk]).float().sum(-1)
             if agreement:
-                t_logits = self.speakers[TEACHER](seen[TEACHER])[0]
                 agree += (hard_message(t_logits) * hard_message(s_logits)).sum(-1).mean(-1).sum(-1)
         for population in self._populations().values():
             population.train()
@@ -333,7 +378,7 @@ class LanguageTrainer(Trainer):
     def evaluation(self) -> dict[str, torch.Tensor]:
         """Validation and test accuracy of every run; a run's weights are kept at its best validation
         (the first step that reached it)."""
-        val, test = self.evaluate(self.splits.val), self.evaluate(self.splits.test, agreement=False)
+        val, test = self.evaluate(self.splits.val), self.evaluate(self.splits.test, agreement=False, tag="test")
         accuracies = val["accuracy"].tolist()
         for r, accuracy in enumerate(accuracies):
             if not self.history["val"] or accuracy > max(v[r] for v in self.history["val"]):
@@ -367,6 +412,7 @@ class LanguageTrainer(Trainer):
             **{f"speaker_{a}": p for a, p in self.speakers.items()},
             **{f"critic_{a}": p for a, p in self.critics.items()},
             "probe": self.probe,
+            "message_probe": self.message_probe,
         }
 
     def _state(self) -> dict:

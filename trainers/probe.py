@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -19,17 +20,17 @@ def accuracy(model: Callable, split: Split, chunk: int = 5000) -> torch.Tensor:
     return 100.0 * correct / len(split.images)
 
 
-def fit_linear_probe(
+def train_linear_probe(
     features: Splits, epochs: int = 10, batch_size: int = 256, lr: float = 1e-3, seed: int = 0
-) -> float:
-    """Train a linear classifier on ``features.train`` with Adam; return its test accuracy (%) at the
-    epoch of best validation accuracy, the same protocol as the online probe of the language runs."""
+) -> torch.nn.Linear:
+    """Train a linear classifier on ``features.train`` with Adam; return it as it was at the epoch of
+    best validation accuracy, the same protocol as the online probe of the language runs."""
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         linear = torch.nn.Linear(features.train.images.shape[1], int(features.train.labels.max()) + 1)
     optimizer = torch.optim.Adam(linear.parameters(), lr=lr)
-    best_val, best_test = -1.0, 0.0
+    best_val, best = -1.0, copy.deepcopy(linear)
     n = len(features.train.images)
     for _ in range(epochs):
         for idx in torch.randperm(n, generator=generator).split(batch_size):
@@ -39,8 +40,15 @@ def fit_linear_probe(
             optimizer.step()
         val = accuracy(linear, features.val).item()
         if val > best_val:
-            best_val, best_test = val, accuracy(linear, features.test).item()
-    return best_test
+            best_val, best = val, copy.deepcopy(linear)
+    return best
+
+
+def fit_linear_probe(
+    features: Splits, epochs: int = 10, batch_size: int = 256, lr: float = 1e-3, seed: int = 0
+) -> float:
+    """Test accuracy (%) of ``train_linear_probe``."""
+    return accuracy(train_linear_probe(features, epochs, batch_size, lr, seed), features.test).item()
 
 
 @torch.no_grad()

@@ -1,0 +1,142 @@
+"""What the messages say: language analysis of two speakers (thesis ch. 4, beyond its tables).
+
+Every measure reads hard (argmax) messages ``[N, L, V]`` of held-out images; probes are trained on the
+training split, chosen on validation and scored on test (``trainers.probe``). Compared with EGG's
+``egg.core.language_analysis``: its topographic similarity is the same statistic (Spearman correlation
+over all pairs ``i < j`` of a message distance and an input distance; for fixed-length messages its
+normalised edit distance ranks pairs as our Hamming distance does); its ``entropy`` is our
+``message_entropy`` (plug-in entropy of whole messages, in bits); EGG's mutual information is a plug-in
+estimate over discrete inputs, which does not exist for images, so we bound it with a probe instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from envs.data import Split, Splits
+from envs.language import AGENTS
+from trainers.gumbel import hard_message
+from trainers.probe import accuracy, map_splits, train_linear_probe
+
+TEACHER, STUDENT = AGENTS
+TOPSIM_IMAGES = 1000
+
+
+def bit_entropy(messages: torch.Tensor) -> torch.Tensor:
+    """Entropy of each message position over the messages ``[N, L, V]``, in bits ``[L]``."""
+    p = messages.float().mean(0)
+    return -(p * torch.log2(p.clamp_min(1e-12))).sum(-1)
+
+
+def distinct_fraction(messages: torch.Tensor) -> float:
+    """Fraction of the messages that are distinct (1: every image its own message; 1/N: one message)."""
+    return len(torch.unique(messages.argmax(-1), dim=0)) / len(messages)
+
+
+def message_entropy(messages: torch.Tensor) -> float:
+    """Plug-in entropy of whole messages, in bits (EGG's ``entropy``); at most log2(N)."""
+    _, counts = torch.unique(messages.argmax(-1), dim=0, return_counts=True)
+    p = counts.double() / counts.sum()
+    return float(-(p * torch.log2(p)).sum())
+
+
+def _ranks(x: torch.Tensor) -> torch.Tensor:
+    """Ranks of ``x`` with ties given their average rank (as ``scipy.stats.rankdata``)."""
+    values, inverse, counts = torch.unique(x, return_inverse=True, return_counts=True)
+    last = counts.cumsum(0).double()
+    return ((last - (counts.double() - 1) / 2))[inverse]
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Spearman's rank correlation of two 1-D samples (ties averaged); 0 when either is constant."""
+    rx, ry = _ranks(x.double()), _ranks(y.double())
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denominator = (rx.norm() * ry.norm()).item()
+    return float((rx * ry).sum() / denominator) if denominator > 0 else 0.0
+
+
+def topographic_similarity(messages: torch.Tensor, images: torch.Tensor) -> float:
+    """Spearman correlation between the Hamming distances of messages and the Euclidean distances of the
+    (clean) images, over every pair ``i < j`` of the N given: N(N-1)/2 pairs (499,500 for 1,000)."""
+    tokens = messages.argmax(-1)
+    i, j = torch.triu_indices(len(tokens), len(tokens), offset=1)
+    hamming = (tokens[i] != tokens[j]).sum(-1)
+    euclidean = torch.cdist(images.double(), images.double())[i, j]
+    return spearman(hamming, euclidean)
+
+
+def probe_information(features: Splits, epochs: int, lr: float, seed: int) -> tuple[float, float]:
+    """A linear probe's test accuracy (%) and the lower bound it gives on the mutual information between
+    its input and the class, ``I >= H(class) - CE`` in bits (test-set class entropy and probe
+    cross-entropy; floored at 0, where the bound says nothing)."""
+    probe = train_linear_probe(features, epochs, batch_size=1024, lr=lr, seed=seed)
+    with torch.no_grad():
+        ce = F.cross_entropy(probe(features.test.images), features.test.labels).item() / math.log(2)
+    prior = torch.bincount(features.test.labels).double() / len(features.test.labels)
+    h_class = float(-(prior[prior > 0] * torch.log2(prior[prior > 0])).sum())
+    return accuracy(probe, features.test).item(), max(0.0, h_class - ce)
+
+
+def intervention(features: Splits, received: Splits, epochs: int, lr: float, seed: int) -> dict[str, float]:
+    """Causal effect of the channel on a decision: a linear probe on [own features, received message]
+    scored on test with the true message and with the message of another test image (a seeded
+    derangement); ``drop`` is the loss in points."""
+    joint = Splits(*(Split(torch.cat([f.images, m.images], -1), f.labels) for f, m in _pairs(features, received)))
+    probe = train_linear_probe(joint, epochs, batch_size=1024, lr=lr, seed=seed)
+    n = len(received.test.images)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    other = torch.empty_like(order)
+    other[order] = order.roll(-1)  # every image gets the message of a different one
+    swapped = Split(torch.cat([features.test.images, received.test.images[other]], -1), features.test.labels)
+    true, shuffled = accuracy(probe, joint.test).item(), accuracy(probe, swapped).item()
+    return {"joint_probe": true, "joint_probe_other_message": shuffled, "intervention_drop": true - shuffled}
+
+
+def _pairs(a: Splits, b: Splits):
+    return zip((a.train, a.val, a.test), (b.train, b.val, b.test), strict=True)
+
+
+@torch.no_grad()
+def _speak(speaker: nn.Module, seen: Splits) -> tuple[Splits, Splits]:
+    """A speaker's (hard messages flattened to ``[N, L * V]``, features) on every split."""
+    speaker.eval()
+    messages = map_splits(seen, lambda x: hard_message(speaker(x)[0]).flatten(-2))
+    features = map_splits(seen, lambda x: speaker(x)[1])
+    return messages, features
+
+
+def analyse(
+    speakers: Mapping[str, nn.Module],
+    seen: Mapping[str, Splits],
+    clean_test: torch.Tensor,
+    message_shape: tuple[int, int],
+    epochs: int = 10,
+    lr: float = 3e-3,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Every measure for one pair of speakers (``{agent: module}`` with the speaker protocol of
+    agents/language.py) given each agent's views of every split (``seen``, e.g. ``split_views``) and
+    the clean test images (for topographic similarity). Keys: per agent ``<agent>_bit_entropy`` (mean
+    over positions), ``_distinct``, ``_message_entropy``, ``_message_probe``, ``_message_bits``,
+    ``_topsim``; the student's ``feature_probe``, ``joint_probe``, ``joint_probe_other_message``,
+    ``intervention_drop``; and ``agreement`` of the two agents' test messages."""
+    out: dict[str, float] = {}
+    spoken = {a: _speak(speakers[a], seen[a]) for a in AGENTS}
+    for a in AGENTS:
+        messages = spoken[a][0].test.images.unflatten(-1, message_shape)
+        out[f"{a}_bit_entropy"] = bit_entropy(messages).mean().item()
+        out[f"{a}_distinct"] = distinct_fraction(messages)
+        out[f"{a}_message_entropy"] = message_entropy(messages)
+        out[f"{a}_message_probe"], out[f"{a}_message_bits"] = probe_information(spoken[a][0], epochs, lr, seed)
+        out[f"{a}_topsim"] = topographic_similarity(messages[:TOPSIM_IMAGES], clean_test[:TOPSIM_IMAGES])
+    features = spoken[STUDENT][1]
+    out["feature_probe"] = probe_information(features, epochs, lr, seed)[0]
+    out |= intervention(features, spoken[TEACHER][0], epochs, lr, seed)
+    t, s = (spoken[a][0].test.images.unflatten(-1, message_shape) for a in AGENTS)
+    out["agreement"] = (t * s).sum(-1).mean().item()
+    return out
