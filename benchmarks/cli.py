@@ -17,7 +17,7 @@ import typing
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
-NOT_SWEPT = {"seeds", "out", "logdir", "quick", "sweep", "device", "data-dir", "help"}
+NOT_SWEPT = {"seeds", "out", "logdir", "quick", "preset", "sweep", "device", "data-dir", "help"}
 
 
 class UsageError(ValueError):
@@ -72,6 +72,7 @@ class ArgumentParser(argparse.ArgumentParser):
         self.defaults: dict[str, Any] = {}
         self.configs: list[tuple[type, str, tuple[str, ...]]] = []
         self.fixed: set[str] = set()  # flags a benchmark reads once (its data, its cells): never swept
+        self.presets: dict[str, dict[str, Any]] = {}  # --preset NAME: values for flags the user did not set
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -110,11 +111,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def parse(self, argv: list[str] | None, quick: dict[str, Any] | None = None) -> argparse.Namespace:
         """Parse; ``args.given`` holds the dests the user set; unset ones get ``quick`` (with ``--quick``),
-        then their defaults."""
+        then the chosen ``--preset``'s values, then their defaults."""
         args = self.parse_args(argv)
         args.given = set(vars(args))
         fill = quick if getattr(args, "quick", False) else {}
-        for dest, default in {**self.defaults, **(fill or {})}.items():
+        preset = self.presets.get(getattr(args, "preset", None), {})
+        for dest, default in {**self.defaults, **preset, **(fill or {})}.items():
             if dest not in args.given:
                 setattr(args, dest, default)
         return args
@@ -181,6 +183,17 @@ def variants(parser: ArgumentParser, args: argparse.Namespace) -> Iterator[tuple
         setattr(variant, dest, value)
         variant.given = args.given | {dest}
         yield f"{name}={text}", variant
+
+
+def add_preset(parser: ArgumentParser, presets: dict[str, dict[str, Any]], why: str) -> None:
+    """``--preset NAME``: a named setting of several flags (each listed in ``--help``); explicit flags win."""
+    parser.presets = presets
+    listed = "; ".join(
+        f"{name} = " + " ".join(f"--{dest.replace('_', '-')} {value}" for dest, value in values.items())
+        for name, values in presets.items()
+    )
+    parser.option("--preset", None, f"{why}: {listed}; explicit flags win", default_text="none",
+                  choices=list(presets))  # fmt: skip
 
 
 def add_sweep(parser: ArgumentParser) -> None:

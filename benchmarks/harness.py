@@ -210,8 +210,16 @@ def plot_panels(
     plt.close(fig)
 
 
-def plot_sweep(path: Path, flag: str, values: Sequence[str], lines: dict[str, list[list[float]]], ylabel: str) -> None:
-    """The headline metric against the swept value: one line per cell, the mean over seeds, ±1 std band."""
+def plot_sweep(
+    path: Path,
+    flag: str,
+    values: Sequence[str],
+    lines: dict[str, list[list[float]]],
+    ylabel: str,
+    references: dict[str, list[list[float]]] | None = None,
+) -> None:
+    """The headline metric against the swept value: one line per cell, the mean over seeds, ±1 std band;
+    ``references`` (measured per value too) are dashed lines of their mean."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -225,6 +233,8 @@ def plot_sweep(path: Path, flag: str, values: Sequence[str], lines: dict[str, li
         mean = [m for m, _ in stats]
         ax.plot(x, mean, marker="o", label=label)
         ax.fill_between(x, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.2)
+    for label, per_value in (references or {}).items():
+        ax.plot(x, [mean_std(v)[0] for v in per_value], linestyle="--", marker=".", label=label)
     if not numeric:
         ax.set_xticks(x, values)
     ax.set(xlabel=flag, ylabel=ylabel, title=f"{ylabel} against {flag} (mean, ±1 std over seeds)")

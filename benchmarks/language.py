@@ -10,12 +10,16 @@ finished runs and resumes unfinished ones from a checkpoint.
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from pathlib import Path
 
+import torch
+from tqdm import tqdm
+
 from agents.loading import load_class
-from benchmarks.cli import ArgumentParser, UsageError, add_common, variants
+from benchmarks.cli import ArgumentParser, UsageError, add_common, add_preset, variants
 from benchmarks.harness import (
     Sink,
     device_of,
@@ -26,24 +30,31 @@ from benchmarks.harness import (
     plot_sweep,
     run_cli,
 )
-from benchmarks.store import Store, format_summary, mean_std, prefix, preflight
+from benchmarks.store import Store, format_summary, mean_std, prefix, preflight, summary
 from envs.data import DATASETS, load_splits
 from envs.language import split_views
 from trainers.language import (
     ESTIMATORS,
     LEVELS,
     STUDENT,
+    THESIS_LEVELS,
     LanguageConfig,
     LanguageTrainer,
     check_speaker,
     default_speaker,
     run_modules,
 )
+from trainers.language_analysis import analyse
 from trainers.probe import fit_linear_probe, map_splits
 
 THESIS = {"none": 64.4, "receive": 65.7, "feedback": 69.4, "both": 71.4}  # Table 4.1, noise 0.1
 QUICK = {"steps": 150, "eval_every": 50, "log_every": 25, "seeds": 1, "reference_epochs": 1}
-REFERENCES = {"raw_view": "ref: raw noisy view", "untrained_hidden": "ref: untrained speaker"}
+REFERENCES = {"raw_view": "ref: raw view", "untrained_hidden": "ref: untrained speaker"}
+# Found on validation (README, "When does talking help"); explicit flags win.
+PRESETS = {"channel": {"view": "occlude", "overlap": "complementary", "visible": 0.1}}
+INVERTIBLE = ("the inversion view x' = x + m(1 - 2x) is an invertible map of the image, so each agent's own view "
+              "already holds all the class information the other's does: talking can only regularise (try "
+              "--preset channel, or --view occlude|resample)")  # fmt: skip
 
 
 def build_parser() -> ArgumentParser:
@@ -51,14 +62,18 @@ def build_parser() -> ArgumentParser:
     p.config(LanguageConfig, exclude=("estimator",))
     p.option("--estimator", "gumbel", "speakers' gradients: Gumbel-Softmax relaxation, REINFORCE on sampled "
              "messages, or both (a sweep over the two)", choices=[*ESTIMATORS, "both"])  # fmt: skip
-    p.option("--levels", ",".join(LEVELS), "comma-separated communication levels")
+    p.option("--levels", None, "comma-separated communication levels", default_text=f"{','.join(THESIS_LEVELS)}, "
+             "and decide with --view occlude|resample")  # fmt: skip
     p.option("--dataset", "mnist", "dataset of the views", choices=list(DATASETS))
     p.option("--data-dir", None, "dataset root", default_text="$COMMCHANNELS_DATA, else a per-user cache")
     p.option("--agent", None, "speaker class as package.module:ClassName", default_text="the thesis' speaker")
-    p.option("--reference-epochs", 10, "epochs of the reference probes (1 with --quick)", type=int)
+    p.option("--reference-epochs", 10, "epochs of the reference and analysis probes (1 with --quick)", type=int)
+    p.option("--analysis", True, "analyse every run's messages (trainers.language_analysis)",
+             action=argparse.BooleanOptionalAction)  # fmt: skip
+    add_preset(p, PRESETS, "a setting where talking helps")
     p.fixed = {"levels", "dataset"}
-    add_common(p, out="results/language[-reinforce|-both][-quick].json", quick="5 (1 with --quick)|every level, one "
-               "seed, 150 steps")  # fmt: skip
+    add_common(p, out="results/language[-<preset>][-reinforce|-both][-quick].json",
+               quick="5 (1 with --quick)|every level, one seed, 150 steps")  # fmt: skip
     return p
 
 
@@ -82,7 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.sweep:
             raise UsageError("--estimator both is a sweep over the estimators; drop it or --sweep")
         args.sweep = "estimator=gumbel,reinforce"
-    levels = parse_list(args.levels, LEVELS, "level(s)")
+    swept = parser.sweep_flag(args.sweep)
+    views = {args.view, *(value for _, value in swept[2])} if swept and swept[0] == "view" else {args.view}
+    default_levels = [*THESIS_LEVELS, *(["decide"] if views - {"invert"} else [])]
+    levels = parse_list(args.levels, LEVELS, "level(s)") if args.levels else default_levels
     seeds = args.seeds if args.seeds is not None else 5
     if seeds < 1:
         raise UsageError(f"--seeds must be >= 1, got {seeds}")
@@ -101,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         if v.reference_epochs < 1:
             raise UsageError(f"--reference-epochs must be >= 1, got {v.reference_epochs}")
         chosen.append((label, config, speaker_cls, v))
-    suffix = {"gumbel": ""}.get(args.estimator, f"-{args.estimator}") + ("-quick" if args.quick else "")
+    suffix = f"-{args.preset}" if args.preset else ""
+    suffix += {"gumbel": ""}.get(args.estimator, f"-{args.estimator}") + ("-quick" if args.quick else "")
     out = Path(args.out or f"results/language{suffix}.json")
-    swept = parser.sweep_flag(args.sweep)
     identity = {**chosen[0][1].to_dict(), "dataset": args.dataset, "agent": args.agent,
                 "reference_epochs": args.reference_epochs}  # fmt: skip
     root = Path(args.logdir) / out.stem
@@ -112,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         started = time.time()
         for label, config, speaker_cls, v in chosen:
             _benchmark(store, label, config, speaker_cls, levels, seeds, splits, v, device, root)
+            if v.analysis:
+                _analyse(store, label, config, speaker_cls, levels, seeds, splits, v.reference_epochs)
         store.add_time(time.time() - started)
         store.save()
-        _report(store, chosen, levels, seeds, root, swept)
+        _report(store, chosen, levels, seeds, root, swept, args.analysis)
     return 0
 
 
@@ -136,11 +156,47 @@ def _benchmark(store, label, config, speaker_cls, levels, seeds, splits, args, d
             trainer.fit(sink, store.checkpoint(label))
 
 
+def _analyse(store, label, config, speaker_cls, levels, seeds, splits, epochs) -> None:
+    """Analyse the messages of every finished run that has no analysis yet, from its saved best weights."""
+    at, pixels, view = prefix(label), splits.train.images.shape[1], config.partial_view()
+    for k in range(seeds):
+        pending = [level for level in levels if "analysis" not in store.runs(at + level)[k]]
+        if not pending:
+            continue
+        seen = split_views(splits, view.masks(pixels, k), view, k)
+        for level in tqdm(pending, desc=f"{label or 'language'}: analysing seed {k}", leave=False):
+            file = store.path.parent / store.runs(at + level)[k]["weights"]
+            if not file.is_file():
+                raise UsageError(f"the weights of {at + level} seed {k} are missing ({file}); run with --no-analysis")
+            weights = torch.load(file, weights_only=True)
+            speakers = run_modules(k, config, pixels, speaker_cls)[0]
+            for a, speaker in speakers.items():
+                name = f"speaker_{a}."
+                speaker.load_state_dict({n[len(name) :]: w for n, w in weights.items() if n.startswith(name)})
+            shape = (config.message_length, config.vocab_size)
+            result = analyse(speakers, seen, splits.test.images, shape, epochs, config.probe_lr, seed=k)
+            store.annotate(at + level, k, "analysis", result)
+
+
 def _headline(result) -> dict[str, float]:
     return {"test_accuracy": result.test_accuracy, "best_val_accuracy": result.best_val_accuracy}
 
 
-def _report(store: Store, chosen, levels: list[str], seeds: int, root: Path, swept) -> None:
+ANALYSIS = {  # column: (analysis key, digits); the message columns are the teacher's (the student receives them)
+    "msg probe": ("teacher_message_probe", 1),
+    "I(msg;class) >=": ("teacher_message_bits", 2),
+    "distinct": ("teacher_distinct", 3),
+    "bit H": ("teacher_bit_entropy", 2),
+    "topsim": ("teacher_topsim", 2),
+    "features": ("feature_probe", 1),
+    "+ msg": ("joint_probe", 1),
+    "+ other msg": ("joint_probe_other_message", 1),
+    "drop": ("intervention_drop", 1),
+    "agree": ("agreement", 2),
+}
+
+
+def _report(store: Store, chosen, levels: list[str], seeds: int, root: Path, swept, analysis: bool) -> None:
     data = store.data
     for label, config, *_ in chosen:
         at = prefix(label)
@@ -153,32 +209,65 @@ def _report(store: Store, chosen, levels: list[str], seeds: int, root: Path, swe
             if "none" in accuracy and level != "none":
                 m, s = mean_std([a - b for a, b in zip(accuracy[level], accuracy["none"], strict=True)])
                 gap = f"{m:+.1f}" + (f" ± {s / math.sqrt(seeds):.1f}" if seeds > 1 else "")
-            rows.append([level, format_summary(accuracy[level]), f"{THESIS[level]:.1f}", gap])
+            rows.append([level, format_summary(accuracy[level]), f"{THESIS[level]:.1f}" if level in THESIS else "-",
+                         gap])  # fmt: skip
         for name, text in REFERENCES.items():
             rows.append([text, f"{mean_std([data['references'][at + name][str(k)] for k in range(seeds)])[0]:.1f}",
                          "-", ""])  # fmt: skip
-        print(f"\nTable 4.1, {label + ', ' if label else ''}noise {config.noise:g}, {config.estimator}: student's "
+        print(f"\nTable 4.1, {label + ', ' if label else ''}{_setting(config)}, {config.estimator}: student's "
               f"linear probe, test accuracy (%) at best validation, mean ± std over {seeds} seed(s)")  # fmt: skip
         print(format_table(["level", "ours", "thesis", "vs none (paired, ± s.e.)"], rows))
+        if config.view == "invert":
+            print(f"why the levels sit close: {INVERTIBLE}")
+        if analysis:
+            _analysis_table(store, at, levels, seeds)
         curves = {}
         for level in levels:
             runs = [store.runs(at + level)[k] for k in range(seeds)]
             curves[level] = (runs[0]["steps"], [r["val_accuracy"] for r in runs])
         plot_curves(root / at / "val_accuracy.png", curves, "training step", "validation accuracy (%)",
-                    f"Student's linear probe, {label or f'noise {config.noise:g}'}")  # fmt: skip
+                    f"Student's linear probe, {label or _setting(config)}")  # fmt: skip
     if swept:
         name, _, values = swept
         texts = [t for t, _ in values]
         lines = {lv: [[store.runs(f"{name}={t}/{lv}")[k]["test_accuracy"] for k in range(seeds)] for t in texts]
                  for lv in levels}  # fmt: skip
+        refs = {text: [[data["references"][f"{name}={t}/{ref}"][str(k)] for k in range(seeds)] for t in texts]
+                for ref, text in REFERENCES.items()}  # fmt: skip
         print(f"\nSweep over {name}: test accuracy (%), mean ± std over {seeds} seed(s)")
-        print(format_table([name, *levels], [[t, *(format_summary(lines[lv][i]) for lv in levels)]
-                                             for i, t in enumerate(texts)]))  # fmt: skip
-        plot_sweep(root / f"sweep_{name}.png", name, texts, lines, "test accuracy (%)")
-    print(
-        f"\nresults: {store.path}   curves: {root}   TensorBoard: tensorboard --logdir {root}   "
-        f"wall time: {data['wall_time_s']:.0f} s"
-    )
+        columns = {**lines, **refs}
+        print(format_table([name, *columns], [[t, *(format_summary(v[i]) for v in columns.values())]
+                                              for i, t in enumerate(texts)]))  # fmt: skip
+        plot_sweep(root / f"sweep_{name}.png", name, texts, lines, "test accuracy (%)", references=refs)
+    print(f"\nresults: {store.path}   curves: {root}   TensorBoard: tensorboard --logdir {root}   "
+          f"wall time: {data['wall_time_s']:.0f} s")
+
+
+def _setting(config: LanguageConfig) -> str:
+    if config.view == "occlude":
+        return f"occlude {config.visible:g} {config.overlap}"
+    return f"{config.view} noise {config.noise:g}"
+
+
+def _analysis_table(store: Store, at: str, levels: list[str], seeds: int) -> None:
+    """What the messages say, per level: means over seeds (± std for the message probe and the drop);
+    the summaries are saved in each cell's ``summary["analysis"]``."""
+    rows = []
+    for level in levels:
+        runs = [store.runs(at + level)[k]["analysis"] for k in range(seeds)]
+        values = {key: [r[key] for r in runs] for key in runs[0]}
+        store.data["cells"][at + level]["summary"]["analysis"] = {key: summary(v) for key, v in values.items()}
+        row = [level]
+        for key, digits in ANALYSIS.values():
+            spread = key in ("teacher_message_probe", "intervention_drop") and seeds > 1
+            row.append(format_summary(values[key], digits) if spread else f"{mean_std(values[key])[0]:.{digits}f}")
+        rows.append(row)
+    store.save()
+    print("What the messages say (test set, best-validation weights): the teacher's messages, then the student's "
+          "offline probes on its features, on [features, received message] and with another image's message")
+    print(format_table(["level", *ANALYSIS], rows))
+    print("drop = (+ msg) - (+ other msg): the channel's causal effect on a decision. At none, receive and "
+          "feedback the student never reads the message, so the drop is what a reader could gain, not what it uses.")
 
 
 if __name__ == "__main__":

@@ -170,6 +170,11 @@ class Store:
         self.data["cells"].setdefault(cell, {"runs": {}})["runs"][str(seed)] = result
         self.save()
 
+    def annotate(self, cell: str, seed: int, key: str, value: Any) -> None:
+        """Add ``key`` to a finished run's record (e.g. an analysis of its saved weights) and save at once."""
+        self.data["cells"][cell]["runs"][str(seed)][key] = value
+        self.save()
+
     def checkpoint(self, label: str = "") -> Path:
         """Where the trainer of a variant (``flag=value`` under ``--sweep``) keeps its checkpoint."""
         return self.path.with_name(f"{self.path.name}{'.' + label if label else ''}.ckpt.pt")

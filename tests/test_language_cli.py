@@ -26,7 +26,8 @@ def test_smoke_run_writes_table_json_tensorboard_and_png(cli, capsys):
     argv, out, logdir = cli
     assert run([*argv, "--seeds", "2", "--levels", "none,both"]) == 0
     printed = capsys.readouterr().out
-    assert "64.4" in printed and "71.4" in printed and "raw noisy view" in printed
+    assert "64.4" in printed and "71.4" in printed and "ref: raw view" in printed
+    assert "invertible map of the image" in printed  # why the thesis' view cannot show talking help
     data = json.loads(out.read_text())
     assert data["benchmark"] == "language" and data["config"]["noise"] == 0.1
     for level in ("none", "both"):
@@ -118,6 +119,13 @@ BAD_INPUTS = [
     (["--noise", "abc"], "expected a number"),
     (["--lr", "nan"], "expected a finite number"),
     (["--sweep", "noise=0.1,2"], "noise must be a probability"),
+    (["--view", "occlude", "--visible", "0"], "visible must be a fraction of the pixels in (0, 1], got 0.0"),
+    (["--view", "occlude", "--visible", "1.5"], "visible must be a fraction of the pixels in (0, 1], got 1.5"),
+    (["--view", "occlude", "--overlap", "complementary", "--visible", "0.6"], "need visible <= 0.5"),
+    (["--view", "blur"], "argument --view: invalid choice: 'blur'"),
+    (["--sweep", "visibility=0.1,0.2"], "--sweep takes FLAG=v1,v2,... with FLAG one of"),
+    (["--sweep", "visible=0.1,0"], "visible must be a fraction"),
+    (["--preset", "loud"], "argument --preset: invalid choice: 'loud'"),
 ]
 
 
@@ -242,3 +250,48 @@ def test_bad_reinforce_settings_are_one_line_errors(cli, capsys):
     argv, _, _ = cli
     assert run([*argv, "--estimator", "reinforce", "--baseline-decay", "1.5"]) == 2
     assert "baseline_decay < 1" in capsys.readouterr().err
+
+
+def test_a_visible_sweep_of_occluded_views_has_every_level_reference_and_analysis(cli, capsys):
+    argv, out, logdir = cli
+    assert run([*argv, "--seeds", "1", "--view", "occlude", "--sweep", "visible=0.25,0.5"]) == 0
+    printed = capsys.readouterr().out
+    data = json.loads(out.read_text())
+    levels = ["none", "receive", "feedback", "both", "decide"]  # decide is a default level of the new views
+    assert set(data["cells"]) == {f"visible={v}/{lv}" for v in ("0.25", "0.5") for lv in levels}
+    references = {f"visible={v}/{r}" for v in ("0.25", "0.5") for r in ("raw_view", "untrained_hidden")}
+    assert set(data["references"]) == references
+    run0 = data["cells"]["visible=0.5/decide"]["runs"]["0"]
+    assert 0 <= run0["test_accuracy"] <= 100 and run0["analysis"]["joint_probe"] >= 0
+    keys = {"teacher_message_probe", "teacher_message_bits", "teacher_distinct", "teacher_topsim", "feature_probe",
+            "joint_probe", "joint_probe_other_message", "intervention_drop", "agreement"}  # fmt: skip
+    assert keys <= run0["analysis"].keys()
+    assert data["cells"]["visible=0.25/none"]["summary"]["analysis"]["intervention_drop"]["n"] == 1
+    assert data["config"]["view"] == "occlude"
+    assert "Sweep over visible" in printed and "What the messages say" in printed
+    assert "ref: untrained speaker" in printed
+    assert "invertible" not in printed
+    assert (logdir / "language" / "sweep_visible.png").stat().st_size > 1000
+
+
+def test_the_preset_sets_its_fields_and_explicit_flags_win(cli, monkeypatch):
+    argv, _, _ = cli
+    seen = []
+    monkeypatch.setattr(bench, "_benchmark", lambda store, label, config, *a: seen.append(config))
+    monkeypatch.setattr(bench, "_report", lambda *a: None)
+    assert run([*argv, "--seeds", "1", "--preset", "channel", "--visible", "0.25", "--no-analysis"]) == 0
+    for field, value in bench.PRESETS["channel"].items():
+        assert getattr(seen[0], field) == (0.25 if field == "visible" else value)
+    help_text = " ".join(bench.build_parser().format_help().split())
+    assert all(f"--{f.replace('_', '-')} {v}" in help_text for f, v in bench.PRESETS["channel"].items())
+
+
+def test_the_analysis_of_a_finished_run_is_computed_once_from_its_saved_weights(cli, monkeypatch):
+    argv, out, _ = cli
+    assert run([*argv, "--seeds", "1", "--levels", "none", "--no-analysis"]) == 0
+    assert "analysis" not in json.loads(out.read_text())["cells"]["none"]["runs"]["0"]
+    assert run([*argv, "--seeds", "1", "--levels", "none"]) == 0  # nothing to train; the analysis is added
+    first = json.loads(out.read_text())["cells"]["none"]["runs"]["0"]["analysis"]
+    monkeypatch.setattr(bench, "analyse", lambda *a, **k: pytest.fail("analysed twice"))
+    assert run([*argv, "--seeds", "1", "--levels", "none"]) == 0
+    assert json.loads(out.read_text())["cells"]["none"]["runs"]["0"]["analysis"] == first

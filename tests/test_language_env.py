@@ -3,8 +3,16 @@ import pytest
 import torch
 
 from envs import language
-from envs.language import AGENTS, agreement, apply_mask, communication_loss, diversity, draw_masks, exchange
+from envs.language import AGENTS, View, agreement, communication_loss, diversity, exchange
 from tests.conftest import check_pettingzoo
+
+
+def draw_masks(noise: float, pixels: int, seed: int) -> torch.Tensor:
+    return View("invert", noise).masks(pixels, seed)
+
+
+def apply_mask(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return View("invert").apply(images, mask)
 
 
 def make(**kw):

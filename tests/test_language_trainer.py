@@ -13,7 +13,7 @@ from trainers.language import LEVELS, LanguageConfig, LanguageTrainer, mi_loss
 TINY = LanguageConfig(
     message_length=4, hidden=(16,), critic_hidden=16, batch_size=8, steps=6, eval_every=3, log_every=2
 )
-ALL_LEVELS = [(level, 0) for level in LEVELS]
+ALL_LEVELS = [(level, 0) for level in LEVELS]  # the thesis four and decide
 
 
 def speaker_grads(trainer: LanguageTrainer, loss: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -55,8 +55,8 @@ def test_feedback_gradient_reaches_the_teacher_only_through_the_students_loss(sp
 
 def test_communication_weights_match_the_thesis(splits):
     trainer = LanguageTrainer(TINY, splits, ALL_LEVELS)
-    assert trainer.ce_weight["student"].tolist() == pytest.approx([0.0, 0.01, 0.01, 0.005])
-    assert trainer.ce_weight["teacher"].tolist() == pytest.approx([0.0, 0.0, 0.0, 0.005])
+    assert trainer.ce_weight["student"].tolist() == pytest.approx([0.0, 0.01, 0.01, 0.005, 0.005])  # decide: as both
+    assert trainer.ce_weight["teacher"].tolist() == pytest.approx([0.0, 0.0, 0.0, 0.005, 0.005])
 
 
 def test_gumbel_messages_are_differentiable_in_training_and_one_hot_at_eval():
@@ -309,3 +309,31 @@ def test_reinforce_training_is_seeded_and_resumes_with_its_baseline(splits, tmp_
     assert whole == LanguageTrainer(REINFORCE, splits, runs).fit()
     resumed, results = killed_and_resumed(lambda: LanguageTrainer(REINFORCE, splits, runs), 5, tmp_path / "ckpt.pt")
     assert results == whole and resumed.reinforce["student"].updates == REINFORCE.steps
+
+
+def test_decide_trains_as_both_and_its_probe_also_reads_the_received_message(splits):
+    runs = [("both", 0), ("decide", 0), ("none", 0)]
+    trainer = LanguageTrainer(TINY, splits, runs)
+    initial = trainer.message_probe.state_dict()
+    for _ in range(3):
+        trainer.train_step()
+    for a in AGENTS:  # the probe's loss never reaches a speaker: decide's speakers are both's
+        for weights in trainer.speakers[a].params.values():
+            assert torch.equal(weights[0], weights[1])
+    message_probe = trainer.message_probe.state_dict()
+    for k, weights in message_probe.items():
+        assert torch.equal(weights[0], initial[k][0]) and torch.equal(weights[2], initial[k][2])  # unread
+        assert not torch.equal(weights[1], initial[k][1])  # decide's probe learns from the message
+    features = torch.zeros(3, 5, 16)
+    silence = torch.zeros(3, 5, 4, 2)
+    said = torch.nn.functional.one_hot(torch.randint(2, (3, 5, 4)), 2).float()
+    scores, other = trainer._probe(features, silence), trainer._probe(features, said)
+    assert torch.equal(scores[0], other[0]) and torch.equal(scores[2], other[2])
+    assert not torch.equal(scores[1], other[1])
+
+
+def test_the_thesis_levels_train_alike_with_or_without_decide_beside_them(splits):
+    alone = LanguageTrainer(TINY, splits, [("both", 0), ("none", 1)])
+    beside = LanguageTrainer(TINY, splits, [("both", 0), ("none", 1), ("decide", 0)])
+    a, b = alone.fit(), beside.fit()
+    assert [dataclasses.asdict(r) for r in a] == [dataclasses.asdict(r) for r in b[:2]]

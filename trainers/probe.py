@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 
 import torch
@@ -21,16 +22,17 @@ def accuracy(model: Callable, split: Split, chunk: int = 5000) -> torch.Tensor:
 
 
 def train_linear_probe(
-    features: Splits, epochs: int = 10, batch_size: int = 256, lr: float = 1e-3, seed: int = 0
+    features: Splits, epochs: int = 10, batch_size: int = 256, lr: float = 1e-3, seed: int = 0, by: str = "accuracy"
 ) -> torch.nn.Linear:
     """Train a linear classifier on ``features.train`` with Adam; return it as it was at the epoch of
-    best validation accuracy, the same protocol as the online probe of the language runs."""
+    best validation accuracy (the protocol of the language runs' online probe) or, ``by="loss"``, of
+    lowest validation cross-entropy (what an information bound needs)."""
     generator = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         linear = torch.nn.Linear(features.train.images.shape[1], int(features.train.labels.max()) + 1)
     optimizer = torch.optim.Adam(linear.parameters(), lr=lr)
-    best_val, best = -1.0, copy.deepcopy(linear)
+    best_val, best = -math.inf, copy.deepcopy(linear)
     n = len(features.train.images)
     for _ in range(epochs):
         for idx in torch.randperm(n, generator=generator).split(batch_size):
@@ -38,7 +40,12 @@ def train_linear_probe(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        val = accuracy(linear, features.val).item()
+        with torch.no_grad():
+            val = (
+                accuracy(linear, features.val).item()
+                if by == "accuracy"
+                else -F.cross_entropy(linear(features.val.images), features.val.labels).item()
+            )
         if val > best_val:
             best_val, best = val, copy.deepcopy(linear)
     return best
