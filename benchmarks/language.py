@@ -1,8 +1,10 @@
-"""Reproduce the thesis' Table 4.1: ``python -m benchmarks.language --noise 0.1``.
+"""Reproduce the thesis' Table 4.1: ``python -m benchmarks.language --noise 0.1``; find where talking
+helps: ``python -m benchmarks.language --preset channel``.
 
 Trains every (communication level, seed) run as one batched model, prints test accuracy of the
 student's linear probe (at its best validation accuracy) beside the thesis, with two reference rows
-measured in the same run, writes ``--out`` atomically, TensorBoard runs under
+measured in the same run, then what the messages say (``trainers.language_analysis``, on each run's
+best weights), writes ``--out`` atomically, TensorBoard runs under
 ``<logdir>/<out name>/<level>/seed<k>`` and a PNG of the validation curves beside them, and keeps
 each run's best-validation weights in ``<out name>.weights/``. A re-run of the same command skips
 finished runs and resumes unfinished ones from a checkpoint.

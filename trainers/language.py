@@ -18,7 +18,11 @@ through them): each speaker is trained by REINFORCE (``trainers.reinforce``) on 
 critics and receivers train on the sampled messages as usual.
 
 A linear probe reads the student's last hidden layer (gradient stopped) and is trained alongside on
-labels; the reported figure is its test accuracy at its best validation accuracy.
+labels; the reported figure is its test accuracy at its best validation accuracy. At level ``decide``
+(beyond the thesis) the agents train as at ``both`` and the probe also reads the received hard
+message, so the channel can pass on what the student's own view lacks. The agents' views are the
+env's (``envs.language.View``: the thesis' inversion, or occluded or resampled views that lose
+information).
 """
 
 from __future__ import annotations
