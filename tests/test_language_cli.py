@@ -124,8 +124,11 @@ BAD_INPUTS = [
     (["--view", "occlude", "--overlap", "complementary", "--visible", "0.6"], "need visible <= 0.5"),
     (["--view", "blur"], "argument --view: invalid choice: 'blur'"),
     (["--sweep", "visibility=0.1,0.2"], "--sweep takes FLAG=v1,v2,... with FLAG one of"),
-    (["--sweep", "visible=0.1,0"], "visible must be a fraction"),
+    (["--view", "occlude", "--sweep", "visible=0.1,0"], "visible must be a fraction"),
     (["--preset", "loud"], "argument --preset: invalid choice: 'loud'"),
+    (["--view", "occlude", "--sweep", "noise=0.1,0.2"], "--noise does nothing with --view occlude; its setting is"),
+    (["--visible", "0.3"], "--visible does nothing with --view invert; its setting is --noise"),
+    (["--view", "resample", "--overlap", "complementary"], "--overlap does nothing with --view resample"),
 ]
 
 
