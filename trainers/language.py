@@ -145,8 +145,7 @@ def run_modules(seed: int, config: LanguageConfig, pixels: int, speaker_cls: typ
         with torch.no_grad():
             width = speakers[STUDENT].eval()(torch.zeros(2, pixels))[1].shape[-1]
             speakers[STUDENT].train()
-        probe = LinearProbe(width)
-        return speakers, critics, probe, LinearProbe(config.message_length * config.vocab_size)
+        return speakers, critics, LinearProbe(width), LinearProbe(config.message_length * config.vocab_size)
 
 
 def check_speaker(speaker_cls: type, config: LanguageConfig, pixels: int) -> None:
