@@ -71,7 +71,7 @@ def build_parser() -> ArgumentParser:
     p.option("--dataset", "mnist", "dataset of the views", choices=list(DATASETS))
     p.option("--data-dir", None, "dataset root", default_text="$COMMCHANNELS_DATA, else a per-user cache")
     p.option("--agent", None, "speaker class as package.module:ClassName", default_text="the thesis' speaker")
-    p.option("--reference-epochs", 10, "epochs of the reference and analysis probes (1 with --quick)", type=int)
+    p.option("--reference-epochs", 30, "epochs of the reference and analysis probes (1 with --quick)", type=int)
     p.option("--analysis", True, "analyse every run's messages (trainers.language_analysis)",
              action=argparse.BooleanOptionalAction)  # fmt: skip
     add_preset(p, PRESETS, "a setting where talking helps")

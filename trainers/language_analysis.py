@@ -75,7 +75,7 @@ def probe_information(features: Splits, epochs: int, lr: float, seed: int) -> tu
     its input and the class, ``I >= H(class) - CE`` in bits (test-set class entropy and probe
     cross-entropy; floored at 0, where the bound says nothing). The probe is chosen on validation
     cross-entropy, the quantity the bound is made of."""
-    probe = train_linear_probe(features, epochs, batch_size=1024, lr=lr, seed=seed, by="loss")
+    probe = train_linear_probe(features, epochs, lr=lr, seed=seed, by="loss")
     with torch.no_grad():
         ce = F.cross_entropy(probe(features.test.images), features.test.labels).item() / math.log(2)
     prior = torch.bincount(features.test.labels).double() / len(features.test.labels)
@@ -88,7 +88,7 @@ def intervention(features: Splits, received: Splits, epochs: int, lr: float, see
     scored on test with the true message and with the message of another test image (a seeded
     derangement); ``drop`` is the loss in points."""
     joint = Splits(*(Split(torch.cat([f.images, m.images], -1), f.labels) for f, m in _pairs(features, received)))
-    probe = train_linear_probe(joint, epochs, batch_size=1024, lr=lr, seed=seed)
+    probe = train_linear_probe(joint, epochs, lr=lr, seed=seed)
     n = len(received.test.images)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     other = torch.empty_like(order)
@@ -139,7 +139,7 @@ def analyse(
         out[f"{a}_message_probe"], out[f"{a}_message_bits"] = probe_information(spoken[a][0], epochs, lr, seed)
         out[f"{a}_topsim"] = topographic_similarity(messages[:TOPSIM_IMAGES], clean_test[:TOPSIM_IMAGES])
     features = spoken[STUDENT][1]
-    out["feature_probe"] = fit_linear_probe(features, epochs, batch_size=1024, lr=lr, seed=seed)
+    out["feature_probe"] = fit_linear_probe(features, epochs, lr=lr, seed=seed)
     out |= intervention(features, spoken[TEACHER][0], epochs, lr, seed)
     t, s = (spoken[a][0].test.images.unflatten(-1, message_shape) for a in AGENTS)
     out["agreement"] = (t * s).sum(-1).mean().item()
