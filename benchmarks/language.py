@@ -202,6 +202,7 @@ ANALYSIS = {  # column: (analysis key, digits); the message columns are the teac
     "topsim": ("teacher_topsim", 2),
     "features": ("feature_probe", 1),
     "+ msg": ("joint_probe", 1),
+    "gain": ("message_gain", 1),
     "+ other msg": ("joint_probe_other_message", 1),
     "drop": ("intervention_drop", 1),
     "agree": ("agreement", 2),
@@ -271,15 +272,17 @@ def _analysis_table(store: Store, at: str, levels: list[str], seeds: int) -> Non
         store.data["cells"][at + level]["summary"]["analysis"] = {key: summary(v) for key, v in values.items()}
         row = [level]
         for key, digits in ANALYSIS.values():
-            spread = key in ("teacher_message_probe", "intervention_drop") and seeds > 1
+            spread = key in ("teacher_message_probe", "message_gain", "intervention_drop") and seeds > 1
             row.append(format_summary(values[key], digits) if spread else f"{mean_std(values[key])[0]:.{digits}f}")
         rows.append(row)
     store.save()
     print("What the messages say (test set, best-validation weights): the teacher's messages, then the student's "
           "offline probes on its features, on [features, received message] and with another image's message")
     print(format_table(["level", *ANALYSIS], rows))
-    print("drop = (+ msg) - (+ other msg): the channel's causal effect on a decision. At none, receive and "
-          "feedback the student never reads the message, so the drop is what a reader could gain, not what it uses.")
+    print("gain = (+ msg) - features: what the message adds to the student's own features. drop = (+ msg) - "
+          "(+ other msg): how much a reader trained on both relies on it, the channel's causal effect on its "
+          "decision. Only decide decides with the message: at the thesis' levels both are what a reader could "
+          "do, not what the level does.")
 
 
 if __name__ == "__main__":

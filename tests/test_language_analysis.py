@@ -107,4 +107,5 @@ def test_analyse_reports_every_measure_for_both_speakers():
     assert out["teacher_message_probe"] == 100.0 and out["agreement"] == 1.0
     assert out["teacher_distinct"] == 0.01 and out["teacher_message_bits"] == pytest.approx(math.log2(10), abs=0.05)
     assert out["joint_probe"] == 100.0 and out["intervention_drop"] >= 0.0
+    assert out["message_gain"] == pytest.approx(out["joint_probe"] - out["feature_probe"])
     assert {"student_topsim", "feature_probe", "teacher_bit_entropy"} <= out.keys()

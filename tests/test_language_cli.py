@@ -267,7 +267,7 @@ def test_a_visible_sweep_of_occluded_views_has_every_level_reference_and_analysi
     run0 = data["cells"]["visible=0.5/decide"]["runs"]["0"]
     assert 0 <= run0["test_accuracy"] <= 100 and run0["analysis"]["joint_probe"] >= 0
     keys = {"teacher_message_probe", "teacher_message_bits", "teacher_distinct", "teacher_topsim", "feature_probe",
-            "joint_probe", "joint_probe_other_message", "intervention_drop", "agreement"}  # fmt: skip
+            "joint_probe", "joint_probe_other_message", "intervention_drop", "message_gain", "agreement"}  # fmt: skip
     assert keys <= run0["analysis"].keys()
     assert data["cells"]["visible=0.25/none"]["summary"]["analysis"]["intervention_drop"]["n"] == 1
     assert data["config"]["view"] == "occlude"

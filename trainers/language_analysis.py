@@ -128,7 +128,8 @@ def analyse(
     the clean test images (for topographic similarity). Keys: per agent ``<agent>_bit_entropy`` (mean
     over positions), ``_distinct``, ``_message_entropy``, ``_message_probe``, ``_message_bits``,
     ``_topsim``; the student's ``feature_probe``, ``joint_probe``, ``joint_probe_other_message``,
-    ``intervention_drop``; and ``agreement`` of the two agents' test messages."""
+    ``intervention_drop``, ``message_gain`` (joint probe minus feature probe: what the message adds to
+    the student's own features); and ``agreement`` of the two agents' test messages."""
     out: dict[str, float] = {}
     spoken = {a: _speak(speakers[a], seen[a]) for a in AGENTS}
     for a in AGENTS:
@@ -141,6 +142,7 @@ def analyse(
     features = spoken[STUDENT][1]
     out["feature_probe"] = fit_linear_probe(features, epochs, lr=lr, seed=seed)
     out |= intervention(features, spoken[TEACHER][0], epochs, lr, seed)
+    out["message_gain"] = out["joint_probe"] - out["feature_probe"]
     t, s = (spoken[a][0].test.images.unflatten(-1, message_shape) for a in AGENTS)
     out["agreement"] = (t * s).sum(-1).mean().item()
     return out
