@@ -51,7 +51,7 @@ AGENTS = ("teacher", "student")
 
 # ----------------------------------------------------------------------------------- torch core
 VIEWS = ("invert", "occlude", "resample")
-OVERLAPS = ("independent", "complementary")
+OVERLAPS = ("independent", "complementary", "rows")
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,9 @@ class View:
     - ``invert`` (the thesis): a fixed mask per agent inverts each pixel with probability ``noise``.
       The view is an invertible map of the image, so it loses nothing: talking can only regularise.
     - ``occlude``: a fixed subset of ``visible`` of the pixels per agent, the rest 0; ``overlap``
-      ``independent`` draws the two subsets independently, ``complementary`` makes them disjoint.
+      ``independent`` draws the two subsets independently, ``complementary`` makes them disjoint,
+      ``rows`` gives the teacher the first and the student the last ``visible`` of the pixels in
+      storage order (a one-channel image's top and bottom rows: split MNIST), the same for every seed.
     - ``resample``: salt-and-pepper noise (each pixel replaced by 0 or 1 with probability ``noise``)
       redrawn for every image every time it is seen; evaluation images get fixed, seeded noise.
     """
@@ -98,7 +100,9 @@ class View:
             return torch.ones(len(AGENTS), pixels)
         kept = math.ceil(self.visible * pixels - 1e-9)
         masks = torch.zeros(len(AGENTS), pixels)
-        if self.overlap == "complementary":  # one order split in turn: disjoint, and at 0.5 a partition
+        if self.overlap == "rows":
+            masks[0, :kept], masks[1, pixels - kept :] = 1.0, 1.0
+        elif self.overlap == "complementary":  # one order split in turn: disjoint, and at 0.5 a partition
             order = torch.randperm(pixels, generator=generator)
             for i in range(len(AGENTS)):
                 masks[i, order[i * kept : (i + 1) * kept]] = 1.0

@@ -31,6 +31,14 @@ def test_complementary_views_are_disjoint_and_at_one_half_cover_every_pixel_once
     assert (independent[0] * independent[1]).sum() > 0  # independent subsets overlap
 
 
+def test_rows_give_the_teacher_the_top_and_the_student_the_bottom_whatever_the_seed():
+    masks = View("occlude", visible=0.25, overlap="rows").masks(16, seed=0)  # a 4 x 4 image, one row each
+    assert masks.view(2, 4, 4).sum(-1).tolist() == [[4, 0, 0, 0], [0, 0, 0, 4]]
+    assert torch.equal(masks, View("occlude", visible=0.25, overlap="rows").masks(16, seed=7))
+    halves = View("occlude", visible=0.5, overlap="rows").masks(784, seed=0)
+    assert torch.equal(halves.sum(0), torch.ones(784)) and halves[AGENTS.index("teacher"), :392].all()
+
+
 def test_occluded_pixels_are_zero_and_visible_ones_kept():
     images = torch.tensor([[0.2, 0.4, 0.6, 0.8]])
     mask = torch.tensor([1.0, 0.0, 0.0, 1.0])

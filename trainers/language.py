@@ -80,7 +80,9 @@ class LanguageConfig:
     )
     visible: float = option(0.5, "occlude: fraction of the pixels each agent sees")
     overlap: str = option(
-        "independent", "occlude: the two agents' pixel subsets drawn independently or disjoint", choices=OVERLAPS
+        "independent",
+        "occlude: the agents' pixel subsets drawn independently, disjoint, or the top and bottom rows",
+        choices=OVERLAPS,
     )
     message_length: int = option(32, "tokens per message")
     vocab_size: int = option(2, "symbols per token (2: a 32-bit message)")
