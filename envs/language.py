@@ -11,7 +11,7 @@
 
 Both agents see the same batch of images, each through its own ``View`` (``view``): by default the
 thesis' fixed inversion mask (every pixel inverted with probability ``noise``); ``occlude`` shows a
-fixed ``visible`` fraction of the pixels (``overlap``: independent or complementary subsets);
+fixed ``visible`` fraction of the pixels (``overlap``: independent, complementary or row subsets);
 ``resample`` replaces each pixel by 0 or 1 with probability ``noise``, redrawn every step. Masks are
 drawn once from ``seed`` and kept for the env's life; the agents never see the clean image nor the
 other's view. The observation space is the same for every view. Each step both send one message per image:
