@@ -53,7 +53,7 @@ THESIS = {"none": 64.4, "receive": 65.7, "feedback": 69.4, "both": 71.4}  # Tabl
 QUICK = {"steps": 150, "eval_every": 50, "log_every": 25, "seeds": 1, "reference_epochs": 1}
 REFERENCES = {"raw_view": "ref: raw view", "untrained_hidden": "ref: untrained speaker"}
 # Found on validation (README, "When does talking help"); explicit flags win.
-PRESETS = {"channel": {"view": "occlude", "overlap": "complementary", "visible": 0.1, "ce_weight": 0.03,
+PRESETS = {"channel": {"view": "occlude", "overlap": "rows", "visible": 0.5, "ce_weight": 0.03,
                        "ce_weight_two_way": 0.015}}
 INERT = {"invert": {"visible", "overlap"}, "occlude": {"noise"}, "resample": {"visible", "overlap"}}  # unused flags
 INVERTIBLE = ("the inversion view x' = x + m(1 - 2x) is an invertible map of the image, so each agent's own view "
