@@ -147,7 +147,8 @@ class ArgumentParser(argparse.ArgumentParser):
             return None
         name, _, text = spec.partition("=")
         name = name.strip().lstrip("-")
-        actions = {a.option_strings[0].lstrip("-"): a for a in self._actions if a.option_strings}
+        actions = {next(o for o in a.option_strings if o.startswith("--"))[2:]: a for a in self._actions
+                   if a.option_strings}  # fmt: skip
         if name in self.fixed:
             raise UsageError(f"--sweep cannot vary --{name}: it picks this benchmark's data or its cells (give "
                              f"several in one run, or one --out per value)")  # fmt: skip

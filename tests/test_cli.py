@@ -63,6 +63,9 @@ def test_sweep_values_parse_as_their_flag_parses():
                          ("estimator=gumbel,adam", "not one of"), ("lr=1,1", "repeat")):  # fmt: skip
         with pytest.raises(UsageError, match=message):
             parser.sweep_flag(bad)
+    with pytest.raises(UsageError) as error:
+        parser.sweep_flag("h=1,2")  # flags are named by their long option; help is never swept
+    assert ", h," not in str(error.value) and "hidden" in str(error.value)
 
 
 @pytest.mark.parametrize(("module", "flag"), [(language, "levels"), (language, "dataset"), (network, "nodes"),
