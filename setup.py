@@ -10,6 +10,15 @@ setup(
     description="Communication channels between deep learning models: envs, trainers, RL baselines, benchmarks",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
+    author="the commchannels authors",
+    license="MIT",
+    license_files=["LICENSE"],
+    keywords=["emergent communication", "multi-agent", "pettingzoo", "gumbel-softmax", "decentralised learning"],
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Intended Audience :: Science/Research",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
     packages=find_packages(include=["envs", "agents", "trainers", "benchmarks"]),
     python_requires=">=3.10",
     install_requires=[

@@ -79,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     for _, v in chosen:
         if min(v.timesteps, v.episode_steps, v.batch_size) < 1 or v.n_steps < 2:
             raise UsageError("--timesteps, --episode-steps and --batch-size must be >= 1 and --n-steps >= 2")
+        if not 0 <= v.seed < 2**32:
+            raise UsageError(f"--seed must be in [0, 2**32 - 1] (SB3 seeds numpy with it), got {v.seed}")
     try:
         from trainers.sb3 import train
     except ImportError as e:
@@ -113,7 +115,7 @@ def _train(train, args, device, label: str) -> float:
     save_json(out, {"env": args.env, "algo": args.algo, "seed": args.seed, "agents": agents, "device": str(device),
                     "variant": label, "timesteps": model.num_timesteps, "wall_time_s": seconds,
                     "rows": rows})  # fmt: skip
-    keys = ("time/total_timesteps", "rollout/ep_rew_mean", "train/loss", "train/entropy_loss")
+    keys = ("time/total_timesteps", "rollout/ep_rew_mean", "train/value_loss", "train/entropy_loss")  # every algo
     table = [[f"{r.get(k, float('nan')):.4g}" for k in keys] for r in rows if "time/total_timesteps" in r]
     print(f"\n{args.algo.upper()} on {args.env} ({agents} agent(s) sharing one policy), seed {args.seed}"
           f"{', ' + label if label else ''}")  # fmt: skip

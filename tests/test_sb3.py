@@ -94,6 +94,7 @@ def test_sb3_cli_sweeps_a_flag_with_a_file_and_run_per_value(tmp_path, capsys):
     assert exit_code(bench.main, argv) == 0
     first, second = (json.loads((tmp_path / f"rows-seed={k}.json").read_text()) for k in (0, 1))
     assert (first["seed"], second["seed"]) == (0, 1) and first["variant"] == "seed=0"
+    assert any("time/total_timesteps" in r for r in first["rows"])  # A2C's rows reach the table
     assert (tmp_path / "m-seed=1.zip").stat().st_size > 0
     assert list((tmp_path / "runs" / "sb3" / "network" / "seed=1" / "a2c-seed1").glob("events.*"))
     printed = capsys.readouterr().out
@@ -106,4 +107,6 @@ def test_sb3_cli_bad_input_is_one_line(tmp_path, capsys):
 
     assert exit_code(bench.main, ["--env", "network", "--timesteps", "0"]) == 2
     assert "--timesteps" in capsys.readouterr().err
+    assert exit_code(bench.main, ["--env", "network", "--seed", "-1"]) == 2
+    assert "--seed must be in [0, 2**32 - 1]" in capsys.readouterr().err
     assert exit_code(bench.main, ["--env", "chess"]) == 2

@@ -78,6 +78,6 @@ def train(
     if logdir is not None:
         outputs.append(TensorBoardOutputFormat(str(logdir)))
     model.set_logger(Logger(str(logdir) if logdir else None, outputs))
-    model.learn(total_timesteps=timesteps)
+    model.learn(total_timesteps=timesteps, log_interval=1)  # every update (A2C's default is every 100th)
     model.logger.dump(model.num_timesteps)  # the last update's losses are otherwise never written
     return model, recorder.rows
