@@ -4,10 +4,25 @@ the AEC constructor (PettingZoo's module layout: ``parallel_env``, ``raw_env``, 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 
+import torch
 from pettingzoo import ParallelEnv
 from pettingzoo.utils.conversions import parallel_to_aec
+
+
+def trains(method: Callable) -> Callable:
+    """For an env whose ``reset``/``step`` train a model inside: run them with gradients on and outside
+    inference mode, so they are the same under a caller's ``torch.no_grad()`` or
+    ``torch.inference_mode()`` (the way torchrl's collectors step envs)."""
+
+    @functools.wraps(method)
+    def with_gradients(*args, **kwargs):
+        with torch.inference_mode(False), torch.enable_grad():
+            return method(*args, **kwargs)
+
+    return with_gradients
 
 
 class TruncatingParallelEnv(ParallelEnv):

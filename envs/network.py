@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
-from envs.base import TruncatingParallelEnv, aec
+from envs.base import TruncatingParallelEnv, aec, trains
 
 
 def shards(n_samples: int, nodes: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -390,6 +390,7 @@ class parallel_env(TruncatingParallelEnv):
         obs = torch.cat([fill.unsqueeze(1), losses, done.unsqueeze(1)], 1).numpy().astype(np.float32)
         return {a: obs[i] for i, a in enumerate(self.possible_agents) if a in self.agents}
 
+    @trains
     def reset(self, seed: int | None = None, options: dict | None = None):
         from agents.network import MODELS, node_model, stack
 
@@ -408,6 +409,7 @@ class parallel_env(TruncatingParallelEnv):
         zeros = torch.zeros(self.nodes)
         return self._observe(zeros, zeros, 0), {a: {} for a in self.agents}
 
+    @trains
     def step(self, actions: Mapping[str, np.ndarray]):
         chosen = np.zeros((self.nodes, 2), dtype=np.int64)
         for i, agent in enumerate(self.possible_agents):

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 
 from agents.teacher_student import student
-from envs.base import TruncatingParallelEnv, aec
+from envs.base import TruncatingParallelEnv, aec, trains
 
 Target = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
@@ -219,6 +219,7 @@ class parallel_env(TruncatingParallelEnv):
         seen = features(self.teacher_probs[self._stack], student_probs)
         return {"teacher": seen.numpy().astype(np.float32), "student": given.numpy().astype(np.float32)}
 
+    @trains
     def reset(self, seed: int | None = None, options: dict | None = None):
         if seed is not None:
             self._seed = seed
@@ -232,6 +233,7 @@ class parallel_env(TruncatingParallelEnv):
         nothing = torch.zeros(self.batch_size, self.images.shape[1] + self.classes)
         return self._observe(nothing), {a: {} for a in self.agents}
 
+    @trains
     def step(self, actions: Mapping[str, np.ndarray]):
         action = np.asarray(actions["teacher"], dtype=np.float32)
         if not self.action_space("teacher").contains(action):
