@@ -7,7 +7,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 
+import numpy as np
 import torch
+from gymnasium import spaces
 from pettingzoo import ParallelEnv
 from pettingzoo.utils.conversions import parallel_to_aec
 
@@ -30,6 +32,35 @@ class TruncatingParallelEnv(ParallelEnv):
 
     max_steps: int
     _steps: int
+
+    def action_text(self, agent: str) -> str:
+        """What ``agent``'s action must be, in words, for the errors of ``_actions``."""
+        return str(self.action_space(agent))
+
+    def _actions(self, actions: Mapping) -> dict[str, np.ndarray]:
+        """Every agent's action as an array of its space's dtype, or a one-line error that names the agent,
+        what was expected and what was given: stepping before ``reset`` or after the episode ended, a
+        missing or unknown agent, a float where integers are expected, a wrong shape or range."""
+        if not hasattr(self, "_steps"):
+            raise RuntimeError("step() before reset(): call env.reset(seed=...) first")
+        if not self.agents:
+            raise RuntimeError(f"the episode ended after max_steps={self.max_steps} steps: call env.reset() first")
+        for agent in self.agents:
+            if agent not in actions:
+                raise ValueError(f"no action for {agent}: step() takes one for every agent in env.agents")
+        for agent in actions:
+            if agent not in self.agents:
+                raise ValueError(f"{agent!r} is not an agent of this env now; agents: {', '.join(self.agents)}")
+        checked = {}
+        for agent in self.agents:
+            given, space = np.asarray(actions[agent]), self.action_space(agent)
+            action = given.astype(space.dtype) if isinstance(space, spaces.Box) else given  # floats stay refused
+            if not space.contains(action):
+                values = f", values {given.min()}..{given.max()}" if given.size and given.dtype.kind in "biuf" else ""
+                raise ValueError(f"{agent}'s action must be {self.action_text(agent)}; got {given.dtype} of shape "
+                                 f"{given.shape}{values}")  # fmt: skip
+            checked[agent] = action
+        return checked
 
     def _end_step(self, observations: dict, rewards: dict, infos: dict) -> tuple:
         """Count the step and return PettingZoo's 5-tuple; the last step also clears ``agents``."""

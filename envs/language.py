@@ -250,16 +250,14 @@ class parallel_env(TruncatingParallelEnv):
         silence = torch.zeros(self.batch_size, self.message_length, dtype=torch.long)
         return self._observe(dict.fromkeys(self.agents, silence)), {a: {} for a in self.agents}
 
+    def action_text(self, agent: str) -> str:
+        return f"{self.batch_size * self.message_length} integer tokens in [0, {self.vocab_size})"
+
     def step(self, actions: Mapping[str, np.ndarray]):
-        tokens = {}
-        for a in self.agents:
-            action = np.asarray(actions[a])
-            if not self.action_space(a).contains(action.astype(np.int64)):
-                raise ValueError(
-                    f"action of {a} must be {self.batch_size * self.message_length} tokens in "
-                    f"[0, {self.vocab_size}), got shape {action.shape}"
-                )
-            tokens[a] = torch.as_tensor(action, dtype=torch.long).reshape(self.batch_size, -1)
+        tokens = {
+            a: torch.as_tensor(action, dtype=torch.long).reshape(self.batch_size, -1)
+            for a, action in self._actions(actions).items()
+        }
         one_hot = {a: torch.nn.functional.one_hot(t, self.vocab_size).float() for a, t in tokens.items()}
         received = exchange(one_hot)
         rewards = {

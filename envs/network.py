@@ -409,18 +409,12 @@ class parallel_env(TruncatingParallelEnv):
         zeros = torch.zeros(self.nodes)
         return self._observe(zeros, zeros, 0), {a: {} for a in self.agents}
 
+    def action_text(self, agent: str) -> str:
+        return f"two integers [broadcast 0/1, samples to consume 0..{self.batch_size}]"
+
     @trains
     def step(self, actions: Mapping[str, np.ndarray]):
-        chosen = np.zeros((self.nodes, 2), dtype=np.int64)
-        for i, agent in enumerate(self.possible_agents):
-            if agent in actions:
-                action = np.asarray(actions[agent])
-                if not self.action_space(agent).contains(action.astype(np.int64)):
-                    raise ValueError(
-                        f"{agent}'s action must be [broadcast 0/1, samples to consume 0..{self.batch_size}]"
-                    )
-                chosen[i] = action
-        chosen = torch.from_numpy(chosen)
+        chosen = torch.from_numpy(np.stack(list(self._actions(actions).values())).astype(np.int64))
         batch = self.network.minibatch(chosen[:, 1])
         losses, logits, features, y = supervised_losses(
             self.parts, self.images, self.labels, batch, CONTENTS[self.content], self.shape, self.temperature,

@@ -233,11 +233,15 @@ class parallel_env(TruncatingParallelEnv):
         nothing = torch.zeros(self.batch_size, self.images.shape[1] + self.classes)
         return self._observe(nothing), {a: {} for a in self.agents}
 
+    def action_text(self, agent: str) -> str:
+        if agent == "teacher":
+            return f"{self.action_space(agent).shape[0]} scores in [-1, 1]"
+        return "0 (skip the batch) or 1 (take the update)"
+
     @trains
     def step(self, actions: Mapping[str, np.ndarray]):
-        action = np.asarray(actions["teacher"], dtype=np.float32)
-        if not self.action_space("teacher").contains(action):
-            raise ValueError(f"the teacher's action must be {self.action_space('teacher').shape[0]} scores in [-1, 1]")
+        actions = self._actions(actions)
+        action = actions["teacher"]
         chosen = self._stack[select_hardest(torch.from_numpy(action[:-1]), self.batch_size)]
         kind = "soft" if action[-1] >= 0 else "true"
         targets = TARGETS[kind](self.teacher_logits[chosen], self.labels[chosen], self.temperature)
