@@ -36,6 +36,7 @@ class DatasetSpec:
     base_url: str
     md5: dict[str, str]  # file name -> md5 of the gzipped file (or of the archive) as served
     shape: tuple[int, int, int] = (1, 28, 28)  # channels, height, width
+    classes: int = 10
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -210,6 +211,9 @@ def load_splits(name: str = "mnist", root: str | Path | None = None, download: b
     spec = DATASETS[name]
     explicit = root is not None
     root = Path(root) if explicit else default_root()
+    if explicit and root.is_file():
+        raise DataError(f"data dir {root} is a file; point --data-dir / ${ENV_VAR} at the folder that holds "
+                        f"{spec.folder}/raw/")  # fmt: skip
     if explicit and not root.is_dir():
         raise DataError(
             f"data dir {root} does not exist; create it (files are downloaded into it) or point "
@@ -220,6 +224,9 @@ def load_splits(name: str = "mnist", root: str | Path | None = None, download: b
     for x, y, which in ((train_x, train_y, "train"), (test_x, test_y, "test")):
         if x.ndim not in (3, 4) or y.ndim != 1 or len(x) != len(y):
             raise DataError(f"{which} images {x.shape} and labels {y.shape} of {root / spec.folder} do not match")
+        if len(y) and not 0 <= int(y.min()) <= int(y.max()) < spec.classes:
+            raise DataError(f"{which} labels of {root / spec.folder} must be classes 0..{spec.classes - 1}, found "
+                            f"{int(y.min())}..{int(y.max())}: replace the {which} label file")  # fmt: skip
     shape = tuple(x.shape[1:]) if train_x.ndim == 4 else (1, *train_x.shape[1:])
     n_train = min(TRAIN_SIZE, len(train_x) * 5 // 6)  # the thesis split, scaled down for small files
 

@@ -64,6 +64,21 @@ def test_missing_explicit_dir_names_the_dir(tmp_path):
     assert str(tmp_path / "nowhere") in str(e.value)
 
 
+def test_a_file_as_data_dir_is_named(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(DataError, match=r"data dir .*file is a file; point --data-dir"):
+        load_splits("mnist", tmp_path / "file")
+
+
+def test_labels_outside_the_classes_name_the_split_and_the_range(tmp_path):
+    root = make_dataset(tmp_path / "data")
+    labels = np.arange(120) % 10
+    labels[7] = 200
+    write_idx(root / "MNIST/raw/train-labels-idx1-ubyte.gz", labels.astype(np.uint8))
+    with pytest.raises(DataError, match=r"train labels of .*MNIST must be classes 0..9, found 0..200"):
+        load_splits("mnist", root, download=False)
+
+
 def test_failed_download_names_dir_files_and_env_var(tmp_path, monkeypatch):
     import pooch
 
