@@ -50,7 +50,7 @@ def make_env(args):
     if args.env == "language":
         from envs.language import parallel_env
 
-        return parallel_env(dataset=dataset, data_dir=args.data_dir, max_steps=args.episode_steps, seed=args.seed)
+        return parallel_env(dataset=dataset, data_dir=args.data_dir, max_cycles=args.episode_steps, seed=args.seed)
     splits = load_splits(dataset, args.data_dir)
     if args.env == "network":
         from envs.network import parallel_env
@@ -58,7 +58,7 @@ def make_env(args):
         if args.nodes < 2:
             raise UsageError(f"--nodes must be >= 2 for agents to communicate, got {args.nodes}")
         return parallel_env(splits.train.images, splits.train.labels, splits.val.images, splits.val.labels,
-                            shape=splits.shape, nodes=args.nodes, max_steps=args.episode_steps)  # fmt: skip
+                            shape=splits.shape, nodes=args.nodes, max_cycles=args.episode_steps)  # fmt: skip
     from benchmarks.teacher import QUICK_TEACHER  # the teacher benchmark's --quick teacher
     from envs.base import Scripted
     from envs.teacher_student import parallel_env
@@ -67,7 +67,7 @@ def make_env(args):
     config = QUICK_TEACHER if args.quick_teacher else TeacherConfig()
     teacher = load_or_train_teachers(splits, [args.seed], config, Path(args.teacher_cache))[args.seed]
     env = parallel_env(splits.train.images, splits.train.labels, predict(teacher, splits.train.images),
-                       splits.val.images, splits.val.labels, max_steps=args.episode_steps)  # fmt: skip
+                       splits.val.images, splits.val.labels, max_cycles=args.episode_steps)  # fmt: skip
     return Scripted(env, {"student": lambda observation: 1})
 
 

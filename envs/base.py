@@ -14,6 +14,17 @@ from pettingzoo import ParallelEnv
 from pettingzoo.utils.conversions import parallel_to_aec
 
 
+def episode_length(max_cycles: int | None, max_steps: int | None, default: int = 100) -> int:
+    """Steps per episode: ``max_cycles`` (PettingZoo's keyword) or its older alias ``max_steps``, else
+    ``default``; at least 1."""
+    if None not in (max_cycles, max_steps) and max_cycles != max_steps:
+        raise ValueError(f"max_steps is an alias of max_cycles: give one, not {max_steps} and {max_cycles}")
+    length = next((v for v in (max_cycles, max_steps) if v is not None), default)
+    if length < 1:
+        raise ValueError(f"max_cycles must be >= 1, got {length}")
+    return length
+
+
 def trains(method: Callable) -> Callable:
     """For an env whose ``reset``/``step`` train a model inside: run them with gradients on and outside
     inference mode, so they are the same under a caller's ``torch.no_grad()`` or
@@ -44,7 +55,7 @@ class TruncatingParallelEnv(ParallelEnv):
         if not hasattr(self, "_steps"):
             raise RuntimeError("step() before reset(): call env.reset(seed=...) first")
         if not self.agents:
-            raise RuntimeError(f"the episode ended after max_steps={self.max_steps} steps: call env.reset() first")
+            raise RuntimeError(f"the episode ended after max_cycles={self.max_steps} steps: call env.reset() first")
         for agent in self.agents:
             if agent not in actions:
                 raise ValueError(f"no action for {agent}: step() takes one for every agent in env.agents")

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from envs.base import TruncatingParallelEnv, aec
+from envs.base import TruncatingParallelEnv, aec, episode_length
 from envs.data import Split, Splits, load_splits
 
 AGENTS = ("teacher", "student")
@@ -203,17 +203,19 @@ class parallel_env(TruncatingParallelEnv):
         message_length: int = 32,
         vocab_size: int = 2,
         batch_size: int = 8,
-        max_steps: int = 100,
+        max_cycles: int | None = None,  # steps per episode (100); max_steps is its alias
         diversity_weight: float = 1.0,
         seed: int = 0,
         dataset: str = "mnist",
         data_dir: str | None = None,
         images: torch.Tensor | None = None,
         render_mode: str | None = None,
+        max_steps: int | None = None,
     ):
         """``images`` (``[n, pixels]`` in [0, 1]) replaces the dataset's training split, e.g. in tests."""
-        if message_length < 1 or vocab_size < 2 or batch_size < 1 or max_steps < 1:
-            raise ValueError("message_length, batch_size and max_steps must be >= 1 and vocab_size >= 2")
+        max_steps = episode_length(max_cycles, max_steps)
+        if message_length < 1 or vocab_size < 2 or batch_size < 1:
+            raise ValueError("message_length and batch_size must be >= 1 and vocab_size >= 2")
         self.images = images if images is not None else load_splits(dataset, data_dir).train.images
         self.view = View(view, noise, visible, overlap)
         self.masks = self.view.masks(self.images.shape[1], seed)

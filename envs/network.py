@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
-from envs.base import TruncatingParallelEnv, aec, trains
+from envs.base import TruncatingParallelEnv, aec, episode_length, trains
 
 
 def shards(n_samples: int, nodes: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -342,12 +342,14 @@ class parallel_env(TruncatingParallelEnv):
         model: str = "dcgan-small",
         lr: float = 1e-3,
         reward_samples: int = 256,
-        max_steps: int = 100,
+        max_cycles: int | None = None,  # steps per episode (100); max_steps is its alias
         render_mode: str | None = None,
+        max_steps: int | None = None,
     ):
         """Images are flat ``[n, C*H*W]`` in [0, 1] (``envs.data.load_splits`` gives them and ``shape``)."""
         from agents.network import MODELS
 
+        max_steps = episode_length(max_cycles, max_steps)
         if content not in SUPERVISED_CONTENTS:
             raise ValueError(f"unknown content {content!r}; choose from {', '.join(SUPERVISED_CONTENTS)}")
         if model not in MODELS:

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 
 from agents.teacher_student import student
-from envs.base import TruncatingParallelEnv, aec, trains
+from envs.base import TruncatingParallelEnv, aec, episode_length, trains
 
 Target = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
@@ -174,13 +174,15 @@ class parallel_env(TruncatingParallelEnv):
         hidden: tuple[int, ...] = (32, 32),
         lr: float = 1e-3,
         reward_samples: int = 1000,
-        max_steps: int = 100,
+        max_cycles: int | None = None,  # steps per episode (100); max_steps is its alias
         render_mode: str | None = None,
+        max_steps: int | None = None,
     ):
         """``images``/``labels``/``teacher_logits``: the training set and the frozen teacher's logits on it
         (``trainers.teacher.load_or_train_teachers`` + ``predict`` make them); validation images for the reward."""
-        if stack_size < 1 or batch_size < 1 or stack_size * batch_size > len(images) or max_steps < 1:
-            raise ValueError("need stack_size, batch_size, max_steps >= 1 and a stack that fits in the data")
+        max_steps = episode_length(max_cycles, max_steps)
+        if stack_size < 1 or batch_size < 1 or stack_size * batch_size > len(images):
+            raise ValueError("need stack_size, batch_size >= 1 and a stack that fits in the data")
         self.images, self.labels, self.teacher_probs = images, labels, torch.softmax(teacher_logits, -1)
         self.teacher_logits = teacher_logits
         self.val_images, self.val_labels = val_images[:reward_samples], val_labels[:reward_samples]

@@ -22,7 +22,7 @@ def test_stepping_before_reset_or_after_the_end_is_refused(name):
     env.reset(seed=0)
     while env.agents:
         env.step(good_actions(env))
-    with pytest.raises(RuntimeError, match=rf"^the episode ended after max_steps={env.max_steps} steps"):
+    with pytest.raises(RuntimeError, match=rf"^the episode ended after max_cycles={env.max_steps} steps"):
         env.step({a: env.action_space(a).sample() for a in env.possible_agents})
 
 
@@ -60,3 +60,29 @@ def test_a_float_or_out_of_range_action_is_named(name, agent, bad, message):
     with pytest.raises(ValueError) as error:
         env.step({**good_actions(env), agent: bad})
     assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name", ENVS)
+def test_max_cycles_is_the_episode_length_and_max_steps_its_alias(name):
+    length = ENVS[name]().max_steps  # each helper gives max_steps
+    env, steps = ENVS[name](max_cycles=length), 0
+    env.reset(seed=0)
+    while env.agents:
+        env.step(good_actions(env))
+        steps += 1
+    assert steps == length
+    with pytest.raises(ValueError, match=f"^max_steps is an alias of max_cycles: give one, not {length} and 3$"):
+        ENVS[name](max_cycles=3)
+
+
+def test_max_cycles_alone_sets_the_episode_length():
+    import torch
+
+    from envs import language
+
+    env = language.parallel_env(images=torch.rand(20, 16), batch_size=2, message_length=3, max_cycles=2)
+    env.reset(seed=0)
+    env.step(good_actions(env))
+    assert env.agents
+    env.step(good_actions(env))
+    assert not env.agents

@@ -65,7 +65,7 @@ def plackett_luce(scores: torch.Tensor, k: int, generator: torch.Generator) -> t
 
 def _env(splits, teacher_logits: torch.Tensor, config: PolicyConfig) -> parallel_env:
     return parallel_env(splits.train.images, splits.train.labels, teacher_logits, splits.val.images, splits.val.labels,
-                        stack_size=config.stack_size, batch_size=config.batch_size, max_steps=config.steps,
+                        stack_size=config.stack_size, batch_size=config.batch_size, max_cycles=config.steps,
                         reward_samples=config.reward_samples)  # fmt: skip
 
 
