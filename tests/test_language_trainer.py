@@ -190,6 +190,36 @@ def test_a_plugged_in_speaker_trains_through_the_python_api(splits):
     assert 0.0 <= results[0].test_accuracy <= 100.0
 
 
+class LogitsOnly(TinySpeaker):
+    def forward(self, view):
+        return super().forward(view)[0]
+
+
+class WrongWidth(TinySpeaker):
+    def forward(self, view):
+        logits, h = super().forward(view)
+        return logits[..., :1], h
+
+
+class NeedsMore(TinySpeaker):
+    def __init__(self, view_dim: int, message_length: int, vocab_size: int, depth: int):
+        super().__init__(view_dim, message_length, vocab_size)
+
+
+@pytest.mark.parametrize(
+    ("speaker", "message"),
+    [
+        (LogitsOnly, "LogitsOnly.forward must return a pair (logits [B, 4, 2], features [B, H]), got Tensor"),
+        (WrongWidth, "WrongWidth must return logits [B, 4, 2] and features [B, H], got (3, 4, 1) and (3, 5)"),
+        (NeedsMore, "NeedsMore does not follow the speaker protocol (agents/language.py): TypeError"),
+    ],
+)
+def test_a_wrong_plug_in_is_one_line_from_the_python_api_before_training(splits, speaker, message):
+    with pytest.raises(ValueError) as error:
+        LanguageTrainer(TINY, splits, [("both", 0)], speaker_cls=speaker)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
 class NormSpeaker(torch.nn.Module):
     """A plug-in with batch norm: evaluation must not use batch statistics nor update running ones."""
 

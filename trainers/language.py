@@ -156,13 +156,19 @@ def check_speaker(speaker_cls: type, config: LanguageConfig, pixels: int) -> Non
     L, V = config.message_length, config.vocab_size
     try:
         population = Population([speaker_cls(view_dim=pixels, message_length=L, vocab_size=V) for _ in range(2)])
-        logits, features = population(torch.zeros(2, 3, pixels))
+        out = population(torch.zeros(2, 3, pixels))
     except Exception as e:  # anything a foreign class can raise means the same thing here
         first = (str(e).splitlines() or [""])[0]
         raise ValueError(
             f"speaker {speaker_cls.__name__} does not follow the speaker protocol "
             f"(agents/language.py): {type(e).__name__}: {first}"
         ) from None
+    if not (isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
+        raise ValueError(
+            f"speaker {speaker_cls.__name__}.forward must return a pair (logits [B, {L}, {V}], features [B, H]), "
+            f"got {type(out).__name__}"
+        )
+    logits, features = out
     if logits.shape != (2, 3, L, V) or features.dim() != 3 or features.shape[:2] != (2, 3):
         raise ValueError(
             f"speaker {speaker_cls.__name__} must return logits [B, {L}, {V}] and features [B, H], "
@@ -230,6 +236,8 @@ class LanguageTrainer(Trainer):
         pixels = splits.train.images.shape[1]
         self.view = config.partial_view()
         self.masks = torch.stack([self.view.masks(pixels, seed) for _, seed in runs]).to(device)
+        if speaker_cls is not None:
+            check_speaker(speaker_cls, config, pixels)  # a foreign class fails here, not deep inside vmap
         self.speakers, self.critics, self.probe, self.message_probe = _build(
             runs, config, pixels, speaker_cls or default_speaker(config)
         )
