@@ -59,10 +59,9 @@ def make_env(args):
             raise UsageError(f"--nodes must be >= 2 for agents to communicate, got {args.nodes}")
         return parallel_env(splits.train.images, splits.train.labels, splits.val.images, splits.val.labels,
                             shape=splits.shape, nodes=args.nodes, max_cycles=args.episode_steps)  # fmt: skip
-    from benchmarks.teacher import QUICK_TEACHER  # the teacher benchmark's --quick teacher
     from envs.base import Scripted
     from envs.teacher_student import parallel_env
-    from trainers.teacher import TeacherConfig, load_or_train_teachers, predict
+    from trainers.teacher import QUICK_TEACHER, TeacherConfig, load_or_train_teachers, predict
 
     config = QUICK_TEACHER if args.quick_teacher else TeacherConfig()
     teacher = load_or_train_teachers(splits, [args.seed], config, Path(args.teacher_cache))[args.seed]

@@ -30,7 +30,7 @@ from benchmarks.store import Store, format_summary, mean_std, prefix, preflight
 from envs.data import DATASETS, load_splits
 from envs.teacher_student import MEASURES, TARGETS
 from trainers.probe import accuracy
-from trainers.teacher import TeacherConfig, load_or_train_teachers, predict
+from trainers.teacher import QUICK_TEACHER, TeacherConfig, load_or_train_teachers, predict
 from trainers.teacher_policy import POLICIES, PolicyConfig, ppo_scorer, register, train_ppo, train_reinforce
 from trainers.teacher_student import Selection, StudentConfig, StudentResult, StudentTrainer, per_step_counters
 
@@ -44,7 +44,6 @@ THESIS = {
     Selection(5, "cross_entropy", "soft"): (96.8, 13_700),
     Selection(5, "cross_entropy", "true"): (96.8, 9_100),
 }
-QUICK_TEACHER = TeacherConfig(hidden=(256, 256), max_epochs=1, patience=1)
 QUICK = {"max_epochs": 2, "patience": 1, "eval_every": 200, "seeds": 1, "policy_episodes": 2, "policy_steps": 50,
          **{f"teacher_{k}": getattr(QUICK_TEACHER, k) for k in ("hidden", "max_epochs", "patience")}}  # fmt: skip
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 
 from envs.base import TruncatingParallelEnv, aec, episode_length, trains
+from envs.data import load_splits
 
 
 def shards(n_samples: int, nodes: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -327,11 +328,11 @@ class parallel_env(TruncatingParallelEnv):
 
     def __init__(
         self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        val_images: torch.Tensor,
-        val_labels: torch.Tensor,
-        shape: tuple[int, int, int],
+        images: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        val_images: torch.Tensor | None = None,
+        val_labels: torch.Tensor | None = None,
+        shape: tuple[int, int, int] | None = None,
         nodes: int = 4,
         neighbours: int | None = None,
         content: str = "labels",
@@ -345,11 +346,21 @@ class parallel_env(TruncatingParallelEnv):
         max_cycles: int | None = None,  # steps per episode (100); max_steps is its alias
         render_mode: str | None = None,
         max_steps: int | None = None,
+        dataset: str = "mnist",
+        data_dir: str | None = None,
     ):
-        """Images are flat ``[n, C*H*W]`` in [0, 1] (``envs.data.load_splits`` gives them and ``shape``)."""
+        """Images are flat ``[n, C*H*W]`` in [0, 1] (``envs.data.load_splits`` gives them and ``shape``);
+        without them the env reads ``dataset`` from ``data_dir`` (else ``$COMMCHANNELS_DATA``, else the cache)."""
         from agents.network import MODELS
 
         max_steps = episode_length(max_cycles, max_steps)
+        given = [x is not None for x in (images, labels, val_images, val_labels, shape)]
+        if any(given) and not all(given):
+            raise ValueError("give images, labels, val_images, val_labels and shape together, or none of them")
+        if not any(given):
+            splits = load_splits(dataset, data_dir)
+            images, labels, shape = splits.train.images, splits.train.labels, splits.shape
+            val_images, val_labels = splits.val.images, splits.val.labels
         if content not in SUPERVISED_CONTENTS:
             raise ValueError(f"unknown content {content!r}; choose from {', '.join(SUPERVISED_CONTENTS)}")
         if model not in MODELS:

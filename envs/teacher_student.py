@@ -39,6 +39,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -158,16 +159,30 @@ def scripted_teacher(measure: str, target: str = "soft", seed: int = 0) -> Calla
 AGENTS = ("teacher", "student")
 
 
+def _default_data(dataset: str, data_dir: str | None) -> tuple[torch.Tensor, ...]:
+    """``dataset``'s training and validation splits and a small cached teacher's logits on the training set."""
+    import pooch
+
+    from envs.data import load_splits
+    from trainers.teacher import QUICK_TEACHER, load_or_train_teachers, predict
+
+    splits = load_splits(dataset, data_dir)
+    cache = Path(pooch.os_cache("commchannels")) / "teachers"
+    teacher = load_or_train_teachers(splits, [0], QUICK_TEACHER, cache)[0]
+    train = splits.train
+    return train.images, train.labels, predict(teacher, train.images), splits.val.images, splits.val.labels
+
+
 class parallel_env(TruncatingParallelEnv):
     metadata: ClassVar[dict] = {"name": "teacher_student_v0", "render_modes": [], "is_parallelizable": True}
 
     def __init__(
         self,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        teacher_logits: torch.Tensor,
-        val_images: torch.Tensor,
-        val_labels: torch.Tensor,
+        images: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        teacher_logits: torch.Tensor | None = None,
+        val_images: torch.Tensor | None = None,
+        val_labels: torch.Tensor | None = None,
         stack_size: int = 5,
         batch_size: int = 32,
         temperature: float = 1.0,
@@ -177,10 +192,20 @@ class parallel_env(TruncatingParallelEnv):
         max_cycles: int | None = None,  # steps per episode (100); max_steps is its alias
         render_mode: str | None = None,
         max_steps: int | None = None,
+        dataset: str = "mnist",
+        data_dir: str | None = None,
     ):
         """``images``/``labels``/``teacher_logits``: the training set and the frozen teacher's logits on it
-        (``trainers.teacher.load_or_train_teachers`` + ``predict`` make them); validation images for the reward."""
+        (``trainers.teacher.load_or_train_teachers`` + ``predict`` make them); validation images for the
+        reward. Without them the env reads ``dataset`` (as ``envs.data.load_splits``) and uses a small
+        seed-0 teacher (``trainers.teacher.QUICK_TEACHER``: 784-256-256-10, one epoch), trained once in
+        seconds and cached under the per-user cache's ``teachers/``; pass your own logits for the full one."""
         max_steps = episode_length(max_cycles, max_steps)
+        given = [x is not None for x in (images, labels, teacher_logits, val_images, val_labels)]
+        if any(given) and not all(given):
+            raise ValueError("give images, labels, teacher_logits, val_images and val_labels together, or none")
+        if not any(given):
+            images, labels, teacher_logits, val_images, val_labels = _default_data(dataset, data_dir)
         if stack_size < 1 or batch_size < 1 or stack_size * batch_size > len(images):
             raise ValueError("need stack_size, batch_size >= 1 and a stack that fits in the data")
         self.images, self.labels, self.teacher_probs = images, labels, torch.softmax(teacher_logits, -1)

@@ -86,3 +86,14 @@ def test_max_cycles_alone_sets_the_episode_length():
     assert env.agents
     env.step(good_actions(env))
     assert not env.agents
+
+
+def test_data_are_given_whole_or_not_at_all():
+    import torch
+
+    from envs import network, teacher_student
+
+    with pytest.raises(ValueError, match=r"^give images, labels, val_images, val_labels and shape together"):
+        network.parallel_env(images=torch.rand(10, 64))
+    with pytest.raises(ValueError, match=r"^give images, labels, teacher_logits, val_images and val_labels together"):
+        teacher_student.parallel_env(images=torch.rand(10, 64))

@@ -44,6 +44,9 @@ class TeacherConfig:
                              dropout=self.dropout)  # fmt: skip
 
 
+QUICK_TEACHER = TeacherConfig(hidden=(256, 256), max_epochs=1, patience=1)  # seconds to train: smoke runs, env defaults
+
+
 def cache_path(cache_dir: Path, config: TeacherConfig, pixels: int, seed: int) -> Path:
     """One file per teacher configuration (and input size), training version and seed."""
     key = hashlib.sha1(repr((asdict(config), pixels, VERSION)).encode()).hexdigest()[:10]
