@@ -3,6 +3,7 @@
 from setuptools import find_packages, setup
 
 RL = ["stable-baselines3>=2.3", "supersuit>=3.9"]
+TORCHRL = ["torchrl>=0.14"]  # PettingZooWrapper and collectors on our envs (tests/test_torchrl.py)
 
 setup(
     name="commchannels",
@@ -33,7 +34,8 @@ setup(
     ],
     extras_require={
         "rl": RL,
+        "torchrl": TORCHRL,
         "vision": ["torchvision"],
-        "dev": ["pytest", "ruff", *RL],  # the tests train SB3 on every env
+        "dev": ["pytest", "ruff", *RL, *TORCHRL],  # the tests train SB3 and run torchrl's collector on every env
     },
 )

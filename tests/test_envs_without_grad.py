@@ -6,6 +6,7 @@ import contextlib
 import pytest
 import torch
 
+from tests.test_language_env import make as make_language
 from tests.test_network_env import make_env as make_network
 from tests.test_teacher_student_env import make as make_teacher_student
 
@@ -20,7 +21,9 @@ def rewards_of(make, context) -> list[dict]:
     return out
 
 
-@pytest.mark.parametrize("make", [make_network, make_teacher_student], ids=["network", "teacher_student"])
+@pytest.mark.parametrize(
+    "make", [make_language, make_network, make_teacher_student], ids=["language", "network", "teacher_student"]
+)
 @pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode], ids=["no_grad", "inference_mode"])
 def test_stepping_without_grad_trains_as_with_it(make, context):
     plain = rewards_of(lambda: seeded(make()), contextlib.nullcontext)
