@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from benchmarks.cli import ArgumentParser, UsageError, add_sweep, variants
-from benchmarks.harness import device_of, format_table, run_cli
+from benchmarks.harness import Progress, device_of, format_table, run_cli
 from benchmarks.store import save_json
 from envs.data import DATASETS, load_splits
 
@@ -64,7 +64,10 @@ def make_env(args):
     from trainers.teacher import QUICK_TEACHER, TeacherConfig, load_or_train_teachers, predict
 
     config = QUICK_TEACHER if args.quick_teacher else TeacherConfig()
-    teacher = load_or_train_teachers(splits, [args.seed], config, Path(args.teacher_cache))[args.seed]
+    with Progress(f"teacher (seed {args.seed}, trained once, cached in {args.teacher_cache})") as progress:
+        teacher = load_or_train_teachers(splits, [args.seed], config, Path(args.teacher_cache), events=progress)[
+            args.seed
+        ]
     env = parallel_env(splits.train.images, splits.train.labels, predict(teacher, splits.train.images),
                        splits.val.images, splits.val.labels, max_cycles=args.episode_steps)  # fmt: skip
     return Scripted(env, {"student": lambda observation: 1})
