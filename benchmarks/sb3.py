@@ -65,9 +65,8 @@ def make_env(args):
 
     config = QUICK_TEACHER if args.quick_teacher else TeacherConfig()
     with Progress(f"teacher (seed {args.seed}, trained once, cached in {args.teacher_cache})") as progress:
-        teacher = load_or_train_teachers(splits, [args.seed], config, Path(args.teacher_cache), events=progress)[
-            args.seed
-        ]
+        teachers = load_or_train_teachers(splits, [args.seed], config, Path(args.teacher_cache), events=progress)
+    teacher = teachers[args.seed]
     env = parallel_env(splits.train.images, splits.train.labels, predict(teacher, splits.train.images),
                        splits.val.images, splits.val.labels, max_cycles=args.episode_steps)  # fmt: skip
     return Scripted(env, {"student": lambda observation: 1})

@@ -25,6 +25,16 @@ def episode_length(max_cycles: int | None, max_steps: int | None, default: int =
     return length
 
 
+def given_whole(**data: object) -> bool:
+    """Whether a caller brought its own data: all of ``data`` (True) or none of it (False, the env loads
+    its defaults); a part of it is a one-line error."""
+    given = [value is not None for value in data.values()]
+    if any(given) and not all(given):
+        *names, last = data
+        raise ValueError(f"give {', '.join(names)} and {last} together, or none of them")
+    return all(given)
+
+
 def trains(method: Callable) -> Callable:
     """For an env whose ``reset``/``step`` train a model inside: run them with gradients on and outside
     inference mode, so they are the same under a caller's ``torch.no_grad()`` or

@@ -97,13 +97,16 @@ class Splits:
         return Splits(*moved, shape=self.shape)
 
 
-def default_root() -> Path:
-    """``$COMMCHANNELS_DATA`` if set, else the per-user cache that pooch would choose."""
-    if os.environ.get(ENV_VAR):
-        return Path(os.environ[ENV_VAR])
+def user_cache() -> Path:
+    """The per-user cache that pooch would choose (datasets, the envs' default teacher)."""
     import pooch
 
     return Path(pooch.os_cache("commchannels"))
+
+
+def default_root() -> Path:
+    """``$COMMCHANNELS_DATA`` if set, else ``user_cache()``."""
+    return Path(os.environ[ENV_VAR]) if os.environ.get(ENV_VAR) else user_cache()
 
 
 def read_idx(path: Path) -> np.ndarray:

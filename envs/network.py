@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from gymnasium import spaces
 
-from envs.base import TruncatingParallelEnv, aec, episode_length, trains
+from envs.base import TruncatingParallelEnv, aec, episode_length, given_whole, trains
 from envs.data import load_splits
 
 
@@ -354,10 +354,7 @@ class parallel_env(TruncatingParallelEnv):
         from agents.network import MODELS
 
         max_steps = episode_length(max_cycles, max_steps)
-        given = [x is not None for x in (images, labels, val_images, val_labels, shape)]
-        if any(given) and not all(given):
-            raise ValueError("give images, labels, val_images, val_labels and shape together, or none of them")
-        if not any(given):
+        if not given_whole(images=images, labels=labels, val_images=val_images, val_labels=val_labels, shape=shape):
             splits = load_splits(dataset, data_dir)
             images, labels, shape = splits.train.images, splits.train.labels, splits.shape
             val_images, val_labels = splits.val.images, splits.val.labels

@@ -39,7 +39,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -48,7 +47,7 @@ import torch.nn.functional as F
 from gymnasium import spaces
 
 from agents.teacher_student import student
-from envs.base import TruncatingParallelEnv, aec, episode_length, trains
+from envs.base import TruncatingParallelEnv, aec, episode_length, given_whole, trains
 
 Target = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
@@ -161,14 +160,11 @@ AGENTS = ("teacher", "student")
 
 def _default_data(dataset: str, data_dir: str | None) -> tuple[torch.Tensor, ...]:
     """``dataset``'s training and validation splits and a small cached teacher's logits on the training set."""
-    import pooch
-
-    from envs.data import load_splits
+    from envs.data import load_splits, user_cache
     from trainers.teacher import QUICK_TEACHER, load_or_train_teachers, predict
 
     splits = load_splits(dataset, data_dir)
-    cache = Path(pooch.os_cache("commchannels")) / "teachers"
-    teacher = load_or_train_teachers(splits, [0], QUICK_TEACHER, cache)[0]
+    teacher = load_or_train_teachers(splits, [0], QUICK_TEACHER, user_cache() / "teachers")[0]
     train = splits.train
     return train.images, train.labels, predict(teacher, train.images), splits.val.images, splits.val.labels
 
@@ -201,10 +197,9 @@ class parallel_env(TruncatingParallelEnv):
         seed-0 teacher (``trainers.teacher.QUICK_TEACHER``: 784-256-256-10, one epoch), trained once in
         seconds and cached under the per-user cache's ``teachers/``; pass your own logits for the full one."""
         max_steps = episode_length(max_cycles, max_steps)
-        given = [x is not None for x in (images, labels, teacher_logits, val_images, val_labels)]
-        if any(given) and not all(given):
-            raise ValueError("give images, labels, teacher_logits, val_images and val_labels together, or none")
-        if not any(given):
+        data = {"images": images, "labels": labels, "teacher_logits": teacher_logits, "val_images": val_images,
+                "val_labels": val_labels}  # fmt: skip
+        if not given_whole(**data):
             images, labels, teacher_logits, val_images, val_labels = _default_data(dataset, data_dir)
         if stack_size < 1 or batch_size < 1 or stack_size * batch_size > len(images):
             raise ValueError("need stack_size, batch_size >= 1 and a stack that fits in the data")
