@@ -6,9 +6,12 @@ Speaker protocol (what ``--agent package.module:ClassName`` must provide):
 - ``forward(view: Tensor[B, view_dim]) -> (logits: Tensor[B, message_length, vocab_size],
   features: Tensor[B, H])`` where ``features`` is the last hidden layer before the message layer
   (the linear probe reads it);
-- deterministic and written with ordinary tensor ops (the trainer runs many copies at once with
-  ``torch.func.vmap``: no ``.item()``, no in-place updates of parameters, no data-dependent Python
-  branching). Message sampling (Gumbel-Softmax) is the trainer's job, not the speaker's.
+- deterministic, with no in-place change of its input or its parameters. Message sampling
+  (Gumbel-Softmax) is the trainer's job, not the speaker's.
+
+The trainer runs many copies at once with ``torch.func.vmap``; a class vmap cannot batch (``nn.GRU``,
+``.item()``, Python branching on data) runs one copy at a time instead, slower
+(``trainers.speaker_check``). Examples: ``agents/speakers.py``.
 """
 
 from __future__ import annotations

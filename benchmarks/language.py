@@ -42,12 +42,12 @@ from trainers.language import (
     THESIS_LEVELS,
     LanguageConfig,
     LanguageTrainer,
-    check_speaker,
     default_speaker,
     run_modules,
 )
 from trainers.language_analysis import analyse
 from trainers.probe import fit_linear_probe, map_splits
+from trainers.speaker_check import check_speaker
 
 THESIS = {"none": 64.4, "receive": 65.7, "feedback": 69.4, "both": 71.4}  # Table 4.1, noise 0.1
 QUICK = {"steps": 150, "eval_every": 50, "log_every": 25, "seeds": 1, "reference_epochs": 1}
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         config = parser.build(LanguageConfig, v, estimator=v.estimator)
         try:
             speaker_cls = load_class(v.agent) if v.agent else default_speaker(config)
-            check_speaker(speaker_cls, config, splits.train.images.shape[1])
+            check_speaker(speaker_cls, config.message_length, config.vocab_size, splits.train.images.shape[1])
         except ValueError as e:
             raise UsageError(str(e)) from None
         if config.batch_size > len(splits.train.images):

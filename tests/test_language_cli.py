@@ -94,9 +94,9 @@ def test_same_command_same_numbers(cli, tmp_path):
     assert strip(a) == strip(b) and a["references"] == b["references"]
 
 
-def test_agent_plugs_in_from_the_command_line(cli):
+@pytest.mark.parametrize("agent", ["tests.test_language_trainer:TinySpeaker", "agents.speakers:GRUSpeaker"])
+def test_agent_plugs_in_from_the_command_line(cli, agent):  # a test-only class, and one through the per-run loop
     argv, out, _ = cli
-    agent = "tests.test_language_trainer:TinySpeaker"  # defined only in the tests
     assert run([*argv, "--seeds", "1", "--levels", "feedback", "--agent", agent]) == 0
     data = json.loads(out.read_text())
     assert data["config"]["agent"] == agent
@@ -111,7 +111,7 @@ BAD_INPUTS = [
     (["--agent", "nosuch:Thing"], "cannot import module 'nosuch'"),
     (["--agent", "json:NoSuchClass"], "has no class 'NoSuchClass'"),
     (["--agent", "json"], "package.module:ClassName"),
-    (["--agent", "collections:OrderedDict"], "does not follow the speaker protocol"),
+    (["--agent", "collections:OrderedDict"], "speaker OrderedDict must be a torch.nn.Module subclass"),
     (["--steps", "0"], "steps must be >= 1"),
     (["--hidden", "a,b"], "--hidden: expected comma-separated integers"),
     (["--temperature-factor", "2"], "temperature"),

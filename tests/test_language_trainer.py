@@ -206,14 +206,60 @@ class NeedsMore(TinySpeaker):
         super().__init__(view_dim, message_length, vocab_size)
 
 
+class ChangesView(TinySpeaker):
+    def forward(self, view):
+        return super().forward(view.clamp_(0, 0.5))
+
+
+class ChangesWeights(TinySpeaker):
+    def forward(self, view):
+        with torch.no_grad():
+            self.heads.bias.add_(1.0)
+        return super().forward(view)
+
+
+class Detached(TinySpeaker):
+    def forward(self, view):
+        logits, h = super().forward(view)
+        return logits.detach(), h
+
+
+class Noisy(TinySpeaker):
+    def forward(self, view):
+        logits, h = super().forward(view)
+        return logits + torch.randn_like(logits), h
+
+
+class Parameterless(torch.nn.Module):
+    def __init__(self, view_dim: int, message_length: int, vocab_size: int):
+        super().__init__()
+        self.shape = (message_length, vocab_size)
+
+    def forward(self, view):
+        return view[..., :8].unflatten(-1, self.shape), view
+
+
+class Crashes(TinySpeaker):
+    def forward(self, view):
+        return super().forward(view[..., :3])
+
+
 @pytest.mark.parametrize(
     ("speaker", "message"),
     [
         (LogitsOnly, "LogitsOnly.forward must return a pair (logits [B, 4, 2], features [B, H]), got Tensor"),
         (WrongWidth, "WrongWidth must return logits [B, 4, 2] and features [B, H], got (3, 4, 1) and (3, 5)"),
-        (NeedsMore, "NeedsMore does not follow the speaker protocol (agents/language.py): TypeError"),
+        (NeedsMore, "speaker NeedsMore(view_dim=64, message_length=4, vocab_size=2) cannot be built "
+                    "(agents/language.py): TypeError"),
+        (ChangesView, "speaker ChangesView.forward changes its input view in place"),
+        (ChangesWeights, "speaker ChangesWeights.forward changes 'heads.bias' in place"),
+        (Detached, "speaker Detached's logits do not depend on its parameters"),
+        (Noisy, "speaker Noisy.forward is random in eval mode"),
+        (Parameterless, "speaker Parameterless has no trainable parameters"),
+        (Crashes, "speaker Crashes.forward fails on views [B, 64]: RuntimeError: mat1 and mat2 shapes"),
+        (int, "speaker int must be a torch.nn.Module subclass"),
     ],
-)
+)  # fmt: skip
 def test_a_wrong_plug_in_is_one_line_from_the_python_api_before_training(splits, speaker, message):
     with pytest.raises(ValueError) as error:
         LanguageTrainer(TINY, splits, [("both", 0)], speaker_cls=speaker)

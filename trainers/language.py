@@ -42,6 +42,7 @@ from trainers.base import Trainer, generator, option, restore_generators
 from trainers.gumbel import TemperatureSchedule, gumbel_softmax, hard_message, sampled_message
 from trainers.population import Population
 from trainers.reinforce import Reinforce
+from trainers.speaker_check import check_speaker
 
 TEACHER, STUDENT = AGENTS
 ESTIMATORS = ("gumbel", "reinforce")
@@ -150,35 +151,9 @@ def run_modules(seed: int, config: LanguageConfig, pixels: int, speaker_cls: typ
         return speakers, critics, LinearProbe(width), LinearProbe(config.message_length * config.vocab_size)
 
 
-def check_speaker(speaker_cls: type, config: LanguageConfig, pixels: int) -> None:
-    """Raise a one-line ValueError unless ``speaker_cls`` follows the speaker protocol
-    (agents/language.py), run the way the trainer runs it: two copies at once under vmap."""
-    L, V = config.message_length, config.vocab_size
-    try:
-        population = Population([speaker_cls(view_dim=pixels, message_length=L, vocab_size=V) for _ in range(2)])
-        out = population(torch.zeros(2, 3, pixels))
-    except Exception as e:  # anything a foreign class can raise means the same thing here
-        first = (str(e).splitlines() or [""])[0]
-        raise ValueError(
-            f"speaker {speaker_cls.__name__} does not follow the speaker protocol "
-            f"(agents/language.py): {type(e).__name__}: {first}"
-        ) from None
-    if not (isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)):
-        raise ValueError(
-            f"speaker {speaker_cls.__name__}.forward must return a pair (logits [B, {L}, {V}], features [B, H]), "
-            f"got {type(out).__name__}"
-        )
-    logits, features = out
-    if logits.shape != (2, 3, L, V) or features.dim() != 3 or features.shape[:2] != (2, 3):
-        raise ValueError(
-            f"speaker {speaker_cls.__name__} must return logits [B, {L}, {V}] and features [B, H], "
-            f"got {tuple(logits.shape[1:])} and {tuple(features.shape[1:])}"
-        )
-
-
-def _build(runs: Sequence[tuple[str, int]], config: LanguageConfig, pixels: int, speaker_cls: type):
+def _build(runs: Sequence[tuple[str, int]], config: LanguageConfig, pixels: int, speaker_cls: type, vectorized: bool):
     per_run = [run_modules(seed, config, pixels, speaker_cls) for _, seed in runs]
-    speakers = {a: Population([r[0][a] for r in per_run]) for a in AGENTS}
+    speakers = {a: Population([r[0][a] for r in per_run], vectorized=vectorized) for a in AGENTS}
     critics = {a: Population([r[1][a] for r in per_run]) for a in AGENTS}
     return speakers, critics, Population([r[2] for r in per_run]), Population([r[3] for r in per_run])
 
@@ -236,10 +211,11 @@ class LanguageTrainer(Trainer):
         pixels = splits.train.images.shape[1]
         self.view = config.partial_view()
         self.masks = torch.stack([self.view.masks(pixels, seed) for _, seed in runs]).to(device)
+        vectorized = True  # a foreign class fails here, not deep inside vmap, and may need the per-run loop
         if speaker_cls is not None:
-            check_speaker(speaker_cls, config, pixels)  # a foreign class fails here, not deep inside vmap
+            vectorized = check_speaker(speaker_cls, config.message_length, config.vocab_size, pixels)
         self.speakers, self.critics, self.probe, self.message_probe = _build(
-            runs, config, pixels, speaker_cls or default_speaker(config)
+            runs, config, pixels, speaker_cls or default_speaker(config), vectorized
         )
         for population in self._populations().values():
             population.to(device)
