@@ -1,6 +1,7 @@
 """Train a Stable-Baselines3 agent on any of our envs: ``python -m benchmarks.sb3 --env network``.
 
-The recipe behind it is three lines (``trainers/sb3.py``): build the PettingZoo parallel env, hide the
+PPO and A2C run on every env; SAC and TD3 on the teacher/student env, whose teacher acts with a Box of
+scores. The recipe behind it is three lines (``trainers/sb3.py``): build the PettingZoo parallel env, hide the
 agents that follow a fixed rule (``envs.base.Scripted``; here the student of ``teacher_student``, which
 always takes the update), and call ``trainers.sb3.train``, which goes through SuperSuit with a seeded
 vector env. Every exposed agent shares one MLP policy. TensorBoard scalars go to
@@ -24,10 +25,12 @@ DEFAULT_DATASET = {"language": "mnist", "teacher_student": "mnist", "network": "
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m benchmarks.sb3", description=__doc__.split("\n")[0])
     p.add_argument("--env", required=True, choices=ENVS, help="which of our envs (required)")
-    p.option("--algo", "ppo", "SB3 algorithm", choices=("ppo", "a2c"))
+    p.option("--algo", "ppo", "SB3 algorithm (sac and td3 need a Box action: --env teacher_student)",
+             choices=("ppo", "a2c", "sac", "td3"))  # fmt: skip
     p.option("--timesteps", 20_000, "agent-steps (all exposed agents count)", type=int)
     p.option("--n-steps", 256, "rollout length per agent between updates", type=int)
-    p.option("--batch-size", 64, "PPO's minibatch (a divisor of n-steps x agents)", type=int)
+    p.option("--batch-size", 64, "PPO's minibatch (a divisor of n-steps x agents); SAC/TD3's", type=int)
+    p.option("--learning-starts", 100, "SAC/TD3: random steps before the first update", type=int)
     p.option("--seed", 0, "seed of the policy, the envs and their data order", type=int)
     p.option("--episode-steps", 100, "env steps per episode", type=int)
     p.option("--nodes", 4, "network env: nodes (agents)", type=int)
@@ -78,15 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     device = device_of(args)
     chosen = list(variants(parser, args))
     for _, v in chosen:
-        if min(v.timesteps, v.episode_steps, v.batch_size) < 1 or v.n_steps < 2:
-            raise UsageError("--timesteps, --episode-steps and --batch-size must be >= 1 and --n-steps >= 2")
+        if min(v.timesteps, v.episode_steps, v.batch_size) < 1 or v.n_steps < 2 or v.learning_starts < 0:
+            raise UsageError("--timesteps, --episode-steps and --batch-size must be >= 1, --n-steps >= 2 "
+                             "and --learning-starts >= 0")  # fmt: skip
         if not 0 <= v.seed < 2**32:
             raise UsageError(f"--seed must be in [0, 2**32 - 1] (SB3 seeds numpy with it), got {v.seed}")
     try:
-        from trainers.sb3 import train
+        from trainers import sb3 as rl
     except ImportError as e:
         raise UsageError(f"{e.name} is not installed; pip install -e '.[rl]'") from None
-    final = {label: _train(train, v, device, label) for label, v in chosen}
+    final = {label: _train(rl, v, device, label) for label, v in chosen}
     if len(final) > 1:
         print(f"\nSweep over {chosen[0][0].split('=')[0]}: mean episode reward of the last rollout")
         rows = [[k.split("=", 1)[1], f"{r:.4g}"] for k, r in final.items()]
@@ -94,17 +98,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _train(train, args, device, label: str) -> float:
+def _train(rl, args, device, label: str) -> float:
     """One training (one value of a sweep: ``label``); writes its model and rows, prints its table."""
     name = f"{args.algo}-seed{args.seed}"
     suffix = f"-{label}" if label and (args.out or args.save) else ""
     env = make_env(args)
     agents = len(env.possible_agents)
     started = time.time()
-    kwargs = {"n_steps": args.n_steps, "device": str(device),
-              **({"batch_size": args.batch_size} if args.algo == "ppo" else {})}  # fmt: skip
+    if args.algo in rl.ON_POLICY:
+        kwargs = {"n_steps": args.n_steps, **({"batch_size": args.batch_size} if args.algo == "ppo" else {})}
+    else:  # the replay buffer holds the whole run, no more
+        kwargs = {"batch_size": args.batch_size, "learning_starts": args.learning_starts,
+                  "buffer_size": min(args.timesteps, 1_000_000)}  # fmt: skip
     logdir = Path(args.logdir) / "sb3" / args.env / (f"{label}/{name}" if label else name)
-    model, rows = train(env, args.algo, args.timesteps, args.seed, logdir, **kwargs)
+    try:
+        model, rows = rl.train(env, args.algo, args.timesteps, args.seed, logdir, device=str(device), **kwargs)
+    except ValueError as e:  # an algorithm that does not fit the env's actions, found before any training
+        raise UsageError(f"--algo {args.algo} on --env {args.env}: {e}") from None
     seconds = time.time() - started
     tag = f"{label.replace('=', '-')}-" if label and not (args.out or args.save) else ""
     save = Path(args.save or f"checkpoints/sb3/{args.env}-{tag}{name}.zip")
@@ -116,7 +126,7 @@ def _train(train, args, device, label: str) -> float:
     save_json(out, {"env": args.env, "algo": args.algo, "seed": args.seed, "agents": agents, "device": str(device),
                     "variant": label, "timesteps": model.num_timesteps, "wall_time_s": seconds,
                     "rows": rows})  # fmt: skip
-    keys = ("time/total_timesteps", "rollout/ep_rew_mean", "train/value_loss", "train/entropy_loss")  # every algo
+    keys = ("time/total_timesteps", "rollout/ep_rew_mean", *rl.COLUMNS[args.algo])
     table = [[f"{r.get(k, float('nan')):.4g}" for k in keys] for r in rows if "time/total_timesteps" in r]
     print(f"\n{args.algo.upper()} on {args.env} ({agents} agent(s) sharing one policy), seed {args.seed}"
           f"{', ' + label if label else ''}")  # fmt: skip

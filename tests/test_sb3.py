@@ -113,3 +113,47 @@ def test_sb3_cli_bad_input_is_one_line(tmp_path, capsys):
     assert exit_code(bench.main, ["--env", "network", "--seed", "-1"]) == 2
     assert "--seed must be in [0, 2**32 - 1]" in capsys.readouterr().err
     assert exit_code(bench.main, ["--env", "chess"]) == 2
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_off_policy_algorithms_train_the_teachers_box_action_reproducibly(algo, tmp_path):
+    def run(seed):
+        _, rows = train(make_teacher_student(), algo, timesteps=24, seed=seed, learning_starts=8, batch_size=8,
+                        buffer_size=24)  # fmt: skip
+        return [r["train/critic_loss"] for r in rows if "train/critic_loss" in r]
+
+    first, again, other = run(0), run(0), run(1)
+    assert first and first == again and first != other
+
+
+@pytest.mark.parametrize("algo", ["sac", "td3"])
+def test_off_policy_algorithms_refuse_discrete_actions_in_one_line(algo):
+    with pytest.raises(ValueError) as error:
+        train(make_network(), algo, timesteps=8)
+    assert str(error.value) == (
+        f"{algo.upper()} needs a Box action space; this env's actions are MultiDiscrete: use ppo or a2c"
+    )
+
+
+def test_sb3_cli_sac_on_the_teacher_and_td3_refused_on_the_network(tmp_path, capsys):
+    import json
+
+    from benchmarks import sb3 as bench
+    from tests.conftest import exit_code, make_dataset
+
+    root = make_dataset(tmp_path / "data", n_train=300)
+    out = tmp_path / "rows.json"
+    argv = ["--env", "teacher_student", "--data-dir", str(root), "--timesteps", "24", "--episode-steps", "4",
+            "--batch-size", "8", "--learning-starts", "8", "--algo", "sac", "--logdir", str(tmp_path / "runs"),
+            "--out", str(out), "--save", str(tmp_path / "m.zip"), "--quick-teacher",
+            "--teacher-cache", str(tmp_path / "teachers")]  # fmt: skip
+    assert exit_code(bench.main, argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert any("train/actor_loss" in r and "time/total_timesteps" in r for r in rows)
+    printed = capsys.readouterr().out
+    assert "SAC on teacher_student" in printed and "train/critic_loss" in printed
+    argv = ["--env", "network", "--data-dir", str(make_dataset(tmp_path / "fm", name="fashion-mnist")), "--algo", "td3",
+            "--out", str(tmp_path / "td3.json")]  # fmt: skip
+    assert exit_code(bench.main, argv) == 2
+    assert "--algo td3 on --env network: TD3 needs a Box action space" in capsys.readouterr().err
+    assert not (tmp_path / "td3.json").exists()

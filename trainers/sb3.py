@@ -12,15 +12,23 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from gymnasium import spaces
 from pettingzoo import ParallelEnv
-from stable_baselines3 import A2C, PPO
+from stable_baselines3 import A2C, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
 from stable_baselines3.common.vec_env import VecMonitor
 from supersuit import concat_vec_envs_v1, pettingzoo_env_to_vec_env_v1
 from supersuit.vector.sb3_vector_wrapper import SB3VecEnvWrapper
 
-ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C}
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "a2c": A2C, "sac": SAC, "td3": TD3}
+ON_POLICY = ("ppo", "a2c")  # any action space; SAC and TD3 need a Box (the teacher's scores)
+COLUMNS = {  # what each algorithm's table shows beside the timesteps and the episode reward
+    "ppo": ("train/value_loss", "train/entropy_loss"),
+    "a2c": ("train/value_loss", "train/entropy_loss"),
+    "sac": ("train/critic_loss", "train/actor_loss", "train/ent_coef"),
+    "td3": ("train/critic_loss", "train/actor_loss"),
+}
 
 
 class SeededVecEnv(SB3VecEnvWrapper):
@@ -70,7 +78,13 @@ def train(
 ) -> tuple[BaseAlgorithm, list[dict[str, float]]]:
     """Train ``algorithm`` with an MLP policy on ``env`` for ``timesteps`` agent-steps (``kwargs`` go to
     the algorithm, ``device`` included); TensorBoard scalars go to ``logdir``. Returns the model and
-    every logged row."""
+    every logged row. SAC and TD3 refuse envs whose actions are not a Box, in one line."""
+    space = env.action_space(env.possible_agents[0])
+    if algorithm not in ON_POLICY and not isinstance(space, spaces.Box):
+        raise ValueError(
+            f"{algorithm.upper()} needs a Box action space; this env's actions are {type(space).__name__}: "
+            f"use {' or '.join(ON_POLICY)}"
+        )
     kwargs.setdefault("device", "cpu")  # SB3's MLP policies are small: a GPU only pays with --device cuda
     model = ALGORITHMS[algorithm]("MlpPolicy", vec_env(env), seed=seed, verbose=0, **kwargs)
     recorder = Recorder()
@@ -78,6 +92,6 @@ def train(
     if logdir is not None:
         outputs.append(TensorBoardOutputFormat(str(logdir)))
     model.set_logger(Logger(str(logdir) if logdir else None, outputs))
-    model.learn(total_timesteps=timesteps, log_interval=1)  # every update (A2C's default is every 100th)
+    model.learn(total_timesteps=timesteps, log_interval=1)  # A2C: every update (default 100th); SAC/TD3: episode
     model.logger.dump(model.num_timesteps)  # the last update's losses are otherwise never written
     return model, recorder.rows
