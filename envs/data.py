@@ -177,10 +177,35 @@ def _read_idx_dataset(spec: DatasetSpec, root: Path, download: bool) -> tuple[np
             raise DataError(f"missing {', '.join(missing)} in {raw_dir}; set --data-dir / ${ENV_VAR}")
         raw_dir.mkdir(parents=True, exist_ok=True)
         _fetch(spec, raw_dir, missing)
-    arrays = {n: read_idx(_locate(raw_dir, n)) for n in spec.md5}
-    return tuple(
-        arrays[f"{p}-{k}-idx{d}-ubyte.gz"] for p in ("train", "t10k") for k, d in (("images", 3), ("labels", 1))
-    )
+    out = []
+    for split in ("train", "t10k"):
+        images, labels = (_locate(raw_dir, f"{split}-{k}-idx{d}-ubyte.gz") for k, d in (("images", 3), ("labels", 1)))
+        x, y = read_idx(images), read_idx(labels)
+        _check_idx_pair(spec, images, x, labels, y)
+        out += [x, y]
+    if out[0].shape[1:] != out[2].shape[1:]:
+        raise DataError(f"{raw_dir} holds {_size(out[0])} training but {_size(out[2])} test images: "
+                        "the two images files come from different datasets; replace the wrong one")  # fmt: skip
+    return tuple(out)
+
+
+def _check_idx_pair(spec: DatasetSpec, images: Path, x: np.ndarray, labels: Path, y: np.ndarray) -> None:
+    """One split's images and labels files: shapes, counts and label range, naming the file at fault."""
+    if x.ndim != 3 or 0 in x.shape[1:]:
+        raise DataError(f"{images} holds an array of shape {x.shape}, not images [n, height, width]: replace it")
+    if y.ndim != 1:
+        raise DataError(f"{labels} holds an array of shape {y.shape}, not labels [n]: replace it")
+    if not len(x):
+        raise DataError(f"{images} holds no images: replace it")
+    if len(x) != len(y):
+        raise DataError(f"{images} holds {len(x)} images but {labels} {len(y)} labels: replace the one that is cut")
+    if not 0 <= int(y.min()) <= int(y.max()) < spec.classes:
+        raise DataError(f"{labels} must hold classes 0..{spec.classes - 1}, found {int(y.min())}..{int(y.max())}: "
+                        "replace it")  # fmt: skip
+
+
+def _size(x: np.ndarray) -> str:
+    return "x".join(map(str, x.shape[1:]))
 
 
 def _locate(raw_dir: Path, name: str) -> Path | None:
@@ -224,13 +249,7 @@ def load_splits(name: str = "mnist", root: str | Path | None = None, download: b
         )
     read = _read_cifar if name == "cifar10" else _read_idx_dataset
     train_x, train_y, test_x, test_y = read(spec, root, download)
-    for x, y, which in ((train_x, train_y, "train"), (test_x, test_y, "test")):
-        if x.ndim not in (3, 4) or y.ndim != 1 or len(x) != len(y):
-            raise DataError(f"{which} images {x.shape} and labels {y.shape} of {root / spec.folder} do not match")
-        if len(y) and not 0 <= int(y.min()) <= int(y.max()) < spec.classes:
-            raise DataError(f"{which} labels of {root / spec.folder} must be classes 0..{spec.classes - 1}, found "
-                            f"{int(y.min())}..{int(y.max())}: replace the {which} label file")  # fmt: skip
-    shape = tuple(x.shape[1:]) if train_x.ndim == 4 else (1, *train_x.shape[1:])
+    shape = tuple(train_x.shape[1:]) if train_x.ndim == 4 else (1, *train_x.shape[1:])
     n_train = min(TRAIN_SIZE, len(train_x) * 5 // 6)  # the thesis split, scaled down for small files
 
     def split(x: np.ndarray, y: np.ndarray) -> Split:

@@ -75,8 +75,31 @@ def test_labels_outside_the_classes_name_the_split_and_the_range(tmp_path):
     labels = np.arange(120) % 10
     labels[7] = 200
     write_idx(root / "MNIST/raw/train-labels-idx1-ubyte.gz", labels.astype(np.uint8))
-    with pytest.raises(DataError, match=r"train labels of .*MNIST must be classes 0..9, found 0..200"):
+    with pytest.raises(DataError, match=r"MNIST/raw/train-labels-idx1-ubyte.gz must hold classes 0..9, found 0..200: "
+                                        "replace it"):  # fmt: skip
         load_splits("mnist", root, download=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "array", "message"),
+    [
+        ("t10k-labels-idx1-ubyte.gz", np.arange(39) % 10, "{images} holds 40 images but {labels} 39 labels"),
+        ("train-images-idx3-ubyte.gz", np.zeros((120, 64)), "{images} holds an array of shape (120, 64), not images"),
+        ("train-labels-idx1-ubyte.gz", np.zeros((120, 2)), "{labels} holds an array of shape (120, 2), not labels"),
+        ("t10k-images-idx3-ubyte.gz", np.zeros((0, 8, 8)), "{images} holds no images: replace it"),
+        ("t10k-images-idx3-ubyte.gz", np.zeros((40, 9, 9)), "MNIST/raw holds 8x8 training but 9x9 test images"),
+    ],
+)
+def test_a_wrong_idx_file_is_named(tmp_path, name, array, message):
+    root = make_dataset(tmp_path / "data")
+    raw = root / "MNIST/raw"
+    write_idx(raw / name, array.astype(np.uint8))
+    split = name.split("-")[0]
+    images, labels = (raw / f"{split}-{kind}-ubyte.gz" for kind in ("images-idx3", "labels-idx1"))
+    expected = message.format(images=images, labels=labels)
+    with pytest.raises(DataError) as e:
+        load_splits("mnist", root, download=False)
+    assert expected in str(e.value) and "\n" not in str(e.value)
 
 
 def test_failed_download_names_dir_files_and_env_var(tmp_path, monkeypatch):
