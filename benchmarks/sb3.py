@@ -127,7 +127,7 @@ def _train(rl, args, device, label: str) -> float:
                     "variant": label, "timesteps": model.num_timesteps, "wall_time_s": seconds,
                     "rows": rows})  # fmt: skip
     keys = ("time/total_timesteps", "rollout/ep_rew_mean", *rl.COLUMNS[args.algo])
-    table = [[f"{r.get(k, float('nan')):.4g}" for k in keys] for r in rows if "time/total_timesteps" in r]
+    table = [[f"{r.get(k, float('nan')):.4g}" for k in keys] for r in rl.updates(rows, args.algo)]
     print(f"\n{args.algo.upper()} on {args.env} ({agents} agent(s) sharing one policy), seed {args.seed}"
           f"{', ' + label if label else ''}")  # fmt: skip
     print(format_table(keys, table))

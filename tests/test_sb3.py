@@ -157,3 +157,15 @@ def test_sb3_cli_sac_on_the_teacher_and_td3_refused_on_the_network(tmp_path, cap
     assert exit_code(bench.main, argv) == 2
     assert "--algo td3 on --env network: TD3 needs a Box action space" in capsys.readouterr().err
     assert not (tmp_path / "td3.json").exists()
+
+
+def test_each_table_row_holds_its_rollout_and_the_update_that_followed():
+    from trainers.sb3 import updates
+
+    _, rows = train(make_network(), "a2c", timesteps=48, seed=0, n_steps=4)
+    rollouts = [r for r in rows if "time/total_timesteps" in r]
+    table = updates(rows, "a2c")
+    assert "train/value_loss" not in rollouts[0]  # SB3 logs the first rollout before any update
+    assert len(table) == len(rollouts) and all("train/value_loss" in r for r in table)
+    assert table[-1]["train/value_loss"] == rows[-1]["train/value_loss"]  # the last update, from the final dump
+    assert [r["time/total_timesteps"] for r in table] == [r["time/total_timesteps"] for r in rollouts]

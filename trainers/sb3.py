@@ -95,3 +95,15 @@ def train(
     model.learn(total_timesteps=timesteps, log_interval=1)  # A2C: every update (default 100th); SAC/TD3: episode
     model.logger.dump(model.num_timesteps)  # the last update's losses are otherwise never written
     return model, recorder.rows
+
+
+def updates(rows: list[dict[str, float]], algorithm: str) -> list[dict[str, float]]:
+    """One row per rollout with the losses of the update that followed it. PPO and A2C log a rollout's
+    statistics before training on it, so SB3's rows carry the previous update's losses (none in the
+    first) and the last update's come in the final dump; SAC and TD3 train as they go: rows as logged."""
+    rollouts = [r for r in rows if "time/total_timesteps" in r]
+    if algorithm not in ON_POLICY:
+        return rollouts
+    losses = [{k: v for k, v in r.items() if k.startswith("train/")} for r in rows[1:]]  # the next dump's
+    stats = [{k: v for k, v in r.items() if not k.startswith("train/")} for r in rollouts]
+    return [r | a for r, a in zip(stats, losses, strict=True)]
