@@ -20,6 +20,9 @@ setup(
         "Intended Audience :: Science/Research",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
+    # the project root itself on sys.path (a path-based editable install): a regular package found there wins
+    # over a namespace directory of the same name in site-packages (torchrl 0.14 installs one called benchmarks)
+    package_dir={"": "."},
     packages=find_packages(include=["envs", "agents", "trainers", "benchmarks"]),
     python_requires=">=3.10",
     install_requires=[

@@ -44,3 +44,7 @@ def test_our_benchmarks_win_over_torchrls_namespace_from_any_directory(tmp_path)
     run = subprocess.run([sys.executable, "-m", "benchmarks.language", "--help"], cwd=tmp_path, capture_output=True,
                          text=True, timeout=120)  # fmt: skip
     assert run.returncode == 0 and "--preset" in run.stdout, run.stderr
+    ours = Path(__file__).resolve().parent.parent / "benchmarks" / "__init__.py"
+    found = subprocess.run([sys.executable, "-c", "import benchmarks; print(benchmarks.__file__)"], cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert found.stdout.strip() == str(ours), found.stdout + found.stderr  # the package itself, not a namespace
