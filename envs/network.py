@@ -7,11 +7,13 @@
 | observation | ``[inbox fill, local loss, received loss, validation loss, episode done]``, losses clipped at 100 |
 | reward | drop of the node's own loss on ``reward_samples`` validation images over the step |
 
-The world (torch, batched over the nodes of one network; the trainer runs the same functions):
+The world (torch, batched over the nodes of one network; the trainer runs the same functions), with
+its routing in ``envs.routing``:
 - ``shards``: an exclusive random part of the training set per node, independent of the class.
 - ``ring_neighbours``: node ``i`` broadcasts to its ``k`` nearest nodes on a ring (+1, -1, +2, ...).
 - ``Inbox``: a bounded FIFO queue per node. Overflow policy: **drop oldest** (a full inbox overwrites
-  its oldest samples; ``dropped`` counts them). Consumption reads the oldest first.
+  its oldest samples; ``dropped`` counts them). Consumption reads the oldest first. A received sample
+  is its 8-bit pixels (what the wire carries) and the sender's content.
 - What travels with an image (``CONTENTS``): ``logits`` (the receiver trains on their softmax at
   temperature T), ``labels`` (true labels, as one-hot), ``features`` (top hidden layer, MSE),
   ``gaussian`` (a VAE's mean and log-variance, KL), or ``none``. A consumed sample is re-broadcast
@@ -24,7 +26,6 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -34,20 +35,7 @@ from gymnasium import spaces
 
 from envs.base import TruncatingParallelEnv, aec, episode_length, given_whole, trains
 from envs.data import load_splits
-
-
-def shards(n_samples: int, nodes: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """An exclusive random part of ``range(n_samples)`` per node; together they cover it (sizes differ by <= 1)."""
-    return list(torch.randperm(n_samples, generator=generator).tensor_split(nodes))
-
-
-def ring_neighbours(nodes: int, k: int) -> torch.Tensor:
-    """``[nodes, k]``: node ``i`` broadcasts to ``i+1, i-1, i+2, i-2, ...`` (mod ``nodes``); ``k = nodes-1`` is
-    fully connected."""
-    if nodes < 1 or not 0 <= k < nodes:
-        raise ValueError(f"need 1 <= nodes and 0 <= neighbours < nodes, got nodes={nodes}, neighbours={k}")
-    offsets = torch.tensor([s * (1 + j // 2) for j, s in zip(range(k), [1, -1] * k, strict=False)], dtype=torch.long)
-    return (torch.arange(nodes).unsqueeze(1) + offsets) % nodes
+from envs.routing import Minibatch, Network, from_pixels, ring_neighbours, to_pixels
 
 
 def collective_decision(probs: torch.Tensor) -> torch.Tensor:
@@ -158,143 +146,8 @@ CONTENTS: dict[str, Content] = {c.name: c for c in (Content(), Logits(), Labels(
 SUPERVISED_CONTENTS = tuple(CONTENTS)[:4]
 
 
-class Inbox:
-    """One bounded FIFO queue per node (drop-oldest on overflow) of sample indices and their payloads."""
-
-    def __init__(self, nodes: int, capacity: int, payload_dim: int):
-        if capacity < 1:
-            raise ValueError(f"inbox capacity must be >= 1, got {capacity}")
-        self.capacity = capacity
-        self.index = torch.zeros(nodes, capacity, dtype=torch.long)
-        self.payload = torch.zeros(nodes, capacity, payload_dim)
-        self.head = torch.zeros(nodes, dtype=torch.long)
-        self.count = torch.zeros(nodes, dtype=torch.long)
-        self.dropped = torch.zeros(nodes, dtype=torch.long)
-
-    def push(self, receivers: torch.Tensor, index: torch.Tensor, payload: torch.Tensor) -> None:
-        """Append items (in arrival order) to their receivers' queues."""
-        nodes = len(self.count)
-        order = torch.argsort(receivers, stable=True)
-        receivers, index, payload = receivers[order], index[order], payload[order]
-        arriving = torch.bincount(receivers, minlength=nodes)
-        first = torch.cumsum(arriving, 0) - arriving
-        rank = torch.arange(len(receivers)) - first[receivers]
-        keep = rank >= (arriving - self.capacity)[receivers]  # more than a queue holds: only the newest survive
-        receivers, index, payload, rank = receivers[keep], index[keep], payload[keep], rank[keep]
-        slot = (self.head[receivers] + self.count[receivers] + rank) % self.capacity
-        self.index[receivers, slot] = index
-        self.payload[receivers, slot] = payload
-        total = self.count + arriving
-        overflow = (total - self.capacity).clamp_min(0)
-        self.head = (self.head + overflow) % self.capacity
-        self.count = total.clamp_max(self.capacity)
-        self.dropped += overflow
-
-    def pop(self, wanted: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Take up to ``wanted[i]`` oldest items from each queue: ``(index [N, width], payload, taken [N])``;
-        row ``i`` holds its items in its first ``taken[i]`` columns."""
-        taken = torch.minimum(wanted, self.count)
-        slot = (self.head.unsqueeze(1) + torch.arange(width)) % self.capacity
-        rows = torch.arange(len(self.count)).unsqueeze(1)
-        index, payload = self.index[rows, slot], self.payload[rows, slot]
-        self.head = (self.head + taken) % self.capacity
-        self.count -= taken
-        return index, payload, taken
-
-
-@dataclass
-class Minibatch:
-    """What every node trains on this step: ``index [N, B]`` into the training set, ``received [N, B]``
-    (True where the sample came from the inbox) and the payload that came with it ``[N, B, D]``."""
-
-    index: torch.Tensor
-    received: torch.Tensor
-    payload: torch.Tensor
-
-
-class Network:
-    """The routing state of one network: shards, neighbours, inboxes and each node's pass over its shard."""
-
-    def __init__(
-        self,
-        n_samples: int,
-        nodes: int,
-        neighbours: int,
-        batch_size: int,
-        payload_dim: int,
-        capacity: int,
-        generator: torch.Generator,
-    ):
-        self.nodes, self.batch_size, self.generator = nodes, batch_size, generator
-        self.neighbours = ring_neighbours(nodes, neighbours)
-        self.shards = shards(n_samples, nodes, generator)
-        smallest = min(len(s) for s in self.shards)
-        if smallest < batch_size:
-            raise ValueError(f"a node's shard holds {smallest} samples, fewer than a minibatch of {batch_size}; "
-                             "use fewer nodes or a smaller batch")  # fmt: skip
-        self.inbox = Inbox(nodes, capacity, payload_dim)
-        self.order = [s[torch.randperm(len(s), generator=generator)] for s in self.shards]
-        self.cursor = [0] * nodes
-        self.consumed_local = torch.zeros(nodes, dtype=torch.long)
-        self.consumed_received = torch.zeros(nodes, dtype=torch.long)
-        self.sent = torch.zeros(nodes, dtype=torch.long)  # samples sent, counted once per receiver
-
-    def _local(self, wanted: torch.Tensor) -> torch.Tensor:
-        """``[N, B]``: each node's next samples of its shuffled shard, of which it uses ``wanted[i]``
-        (a new shuffle per pass; a pass ends when less than a minibatch is left)."""
-        rows = []
-        for i, need in enumerate(wanted.tolist()):
-            if self.cursor[i] + self.batch_size > len(self.order[i]):
-                self.order[i] = self.shards[i][torch.randperm(len(self.shards[i]), generator=self.generator)]
-                self.cursor[i] = 0
-            rows.append(self.order[i][self.cursor[i] : self.cursor[i] + self.batch_size])
-            self.cursor[i] += need
-        return torch.stack(rows)
-
-    def minibatch(self, consume: torch.Tensor) -> Minibatch:
-        """Each node's minibatch: ``consume[i]`` samples from its inbox (as many as it holds), then its shard."""
-        b = self.batch_size
-        index, payload, taken = self.inbox.pop(consume.clamp(0, b), b)
-        local = self._local(b - taken)
-        column = torch.arange(b)
-        received = column < taken.unsqueeze(1)
-        shifted = (column - taken.unsqueeze(1)).clamp_min(0)  # local samples fill the columns after the inbox's
-        index = torch.where(received, index, local.gather(1, shifted))
-        payload = payload * received.unsqueeze(-1)
-        self.consumed_received += taken
-        self.consumed_local += b - taken
-        return Minibatch(index, received, payload)
-
-    def state_dict(self) -> dict:
-        """The routing state a resumed run needs (shards follow from the seed)."""
-        inbox = {k: getattr(self.inbox, k) for k in ("index", "payload", "head", "count", "dropped")}
-        return {"inbox": inbox, "order": self.order, "cursor": list(self.cursor),
-                "consumed_local": self.consumed_local, "consumed_received": self.consumed_received,
-                "sent": self.sent}  # fmt: skip
-
-    def load_state_dict(self, state: dict) -> None:
-        for k, v in state["inbox"].items():
-            setattr(self.inbox, k, v.clone())
-        self.order, self.cursor = [o.clone() for o in state["order"]], list(state["cursor"])
-        for k in ("consumed_local", "consumed_received", "sent"):
-            setattr(self, k, state[k].clone())
-
-    def broadcast(self, senders: torch.Tensor, index: torch.Tensor, payload: torch.Tensor) -> None:
-        """Nodes with ``senders[i]`` send their minibatch ``index[i]`` with ``payload[i]`` to each neighbour."""
-        who = senders.nonzero().squeeze(1)
-        if not len(who) or not self.neighbours.shape[1]:
-            return
-        b, k = index.shape[1], self.neighbours.shape[1]
-        receivers = self.neighbours[who].unsqueeze(-1).expand(-1, -1, b).reshape(-1)
-        items = index[who].unsqueeze(1).expand(-1, k, -1).reshape(-1)
-        sent = payload[who].unsqueeze(1).expand(-1, k, -1, -1).reshape(len(items), -1)
-        self.inbox.push(receivers, items, sent)
-        self.sent[who] += b * k
-
-
 def supervised_losses(
     parts: Mapping[str, torch.nn.Module],
-    images: torch.Tensor,
     labels: torch.Tensor,
     batch: Minibatch,
     content: Content,
@@ -302,10 +155,10 @@ def supervised_losses(
     temperature: float = 1.0,
     comm_weight: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample losses ``[N, B]`` of stacked classifiers (``agents.network.stack``) on their minibatches:
-    cross-entropy on local samples, ``comm_weight`` times the content's loss on received ones (a received
-    ``features`` sample carries no label). Returns ``(losses, logits, features, true labels)``."""
-    x = images[batch.index].view(*batch.index.shape, *shape)
+    """Per-sample losses ``[N, B]`` of stacked classifiers (``agents.network.stack``) on their minibatches (their
+    pixels): cross-entropy on local samples, ``comm_weight`` times the content's loss on received ones (a
+    received ``features`` sample carries no label). Returns ``(losses, logits, features, true labels)``."""
+    x = from_pixels(batch.pixels).view(*batch.index.shape, *shape)
     features = parts["trunk"](x)
     logits = parts["head"](features)
     y = labels[batch.index]
@@ -363,6 +216,7 @@ class parallel_env(TruncatingParallelEnv):
         if model not in MODELS:
             raise ValueError(f"unknown node model {model!r}; choose from {', '.join(MODELS)}")
         self.images, self.labels, self.shape = images, labels, tuple(shape)
+        self.pixels = to_pixels(images)  # what nodes train on and send: 8-bit pixels
         self.val_images, self.val_labels = val_images[:reward_samples], val_labels[:reward_samples]
         self.nodes, self.k = nodes, nodes - 1 if neighbours is None else neighbours
         ring_neighbours(nodes, self.k)  # checks nodes and k now, not at reset
@@ -413,7 +267,7 @@ class parallel_env(TruncatingParallelEnv):
         self.parts = stack(models)
         self.optimizer = torch.optim.Adam(self.parts.parameters(), lr=self.lr)
         dim = CONTENTS[self.content].size(self.classes, MODELS[self.model].features)
-        self.network = Network(len(self.images), self.nodes, self.k, self.batch_size, dim, self.capacity, generator)
+        self.network = Network(self.pixels, self.nodes, self.k, self.batch_size, dim, self.capacity, generator)
         self.agents, self._steps = list(self.possible_agents), 0
         self._last_val = self._val_loss()
         zeros = torch.zeros(self.nodes)
@@ -427,14 +281,14 @@ class parallel_env(TruncatingParallelEnv):
         chosen = torch.from_numpy(np.stack(list(self._actions(actions).values())).astype(np.int64))
         batch = self.network.minibatch(chosen[:, 1])
         losses, logits, features, y = supervised_losses(
-            self.parts, self.images, self.labels, batch, CONTENTS[self.content], self.shape, self.temperature,
+            self.parts, self.labels, batch, CONTENTS[self.content], self.shape, self.temperature,
             self.comm_weight,
         )
         self.optimizer.zero_grad(set_to_none=True)
         losses.mean(1).sum().backward()  # summed over nodes: each node gets its own gradient
         self.optimizer.step()
         if self.content != "none":
-            self.network.broadcast(chosen[:, 0] == 1, batch.index, CONTENTS[self.content].send(logits, features, y))
+            self.network.broadcast(chosen[:, 0] == 1, batch, CONTENTS[self.content].send(logits, features, y))
         before, self._last_val = self._last_val, self._val_loss()
         reward = (before - self._last_val).tolist()
         with torch.no_grad():

@@ -5,28 +5,30 @@ import pytest
 import torch
 
 from envs import network as nw
+from envs import routing
 from tests.conftest import check_pettingzoo
 
 
 def test_shards_are_exclusive_and_cover_the_data():
-    parts = nw.shards(103, 10, torch.Generator().manual_seed(0))
+    parts = routing.shards(103, 10, torch.Generator().manual_seed(0))
     together = torch.cat(parts)
     assert len(parts) == 10 and sorted(together.tolist()) == list(range(103))
     assert {len(p) for p in parts} == {10, 11}
 
 
 def test_ring_neighbours_are_the_nearest_and_full_at_n_minus_one():
-    assert nw.ring_neighbours(6, 3)[0].tolist() == [1, 5, 2]
-    assert nw.ring_neighbours(6, 2)[4].tolist() == [5, 3]
-    full = nw.ring_neighbours(5, 4)
+    assert routing.ring_neighbours(6, 3)[0].tolist() == [1, 5, 2]
+    assert routing.ring_neighbours(6, 2)[4].tolist() == [5, 3]
+    full = routing.ring_neighbours(5, 4)
     for i, row in enumerate(full.tolist()):
         assert sorted(row) == [j for j in range(5) if j != i]
     with pytest.raises(ValueError, match="neighbours < nodes"):
-        nw.ring_neighbours(4, 4)
+        routing.ring_neighbours(4, 4)
 
 
 def make_network(nodes=6, k=2, capacity=64, dim=1, n=600, batch=4, seed=0):
-    return nw.Network(n, nodes, k, batch, dim, capacity, torch.Generator().manual_seed(seed))
+    pixels = torch.arange(n * 3).view(n, 3).to(torch.uint8)
+    return routing.Network(pixels, nodes, k, batch, dim, capacity, torch.Generator().manual_seed(seed))
 
 
 def test_a_node_only_receives_from_nodes_that_list_it():
@@ -37,7 +39,7 @@ def test_a_node_only_receives_from_nodes_that_list_it():
         batch = net.minibatch(torch.zeros(6, dtype=torch.long))
         sender_id = torch.arange(6).view(6, 1, 1).expand(-1, 4, 1).float()  # payload says who sent it
         before = net.inbox.count.clone()
-        net.broadcast(senders, batch.index, sender_id)
+        net.broadcast(senders, batch, sender_id)
         expected = torch.zeros(6, dtype=torch.long)
         for s in senders.nonzero().flatten().tolist():
             expected[net.neighbours[s]] += 4
@@ -52,13 +54,20 @@ def test_a_node_only_receives_from_nodes_that_list_it():
 
 
 def test_inbox_is_fifo_and_drops_the_oldest_on_overflow():
-    inbox = nw.Inbox(nodes=2, capacity=4, payload_dim=1)
-    inbox.push(torch.tensor([0, 0, 0, 1]), torch.tensor([10, 11, 12, 20]), torch.zeros(4, 1))
-    inbox.push(torch.tensor([0, 0, 0]), torch.tensor([13, 14, 15]), torch.zeros(3, 1))
-    index, _, taken = inbox.pop(torch.tensor([4, 4]), width=4)
+    inbox = routing.Inbox(nodes=2, capacity=4, payload_dim=1, pixel_dim=2)
+
+    def push(receivers, index):  # each item's pixels and payload say which sample it is
+        index = torch.tensor(index)
+        inbox.push(torch.tensor(receivers), index, index.float().unsqueeze(1), index.to(torch.uint8).repeat(2, 1).T)
+
+    push([0, 0, 0, 1], [10, 11, 12, 20])
+    push([0, 0, 0], [13, 14, 15])
+    index, payload, pixels, taken = inbox.pop(torch.tensor([4, 4]), width=4)
     assert taken.tolist() == [4, 1] and inbox.dropped.tolist() == [2, 0]
     assert index[0].tolist() == [12, 13, 14, 15] and index[1, 0] == 20
-    inbox.push(torch.zeros(9, dtype=torch.long), torch.arange(9), torch.zeros(9, 1))  # more than it holds
+    assert payload[0, :, 0].tolist() == [12, 13, 14, 15] and pixels[0].tolist() == [[12, 12], [13, 13], [14, 14],
+                                                                                    [15, 15]]  # fmt: skip
+    push([0] * 9, list(range(9)))  # more than it holds
     assert inbox.pop(torch.tensor([4, 0]), 4)[0][0].tolist() == [5, 6, 7, 8]
 
 
@@ -69,7 +78,7 @@ def test_consumption_rate_matches_p_consume():
     for _ in range(400):
         consume = torch.binomial(torch.full((nodes,), float(b)), torch.full((nodes,), p_consume), generator=g).long()
         batch = net.minibatch(consume)
-        net.broadcast(torch.rand(nodes, generator=g) < p_consume / k, batch.index, torch.zeros(nodes, b, 1))
+        net.broadcast(torch.rand(nodes, generator=g) < p_consume / k, batch, torch.zeros(nodes, b, 1))
     rate = net.consumed_received.sum().item() / (net.consumed_received + net.consumed_local).sum().item()
     assert rate == pytest.approx(p_consume, abs=0.05)
 

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from agents.network import MODELS, node_model, stack
 from envs.data import load_splits
-from envs.network import CONTENTS, Minibatch, supervised_losses
+from envs.network import CONTENTS, supervised_losses
+from envs.routing import Minibatch, from_pixels, to_pixels
 from tests.conftest import killed_and_resumed, make_dataset
 from trainers.network import NetworkConfig, NetworkTrainer
 
@@ -40,11 +41,13 @@ def test_batched_training_equals_a_per_node_loop_with_one_adam_each(content):
     parts = stack(models)
     batched_opt = torch.optim.Adam(parts.parameters())
     loop_opts = [torch.optim.Adam(m.parameters()) for m in loop_models]
-    images, labels = torch.rand(40, 64), torch.arange(40) % 10
+    pixels, labels = to_pixels(torch.rand(40, 64)), torch.arange(40) % 10
+    images = from_pixels(pixels)
     dim = 64 if content == "features" else 10
     for _ in range(3):
-        batch = Minibatch(torch.randint(0, 40, (nodes, b)), torch.rand(nodes, b) < 0.5, torch.randn(nodes, b, dim))
-        losses, *_ = supervised_losses(parts, images, labels, batch, CONTENTS[content], SHAPE, temperature=2.0,
+        index = torch.randint(0, 40, (nodes, b))
+        batch = Minibatch(index, torch.rand(nodes, b) < 0.5, torch.randn(nodes, b, dim), pixels[index])
+        losses, *_ = supervised_losses(parts, labels, batch, CONTENTS[content], SHAPE, temperature=2.0,
                                        comm_weight=0.7)
         batched_opt.zero_grad()
         losses.mean(1).sum().backward()

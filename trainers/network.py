@@ -21,15 +21,8 @@ import torch
 
 from agents.network import MODELS, node_model, stack
 from envs.data import Split, Splits
-from envs.network import (
-    CONTENTS,
-    SUPERVISED_CONTENTS,
-    Minibatch,
-    Network,
-    collective_decision,
-    every_node,
-    supervised_losses,
-)
+from envs.network import CONTENTS, SUPERVISED_CONTENTS, collective_decision, every_node, supervised_losses
+from envs.routing import Minibatch, Network, from_pixels, to_pixels
 from trainers.base import Trainer, generator, option, restore_generators, run_rows
 from trainers.network_objectives import UNSUPERVISED, NodeProbes, bigan_step, vae_losses
 
@@ -147,6 +140,7 @@ class NetworkTrainer(Trainer):
         self.content = CONTENTS[c.wire_content]
         dim = self.content.size(self.classes, features)
         self.generators = [generator(s) for s in self.seeds]
+        pixels = to_pixels(splits.train.images)  # what nodes train on and send (routing, on the CPU)
         self.networks = []
         models = []
         for seed, g in zip(self.seeds, self.generators, strict=True):
@@ -154,7 +148,7 @@ class NetworkTrainer(Trainer):
                 torch.manual_seed(seed)
                 models += [node_model(kind, splits.shape, MODELS[c.model], self.classes) for _ in range(c.nodes)]
             capacity = c.capacity or 10 * c.batch_size
-            self.networks.append(Network(len(splits.train.images), c.nodes, c.k, c.batch_size, dim, capacity, g))
+            self.networks.append(Network(pixels, c.nodes, c.k, c.batch_size, dim, capacity, g))
         self.parts = stack(models).to(device)
         if kind == "bigan":  # DCGAN's Adam for adversarial pairs
             critic = [*self.parts["critic_x"].parameters(), *self.parts["critic"].parameters()]
@@ -180,8 +174,7 @@ class NetworkTrainer(Trainer):
         for net, g in zip(self.networks, self.generators, strict=True):
             p = torch.full((c.nodes,), c.p_consume if c.communicates else 0.0)
             parts.append(net.minibatch(torch.binomial(torch.full((c.nodes,), float(b)), p, generator=g).long()))
-        return Minibatch(*(torch.cat([getattr(m, f) for m in parts]).to(self.device)
-                           for f in ("index", "received", "payload")))  # fmt: skip
+        return Minibatch.cat(parts)
 
     def _per_seed(self, per_node: torch.Tensor) -> torch.Tensor:
         return per_node.detach().view(len(self.seeds), -1).mean(1)
@@ -189,10 +182,11 @@ class NetworkTrainer(Trainer):
     def train_step(self) -> dict[str, torch.Tensor]:
         """One training step of every node; returns each seed's mean loss over its nodes."""
         c, train = self.config, self.splits.train
-        batch = self.minibatches()
+        routed = self.minibatches()  # on the CPU, where routing lives
+        batch = routed.to(self.device)
         content = self.content if c.communicates else None
         if c.unsupervised:
-            x = train.images[batch.index].view(*batch.index.shape, *self.splits.shape)
+            x = from_pixels(batch.pixels).view(*batch.index.shape, *self.splits.shape)
         if c.unsupervised == "bigan":
             critic, players, payload = bigan_step(self.parts, x, self.noise, batch, content, c.comm_weight,
                                                   self.optimizers["critic"], self.optimizers["players"])  # fmt: skip
@@ -202,7 +196,7 @@ class NetworkTrainer(Trainer):
                 losses, payload = vae_losses(self.parts, x, self.noise, batch, content, c.comm_weight)
             else:
                 losses, logits, features, y = supervised_losses(
-                    self.parts, train.images, train.labels, batch, self.content, self.splits.shape,
+                    self.parts, train.labels, batch, self.content, self.splits.shape,
                     c.temperature, c.comm_weight,
                 )  # fmt: skip
                 payload = self.content.send(logits, features, y)
@@ -216,7 +210,7 @@ class NetworkTrainer(Trainer):
             for r, (net, g) in enumerate(zip(self.networks, self.generators, strict=True)):
                 rows = slice(r * c.nodes, (r + 1) * c.nodes)
                 senders = torch.rand(c.nodes, generator=g) < c.broadcast_probability
-                net.broadcast(senders, batch.index[rows].cpu(), payload[rows])
+                net.broadcast(senders, routed.rows(rows), payload[rows])
         self.step += 1
         return metrics
 
