@@ -94,6 +94,17 @@ def node_model(kind: str, shape: Sequence[int], spec: ModelSpec, classes: int = 
     raise ValueError(f"unknown node model kind {kind!r}; choose from {', '.join(KINDS)}")
 
 
+def seeded_models(kind: str, shape: Sequence[int], spec: ModelSpec, classes: int, seeds: Sequence[int]) -> list:
+    """One node model per seed, each initialised from its own seed alone (not from what was built before it),
+    so a node starts the same whichever nodes are built beside it."""
+    models = []
+    for seed in seeds:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            models.append(node_model(kind, shape, spec, classes))
+    return models
+
+
 class Stacked(nn.Module):
     """The same ``nn.Sequential`` part of ``len(models)`` nodes, called on per-node inputs ``[N, batch, ...]``.
 

@@ -35,7 +35,7 @@ from gymnasium import spaces
 
 from envs.base import TruncatingParallelEnv, aec, episode_length, given_whole, trains
 from envs.data import load_splits
-from envs.routing import Minibatch, Network, from_pixels, ring_neighbours, to_pixels
+from envs.routing import INIT, Minibatch, Network, from_pixels, node_seed, ring_neighbours, to_pixels
 
 
 def collective_decision(probs: torch.Tensor) -> torch.Tensor:
@@ -45,11 +45,23 @@ def collective_decision(probs: torch.Tensor) -> torch.Tensor:
     ``w_i = log(C) - H(p_i)`` (0 for a uniform prediction, ``log C`` for a one-hot one). The decision is
     ``sum_i w_i p_i / sum_i w_i``; where every node is uniform (all ``w_i = 0``) it is the plain mean.
     """
+    return decide(decision_sums(probs), len(probs))
+
+
+def decision_sums(probs: torch.Tensor) -> torch.Tensor:
+    """What the decision needs of some nodes ``[nodes, ..., classes]``, summed over them: ``[..., 2 C + 1]`` =
+    (sum of ``w_i p_i``, sum of ``p_i``, sum of ``w_i``). Sums of disjoint groups of nodes add up, so
+    processes holding different nodes reduce them with one all-reduce (``decide`` does the rest)."""
     entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1, keepdim=True)
     weights = (math.log(probs.shape[-1]) - entropy).clamp_min(0)
-    total = weights.sum(0)
-    mixed = (weights * probs).sum(0) / total.clamp_min(1e-12)
-    return torch.where(total > 0, mixed, probs.mean(0))
+    return torch.cat([(weights * probs).sum(0), probs.sum(0), weights.sum(0)], -1)
+
+
+def decide(sums: torch.Tensor, nodes: int) -> torch.Tensor:
+    """The collective decision ``[..., classes]`` from ``decision_sums`` over all ``nodes`` nodes."""
+    classes = (sums.shape[-1] - 1) // 2
+    weighted, plain, total = sums.split([classes, classes, 1], -1)
+    return torch.where(total > 0, weighted / total.clamp_min(1e-12), plain / nodes)
 
 
 def every_node(images: torch.Tensor, nodes: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -69,9 +81,21 @@ class Content:
         """Floats stored per sample in an inbox."""
         return 0
 
+    def content_bytes(self, classes: int, features: int) -> int:
+        """Bytes of the content per sample on the wire (float32 unless said otherwise)."""
+        return 4 * self.size(classes, features)
+
     def wire_bytes(self, pixels: int, classes: int, features: int) -> int:
         """Bytes on the wire per sample sent: the image as uint8 pixels plus the content."""
-        return pixels + 4 * self.size(classes, features)
+        return pixels + self.content_bytes(classes, features)
+
+    def encode(self, payload: torch.Tensor) -> torch.Tensor:
+        """Payloads ``[..., size]`` as the ``content_bytes`` that travel (``envs.routing.pack``)."""
+        return payload.float().contiguous().view(torch.uint8)
+
+    def decode(self, raw: torch.Tensor, size: int) -> torch.Tensor:
+        """``encode``'s inverse: ``[..., content_bytes]`` back into payloads ``[..., size]``."""
+        return raw.contiguous().view(torch.float32)
 
     def send(self, logits: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """What a node sends with each sample of its minibatch ``[N, B, size]``."""
@@ -103,8 +127,14 @@ class Labels(Logits):
 
     name = "labels"
 
-    def wire_bytes(self, pixels: int, classes: int, features: int) -> int:
-        return pixels + 1
+    def content_bytes(self, classes: int, features: int) -> int:
+        return 1
+
+    def encode(self, payload: torch.Tensor) -> torch.Tensor:
+        return payload.argmax(-1, keepdim=True).to(torch.uint8)
+
+    def decode(self, raw: torch.Tensor, size: int) -> torch.Tensor:
+        return F.one_hot(raw[..., 0].long(), size).float()
 
     def send(self, logits: torch.Tensor, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.one_hot(labels, logits.shape[-1]).float()
@@ -256,18 +286,15 @@ class parallel_env(TruncatingParallelEnv):
 
     @trains
     def reset(self, seed: int | None = None, options: dict | None = None):
-        from agents.network import MODELS, node_model, stack
+        from agents.network import MODELS, seeded_models, stack
 
         if seed is not None:
             self._seed = seed
-        generator = torch.Generator().manual_seed(self._seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self._seed)
-            models = [node_model("classifier", self.shape, MODELS[self.model], self.classes) for _ in range(self.nodes)]
-        self.parts = stack(models)
+        inits = [node_seed(self._seed, i, INIT) for i in range(self.nodes)]
+        self.parts = stack(seeded_models("classifier", self.shape, MODELS[self.model], self.classes, inits))
         self.optimizer = torch.optim.Adam(self.parts.parameters(), lr=self.lr)
         dim = CONTENTS[self.content].size(self.classes, MODELS[self.model].features)
-        self.network = Network(self.pixels, self.nodes, self.k, self.batch_size, dim, self.capacity, generator)
+        self.network = Network(self.pixels, self.nodes, self.k, self.batch_size, dim, self.capacity, self._seed)
         self.agents, self._steps = list(self.possible_agents), 0
         self._last_val = self._val_loss()
         zeros = torch.zeros(self.nodes)

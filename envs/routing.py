@@ -1,16 +1,44 @@
 """Routing in the network of nodes (thesis ch. 2): shards, ring neighbours, inboxes and each node's minibatch.
 
-Integer bookkeeping on the CPU, shared by the env and the trainer. What travels with a sample is what
-the receiver trains on: its 8-bit pixels (as the wire carries them), its index in the training set
-(bookkeeping) and the sender's content. A node's minibatch is built from the same things whether a
-sample came from its shard or its inbox, so received images are exactly the pixels that arrived.
+Integer bookkeeping on the CPU, shared by the env, the trainer and the distributed trainer. What travels
+with a sample is what the receiver trains on: its 8-bit pixels (as the wire carries them), its index in
+the training set (bookkeeping) and the sender's content. A node's minibatch is built from the same
+things whether a sample came from its shard or its inbox, so received images are exactly the pixels
+that arrived.
+
+Placement never changes a draw: the shards come from the seed, and every node has its own random
+stream (``node_seed``) for its shard order and for the trainer's consume, broadcast and noise draws.
+A ``Network`` holds the nodes one process owns (all of them in the simulator); a broadcast is a
+``Post`` that ``deliver`` merges with the posts of other processes in sender order, so every inbox sees
+the same arrivals wherever its senders live.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+
+INIT = 1  # node_seed(seed, node, INIT): the stream that initialises a node's model
+
+
+def node_seed(seed: int, node: int, *more: int) -> int:
+    """The seed of node ``node``'s own random stream in the network of ``seed`` (``more``: further keys, e.g. a
+    step): independent streams by numpy's ``SeedSequence``, the same on every process."""
+    return int(np.random.SeedSequence([seed, node, *more]).generate_state(1, np.uint64)[0])
+
+
+def placement(nodes: int, processes: int) -> list[range]:
+    """The nodes each process owns: contiguous blocks whose sizes differ by at most one."""
+    if not 1 <= processes <= nodes:
+        raise ValueError(f"{nodes} node(s) cannot be spread over {processes} processes: every process needs a node; "
+                         "run fewer processes or more nodes")  # fmt: skip
+    bounds = [p * nodes // processes for p in range(processes + 1)]
+    return [range(a, b) for a, b in itertools.pairwise(bounds)]
 
 
 def shards(n_samples: int, nodes: int, generator: torch.Generator) -> list[torch.Tensor]:
@@ -35,6 +63,16 @@ def to_pixels(images: torch.Tensor) -> torch.Tensor:
 def from_pixels(pixels: torch.Tensor) -> torch.Tensor:
     """8-bit pixels as float images in [0, 1], bit for bit what ``envs.data.load_splits`` gives."""
     return pixels.float() / 255
+
+
+def links(nodes: int, k: int, processes: Sequence[range]) -> set[tuple[int, int]]:
+    """``(p, q)`` for every pair of processes (indices into a ``placement``) where a node of ``p`` broadcasts to
+    a node of ``q``: the messages each process sends and expects every step."""
+    owner = torch.empty(nodes, dtype=torch.long)
+    for p, owned in enumerate(processes):
+        owner[owned.start : owned.stop] = p
+    pairs = torch.stack([owner.unsqueeze(1).expand(-1, k), owner[ring_neighbours(nodes, k)]], -1).reshape(-1, 2)
+    return {(p, q) for p, q in pairs.tolist() if p != q}
 
 
 class Inbox:
@@ -116,11 +154,33 @@ class Minibatch:
         return Minibatch(*(torch.cat([getattr(m, f) for m in parts]) for f in fields))
 
 
+@dataclass
+class Post:
+    """What some nodes broadcast in one step: ``sender [S]`` (node ids), their minibatches' ``index [S, B]`` and
+    ``pixels [S, B, C*H*W]``, and the content that goes with them, ``payload [S, B, D]``."""
+
+    sender: torch.Tensor
+    index: torch.Tensor
+    pixels: torch.Tensor
+    payload: torch.Tensor
+
+    def rows(self, rows: torch.Tensor) -> Post:
+        return Post(self.sender[rows], self.index[rows], self.pixels[rows], self.payload[rows])
+
+    @staticmethod
+    def cat(posts: Sequence[Post]) -> Post:
+        """Several posts as one, in sender order (the order in which every inbox receives them)."""
+        fields = ("sender", "index", "pixels", "payload")
+        post = Post(*(torch.cat([getattr(p, f) for p in posts]) for f in fields))
+        return post.rows(torch.argsort(post.sender, stable=True))
+
+
 class Network:
-    """The routing state of one network: shards, neighbours, inboxes and each node's pass over its shard.
+    """The routing state of the nodes ``owned`` (default: all) of one network: shards, neighbours, inboxes,
+    each node's pass over its shard and its random stream (``generators``, in ``owned`` order).
 
     ``pixels`` (uint8 ``[n, C*H*W]``) is the training set: a node's own samples are read from it, received
-    ones from its inbox."""
+    ones from its inbox. Counters (``sent``, ``dropped``...) and ``digest`` are per owned node."""
 
     def __init__(
         self,
@@ -130,36 +190,46 @@ class Network:
         batch_size: int,
         payload_dim: int,
         capacity: int,
-        generator: torch.Generator,
+        seed: int,
+        owned: range | None = None,
     ):
-        self.nodes, self.batch_size, self.generator, self.pixels = nodes, batch_size, generator, pixels
+        self.nodes, self.batch_size, self.pixels = nodes, batch_size, pixels
+        self.owned = range(nodes) if owned is None else owned
         self.neighbours = ring_neighbours(nodes, neighbours)
-        self.shards = shards(len(pixels), nodes, generator)
+        self.shards = shards(len(pixels), nodes, torch.Generator().manual_seed(seed))
         smallest = min(len(s) for s in self.shards)
         if smallest < batch_size:
             raise ValueError(f"a node's shard holds {smallest} samples, fewer than a minibatch of {batch_size}; "
                              "use fewer nodes or a smaller batch")  # fmt: skip
-        self.inbox = Inbox(nodes, capacity, payload_dim, pixels.shape[1])
-        self.order = [s[torch.randperm(len(s), generator=generator)] for s in self.shards]
-        self.cursor = [0] * nodes
-        self.consumed_local = torch.zeros(nodes, dtype=torch.long)
-        self.consumed_received = torch.zeros(nodes, dtype=torch.long)
-        self.sent = torch.zeros(nodes, dtype=torch.long)  # samples sent, counted once per receiver
+        self.generators = [torch.Generator().manual_seed(node_seed(seed, i)) for i in self.owned]
+        n = len(self.owned)
+        self.inbox = Inbox(n, capacity, payload_dim, pixels.shape[1])
+        self.order = [self._shuffled(j) for j in range(n)]
+        self.cursor = [0] * n
+        self.consumed_local = torch.zeros(n, dtype=torch.long)
+        self.consumed_received = torch.zeros(n, dtype=torch.long)
+        self.sent = torch.zeros(n, dtype=torch.long)  # samples sent, counted once per receiver
+        self.digest = torch.zeros(n, dtype=torch.long)  # a hash of every minibatch each node trained on
+        self.local = torch.full((nodes,), -1, dtype=torch.long)  # node id -> its row here (-1: not owned)
+        self.local[self.owned.start : self.owned.stop] = torch.arange(n)
+
+    def _shuffled(self, j: int) -> torch.Tensor:
+        shard = self.shards[self.owned[j]]
+        return shard[torch.randperm(len(shard), generator=self.generators[j])]
 
     def _local(self, wanted: torch.Tensor) -> torch.Tensor:
         """``[N, B]``: each node's next samples of its shuffled shard, of which it uses ``wanted[i]``
         (a new shuffle per pass; a pass ends when less than a minibatch is left)."""
         rows = []
-        for i, need in enumerate(wanted.tolist()):
-            if self.cursor[i] + self.batch_size > len(self.order[i]):
-                self.order[i] = self.shards[i][torch.randperm(len(self.shards[i]), generator=self.generator)]
-                self.cursor[i] = 0
-            rows.append(self.order[i][self.cursor[i] : self.cursor[i] + self.batch_size])
-            self.cursor[i] += need
+        for j, need in enumerate(wanted.tolist()):
+            if self.cursor[j] + self.batch_size > len(self.order[j]):
+                self.order[j], self.cursor[j] = self._shuffled(j), 0
+            rows.append(self.order[j][self.cursor[j] : self.cursor[j] + self.batch_size])
+            self.cursor[j] += need
         return torch.stack(rows)
 
     def minibatch(self, consume: torch.Tensor) -> Minibatch:
-        """Each node's minibatch: ``consume[i]`` samples from its inbox (as many as it holds), then its shard."""
+        """Each owned node's minibatch: ``consume[i]`` samples from its inbox (as many as it holds), then its shard."""
         b = self.batch_size
         index, payload, pixels, taken = self.inbox.pop(consume.clamp(0, b), b)
         local = self._local(b - taken)
@@ -171,30 +241,80 @@ class Network:
         payload = payload * received.unsqueeze(-1)
         self.consumed_received += taken
         self.consumed_local += b - taken
+        self._record(index, received)
         return Minibatch(index, received, payload, pixels)
+
+    def _record(self, index: torch.Tensor, received: torch.Tensor) -> None:
+        """Fold this step's minibatches (which samples, which of them received) into each node's digest."""
+        rows = torch.cat([index, received.long()], 1).numpy()
+        for j, row in enumerate(rows):
+            h = hashlib.blake2b(int(self.digest[j]).to_bytes(8, "little", signed=True) + row.tobytes(), digest_size=8)
+            self.digest[j] = int.from_bytes(h.digest(), "little", signed=True)
 
     def state_dict(self) -> dict:
         """The routing state a resumed run needs (shards follow from the seed)."""
         return {"inbox": self.inbox.state_dict(), "order": self.order, "cursor": list(self.cursor),
                 "consumed_local": self.consumed_local, "consumed_received": self.consumed_received,
-                "sent": self.sent}  # fmt: skip
+                "sent": self.sent, "digest": self.digest,
+                "generators": [g.get_state() for g in self.generators]}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         self.inbox.load_state_dict(state["inbox"])
         self.order, self.cursor = [o.clone() for o in state["order"]], list(state["cursor"])
-        for k in ("consumed_local", "consumed_received", "sent"):
+        for k in ("consumed_local", "consumed_received", "sent", "digest"):
             setattr(self, k, state[k].clone())
+        for g, s in zip(self.generators, state["generators"], strict=True):
+            g.set_state(s)
+
+    def post(self, senders: torch.Tensor, batch: Minibatch, payload: torch.Tensor) -> Post:
+        """Owned nodes with ``senders[i]`` broadcast their minibatch (indices and pixels) with ``payload[i]``."""
+        who = senders.nonzero().squeeze(1)
+        if not self.neighbours.shape[1]:
+            who = who[:0]
+        self.sent[who] += batch.index.shape[1] * self.neighbours.shape[1]
+        return Post(torch.as_tensor(self.owned)[who], batch.index[who], batch.pixels[who], payload[who])
+
+    def deliver(self, posts: Sequence[Post]) -> None:
+        """Push what ``posts`` (from this process and others) bring to the owned nodes among each sender's
+        neighbours, in sender order (as one process holding every node would)."""
+        post = Post.cat(posts)
+        receivers = self.local[self.neighbours[post.sender]]  # [S, k]: each sender's neighbours' rows here
+        row, slot = (receivers >= 0).nonzero(as_tuple=True)  # (sender, neighbour) pairs, in sender order
+        if not len(row):
+            return
+        b = post.index.shape[1]
+
+        def items(x: torch.Tensor) -> torch.Tensor:
+            return x[row].reshape(len(row) * b, *x.shape[2:])
+
+        who = receivers[row, slot].unsqueeze(1).expand(-1, b).reshape(-1)
+        self.inbox.push(who, items(post.index), items(post.payload), items(post.pixels))
 
     def broadcast(self, senders: torch.Tensor, batch: Minibatch, payload: torch.Tensor) -> None:
-        """Nodes with ``senders[i]`` send their minibatch (indices and pixels) with ``payload[i]`` to each neighbour."""
-        who = senders.nonzero().squeeze(1)
-        if not len(who) or not self.neighbours.shape[1]:
-            return
-        b, k = batch.index.shape[1], self.neighbours.shape[1]
-        receivers = self.neighbours[who].unsqueeze(-1).expand(-1, -1, b).reshape(-1)
+        """``post`` and ``deliver`` in one network that lives in one process."""
+        self.deliver([self.post(senders, batch, payload)])
 
-        def copies(x: torch.Tensor) -> torch.Tensor:  # each sender's rows, once per neighbour
-            return x[who].unsqueeze(1).expand(-1, k, *x.shape[1:]).reshape(len(receivers), *x.shape[2:])
+    def outbound(self, post: Post, nodes: range) -> Post:
+        """The part of ``post`` that some of ``nodes`` (another process's) receive."""
+        to = self.neighbours[post.sender]
+        return post.rows(((to >= nodes.start) & (to < nodes.stop)).any(1))
 
-        self.inbox.push(receivers, copies(batch.index), copies(payload), copies(batch.pixels))
-        self.sent[who] += b * k
+
+def pack(post: Post, encode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """A post as the bytes that travel to another process: per sender, its id and minibatch indices (int32), the
+    8-bit pixels and the content as ``encode`` writes it (``Content.encode``)."""
+    fields = (post.sender.to(torch.int32).unsqueeze(1), post.index.to(torch.int32), post.pixels, encode(post.payload))
+    return torch.cat([f.contiguous().view(torch.uint8).flatten(1) for f in fields], 1).reshape(-1)
+
+
+def unpack(raw: torch.Tensor, batch_size: int, pixel_dim: int, content_bytes: int,
+           decode: Callable[[torch.Tensor], torch.Tensor]) -> Post:  # fmt: skip
+    """``pack``'s inverse; ``decode`` turns ``[S, B, content_bytes]`` bytes back into payloads (``Content.decode``)."""
+    b = batch_size
+    widths = [4, 4 * b, b * pixel_dim, b * content_bytes]
+    records = raw.view(-1, sum(widths))
+    sender, index, pixels, content = records.split(widths, 1)
+    s = len(records)
+    return Post(sender.contiguous().view(torch.int32).reshape(s).long(),
+                index.contiguous().view(torch.int32).reshape(s, b).long(),
+                pixels.reshape(s, b, pixel_dim), decode(content.reshape(s, b, content_bytes)))  # fmt: skip

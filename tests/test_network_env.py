@@ -28,7 +28,7 @@ def test_ring_neighbours_are_the_nearest_and_full_at_n_minus_one():
 
 def make_network(nodes=6, k=2, capacity=64, dim=1, n=600, batch=4, seed=0):
     pixels = torch.arange(n * 3).view(n, 3).to(torch.uint8)
-    return routing.Network(pixels, nodes, k, batch, dim, capacity, torch.Generator().manual_seed(seed))
+    return routing.Network(pixels, nodes, k, batch, dim, capacity, seed)
 
 
 def test_a_node_only_receives_from_nodes_that_list_it():

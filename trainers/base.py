@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from trainers.group import Group
+
 CHECKPOINT_SECONDS = 60.0  # between checkpoints after the first: saving every evaluation costs seconds
 
 
@@ -106,10 +108,12 @@ class Trainer(ABC):
 
     Subclasses set ``runs`` (one label per run), ``step``, ``eval_every``, ``log_every`` and ``_args``
     (their constructor's arguments but ``device``) and implement the abstract methods; ``fit`` is
-    written once, here.
+    written once, here. A trainer spread over processes (the network's nodes) sets ``group``: each
+    process then keeps its own checkpoint, and they save and resume at the same step.
     """
 
     runs: list
+    group: Group = Group()
     step: int = 0
     eval_every: int = 1
     log_every: int = 1
@@ -188,7 +192,7 @@ class Trainer(ABC):
 
     def _build(self, device: torch.device) -> None:
         """Construct again on ``device`` from the arguments it was made with (``self._args``)."""
-        self.__init__(*self._args, device=device)
+        self.__init__(*self._args, device=device, **({"group": self.group} if "group" in vars(self) else {}))
 
     def fit(self, events: Events | None = None, checkpoint: Path | None = None) -> list:
         """Train until done; every result goes to ``events.finished`` and is returned, in ``runs`` order.
@@ -197,14 +201,8 @@ class Trainer(ABC):
         evaluation and then at most once a minute (atomically); the caller deletes it when done."""
         events = events or Events()
         self._finished: set[int] = getattr(self, "_finished", set())
-        if checkpoint is not None and checkpoint.exists():
-            state = load_checked(checkpoint, "checkpoint", "delete it to restart those runs")
-            if "header" not in state:
-                raise CheckpointError(f"{checkpoint} is a checkpoint from before this version; delete it to restart")
-            if state["header"] != self.header():
-                raise CheckpointError(f"checkpoint {checkpoint} belongs to other runs or another config; "
-                                      "delete it to restart")  # fmt: skip
-            self.load_state_dict(state)
+        if checkpoint is not None:
+            self._resume(checkpoint)
         events.begin(self.total_steps(), self.step)
         saved = -math.inf
         while not self.done():
@@ -217,11 +215,28 @@ class Trainer(ABC):
                 events.scalars(self.step, self._per_run(self.evaluation()))
                 stopped = self.stopping() if self.step < self.total_steps() else list(self.alive)
                 self._finish(stopped, events)
-                if checkpoint is not None and not self.done() and time.monotonic() - saved > CHECKPOINT_SECONDS:
-                    save_atomic(checkpoint, self.state_dict())
+                due = checkpoint is not None and not self.done() and time.monotonic() - saved > CHECKPOINT_SECONDS
+                if self.group.agree(due):
+                    self.group.save(checkpoint, self.state_dict())
                     saved = time.monotonic()
             events.advance(1)
         return [self.result(r) for r in range(len(self.runs))]
+
+    def _resume(self, checkpoint: Path) -> None:
+        """Load ``checkpoint`` if there is one; every process of the group must be at the same step."""
+        state = None
+        if checkpoint.exists():
+            state = load_checked(checkpoint, "checkpoint", "delete it to restart those runs")
+            if "header" not in state:
+                raise CheckpointError(f"{checkpoint} is a checkpoint from before this version; delete it to restart")
+            if state["header"] != self.header():
+                raise CheckpointError(f"checkpoint {checkpoint} belongs to other runs or another config; "
+                                      "delete it to restart")  # fmt: skip
+        if not self.group.same_step(state["step"] if state else -1):
+            raise CheckpointError(f"the processes' checkpoints ({checkpoint} on rank {self.group.rank}) are not of "
+                                  "the same step: one was killed while they saved; delete them to restart")  # fmt: skip
+        if state is not None:
+            self.load_state_dict(state)
 
     def _finish(self, stopped: list[int], events: Events) -> None:
         stopped = [r for r in stopped if r not in self._finished]
@@ -247,10 +262,11 @@ class Trainer(ABC):
                                f"{values[i].item()}; lower --lr (no results of it were saved)")  # fmt: skip
 
     def _guard_weights(self) -> None:
-        for name, tensor in self.parameters_by_name().items():
-            if not torch.isfinite(tensor).all():
-                raise Diverged(f"{type(self).__name__} diverged at step {self.step}: non-finite weights in "
-                               f"{name}; lower --lr (no results of it were saved)")  # fmt: skip
+        bad = next((name for name, t in self.parameters_by_name().items() if not torch.isfinite(t).all()), None)
+        if self.group.any(bad is not None):
+            where = bad or f"the weights of another process than rank {self.group.rank}"
+            raise Diverged(f"{type(self).__name__} diverged at step {self.step}: non-finite weights in "
+                           f"{where}; lower --lr (no results of it were saved)")  # fmt: skip
 
     def _label(self, run: int) -> str:
         r = self.runs[run]

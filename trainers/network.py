@@ -1,9 +1,14 @@
-"""The network of nodes trained as one batched computation (thesis ch. 2).
+"""The network of nodes trained as one batched computation (thesis ch. 2), in one process or spread over many.
 
 The nodes of every seed of one configuration are stacked (``agents.network.stack``): one grouped
 convolution per layer for all of them, one Adam over the stacked parameters (elementwise, so exactly one
-Adam per node), losses summed over nodes. Routing runs per seed on the world's core (``envs.network``)
-with the seed's own generator, so a seed's numbers do not depend on which seeds run beside it.
+Adam per node), losses summed over nodes. Routing runs per seed on the world's core (``envs.routing``);
+every node has its own random stream and its own initialisation, so no number depends on which seeds or
+nodes are batched beside it, nor on which process holds it.
+
+With a ``DistributedGroup`` each process trains the nodes ``envs.routing.placement`` gives it; posts to
+nodes of other processes travel through ``Group.exchange`` as bytes (``envs.routing.pack``), node counters,
+losses and the collective decision are summed over processes.
 
 Each step every node draws ``Binomial(batch, p_consume)`` samples from its inbox (as many as it holds),
 fills the rest of its minibatch from its shard, takes one step on it, and with probability
@@ -14,16 +19,18 @@ fills the rest of its minibatch from its shard, takes one step on it, and with p
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from agents.network import MODELS, node_model, stack
+from agents.network import MODELS, seeded_models, stack
 from envs.data import Split, Splits
-from envs.network import CONTENTS, SUPERVISED_CONTENTS, collective_decision, every_node, supervised_losses
-from envs.routing import Minibatch, Network, from_pixels, to_pixels
-from trainers.base import Trainer, generator, option, restore_generators, run_rows
+from envs.network import CONTENTS, SUPERVISED_CONTENTS, decide, decision_sums, every_node, supervised_losses
+from envs.routing import INIT, Minibatch, Network, from_pixels, links, node_seed, pack, placement, to_pixels, unpack
+from trainers.base import Trainer, option, run_rows
+from trainers.group import Group
 from trainers.network_objectives import UNSUPERVISED, NodeProbes, bigan_step, vae_losses
 
 CONTENT_NAMES = ("none", "logits", "labels", "features")
@@ -109,10 +116,13 @@ class NetworkResult:
     test_collective: float = 0.0
     test_nodes: list[float] = field(default_factory=list)
     samples_sent: int = 0  # per receiver, summed over nodes
-    bytes_sent_per_node_step: float = 0.0
+    bytes_sent_per_node_step: float = 0.0  # logical: what each node sends, wherever its receivers live
+    wire_bytes_per_node_step: float = 0.0  # handed to torch.distributed by the processes (0 in one process)
     consumed_from_inbox: float = 0.0  # fraction of all training samples
     dropped: int = 0  # inbox overflow
+    routing: str = ""  # a digest of every minibatch every node trained on: equal digests, equal routing
     best_step: int = 0  # unsupervised: the stage whose probes were best on validation
+    hook_bytes_per_step: float = 0.0  # DDP baseline: what its communication hook handed to all-reduce per step
 
     def steps_to_reach(self, accuracy: float, collective: bool = True) -> int | None:
         curve = self.val_collective if collective else self.val_average
@@ -122,34 +132,35 @@ class NetworkResult:
 class NetworkTrainer(Trainer):
     """Every seed's network of ``config.nodes`` nodes, trained as one stacked model; one run per seed.
 
-    Routing (shards, inboxes, who broadcasts) is integer bookkeeping on the CPU with each seed's own
-    generator; models, data and their noise (drawn from the same generators) live on ``device``."""
+    Routing (shards, inboxes, who broadcasts) is integer bookkeeping on the CPU with each node's own
+    random stream; models, data and their noise (drawn from the same streams) live on ``device``. With a
+    ``group`` of several processes this process trains its share of every seed's nodes."""
 
-    def __init__(self, config: NetworkConfig, splits: Splits, seeds: Sequence[int], device: torch.device | str = "cpu"):
+    def __init__(self, config: NetworkConfig, splits: Splits, seeds: Sequence[int], device: torch.device | str = "cpu",
+                 group: Group | None = None):  # fmt: skip
         if not splits.shape:
             raise ValueError("the node models need image shapes; load the data with envs.data.load_splits")
         self._args = (config, splits, seeds)
+        self.group = group or Group()
         self.device = torch.device(device)
         self.config, self.splits, self.seeds = config, splits.to(device), list(seeds)
         self.runs = self.seeds
         self.eval_every = self.log_every = config.eval_every
         self.classes = int(splits.train.labels.max()) + 1
-        c, self.n = config, len(self.seeds) * config.nodes
+        c = config
+        self.processes = placement(c.nodes, self.group.world)
+        self.owned = self.processes[self.group.rank]
+        self.n = len(self.seeds) * len(self.owned)  # nodes trained here, of all seeds
         kind = c.unsupervised or "classifier"
         features = MODELS[c.model].features
         self.content = CONTENTS[c.wire_content]
-        dim = self.content.size(self.classes, features)
-        self.generators = [generator(s) for s in self.seeds]
+        self.payload_dim = self.content.size(self.classes, features)
         pixels = to_pixels(splits.train.images)  # what nodes train on and send (routing, on the CPU)
-        self.networks = []
-        models = []
-        for seed, g in zip(self.seeds, self.generators, strict=True):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                models += [node_model(kind, splits.shape, MODELS[c.model], self.classes) for _ in range(c.nodes)]
-            capacity = c.capacity or 10 * c.batch_size
-            self.networks.append(Network(pixels, c.nodes, c.k, c.batch_size, dim, capacity, g))
-        self.parts = stack(models).to(device)
+        capacity = c.capacity or 10 * c.batch_size
+        self.networks = [Network(pixels, c.nodes, c.k, c.batch_size, self.payload_dim, capacity, s, self.owned)
+                         for s in self.seeds]  # fmt: skip
+        inits = [node_seed(s, i, INIT) for s in self.seeds for i in self.owned]
+        self.parts = stack(seeded_models(kind, splits.shape, MODELS[c.model], self.classes, inits)).to(device)
         if kind == "bigan":  # DCGAN's Adam for adversarial pairs
             critic = [*self.parts["critic_x"].parameters(), *self.parts["critic"].parameters()]
             players = [*self.parts["encoder"].parameters(), *self.parts["generator"].parameters()]
@@ -158,26 +169,39 @@ class NetworkTrainer(Trainer):
         else:
             self.optimizers = {"nodes": torch.optim.Adam(self.parts.parameters(), lr=c.lr)}
         self.wire_bytes = self.content.wire_bytes(splits.train.images.shape[1], self.classes, features)
+        edges = links(c.nodes, c.k, self.processes) if c.communicates else set()
+        self.destinations = sorted(q for p, q in edges if p == self.group.rank)
+        self.sources = sorted(p for p, q in edges if q == self.group.rank)
+        self.wire = torch.zeros(len(self.seeds), dtype=torch.float64)  # bytes this process handed over, per seed
         self.probes = NodeProbes(self) if c.unsupervised else None
         self.history = [NetworkResult() for _ in self.seeds]
         self.best: list[dict[str, torch.Tensor]] = [{} for _ in self.seeds]
         self.step = 0
 
+    def header(self) -> dict:
+        """A checkpoint resumes only on the same placement (and after the per-node streams of routing 2)."""
+        return {**super().header(), "routing": 2, "rank": self.group.rank, "processes": self.group.world}
+
+    def _streams(self) -> list[torch.Generator]:
+        """Every node's own random stream, in the order of the stacked nodes (seed by seed)."""
+        return [g for net in self.networks for g in net.generators]
+
     def noise(self, *shape: int) -> torch.Tensor:
-        """Standard normal noise ``[nodes of all seeds, *shape]``, drawn from each seed's own generator."""
-        noise = torch.cat([torch.randn(self.config.nodes, *shape, generator=g) for g in self.generators])
-        return noise.to(self.device)
+        """Standard normal noise ``[nodes here, *shape]``, drawn from each node's own stream."""
+        return torch.stack([torch.randn(*shape, generator=g) for g in self._streams()]).to(self.device)
 
     def minibatches(self) -> Minibatch:
-        c, b = self.config, self.config.batch_size
-        parts = []
-        for net, g in zip(self.networks, self.generators, strict=True):
-            p = torch.full((c.nodes,), c.p_consume if c.communicates else 0.0)
-            parts.append(net.minibatch(torch.binomial(torch.full((c.nodes,), float(b)), p, generator=g).long()))
-        return Minibatch.cat(parts)
+        """Each node draws ``Binomial(batch, p_consume)`` samples to take from its inbox, from its own stream."""
+        c, b = self.config, float(self.config.batch_size)
+        p = torch.tensor([c.p_consume if c.communicates else 0.0])
+        draws = [torch.cat([torch.binomial(torch.tensor([b]), p, generator=g) for g in net.generators]).long()
+                 for net in self.networks]  # fmt: skip
+        return Minibatch.cat([net.minibatch(d) for net, d in zip(self.networks, draws, strict=True)])
 
     def _per_seed(self, per_node: torch.Tensor) -> torch.Tensor:
-        return per_node.detach().view(len(self.seeds), -1).mean(1)
+        """Each seed's mean over all its nodes (on every process) of a per-node value of the nodes here."""
+        local = per_node.detach().double().cpu().view(len(self.seeds), -1).sum(1)
+        return (self.group.sum(local) / self.config.nodes).float()
 
     def train_step(self) -> dict[str, torch.Tensor]:
         """One training step of every node; returns each seed's mean loss over its nodes."""
@@ -185,6 +209,7 @@ class NetworkTrainer(Trainer):
         routed = self.minibatches()  # on the CPU, where routing lives
         batch = routed.to(self.device)
         content = self.content if c.communicates else None
+        handed = self.group.handed
         if c.unsupervised:
             x = from_pixels(batch.pixels).view(*batch.index.shape, *self.splits.shape)
         if c.unsupervised == "bigan":
@@ -196,45 +221,69 @@ class NetworkTrainer(Trainer):
                 losses, payload = vae_losses(self.parts, x, self.noise, batch, content, c.comm_weight)
             else:
                 losses, logits, features, y = supervised_losses(
-                    self.parts, train.labels, batch, self.content, self.splits.shape,
-                    c.temperature, c.comm_weight,
-                )  # fmt: skip
+                    self.parts, train.labels, batch, self.content, self.splits.shape, c.temperature, c.comm_weight
+                )
                 payload = self.content.send(logits, features, y)
             loss = losses.mean(1).sum()  # summed over nodes: every node gets its own gradient
             self.optimizers["nodes"].zero_grad(set_to_none=True)
             loss.backward()
             self.optimizers["nodes"].step()
             metrics = {"train/loss": self._per_seed(losses.mean(1))}
-        if c.communicates:
-            payload = payload.cpu()
-            for r, (net, g) in enumerate(zip(self.networks, self.generators, strict=True)):
-                rows = slice(r * c.nodes, (r + 1) * c.nodes)
-                senders = torch.rand(c.nodes, generator=g) < c.broadcast_probability
-                net.broadcast(senders, routed.rows(rows), payload[rows])
+        data = self._broadcast(routed, payload.cpu()) if c.communicates else torch.zeros(len(self.seeds))
+        self.wire += data + (self.group.handed - handed - data.sum()) / len(self.seeds)  # byte counts and sums: shared
         self.step += 1
         return metrics
+
+    def _broadcast(self, routed: Minibatch, payload: torch.Tensor) -> torch.Tensor:
+        """Every node that draws a broadcast sends its minibatch; posts to other processes travel as bytes (their
+        number per seed is returned)."""
+        c, local = self.config, len(self.owned)
+        posts = []
+        for r, net in enumerate(self.networks):
+            senders = torch.cat([torch.rand(1, generator=g) for g in net.generators]) < c.broadcast_probability
+            rows = slice(r * local, (r + 1) * local)
+            posts.append(net.post(senders, routed.rows(rows), payload[rows]))
+        if not self.destinations and not self.sources:
+            for net, post in zip(self.networks, posts, strict=True):
+                net.deliver([post])
+            return torch.zeros(len(self.seeds), dtype=torch.float64)
+        pairs = list(zip(self.networks, posts, strict=True))
+        outgoing = {q: [pack(net.outbound(post, self.processes[q]), self.content.encode) for net, post in pairs]
+                    for q in self.destinations}  # fmt: skip
+        incoming = self.group.exchange(outgoing, self.sources, len(self.networks))
+        px, size = routed.pixels.shape[-1], self.payload_dim
+        cb = self.content.content_bytes(self.classes, MODELS[c.model].features)
+        for r, (net, post) in enumerate(zip(self.networks, posts, strict=True)):
+            arrived = [unpack(incoming[p][r], c.batch_size, px, cb, lambda raw: self.content.decode(raw, size))
+                       for p in self.sources]  # fmt: skip
+            net.deliver([post, *arrived])
+        sizes = [[len(buf) for buf in bufs] for bufs in outgoing.values()]
+        return torch.tensor(sizes, dtype=torch.float64).sum(0) if sizes else torch.zeros(len(self.seeds))
 
     def total_steps(self) -> int:
         return self.config.steps
 
     @torch.no_grad()
     def on_shared(self, images: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], chunk: int = 1000):
-        """``fn`` of every node on the same images, in chunks: ``[nodes of all seeds, n, ...]``."""
+        """``fn`` of every node here on the same images, in chunks: ``[nodes here, n, ...]``."""
         return torch.cat([fn(every_node(x, self.n, self.splits.shape)) for x in images.split(chunk)], 1)
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Every node's predictive distribution ``[nodes of all seeds, n, classes]`` on shared images."""
+        """Every node's predictive distribution ``[nodes here, n, classes]`` on shared images."""
         return self.on_shared(images, lambda x: torch.softmax(self.parts["head"](self.parts["trunk"](x)), -1))
 
     def accuracies(self, probs: torch.Tensor, labels: torch.Tensor) -> list[tuple[float, float, list[float]]]:
-        """Per seed: (node-average accuracy, collective-decision accuracy, per-node accuracies), in %."""
-        out = []
-        for r in range(len(self.seeds)):
-            p = probs[r * self.config.nodes : (r + 1) * self.config.nodes]
-            nodes = (100.0 * (p.argmax(-1) == labels).float().mean(1)).tolist()
-            collective = 100.0 * (collective_decision(p).argmax(-1) == labels).float().mean().item()
-            out.append((sum(nodes) / len(nodes), collective, nodes))
-        return out
+        """Per seed: (node-average accuracy, collective-decision accuracy, per-node accuracies), in %, over all
+        nodes: each process's share summed by ``group`` (one reduction of the decision's sums)."""
+        seeds, nodes = len(self.seeds), self.config.nodes
+        probs = probs.view(seeds, len(self.owned), *probs.shape[1:])
+        correct = torch.zeros(seeds, nodes, dtype=torch.float64)
+        correct[:, self.owned.start : self.owned.stop] = (probs.argmax(-1) == labels).double().mean(-1).cpu()
+        correct = self.group.sum(correct)
+        sums = self.group.sum(torch.stack([decision_sums(p) for p in probs]))
+        collective = [(decide(s, nodes).argmax(-1) == labels).double().mean().item() for s in sums]
+        return [(100.0 * correct[r].mean().item(), 100.0 * collective[r], (100.0 * correct[r]).tolist())
+                for r in range(seeds)]  # fmt: skip
 
     def evaluate(self, split: Split) -> dict[str, torch.Tensor]:
         """Classifiers: node-average and collective accuracy (%) per seed on ``split``."""
@@ -265,20 +314,30 @@ class NetworkTrainer(Trainer):
                 "val/collective_accuracy": run_rows([v[1] for v in val])}  # fmt: skip
 
     def _seed_weights(self, r: int) -> dict[str, torch.Tensor]:
-        """Seed ``r``'s nodes (stacked as in ``agents.network.Stacked``), CPU copies."""
+        """Seed ``r``'s nodes here (stacked as in ``agents.network.Stacked``), CPU copies."""
         return {k: v.detach().chunk(len(self.seeds))[r].cpu().clone() for k, v in self.parts.state_dict().items()}
 
     def result(self, run: int) -> NetworkResult:
         c, res, net = self.config, dataclasses.replace(self.history[run]), self.networks[run]
-        res.samples_sent = int(net.sent.sum())
-        res.bytes_sent_per_node_step = res.samples_sent * self.wire_bytes / (c.nodes * max(self.step, 1))
-        consumed = net.consumed_received.sum() + net.consumed_local.sum()
-        res.consumed_from_inbox = float(net.consumed_received.sum() / consumed) if consumed else 0.0
-        res.dropped = int(net.inbox.dropped.sum())
+        counts = self.group.sum(torch.stack([t.sum() for t in (net.sent, net.consumed_received, net.consumed_local,
+                                                               net.inbox.dropped)]))  # fmt: skip
+        sent, received, local, dropped = counts.tolist()
+        res.samples_sent, res.dropped = sent, dropped
+        steps = c.nodes * max(self.step, 1)
+        res.bytes_sent_per_node_step = sent * self.wire_bytes / steps
+        res.wire_bytes_per_node_step = self.group.sum(self.wire[run : run + 1]).item() / steps
+        res.consumed_from_inbox = received / (received + local) if received + local else 0.0
+        digests = torch.zeros(c.nodes, dtype=torch.long)
+        digests[self.owned.start : self.owned.stop] = net.digest
+        res.routing = hashlib.blake2b(self.group.sum(digests).numpy().tobytes(), digest_size=8).hexdigest()
         return res
 
     def best_weights(self, run: int) -> dict[str, torch.Tensor]:
-        return self.best[run]
+        """All nodes' weights of seed ``run`` (gathered from every process in node order, on rank 0)."""
+        parts = self.group.gather(self.best[run])
+        if parts is None:
+            return {}
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}  # Stacked parameters stack along dim 0
 
     def parameters_by_name(self) -> dict[str, torch.Tensor]:
         return dict(self.parts.named_parameters())
@@ -287,18 +346,18 @@ class NetworkTrainer(Trainer):
         return {
             "parts": self.parts.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "generators": [g.get_state() for g in self.generators],
             "networks": [net.state_dict() for net in self.networks],
             "history": [dataclasses.asdict(h) for h in self.history],
             "best": self.best,
+            "wire": self.wire,
         }
 
     def _load_state(self, state: dict) -> None:
         self.parts.load_state_dict(state["parts"])
         for k, o in self.optimizers.items():
             o.load_state_dict(state["optimizers"][k])
-        restore_generators(self.generators, state["generators"])
         for net, s in zip(self.networks, state["networks"], strict=True):
             net.load_state_dict(s)
         self.history = [NetworkResult(**h) for h in state["history"]]
         self.best = state["best"]
+        self.wire = state["wire"].clone()

@@ -17,12 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from envs.network import Content, Minibatch
+from envs.network import Content
+from envs.routing import Minibatch, node_seed
 
 if TYPE_CHECKING:
     from trainers.network import NetworkTrainer
 
 UNSUPERVISED = ("vae", "bigan")
+PROBE = 2  # node_seed(seed, node, PROBE, step): the stream of a node's probe at an evaluation
 Noise = Callable[..., torch.Tensor]
 """``noise(*shape)``: standard normal noise ``[nodes, *shape]`` from each seed's own generator."""
 
@@ -73,7 +75,8 @@ def bigan_step(parts: nn.ModuleDict, x: torch.Tensor, noise: Noise, batch: Minib
 
 
 class NodeProbes:
-    """One linear classifier per node on its frozen features, all trained at once (batched matmuls)."""
+    """One linear classifier per node on its frozen features, all trained at once (batched matmuls); each
+    starts from its node's own stream and all share one minibatch order, so placement changes nothing."""
 
     def __init__(self, trainer: NetworkTrainer, max_epochs: int = 30, patience: int = 3, batch_size: int = 256):
         self.t, self.max_epochs, self.patience, self.batch_size = trainer, max_epochs, patience, batch_size
@@ -91,8 +94,10 @@ class NodeProbes:
         mean, std = train.mean(1, keepdim=True), train.std(1, keepdim=True).clamp_min(1e-6)
         train, val, test = ((f - mean) / std for f in (train, val, test))
         dim = train.shape[-1]
-        generator = torch.Generator().manual_seed(t.seeds[0] * 100_003 + t.step)
-        weight = (torch.randn(t.n, dim, t.classes, generator=generator) / dim**0.5).to(t.device).requires_grad_()
+        inits = [torch.Generator().manual_seed(node_seed(s, i, PROBE, t.step)) for s in t.seeds for i in t.owned]
+        weight = torch.stack([torch.randn(dim, t.classes, generator=g) for g in inits]) / dim**0.5
+        weight = weight.to(t.device).requires_grad_()
+        generator = torch.Generator().manual_seed(node_seed(t.seeds[0], t.config.nodes, PROBE, t.step))  # the order
         bias = torch.zeros(t.n, 1, t.classes, requires_grad=True, device=t.device)
         optimizer = torch.optim.Adam([weight, bias], lr=1e-3)
         best = torch.full((t.n,), -1.0, device=t.device)
@@ -111,7 +116,7 @@ class NodeProbes:
                 best = torch.where(better, accuracy, best)
                 best_w[better], best_b[better] = weight[better], bias[better]
                 waited = torch.where(better, 0.0, waited + 1)
-            if bool((waited >= self.patience).all()):
+            if not t.group.any(bool((waited < self.patience).any())):  # every node of every process is done
                 break
         with torch.no_grad():
             probs = [torch.softmax(torch.baddbmm(best_b, f, best_w), -1) for f in (val, test)]
