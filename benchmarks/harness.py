@@ -4,6 +4,7 @@ trainer's events into TensorBoard runs, a progress bar and saved results, tables
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -16,6 +17,7 @@ from benchmarks.cli import UsageError
 from benchmarks.store import Store, mean_std
 from envs.data import DataError
 from trainers.base import CheckpointError, Diverged, Events, resolve_device, write_atomic
+from trainers.distributed import PeerLost
 
 RESUMABLE = ("finished runs are saved and unfinished ones resume from their last checkpoint; re-run the same "
              "command to continue")
@@ -28,8 +30,12 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     try:
         code = main(argv)
     except (UsageError, DataError, Diverged, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank finds the same fault: rank 0 says it
+            print(f"error: {e}", file=sys.stderr)
         code = 2
+    except PeerLost as e:  # each rank says what it saw
+        print(f"error: {e}", file=sys.stderr)
+        code = 1
     except KeyboardInterrupt:
         print(f"interrupted: {interrupted}", file=sys.stderr)
         code = 130

@@ -2,17 +2,26 @@
 
 Every configuration (all its seeds at once) trains as one stacked model for ``--steps`` steps per
 node. Table 2.2: node-average and collective-decision test accuracy beside the thesis, and the bytes
-a node sends per step beside what a DDP gradient all-reduce of the same model would move; then the
+a node sends per step beside a ring all-reduce estimate of the same model's gradients; then the
 steps each configuration needed to reach ``--target-accuracy`` on validation. ``--unsupervised vae``
 or ``bigan`` gives Table 2.3 (linear probes on each node's features). Results go atomically to
 ``--out`` (with each run's best weights beside it), TensorBoard runs to ``<logdir>/<out name>/<config>/seed<k>``,
 curves to a PNG beside them; a re-run of the same command skips finished runs and resumes an
 interrupted one from its checkpoint.
+
+``torchrun --nproc-per-node P -m benchmarks.network --distributed ...`` spreads every configuration's
+nodes over P processes (and machines, with torchrun's ``--nnodes``); the table adds the bytes the
+processes handed to torch.distributed and the wall time. ``--baseline ddp`` adds a data-parallel
+baseline: one DDP replica per process. Only rank 0 writes results, TensorBoard and tables; every rank
+keeps its own checkpoint, so ``torchrun --max-restarts R`` resumes a group that lost a process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
+import os
 import re
 import time
 from pathlib import Path
@@ -31,9 +40,13 @@ from benchmarks.harness import (
     plot_sweep,
     run_cli,
 )
-from benchmarks.store import Store, format_summary, mean_std, prefix, preflight
+from benchmarks.store import Store, checkpoint_of, format_summary, mean_std, prefix, preflight
 from envs.data import DATASETS, Split, load_splits
 from envs.network import SUPERVISED_CONTENTS
+from trainers.base import Events
+from trainers.ddp import DDPBaseline
+from trainers.distributed import EXCHANGES
+from trainers.group import Group
 from trainers.network import NetworkConfig, NetworkResult, NetworkTrainer
 
 # Thesis Table 2.2 (CIFAR-10, 5,000 steps): config -> (average, collective) test accuracy (%), and the
@@ -54,9 +67,6 @@ THESIS = {
 }
 SUPERVISED_TABLE = [(1, "none"), (10, "none"), (10, "logits"), (10, "labels"), (10, "features"), (20, "labels")]
 UNSUPERVISED_TABLE = [(1, "none"), (10, "none"), (10, "features")]
-QUICK = {"steps": 40, "eval_every": 20}
-
-
 QUICK = {"steps": 40, "eval_every": 20, "seeds": 1}
 
 
@@ -73,7 +83,18 @@ def build_parser() -> ArgumentParser:
     p.option("--val-samples", 5000, "validation images of the curves (0: all)", type=int)
     p.option("--target-accuracy", 85.0, "validation accuracy (%%) whose first crossing is counted (changing "
              "it retrains nothing)", type=finite_float)  # fmt: skip
-    p.fixed = {"nodes", "content", "unsupervised", "dataset", "val-samples", "target-accuracy"}
+    p.option("--distributed", False, "spread each configuration's nodes over the processes torchrun starts "
+             "(alone: a world of one)", action="store_true")  # fmt: skip
+    p.option("--baseline", None, "also train a baseline: ddp = one DistributedDataParallel replica per process on "
+             "the union of its nodes' shards", default_text="none", choices=["ddp"])  # fmt: skip
+    p.option("--exchange", "p2p", "how posts travel between processes: p2p (batch_isend_irecv with each peer) or "
+             "all_to_all (all_to_all_single with every process)", choices=list(EXCHANGES))  # fmt: skip
+    p.option("--backend", "auto", "torch.distributed backend: auto is nccl when every process has a GPU of its "
+             "own, else gloo", choices=["auto", "gloo", "nccl"])  # fmt: skip
+    p.option("--timeout", 120.0, "seconds a process waits for a silent peer before it stops with one line",
+             type=finite_float)  # fmt: skip
+    p.fixed = {"nodes", "content", "unsupervised", "dataset", "val-samples", "target-accuracy", "distributed",
+               "baseline", "exchange", "backend", "timeout"}  # fmt: skip
     add_common(p, out="results/network[-vae|-bigan][-quick].json", quick="3 (1 with --quick)|every "
                "configuration, one seed, 40 steps")  # fmt: skip
     return p
@@ -104,9 +125,11 @@ def config_of(parser: ArgumentParser, args, nodes: int, content: str) -> Network
 
 def _cell_config(parser: ArgumentParser, args, cell: str) -> NetworkConfig:
     """The configuration of a cell name (``10nodes-labels``, ``vae-1node``...), for a resumed job."""
-    match = re.fullmatch(r"(?:(?:vae|bigan)-)?(?:1node|(\d+)nodes-(\w+))", cell.rsplit("/", 1)[-1])
+    match = re.fullmatch(r"(?:(?:vae|bigan)-)?(?:1node|(\d+)nodes-(\w+))|ddp-(\d+)nodes", cell.rsplit("/", 1)[-1])
     if match is None:
         raise UsageError(f"cannot resume the unfinished run of cell {cell!r}; delete the checkpoint to restart")
+    if match[3]:
+        return config_of(parser, args, int(match[3]), "none")
     return config_of(parser, args, int(match[1] or 1), match[2] or "none")
 
 
@@ -120,8 +143,38 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--target-accuracy is a percentage in (0, 100], got {args.target_accuracy}")
     if args.val_samples < 0:
         raise UsageError(f"--val-samples must be >= 0, got {args.val_samples}")
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.distributed:
+        raise UsageError(f"torchrun started {os.environ['WORLD_SIZE']} processes but --distributed is off: each "
+                         "would train every node; add --distributed")  # fmt: skip
     device = device_of(args)
     chosen = [(label, v, configs(parser, v)) for label, v in variants(parser, args)]
+    group = _group(args, chosen)
+    try:
+        return _run(parser, args, seeds, group.device if group.backend == "nccl" else device, chosen, group)
+    finally:
+        group.close()
+
+
+def _group(args, chosen: list) -> Group:
+    """This process alone, or its place among the processes torchrun started (``--distributed``, ``--baseline``)."""
+    if not (args.distributed or args.baseline):
+        return Group()
+    from trainers.distributed import DistributedGroup
+
+    group = DistributedGroup(timeout=args.timeout, exchange=args.exchange, backend=args.backend)
+    few = sorted({c.nodes for _, _, cs in chosen for c in cs if c.nodes < group.world})
+    if few:
+        group.close()
+        raise UsageError(f"{group.world} processes cannot share configurations of {', '.join(map(str, few))} "
+                         "node(s): every process needs a node; run fewer processes or pass --nodes of at least "
+                         f"{group.world}")  # fmt: skip
+    return group
+
+
+def _run(parser: ArgumentParser, args, seeds: int, device, chosen: list, group: Group) -> int:
+    """Every job (a configuration's missing seeds): rank 0 picks it from the results file and tells the others."""
     splits = load_splits(args.dataset, args.data_dir)
     if args.val_samples:
         splits = dataclasses.replace(splits, val=Split(splits.val.images[: args.val_samples],
@@ -132,32 +185,40 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"{c.nodes} nodes get {per_node} training images each, fewer than a minibatch of "
                              f"{c.batch_size}; use fewer nodes or a smaller --batch-size")  # fmt: skip
     suffix = (f"-{args.unsupervised}" if args.unsupervised else "") + ("-quick" if args.quick else "")
+    suffix += f"-distributed-p{group.world}" if args.distributed else ""
     out = Path(args.out or f"results/network{suffix}.json")
     first = chosen[0][2][0]
     shared = {k: v for k, v in dataclasses.asdict(first).items() if k not in ("nodes", "neighbours", "content")}
-    identity = {"dataset": args.dataset, "val_samples": args.val_samples, **shared, "neighbours": args.neighbours}
+    identity = {"dataset": args.dataset, "val_samples": args.val_samples, **shared, "neighbours": args.neighbours,
+                "routing": 2}  # fmt: skip
+    if args.distributed:
+        identity.update(processes=group.world, exchange=args.exchange)
     swept = parser.sweep_flag(args.sweep)
     root = Path(args.logdir) / out.stem
-    preflight([(root, "--logdir")])
-    with Store(out, "network", identity, swept) as store:
+    if group.leader:
+        preflight([(root, "--logdir")])
+    with Store(out, "network", identity, swept) if group.leader else contextlib.nullcontext() as store:
         started = time.time()
         for label, v, cs in chosen:
             at = prefix(label)
-            for job in store.jobs(label, [c.name for c in cs], seeds, per_cell=True):
-                config = _cell_config(parser, v, job[0][0])
-                trainer = NetworkTrainer(config, splits, [k for _, k in job], device=device)
-                hparams = {**flat_hparams(config), "dataset": args.dataset}
-                with Sink(store, job, root, hparams, _headline, desc=f"{at}{config.name} x{len(job)} seeds",
-                          device=device) as sink:
-                    trainer.fit(sink, store.checkpoint(label))
-            for c in cs:
-                store.data["cells"][at + c.name]["ddp_bytes_per_node_step"] = ddp_bytes(
-                    c, splits.shape, int(splits.train.labels.max()) + 1)  # fmt: skip
+            cells = [c.name for c in cs] + [f"ddp-{n}nodes" for n in _ddp_nodes(args, cs)]
+            jobs = store.jobs(label, cells, seeds, per_cell=True) if group.leader else None
+            while (job := group.broadcast(next(jobs, None) if jobs else None)) is not None:
+                _train(parser, v, job, splits, device, group, store, root, checkpoint_of(out, label, group.rank))
+            if group.leader:
+                for c in cs:
+                    store.data["cells"][at + c.name]["ring_allreduce_estimate_per_node_step"] = ring_estimate(
+                        c, splits.shape, int(splits.train.labels.max()) + 1)  # fmt: skip
+        if not group.leader:
+            return 0
         store.add_time(time.time() - started)
         for label, _, cs in chosen:
             at = prefix(label)
-            store.summarise([at + c.name for c in cs], seeds, ["test_average", "test_collective"])
-            _report(store, at, cs, seeds, args.target_accuracy, root)
+            ddp = [f"{at}ddp-{n}nodes" for n in _ddp_nodes(args, cs)]
+            store.summarise([at + c.name for c in cs] + ddp, seeds, ["test_average", "test_collective"])
+            _report(store, at, cs, seeds, args.target_accuracy, root, group.world if args.distributed else 0)
+            if ddp:
+                _ddp_report(store, ddp, seeds, group.world)
         if swept:
             _sweep_report(store, swept, chosen, seeds, root)
         print(f"\nresults: {out}   figures: {root}   TensorBoard: tensorboard --logdir {root}   "
@@ -165,12 +226,39 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _ddp_nodes(args, chosen: list[NetworkConfig]) -> list[int]:
+    """The node counts that get a DDP row (one replica per process; a single node is already one model)."""
+    return sorted({c.nodes for c in chosen if c.nodes > 1}) if args.baseline else []
+
+
+def _train(parser: ArgumentParser, args, job: list[tuple[str, int]], splits, device, group: Group,
+           store: Store | None, root: Path, checkpoint: Path) -> None:  # fmt: skip
+    """One job on every process; rank 0 records its runs (and its wall time, per cell), the others only train."""
+    cell = job[0][0]
+    config = _cell_config(parser, args, cell)
+    ddp = cell.rsplit("/", 1)[-1].startswith("ddp-")
+    trainer = (DDPBaseline if ddp else NetworkTrainer)(config, splits, [k for _, k in job], device=device, group=group)
+    started = time.time()
+    if store is None:
+        trainer.fit(Events(), checkpoint)
+        checkpoint.unlink(missing_ok=True)
+        return
+    hparams = {**flat_hparams(config), "dataset": args.dataset, "processes": group.world}
+    name = f"DDP, {config.nodes} nodes' shards" if ddp else config.name
+    with Sink(store, job, root, hparams, _headline, desc=f"{name} x{len(job)} seeds", device=device) as sink:
+        trainer.fit(sink, checkpoint)
+    entry = store.data["cells"][cell]
+    entry["wall_time_s"] = entry.get("wall_time_s", 0.0) + time.time() - started
+    store.save()
+
+
 def _headline(result: NetworkResult) -> dict[str, float]:
     return {"test_average": result.test_average, "test_collective": result.test_collective}
 
 
-def ddp_bytes(config: NetworkConfig, shape: tuple[int, ...], classes: int) -> float:
-    """Bytes one node sends per step in a ring all-reduce of the model's float32 gradients: 2 (N-1)/N x 4 P."""
+def ring_estimate(config: NetworkConfig, shape: tuple[int, ...], classes: int) -> float:
+    """Bytes one node would send per step if the N nodes were DDP replicas all-reducing their float32
+    gradients in a ring: 2 (N-1)/N x 4 P (an estimate; ``--baseline ddp`` measures a real DDP)."""
     kind = config.unsupervised or "classifier"
     params = sum(p.numel() for p in node_model(kind, shape, MODELS[config.model], classes).parameters())
     return 2 * (config.nodes - 1) / config.nodes * 4 * params
@@ -181,18 +269,24 @@ def _runs(store: Store, cell: str, seeds: int) -> list[NetworkResult]:
     return [NetworkResult(**{k: v for k, v in store.runs(cell)[k].items() if k in fields}) for k in range(seeds)]
 
 
-def _report(store: Store, at: str, chosen: list[NetworkConfig], seeds: int, target: float, root: Path) -> None:
+def _report(store: Store, at: str, chosen: list[NetworkConfig], seeds: int, target: float, root: Path,
+            processes: int) -> None:  # fmt: skip
+    """Table 2.2 or 2.3, the steps-to-target table and the curves; ``processes`` > 0 (distributed) adds the bytes
+    handed to torch.distributed and each configuration's wall time."""
     rows, steps_rows, panels = [], [], {"node average": {}, "collective decision": {}}
     for c in chosen:
+        cell = store.data["cells"][at + c.name]
         runs = _runs(store, at + c.name, seeds)
         thesis = THESIS.get(c.name, (None, None, None))
         show = lambda v: "-" if v is None else f"{v}"  # noqa: E731
         sent = mean_std([r.bytes_sent_per_node_step for r in runs])[0]
+        wire = mean_std([r.wire_bytes_per_node_step for r in runs])[0]
         rows.append([
             c.name, format_summary([r.test_average for r in runs]), format_summary([r.test_collective for r in runs]),
             show(thesis[0]), show(thesis[1]), f"{sent:,.0f}",
-            f"{store.data['cells'][at + c.name]['ddp_bytes_per_node_step']:,.0f}",
-            f"{mean_std([r.consumed_from_inbox for r in runs])[0]:.2f}",
+            *([f"{wire:,.0f}", f"{cell.get('wall_time_s', 0):,.0f}"] if processes else []),
+            f"{cell['ring_allreduce_estimate_per_node_step']:,.0f}",
+            f"{mean_std([r.consumed_from_inbox for r in runs])[0]:.2f}", routing_digest(runs),
         ])  # fmt: skip
         steps_rows.append([
             c.name, format_counts([r.steps_to_reach(target, collective=False) for r in runs]),
@@ -205,21 +299,45 @@ def _report(store: Store, at: str, chosen: list[NetworkConfig], seeds: int, targ
     what = f"linear probes on {unsupervised} features, at the best validation stage" if unsupervised else (
         f"after {chosen[0].steps:,} steps per node")  # fmt: skip
     table = "2.3" if unsupervised else "2.2"
+    where = f"; nodes spread over {processes} processes" if processes else ""
     print(f"\nTable {table}{', ' + at[:-1] if at else ''}: test accuracy (%), {what}; mean ± std over {seeds} "
-          "seed(s); thesis: CIFAR-10")  # fmt: skip
+          f"seed(s){where}; thesis: CIFAR-10")  # fmt: skip
     print(format_table(["config", "average", "collective", "thesis avg", "thesis coll", "bytes sent/node/step",
-                        "DDP all-reduce bytes/node/step", "from inbox"], rows))  # fmt: skip
+                        *(["wire bytes/node/step", "wall time (s)"] if processes else []),
+                        "ring all-reduce of N replicas (estimate)/node/step", "from inbox", "routing"],
+                       rows))  # fmt: skip
     print(f"\nsteps per node until validation accuracy first reached {target:g}% (thesis: 85% on CIFAR-10, test)")
     print(format_table(["config", "node average", "collective", "thesis"], steps_rows))
     png = root / at / (f"figure_table_2_3_{unsupervised}.png" if unsupervised else "figure_table_2_2.png")
     plot_panels(png, list(panels.items()), "steps per node", "validation accuracy (%)")
 
 
+def routing_digest(runs: list[NetworkResult]) -> str:
+    """Eight hex digits for the routing of every seed (who sent what to whom, what each node trained on): the
+    same in the simulator and on any number of processes."""
+    return hashlib.blake2b("".join(r.routing for r in runs).encode(), digest_size=4).hexdigest()
+
+
+def _ddp_report(store: Store, cells: list[str], seeds: int, processes: int) -> None:
+    """The DDP baseline: accuracy, what its hook handed to all-reduce, the ring's wire estimate, wall time."""
+    rows = []
+    for cell in cells:
+        runs = _runs(store, cell, seeds)
+        hook = mean_std([r.hook_bytes_per_step for r in runs])[0]
+        rows.append([cell, format_summary([r.test_average for r in runs]), f"{hook:,.0f}",
+                     f"{2 * (processes - 1) / processes * hook:,.0f}",
+                     f"{store.data['cells'][cell].get('wall_time_s', 0):,.0f}"])  # fmt: skip
+    print(f"\nBaseline: one DDP replica per process ({processes}), each on the union of its nodes' shards; test "
+          f"accuracy (%), mean ± std over {seeds} seed(s)")  # fmt: skip
+    print(format_table(["config", "accuracy", "handed to all-reduce (hook) bytes/process/step",
+                        "ring all-reduce wire 2(P-1)/P x hook bytes/process/step", "wall time (s)"], rows))  # fmt: skip
+
+
 def _sweep_report(store: Store, swept, chosen, seeds: int, root: Path) -> None:
     """The collective test accuracy of every configuration against the swept value."""
     name, _, values = swept
     texts = [t for t, _ in values]
-    names = [c.name for c in chosen[0][2]]
+    names = [c.name for c in chosen[0][2]]  # the baseline's rows are left out of the sweep
     lines = {n: [[r.test_collective for r in _runs(store, f"{name}={t}/{n}", seeds)] for t in texts] for n in names}
     print(f"\nSweep over {name}: collective test accuracy (%), mean ± std over {seeds} seed(s)")
     print(format_table([name, *names], [[t, *(format_summary(lines[n][i]) for n in names)]

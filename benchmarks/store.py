@@ -77,6 +77,12 @@ def prefix(label: str) -> str:
     return f"{label}/" if label else ""
 
 
+def checkpoint_of(path: Path, label: str = "", rank: int = 0) -> Path:
+    """The checkpoint of a variant's trainer beside results file ``path``; ranks above 0 of a process group
+    (which hold no ``Store``) keep theirs beside it, ``.rank<k>`` in its name."""
+    return path.with_name(f"{path.name}{'.' + label if label else ''}{f'.rank{rank}' if rank else ''}.ckpt.pt")
+
+
 class Lock:
     """An exclusive, non-blocking lock on ``<path>.lock``: a second process gets one line, never a
     silent overwrite. The lock file is removed on release."""
@@ -177,7 +183,7 @@ class Store:
 
     def checkpoint(self, label: str = "") -> Path:
         """Where the trainer of a variant (``flag=value`` under ``--sweep``) keeps its checkpoint."""
-        return self.path.with_name(f"{self.path.name}{'.' + label if label else ''}.ckpt.pt")
+        return checkpoint_of(self.path, label)
 
     def jobs(self, label: str, cells: Sequence[str], seeds: int,
              per_cell: bool = False) -> Iterator[list[tuple[str, int]]]:  # fmt: skip

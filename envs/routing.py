@@ -313,8 +313,12 @@ def unpack(raw: torch.Tensor, batch_size: int, pixel_dim: int, content_bytes: in
     b = batch_size
     widths = [4, 4 * b, b * pixel_dim, b * content_bytes]
     records = raw.view(-1, sum(widths))
-    sender, index, pixels, content = records.split(widths, 1)
+    sender, index, pixels, content = (fresh(f) for f in records.split(widths, 1))
     s = len(records)
-    return Post(sender.contiguous().view(torch.int32).reshape(s).long(),
-                index.contiguous().view(torch.int32).reshape(s, b).long(),
-                pixels.reshape(s, b, pixel_dim), decode(content.reshape(s, b, content_bytes)))  # fmt: skip
+    return Post(sender.view(torch.int32).reshape(s).long(), index.view(torch.int32).reshape(s, b).long(),
+                pixels.reshape(s, b, pixel_dim), decode(content.reshape(s, b, content_bytes)))
+
+
+def fresh(x: torch.Tensor) -> torch.Tensor:
+    """A compact copy at the start of its own storage, which a view as another dtype needs."""
+    return torch.empty(x.shape, dtype=x.dtype).copy_(x)

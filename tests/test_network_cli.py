@@ -23,14 +23,15 @@ def test_smoke_run_of_table_2_2_writes_tables_json_tensorboard_and_figure(cli, c
     argv, out, logdir = cli
     assert exit_code(bench.main, [*argv, "--seeds", "2"]) == 0
     printed = capsys.readouterr().out
-    assert "Table 2.2" in printed and "DDP all-reduce" in printed and "steps per node until" in printed
+    assert "Table 2.2" in printed and "ring all-reduce of N replicas" in printed and "steps per node until" in printed
     data = json.loads(out.read_text())
     names = ["1node", "10nodes-none", "10nodes-logits", "10nodes-labels", "10nodes-features", "20nodes-labels"]
     assert list(data["cells"]) == names
     run = data["cells"]["10nodes-labels"]["runs"]["1"]
     assert run["steps"] == [4, 8] and len(run["test_nodes"]) == 10 and run["samples_sent"] > 0
-    assert data["cells"]["1node"]["ddp_bytes_per_node_step"] == 0
-    assert data["cells"]["10nodes-none"]["ddp_bytes_per_node_step"] > 0
+    assert data["cells"]["1node"]["ring_allreduce_estimate_per_node_step"] == 0
+    assert data["cells"]["10nodes-none"]["ring_allreduce_estimate_per_node_step"] > 0
+    assert len(run["routing"]) == 16 and run["wire_bytes_per_node_step"] == 0  # one process hands nothing over
     assert data["cells"]["10nodes-labels"]["summary"]["test_collective"]["n"] == 2
     assert (logdir / "network" / "figure_table_2_2.png").stat().st_size > 1000
     assert list((logdir / "network" / "20nodes-labels" / "seed1").glob("events.out.tfevents.*"))

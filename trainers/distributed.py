@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -63,7 +64,8 @@ class DistributedGroup(Group):
         try:
             return op()
         except (RuntimeError, dist.DistError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            first = re.sub(r"^\[[^\]]*\]\s*", "", (str(e).strip().splitlines() or [type(e).__name__])[0])
+            first = first.split(". ")[0][:160]  # gloo's "Connection reset by peer", without its source path
             raise PeerLost(f"rank {self.rank} of {self.world} lost its peers during {what}: a process died or did not "
                            f"answer within {self.timeout:g} s ({first}); finished runs are saved, re-run to resume "
                            "from the last checkpoint") from None  # fmt: skip

@@ -18,6 +18,7 @@ class Group:
 
     rank = 0
     world = 1
+    backend = "none"
     handed = 0  # bytes handed to the transport so far (none in one process)
 
     @property
@@ -59,3 +60,6 @@ class Group:
     def same_step(self, step: int) -> bool:
         """Whether every process resumes from the same step (-1: no checkpoint)."""
         return True
+
+    def close(self) -> None:
+        """Leave the group (nothing to leave alone)."""
