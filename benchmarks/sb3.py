@@ -127,7 +127,7 @@ def _train(rl, args, device, label: str) -> float:
                     "variant": label, "timesteps": model.num_timesteps, "wall_time_s": seconds,
                     "rows": rows})  # fmt: skip
     keys = ("time/total_timesteps", "rollout/ep_rew_mean", *rl.COLUMNS[args.algo])
-    table = [[f"{r.get(k, float('nan')):.4g}" for k in keys] for r in rl.updates(rows, args.algo)]
+    table = [[f"{r[k]:.4g}" if k in r else "-" for k in keys] for r in rl.updates(rows, args.algo)]  # -: no update yet
     print(f"\n{args.algo.upper()} on {args.env} ({agents} agent(s) sharing one policy), seed {args.seed}"
           f"{', ' + label if label else ''}")  # fmt: skip
     print(format_table(keys, table))
