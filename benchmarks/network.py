@@ -91,10 +91,12 @@ def build_parser() -> ArgumentParser:
              "all_to_all (all_to_all_single with every process)", choices=list(EXCHANGES))  # fmt: skip
     p.option("--backend", "auto", "torch.distributed backend: auto is nccl when every process has a GPU of its "
              "own, else gloo", choices=["auto", "gloo", "nccl"])  # fmt: skip
+    p.option("--threads", 0, "torch threads of each process (--distributed): 0 is this machine's cores over its "
+             "processes; equal threads give equal float sums, e.g. across --nnodes launches on one machine", type=int)
     p.option("--timeout", 120.0, "seconds a process waits for a silent peer before it stops with one line",
              type=finite_float)  # fmt: skip
     p.fixed = {"nodes", "content", "unsupervised", "dataset", "val-samples", "target-accuracy", "distributed",
-               "baseline", "exchange", "backend", "timeout"}  # fmt: skip
+               "baseline", "exchange", "backend", "timeout", "threads"}  # fmt: skip
     add_common(p, out="results/network[-vae|-bigan][-quick].json", quick="3 (1 with --quick)|every "
                "configuration, one seed, 40 steps")  # fmt: skip
     return p
@@ -143,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--target-accuracy is a percentage in (0, 100], got {args.target_accuracy}")
     if args.val_samples < 0:
         raise UsageError(f"--val-samples must be >= 0, got {args.val_samples}")
-    if args.timeout <= 0:
-        raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    if args.timeout <= 0 or args.threads < 0:
+        raise UsageError(f"--timeout must be > 0 seconds and --threads >= 0, got {args.timeout} and {args.threads}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.distributed:
         raise UsageError(f"torchrun started {os.environ['WORLD_SIZE']} processes but --distributed is off: each "
                          "would train every node; add --distributed")  # fmt: skip
@@ -163,7 +165,7 @@ def _group(args, chosen: list) -> Group:
         return Group()
     from trainers.distributed import DistributedGroup
 
-    group = DistributedGroup(timeout=args.timeout, exchange=args.exchange, backend=args.backend)
+    group = DistributedGroup(timeout=args.timeout, exchange=args.exchange, backend=args.backend, threads=args.threads)
     few = sorted({c.nodes for _, _, cs in chosen for c in cs if c.nodes < group.world})
     if few:
         group.close()

@@ -38,7 +38,8 @@ def under_torchrun() -> bool:
 class DistributedGroup(Group):
     """This process's place in a torch.distributed process group (initialised here, once per process)."""
 
-    def __init__(self, timeout: float = 120.0, exchange: str = "p2p", backend: str = "auto"):
+    def __init__(self, timeout: float = 120.0, exchange: str = "p2p", backend: str = "auto", threads: int = 0):
+        """``threads``: torch's intra-op threads here (0: this machine's cores over its processes of the group)."""
         if exchange not in EXCHANGES:
             raise ValueError(f"unknown exchange {exchange!r}; choose from {', '.join(EXCHANGES)}")
         self.exchange_by, self.timeout = exchange, timeout
@@ -49,7 +50,7 @@ class DistributedGroup(Group):
         if backend == "nccl":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
             torch.cuda.set_device(self.device)
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local))  # processes of a machine share its cores
+        torch.set_num_threads(threads or max(1, len(os.sched_getaffinity(0)) // local))  # a machine's processes share
         if not dist.is_initialized():
             wait = datetime.timedelta(seconds=timeout)
             if under_torchrun():
