@@ -195,6 +195,8 @@ def _run(parser: ArgumentParser, args, seeds: int, device, chosen: list, group: 
                 "routing": 2}  # fmt: skip
     if args.distributed:
         identity.update(processes=group.world, exchange=args.exchange)
+    if splits.source:
+        identity["source"] = splits.source  # CIFAR-10: the official release or the JPEG stand-in
     swept = parser.sweep_flag(args.sweep)
     root = Path(args.logdir) / out.stem
     if group.leader:
@@ -223,6 +225,10 @@ def _run(parser: ArgumentParser, args, seeds: int, device, chosen: list, group: 
                 _ddp_report(store, ddp, seeds, group.world)
         if swept:
             _sweep_report(store, swept, chosen, seeds, root)
+        if splits.source:
+            from envs.cifar import SOURCES
+
+            print(f"\n{args.dataset} read from {SOURCES[splits.source]}")
         print(f"\nresults: {out}   figures: {root}   TensorBoard: tensorboard --logdir {root}   "
               f"wall time: {store.data['wall_time_s']:.0f} s")  # fmt: skip
     return 0

@@ -1,12 +1,12 @@
 """Image datasets in torchvision's on-disk layout, read without torchvision.
 
 MNIST and Fashion-MNIST come as IDX files under ``<root>/<Folder>/raw/``, so an existing torchvision
-download is reused as is. CIFAR-10 comes in its *binary* version (``<root>/cifar-10-batches-bin/``,
-what the official ``cifar-10-binary.tar.gz`` unpacks to): fixed-size records, no pickle.
-The root is ``--data-dir``, else ``$COMMCHANNELS_DATA``, else a per-user cache; missing files are
-fetched with hash checks (pooch) when online. The thesis split is used everywhere: the first 50,000
-training images train, the last 10,000 validate, the official 10,000 test (for CIFAR-10's 50,000
-training images the same 5/6 : 1/6 cut gives 41,666 and 8,334).
+download is reused as is. CIFAR-10 comes in its *binary* version or as the JPEG stand-in (``envs.cifar``):
+fixed-size records or image folders, no pickle. The root is ``--data-dir``, else ``$COMMCHANNELS_DATA``,
+else a per-user cache; missing files are fetched with hash checks (pooch) when online. The thesis split
+for (Fashion-)MNIST: the first 50,000 training images train, the last 10,000 validate, the official
+10,000 test. The thesis names no validation split for CIFAR-10: its last 5,000 training images (500 per
+class) validate, the first 45,000 train (``DatasetSpec.val_fraction``), and the official 10,000 test.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 ENV_VAR = "COMMCHANNELS_DATA"
-TRAIN_SIZE = 50_000
 
 # IDX element types (the third magic byte) -> numpy dtype, big-endian as the format requires.
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -37,6 +36,7 @@ class DatasetSpec:
     md5: dict[str, str]  # file name -> md5 of the gzipped file (or of the archive) as served
     shape: tuple[int, int, int] = (1, 28, 28)  # channels, height, width
     classes: int = 10
+    val_fraction: float = 1 / 6  # of the training files' images, the last ones: validation
 
 
 DATASETS: dict[str, DatasetSpec] = {
@@ -65,13 +65,9 @@ DATASETS: dict[str, DatasetSpec] = {
         "https://www.cs.toronto.edu/~kriz/",
         {"cifar-10-binary.tar.gz": "c32a1d4ab5d03f1284b67883e8d87530"},
         shape=(3, 32, 32),
+        val_fraction=1 / 10,  # 5,000 of 50,000: as many as the network's curves read, 90% left to train on
     ),
 }
-CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
-CIFAR_TEST = "test_batch.bin"
-CIFAR_RECORD = 1 + 3 * 32 * 32  # label byte, then the red, green and blue 32x32 planes
-
-
 @dataclass(frozen=True)
 class Split:
     """Flattened images in [0, 1] (float32, ``[n, pixels]``) and integer labels (int64, ``[n]``)."""
@@ -86,6 +82,7 @@ class Splits:
     val: Split
     test: Split
     shape: tuple[int, ...] = ()  # (channels, height, width) of an image; () for feature vectors
+    source: str = ""  # where the images came from when a dataset has several (``envs.cifar.SOURCES``)
 
     def named(self) -> dict[str, Split]:
         """``{"train": ..., "val": ..., "test": ...}``."""
@@ -94,7 +91,7 @@ class Splits:
     def to(self, device: torch.device | str) -> Splits:
         """The same splits on ``device`` (a trainer keeps its data where it computes)."""
         moved = (Split(s.images.to(device), s.labels.to(device)) for s in (self.train, self.val, self.test))
-        return Splits(*moved, shape=self.shape)
+        return Splits(*moved, shape=self.shape, source=self.source)
 
 
 def user_cache() -> Path:
@@ -132,41 +129,6 @@ def read_idx(path: Path) -> np.ndarray:
             "delete it so it is fetched again"
         )
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
-
-
-def read_cifar_binary(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR-10 binary batch: images ``[n, 3, 32, 32]`` (uint8) and labels ``[n]``."""
-    try:
-        raw = np.fromfile(path, dtype=np.uint8)
-    except OSError as e:
-        raise DataError(f"{path} is unreadable ({e}); delete it so it is fetched again") from e
-    if raw.size == 0 or raw.size % CIFAR_RECORD:
-        raise DataError(
-            f"{path} holds {raw.size} bytes, not a whole number of {CIFAR_RECORD}-byte CIFAR-10 records; "
-            "delete it so it is fetched again"
-        )
-    records = raw.reshape(-1, CIFAR_RECORD)
-    labels = records[:, 0]
-    if labels.max() > 9:
-        raise DataError(f"{path} has a label {labels.max()} outside 0..9: not a CIFAR-10 binary batch")
-    return records[:, 1:].reshape(-1, 3, 32, 32), labels
-
-
-def _read_cifar(spec: DatasetSpec, root: Path, download: bool) -> tuple[np.ndarray, ...]:
-    folder = root / spec.folder
-    names = (*CIFAR_TRAIN, CIFAR_TEST)
-    missing = [n for n in names if not (folder / n).exists()]
-    if missing and not download:
-        raise DataError(f"missing {', '.join(missing)} in {folder}; set --data-dir / ${ENV_VAR}")
-    if missing:
-        _fetch(spec, root, list(spec.md5))
-        import tarfile
-
-        with tarfile.open(root / next(iter(spec.md5))) as archive:
-            archive.extractall(root, filter="data")  # "data": no absolute paths, links or devices
-    train = [read_cifar_binary(folder / n) for n in CIFAR_TRAIN]
-    test_x, test_y = read_cifar_binary(folder / CIFAR_TEST)
-    return np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), test_x, test_y
 
 
 def _read_idx_dataset(spec: DatasetSpec, root: Path, download: bool) -> tuple[np.ndarray, ...]:
@@ -247,10 +209,16 @@ def load_splits(name: str = "mnist", root: str | Path | None = None, download: b
             f"data dir {root} does not exist; create it (files are downloaded into it) or point "
             f"--data-dir / ${ENV_VAR} at a root holding {spec.folder}/raw/"
         )
-    read = _read_cifar if name == "cifar10" else _read_idx_dataset
-    train_x, train_y, test_x, test_y = read(spec, root, download)
+    source = ""
+    if name == "cifar10":
+        from envs.cifar import read_cifar
+
+        arrays, source = read_cifar(root, download, lambda names, to: _fetch(spec, to, names))
+        train_x, train_y, test_x, test_y = arrays
+    else:
+        train_x, train_y, test_x, test_y = _read_idx_dataset(spec, root, download)
     shape = tuple(train_x.shape[1:]) if train_x.ndim == 4 else (1, *train_x.shape[1:])
-    n_train = min(TRAIN_SIZE, len(train_x) * 5 // 6)  # the thesis split, scaled down for small files
+    n_train = len(train_x) - int(len(train_x) * spec.val_fraction)  # scaled down for small files
 
     def split(x: np.ndarray, y: np.ndarray) -> Split:
         images = torch.from_numpy(x.reshape(len(x), -1).astype(np.float32) / 255.0)
@@ -261,4 +229,5 @@ def load_splits(name: str = "mnist", root: str | Path | None = None, download: b
         val=split(train_x[n_train:], train_y[n_train:]),
         test=split(test_x, test_y),
         shape=shape,
+        source=source,
     )

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from envs import data
+from envs import cifar, data
 from envs.data import DataError, load_splits, read_idx
 from tests.conftest import make_dataset, write_idx
 
@@ -137,7 +137,7 @@ def write_cifar(folder: Path, per_batch: int = 12) -> np.ndarray:
     """Synthetic CIFAR-10 binary batches; returns the test images so a test can check the byte layout."""
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True)
-    for name in (*data.CIFAR_TRAIN, data.CIFAR_TEST):
+    for name in (*cifar.TRAIN, cifar.TEST):
         labels = rng.integers(0, 10, per_batch, dtype=np.uint8)
         images = rng.integers(0, 256, (per_batch, 3, 32, 32), dtype=np.uint8)
         (folder / name).write_bytes(np.concatenate([labels[:, None], images.reshape(per_batch, -1)], 1).tobytes())
@@ -147,7 +147,8 @@ def write_cifar(folder: Path, per_batch: int = 12) -> np.ndarray:
 def test_cifar10_binary_batches_load_with_planes_in_order(tmp_path):
     images, labels = write_cifar(tmp_path / "cifar-10-batches-bin")
     splits = load_splits("cifar10", tmp_path, download=False)
-    assert splits.shape == (3, 32, 32) and len(splits.train.images) == 50 and len(splits.val.images) == 10
+    assert splits.shape == (3, 32, 32) and len(splits.train.images) == 54 and len(splits.val.images) == 6
+    assert splits.source == "binary"
     np.testing.assert_array_equal(splits.test.labels.numpy(), labels)
     red_of_first = splits.test.images[0, : 32 * 32].numpy()  # planes are red, green, blue
     np.testing.assert_allclose(red_of_first, images[0, 0].reshape(-1) / 255.0, atol=1e-6)
@@ -156,7 +157,7 @@ def test_cifar10_binary_batches_load_with_planes_in_order(tmp_path):
 def test_cifar10_truncated_batch_and_missing_files_are_clear_errors(tmp_path):
     folder = tmp_path / "cifar-10-batches-bin"
     write_cifar(folder)
-    (folder / data.CIFAR_TEST).write_bytes((folder / data.CIFAR_TEST).read_bytes()[:-5])
+    (folder / cifar.TEST).write_bytes((folder / cifar.TEST).read_bytes()[:-5])
     with pytest.raises(DataError, match="3073-byte CIFAR-10 records"):
         load_splits("cifar10", tmp_path, download=False)
     (folder / "data_batch_3.bin").unlink()
