@@ -15,6 +15,7 @@ convolutions ran 3.3x faster than a loop, NCHW grouped 2.2x, im2col + bmm 0.8x (
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,7 +28,8 @@ ELEMENTWISE = (nn.LeakyReLU, nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Identity, nn.Flatt
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Widths of a DCGAN-style node: channels double at each of three stride-2 convolutions."""
+    """Widths of a DCGAN-style node: channels double at each of three stride-2 convolutions; ``width`` 0 is
+    an MLP classifier instead (the image flattened, one hidden layer of ``features``)."""
 
     width: int
     features: int
@@ -36,6 +38,7 @@ class ModelSpec:
 MODELS = {
     "dcgan": ModelSpec(width=32, features=256),  # the thesis' CIFAR-10 scale
     "dcgan-small": ModelSpec(width=8, features=64),  # sized down for 28x28 grey images on a CPU
+    "mlp": ModelSpec(width=0, features=256),  # 784-256-10 on MNIST: for networks of a thousand nodes
 }
 KINDS = ("classifier", "vae", "bigan")
 
@@ -74,6 +77,11 @@ def _deconvs(shape: Sequence[int], width: int, code: int) -> nn.Sequential:
 def node_model(kind: str, shape: Sequence[int], spec: ModelSpec, classes: int = 10) -> nn.ModuleDict:
     """One node: ``classifier`` (trunk, head), ``vae`` (encoder, decoder) or ``bigan`` (encoder,
     generator, critic_x, critic); codes of ``spec.features`` dimensions."""
+    if not spec.width:
+        if kind != "classifier":
+            raise ValueError(f"the MLP node model is a classifier; {kind} nodes need a DCGAN model")
+        trunk = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shape), spec.features), nn.LeakyReLU(0.2))
+        return nn.ModuleDict({"trunk": trunk, "head": nn.Sequential(nn.Linear(spec.features, classes))})
     convs, flat = _convs(shape, spec.width)
     z = spec.features
     if kind == "classifier":

@@ -32,6 +32,17 @@ def test_stacked_parts_equal_each_node_alone(kind):
         torch.testing.assert_close(parts[name](x), expected, atol=1e-5, rtol=1e-4)
 
 
+def test_stacked_mlp_nodes_equal_each_node_alone_and_refuse_other_kinds():
+    torch.manual_seed(0)
+    models = [node_model("classifier", (1, 28, 28), MODELS["mlp"]) for _ in range(3)]
+    parts, x = stack(models), torch.rand(3, 4, 1, 28, 28)
+    expected = torch.stack([m["head"](m["trunk"](x[i])) for i, m in enumerate(models)])
+    torch.testing.assert_close(parts["head"](parts["trunk"](x)), expected, atol=1e-5, rtol=1e-4)
+    assert expected.shape == (3, 4, 10) and parts["trunk"].weights[0].shape == (3, 784, 256)
+    with pytest.raises(ValueError, match="the MLP node model is a classifier"):
+        node_model("vae", (1, 28, 28), MODELS["mlp"])
+
+
 @pytest.mark.parametrize("content", ["logits", "labels", "features"])
 def test_batched_training_equals_a_per_node_loop_with_one_adam_each(content):
     torch.manual_seed(0)

@@ -74,6 +74,8 @@ class NetworkConfig:
             raise ValueError(f"unknown unsupervised model {self.unsupervised!r}; choose from {', '.join(UNSUPERVISED)}")
         if self.model not in MODELS:
             raise ValueError(f"unknown node model {self.model!r}; choose from {', '.join(MODELS)}")
+        if self.unsupervised and not MODELS[self.model].width:
+            raise ValueError(f"--model {self.model} is a classifier; --unsupervised nodes need a DCGAN model")
         for name in ("batch_size", "steps", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
