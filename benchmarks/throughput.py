@@ -21,7 +21,7 @@ from benchmarks.cli import ArgumentParser, UsageError, add_sweep, variants
 from benchmarks.harness import device_of, format_table, run_cli
 from benchmarks.store import save_json
 
-SHAPES = {"dcgan-small": (1, 28, 28), "dcgan": (3, 32, 32), "mlp": (1, 28, 28)}  # what each model is for: Fashion-MNIST, CIFAR-10
+SHAPES = {"dcgan-small": (1, 28, 28), "dcgan": (3, 32, 32), "mlp": (1, 28, 28)}  # what each model is for
 DEFAULT = "dcgan-small"  # the network benchmark's model on the 28x28 datasets measured here
 
 
