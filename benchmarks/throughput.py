@@ -1,25 +1,36 @@
-"""Node-steps per second of the batched node trainer vs a per-node Python loop: ``python -m benchmarks.throughput``.
+"""How fast the batched trainers run, as a fraction of this machine's peak: ``python -m benchmarks.throughput``.
 
-Both train the same node classifiers (built from the same seed) on the same minibatches: the batched
-form runs every node as one stacked model (``agents.network.stack``: grouped channels-last
-convolutions, batched matmuls, one Adam), the loop runs N ordinary ``nn.Module``s with N Adams, one
-after the other. A node-step is one forward, backward and Adam step of one node on one minibatch;
-routing is left out of both. Results go atomically to ``--out``.
+One run prints three tables, all timed in the same minutes:
+
+- **peak**: a 2048x2048 fp32 matmul and a large convolution, the machine's best GFLOP/s on this arithmetic;
+- **network**: node-steps per second of the batched node trainer (every node one part of a stacked model:
+  grouped channels-last convolutions, batched matmuls, one Adam) and of a per-node Python loop (N
+  ``nn.Module``s, N Adams) on the same minibatches, each as GFLOP/s and fraction of the matmul peak. A
+  node-step is one forward, backward and Adam step of one node on one minibatch (FLOPs counted by
+  ``torch.utils.flop_counter`` on one node); routing is left out;
+- **language**: run-steps per second of the language trainer's population (``--runs``) and its fraction of
+  peak (FLOPs of one run's step, counted the same way).
+
+``--scale`` adds how a whole network step (routing included) grows with the number of nodes. Results go
+atomically to ``--out``.
 """
 
 from __future__ import annotations
 
+import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from agents.network import MODELS, node_model, stack
 from benchmarks.cli import ArgumentParser, UsageError, add_sweep, variants
 from benchmarks.harness import device_of, format_table, run_cli
 from benchmarks.store import save_json
+from envs.data import Split, Splits
 
 SHAPES = {"dcgan-small": (1, 28, 28), "dcgan": (3, 32, 32), "mlp": (1, 28, 28)}  # what each model is for
 DEFAULT = "dcgan-small"  # the network benchmark's model on the 28x28 datasets measured here
@@ -28,7 +39,10 @@ DEFAULT = "dcgan-small"  # the network benchmark's model on the 28x28 datasets m
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n")[0])
     p.option("--nodes", "1,10,20", "comma-separated node counts")
-    p.option("--models", ",".join(MODELS), "comma-separated node models")
+    p.option("--models", "dcgan-small,dcgan", f"comma-separated node models from {','.join(MODELS)}")
+    p.option("--runs", "1,4,20", "comma-separated language population sizes (empty: no language rows)")
+    p.option("--scale", "", "comma-separated node counts of whole network steps, e.g. 10,100,1000 (ring k = 2; "
+             "dcgan-small and mlp)", default_text="none")  # fmt: skip
     p.option("--batch-size", 32, "minibatch of every node", type=int)
     p.option("--steps", 20, "timed steps per measurement (after 3 warm-up steps)", type=int)
     p.option("--device", "auto", "where to measure: auto is cuda when available, else cpu",
@@ -70,8 +84,15 @@ def steppers(model: str, nodes: int, batch_size: int, seed: int = 0,
     return batched, loop
 
 
-def node_steps_per_s(step: Callable[[], None], nodes: int, steps: int, device: torch.device) -> float:
-    """Timed after 3 warm-up steps; on a GPU, after its queued work finished (kernels run asynchronously)."""
+def flops(step: Callable[[], None]) -> float:
+    """Floating-point operations of one call of ``step`` (matmuls and convolutions, forward and backward)."""
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return float(counter.get_total_flops())
+
+
+def per_s(step: Callable[[], None], steps: int, device: torch.device) -> float:
+    """Calls of ``step`` per second, after 3 warm-up calls; on a GPU, after its queued work finished."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(3):
         step()
@@ -80,7 +101,67 @@ def node_steps_per_s(step: Callable[[], None], nodes: int, steps: int, device: t
     for _ in range(steps):
         step()
     sync()
-    return nodes * steps / (time.perf_counter() - start)
+    return steps / (time.perf_counter() - start)
+
+
+def peak(device: torch.device, seconds: float = 1.0) -> dict[str, float]:
+    """GFLOP/s of a 2048x2048 fp32 matmul and of a 3x3 convolution 64 -> 128 channels on 32x32 (batch 64,
+    channels-last): the arithmetic the trainers do, at sizes that keep the vector units busy."""
+    a, b = torch.rand(2048, 2048, device=device), torch.rand(2048, 2048, device=device)
+    x = torch.rand(64, 64, 32, 32, device=device).contiguous(memory_format=torch.channels_last)
+    w = torch.rand(128, 64, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
+    out = {}
+    for name, fn, work in (("matmul", lambda: a @ b, 2 * 2048**3),
+                           ("conv", lambda: F.conv2d(x, w, padding=1), 2 * 64 * 128 * 32 * 32 * 64 * 9)):  # fmt: skip
+        rate, steps = 0.0, 2
+        while True:  # enough calls for ``seconds``
+            rate = per_s(fn, steps, device)
+            if steps / rate >= seconds:
+                break
+            steps = max(steps * 2, int(seconds * rate) + 1)
+        out[name] = rate * work / 1e9
+    return out
+
+
+def language_stepper(runs: int, device: torch.device) -> Callable[[], None]:
+    """One training step of a language population of ``runs`` runs (level both) on random 784-pixel views."""
+    from trainers.language import LanguageConfig, LanguageTrainer
+
+    generator = torch.Generator().manual_seed(0)
+
+    def split(n: int) -> Split:
+        return Split(torch.rand(n, 784, generator=generator), torch.randint(0, 10, (n,), generator=generator))
+
+    trainer = LanguageTrainer(LanguageConfig(), Splits(split(2000), split(200), split(200), shape=(1, 28, 28)),
+                              [("both", s) for s in range(runs)], device=device)  # fmt: skip
+    return trainer.train_step
+
+
+def scale_row(model: str, nodes: int, batch_size: int, steps: int, device: torch.device) -> dict:
+    """Seconds per whole network step (routing included) of ``nodes`` nodes on a ring (k = 2), and memory."""
+    from trainers.network import NetworkConfig, NetworkTrainer
+
+    generator = torch.Generator().manual_seed(0)
+    n = max(6_000, 2 * nodes * batch_size)  # a step's cost does not depend on the shard sizes
+
+    def split(count: int) -> Split:
+        return Split(torch.rand(count, 784, generator=generator), torch.randint(0, 10, (count,), generator=generator))
+
+    splits = Splits(split(n - n // 6), split(100), split(100), shape=(1, 28, 28))
+    config = NetworkConfig(nodes=nodes, neighbours=2, content="labels", model=model, batch_size=batch_size)
+    trainer = NetworkTrainer(config, splits, [0], device=device)
+    rate = per_s(trainer.train_step, steps, device)
+    state = sum(t.numel() * t.element_size() for t in _tensors(trainer.state_dict()))
+    return {"model": model, "n_nodes": nodes, "s_per_step": 1 / rate, "node_steps_per_s": nodes * rate,
+            "state_mb": state / 2**20, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    return [t for v in value for t in _tensors(v)] if isinstance(value, list | tuple) else []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,44 +170,92 @@ def main(argv: list[str] | None = None) -> int:
     device = device_of(args)
     chosen = list(variants(parser, args))
     grids = [(label, v, *_grid(v)) for label, v in chosen]  # every value checked before anything is timed
-    rows = []
-    for label, v, models, nodes in grids:
+    machine = peak(device)
+    print(f"peak here: matmul {machine['matmul']:.1f} GFLOP/s, convolution {machine['conv']:.1f} GFLOP/s "
+          f"({torch.get_num_threads()} threads, {device})", flush=True)  # fmt: skip
+    top = machine["matmul"]
+    rows, language, scale = [], [], []
+    for label, v, models, nodes, runs, scales in grids:
         for model in models:
+            work = flops(steppers(model, 1, v.batch_size)[1])  # one node-step
             for n in nodes:
                 batched, loop = steppers(model, n, v.batch_size, device=device)
-                a, b = node_steps_per_s(batched, n, v.steps, device), node_steps_per_s(loop, n, v.steps, device)
+                a, b = n * per_s(batched, v.steps, device), n * per_s(loop, v.steps, device)
                 rows.append({"variant": label, "model": model, "n_nodes": n, "batch_size": v.batch_size,
                              "batched_node_steps_per_s": a, "loop_node_steps_per_s": b, "ratio": a / b,
-                             "default": model == DEFAULT})  # fmt: skip
+                             "gflop_per_node_step": work / 1e9, "batched_peak_fraction": a * work / 1e9 / top,
+                             "loop_peak_fraction": b * work / 1e9 / top, "default": model == DEFAULT})  # fmt: skip
                 print(f"{label + ' ' if label else ''}{model} N={n}: batched {a:,.0f}, loop {b:,.0f} node-steps/s "
-                      f"({a / b:.2f}x)", flush=True)  # fmt: skip
-    save_json(Path(args.out), {"batch_size": args.batch_size, "threads": torch.get_num_threads(),
-                               "device": str(device), "sweep": args.sweep, "rows": rows})  # fmt: skip
-    print()
-    print(format_table(
-        [*(["variant"] if args.sweep else []), "model", "nodes", "batched node-steps/s", "loop node-steps/s", "ratio"],
-        [[*([r["variant"]] if args.sweep else []), r["model"] + (" (default)" if r["default"] else ""), r["n_nodes"],
-          f"{r['batched_node_steps_per_s']:,.0f}", f"{r['loop_node_steps_per_s']:,.0f}", f"{r['ratio']:.2f}x"]
-         for r in rows],
-    ))  # fmt: skip
-    print(f"\nresults: {args.out}   (batch {args.batch_size}, {torch.get_num_threads()} threads, {device})")
+                      f"({a / b:.2f}x; {rows[-1]['batched_peak_fraction']:.0%} of peak)", flush=True)  # fmt: skip
+        if runs:
+            work = flops(language_stepper(1, device))
+        for r in runs:
+            rate = r * per_s(language_stepper(r, device), max(3, v.steps // 2), device)
+            language.append({"variant": label, "runs": r, "run_steps_per_s": rate, "gflop_per_run_step": work / 1e9,
+                             "peak_fraction": rate * work / 1e9 / top})  # fmt: skip
+            print(f"{label + ' ' if label else ''}language runs={r}: {rate:.1f} run-steps/s "
+                  f"({language[-1]['peak_fraction']:.0%} of peak)", flush=True)  # fmt: skip
+        for model in ("dcgan-small", "mlp") if scales else ():
+            for n in scales:
+                scale.append({"variant": label, **scale_row(model, n, v.batch_size, 3, device)})
+                print(f"scale {model} N={n}: {scale[-1]['s_per_step']:.3f} s/step", flush=True)
+    save_json(Path(args.out), {"batch_size": args.batch_size, "threads": torch.get_num_threads(), "device": str(device),
+                               "sweep": args.sweep, "peak_gflops": machine, "rows": rows, "language": language,
+                               "scale": scale})  # fmt: skip
+    _print(args, machine, rows, language, scale)
     return 0
 
 
-def _grid(args) -> tuple[list[str], list[int]]:
-    """The models and node counts to time, checked."""
+def _print(args, machine: dict, rows: list, language: list, scale: list) -> None:
+    tag = ["variant"] if args.sweep else []
+    print(f"\npeak: matmul 2048^2 {machine['matmul']:.1f} GFLOP/s, convolution {machine['conv']:.1f} GFLOP/s; "
+          "fractions below are of the matmul peak")  # fmt: skip
+    print(format_table(
+        [*tag, "model", "nodes", "GFLOP/node-step", "batched node-steps/s", "batched GFLOP/s", "of peak",
+         "loop node-steps/s", "loop of peak", "ratio"],
+        [[*([r["variant"]] if args.sweep else []), r["model"] + (" (default)" if r["default"] else ""), r["n_nodes"],
+          f"{r['gflop_per_node_step']:.4f}", f"{r['batched_node_steps_per_s']:,.0f}",
+          f"{r['batched_node_steps_per_s'] * r['gflop_per_node_step']:.1f}", f"{r['batched_peak_fraction']:.0%}",
+          f"{r['loop_node_steps_per_s']:,.0f}", f"{r['loop_peak_fraction']:.0%}", f"{r['ratio']:.2f}x"] for r in rows],
+    ))  # fmt: skip
+    if language:
+        print(f"\nlanguage population (level both, batch 64): {language[0]['gflop_per_run_step']:.3f} GFLOP per "
+              "run-step")  # fmt: skip
+        print(format_table([*tag, "runs", "run-steps/s", "GFLOP/s", "of peak"],
+                           [[*([r["variant"]] if args.sweep else []), r["runs"], f"{r['run_steps_per_s']:.1f}",
+                             f"{r['run_steps_per_s'] * r['gflop_per_run_step']:.1f}", f"{r['peak_fraction']:.0%}"]
+                            for r in language]))  # fmt: skip
+    if scale:
+        print("\nwhole network steps (routing included), ring k = 2, labels")
+        print(format_table([*tag, "model", "nodes", "s/step", "node-steps/s", "state MB", "peak RSS MB"],
+                           [[*([r["variant"]] if args.sweep else []), r["model"], r["n_nodes"],
+                             f"{r['s_per_step']:.3f}", f"{r['node_steps_per_s']:,.0f}", f"{r['state_mb']:,.0f}",
+                             f"{r['peak_rss_mb']:,.0f}"]
+                            for r in scale]))  # fmt: skip
+    print(f"\nresults: {args.out}   (batch {args.batch_size}, {torch.get_num_threads()} threads)")
+
+
+def _ints(text: str, flag: str) -> list[int]:
     try:
-        nodes = sorted({int(x) for x in args.nodes.split(",") if x.strip()})
+        values = sorted({int(x) for x in text.split(",") if x.strip()})
     except ValueError:
-        raise UsageError(f"--nodes must be comma-separated integers, got {args.nodes!r}") from None
+        raise UsageError(f"{flag} must be comma-separated integers, got {text!r}") from None
+    if values and values[0] < 1:
+        raise UsageError(f"{flag} must be integers >= 1, got {text!r}")
+    return values
+
+
+def _grid(args) -> tuple[list[str], list[int], list[int], list[int]]:
+    """The models, node counts, population sizes and scale node counts to time, checked."""
+    nodes = _ints(args.nodes, "--nodes")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    if not nodes or nodes[0] < 1:
+    if not nodes:
         raise UsageError(f"--nodes must be integers >= 1, got {args.nodes!r}")
     if not models or any(m not in MODELS for m in models):
         raise UsageError(f"unknown model in {args.models!r}; choose from {','.join(MODELS)}")
     if args.batch_size < 1 or args.steps < 1:
         raise UsageError("--batch-size and --steps must be >= 1")
-    return models, nodes
+    return models, nodes, _ints(args.runs, "--runs"), _ints(args.scale, "--scale")
 
 
 if __name__ == "__main__":

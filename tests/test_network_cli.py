@@ -76,18 +76,26 @@ def test_bad_input_is_one_line_and_exit_code_2(cli, capsys, extra, message):
     assert not out.exists()
 
 
-def test_throughput_writes_rows_with_ratios(tmp_path, capsys):
+def test_throughput_writes_rows_with_ratios_and_fractions_of_peak(tmp_path, capsys):
     out = tmp_path / "t.json"
-    assert exit_code(throughput.main, ["--nodes", "1,2", "--models", "dcgan-small", "--steps", "1",
-                                       "--batch-size", "2", "--out", str(out)]) == 0  # fmt: skip
-    rows = json.loads(out.read_text())["rows"]
+    assert exit_code(throughput.main, ["--nodes", "1,2", "--models", "dcgan-small", "--steps", "1", "--runs", "2",
+                                       "--scale", "3", "--batch-size", "2", "--out", str(out)]) == 0  # fmt: skip
+    data = json.loads(out.read_text())
+    rows, peak = data["rows"], data["peak_gflops"]
     assert [(r["model"], r["n_nodes"], r["default"]) for r in rows] == [("dcgan-small", n, True) for n in (1, 2)]
     for r in rows:
         assert r["ratio"] == pytest.approx(r["batched_node_steps_per_s"] / r["loop_node_steps_per_s"])
+        achieved = r["batched_node_steps_per_s"] * r["gflop_per_node_step"]
+        assert r["batched_peak_fraction"] == pytest.approx(achieved / peak["matmul"])
+    assert rows[0]["gflop_per_node_step"] == rows[1]["gflop_per_node_step"] > 0
+    assert [r["runs"] for r in data["language"]] == [2] and data["language"][0]["gflop_per_run_step"] > 0
+    assert [(r["model"], r["n_nodes"]) for r in data["scale"]] == [("dcgan-small", 3), ("mlp", 3)]
+    assert all(r["s_per_step"] > 0 and r["state_mb"] > 0 for r in data["scale"])
+    assert "of peak" in capsys.readouterr().out
     assert exit_code(throughput.main, ["--nodes", "0", "--out", str(out)]) == 2
     assert "--nodes must be integers >= 1" in capsys.readouterr().err
     assert exit_code(throughput.main, ["--nodes", "2", "--models", "dcgan-small", "--steps", "1", "--out", str(out),
-                                       "--sweep", "batch-size=2,3"]) == 0  # fmt: skip
+                                       "--runs", "", "--sweep", "batch-size=2,3"]) == 0  # fmt: skip
     rows = json.loads(out.read_text())["rows"]
     assert [(r["variant"], r["batch_size"]) for r in rows] == [("batch-size=2", 2), ("batch-size=3", 3)]
 
