@@ -307,7 +307,7 @@ def _report(store: Store, at: str, chosen: list[NetworkConfig], seeds: int, targ
     what = f"linear probes on {unsupervised} features, at the best validation stage" if unsupervised else (
         f"after {chosen[0].steps:,} steps per node")  # fmt: skip
     table = "2.3" if unsupervised else "2.2"
-    where = f"; nodes spread over {processes} processes" if processes else ""
+    where = f"; nodes spread over {processes} processes{oversubscribed()}" if processes else ""
     print(f"\nTable {table}{', ' + at[:-1] if at else ''}: test accuracy (%), {what}; mean ± std over {seeds} "
           f"seed(s){where}; thesis: CIFAR-10")  # fmt: skip
     print(format_table(["config", "average", "collective", "thesis avg", "thesis coll", "bytes sent/node/step",
@@ -318,6 +318,13 @@ def _report(store: Store, at: str, chosen: list[NetworkConfig], seeds: int, targ
     print(format_table(["config", "node average", "collective", "thesis"], steps_rows))
     png = root / at / (f"figure_table_2_3_{unsupervised}.png" if unsupervised else "figure_table_2_2.png")
     plot_panels(png, list(panels.items()), "steps per node", "validation accuracy (%)")
+
+
+def oversubscribed() -> str:
+    """A note when this machine runs more of the group's processes than it has cores: its wall times then include
+    the processes' wait for a core."""
+    local, cores = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), len(os.sched_getaffinity(0))
+    return f" ({local} of them on this machine's {cores} cores: oversubscribed)" if local > cores else ""
 
 
 def routing_digest(runs: list[NetworkResult]) -> str:
@@ -335,8 +342,8 @@ def _ddp_report(store: Store, cells: list[str], seeds: int, processes: int) -> N
         rows.append([cell, format_summary([r.test_average for r in runs]), f"{hook:,.0f}",
                      f"{2 * (processes - 1) / processes * hook:,.0f}",
                      f"{store.data['cells'][cell].get('wall_time_s', 0):,.0f}"])  # fmt: skip
-    print(f"\nBaseline: one DDP replica per process ({processes}), each on the union of its nodes' shards; test "
-          f"accuracy (%), mean ± std over {seeds} seed(s)")  # fmt: skip
+    print(f"\nBaseline: one DDP replica per process ({processes}){oversubscribed()}, each on the union of its "
+          f"nodes' shards; test accuracy (%), mean ± std over {seeds} seed(s)")  # fmt: skip
     print(format_table(["config", "accuracy", "handed to all-reduce (hook) bytes/process/step",
                         "ring all-reduce wire 2(P-1)/P x hook bytes/process/step", "wall time (s)"], rows))  # fmt: skip
 

@@ -128,3 +128,11 @@ def test_quick_network_benchmark_on_real_fashion_mnist(tmp_path, capsys):
     assert len(data["cells"]) == 6
     assert all(e["runs"]["0"]["test_collective"] > 40 for e in data["cells"].values())  # 40 steps; chance is 10%
     assert "Table 2.2" in capsys.readouterr().out
+
+
+def test_more_local_processes_than_cores_are_called_oversubscribed(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1})
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "5")
+    assert bench.oversubscribed() == " (5 of them on this machine's 2 cores: oversubscribed)"
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert bench.oversubscribed() == ""
