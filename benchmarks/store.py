@@ -147,9 +147,9 @@ class Store:
             not isinstance(c, dict) or not isinstance(c.get("runs"), dict) for c in old["cells"].values()
         ):
             raise UsageError(f"{path} has a damaged shape (cells/references missing or not tables); {fix}")
-        if old["benchmark"] != benchmark or old.get("config") != config:
-            diff = sorted(k for k in set(config) | set(old.get("config") or {})
-                          if (old.get("config") or {}).get(k) != config.get(k))  # fmt: skip
+        written = old.get("config") or {}  # a field added since, at its default None, is absent there: the same
+        diff = sorted(k for k in set(config) | set(written) if written.get(k) != config.get(k))
+        if old["benchmark"] != benchmark or diff:
             raise UsageError(f"{path} holds results of another configuration (differs in: "
                              f"{', '.join(diff) or 'benchmark'}); pass another --out or delete it")  # fmt: skip
         return old

@@ -49,6 +49,10 @@ def test_store_keeps_runs_weights_and_refuses_another_config(tmp_path):
     with pytest.raises(UsageError, match="differs in: noise"):
         Store(path, "language", {"noise": 0.2, "hidden": (4, 4)})
     assert not (tmp_path / "r.json.lock").exists()  # a refused open releases the lock
+    with Store(path, "language", {"noise": 0.1, "hidden": [4, 4], "added": None}) as later:  # a field added since
+        assert later.done("none", 1)
+    with pytest.raises(UsageError, match="differs in: added"):
+        Store(path, "language", {"noise": 0.1, "hidden": (4, 4), "added": 3})
 
 
 @pytest.mark.parametrize(("text", "message"), [
