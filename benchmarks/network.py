@@ -183,6 +183,9 @@ def _run(parser: ArgumentParser, args, seeds: int, device, chosen: list, group: 
                                                        splits.val.labels[: args.val_samples]))  # fmt: skip
     for c in (c for _, _, cs in chosen for c in cs):
         per_node = len(splits.train.images) // c.nodes
+        if c.shard_size and c.shard_size > per_node:
+            raise UsageError(f"{c.nodes} nodes share {len(splits.train.images):,} training images, {per_node:,} each "
+                             f"at most; --shard-size {c.shard_size:,} is more: lower it or --nodes")  # fmt: skip
         if per_node < c.batch_size:
             raise UsageError(f"{c.nodes} nodes get {per_node} training images each, fewer than a minibatch of "
                              f"{c.batch_size}; use fewer nodes or a smaller --batch-size")  # fmt: skip

@@ -35,7 +35,7 @@ from gymnasium import spaces
 
 from envs.base import TruncatingParallelEnv, aec, episode_length, given_whole, trains
 from envs.data import load_splits
-from envs.routing import INIT, Minibatch, Network, from_pixels, node_seed, ring_neighbours, to_pixels
+from envs.routing import INIT, Minibatch, Network, from_pixels, node_seed, ring_neighbours, shards, to_pixels
 
 
 def collective_decision(probs: torch.Tensor) -> torch.Tensor:
@@ -223,6 +223,7 @@ class parallel_env(TruncatingParallelEnv):
         comm_weight: float = 1.0,
         batch_size: int = 32,
         capacity: int | None = None,
+        shard_size: int | None = None,  # training images per node (None: the training set split evenly)
         model: str = "dcgan-small",
         lr: float = 1e-3,
         reward_samples: int = 256,
@@ -252,6 +253,8 @@ class parallel_env(TruncatingParallelEnv):
         ring_neighbours(nodes, self.k)  # checks nodes and k now, not at reset
         self.content, self.temperature, self.comm_weight = content, temperature, comm_weight
         self.batch_size, self.capacity = batch_size, capacity or 10 * batch_size
+        shards(len(images), nodes, torch.Generator(), shard_size)  # checks the shard size now, not at reset
+        self.shard_size = shard_size
         self.model, self.lr, self.max_steps = model, lr, max_steps
         self.classes = int(labels.max()) + 1
         self.render_mode = render_mode
@@ -294,7 +297,8 @@ class parallel_env(TruncatingParallelEnv):
         self.parts = stack(seeded_models("classifier", self.shape, MODELS[self.model], self.classes, inits))
         self.optimizer = torch.optim.Adam(self.parts.parameters(), lr=self.lr)
         dim = CONTENTS[self.content].size(self.classes, MODELS[self.model].features)
-        self.network = Network(self.pixels, self.nodes, self.k, self.batch_size, dim, self.capacity, self._seed)
+        self.network = Network(self.pixels, self.nodes, self.k, self.batch_size, dim, self.capacity, self._seed,
+                               shard_size=self.shard_size)
         self.agents, self._steps = list(self.possible_agents), 0
         self._last_val = self._val_loss()
         zeros = torch.zeros(self.nodes)

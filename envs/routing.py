@@ -41,9 +41,17 @@ def placement(nodes: int, processes: int) -> list[range]:
     return [range(a, b) for a, b in itertools.pairwise(bounds)]
 
 
-def shards(n_samples: int, nodes: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """An exclusive random part of ``range(n_samples)`` per node; together they cover it (sizes differ by <= 1)."""
-    return list(torch.randperm(n_samples, generator=generator).tensor_split(nodes))
+def shards(n_samples: int, nodes: int, generator: torch.Generator, size: int | None = None) -> list[torch.Tensor]:
+    """An exclusive random part of ``range(n_samples)`` per node: the whole set split evenly (sizes differ by <= 1),
+    or the first ``size`` samples of each such part, so that a smaller shard is part of a larger one (a sweep of
+    shard sizes changes nothing else)."""
+    parts = torch.randperm(n_samples, generator=generator).tensor_split(nodes)
+    if size is None:
+        return list(parts)
+    if not 1 <= size <= n_samples // nodes:
+        raise ValueError(f"{nodes} nodes of {size:,} images each need {size * nodes:,} training images, there are "
+                         f"{n_samples:,}: lower --shard-size or --nodes")  # fmt: skip
+    return [p[:size] for p in parts]
 
 
 def ring_neighbours(nodes: int, k: int) -> torch.Tensor:
@@ -192,11 +200,12 @@ class Network:
         capacity: int,
         seed: int,
         owned: range | None = None,
+        shard_size: int | None = None,
     ):
         self.nodes, self.batch_size, self.pixels = nodes, batch_size, pixels
         self.owned = range(nodes) if owned is None else owned
         self.neighbours = ring_neighbours(nodes, neighbours)
-        self.shards = shards(len(pixels), nodes, torch.Generator().manual_seed(seed))
+        self.shards = shards(len(pixels), nodes, torch.Generator().manual_seed(seed), shard_size)
         smallest = min(len(s) for s in self.shards)
         if smallest < batch_size:
             raise ValueError(f"a node's shard holds {smallest} samples, fewer than a minibatch of {batch_size}; "

@@ -66,6 +66,8 @@ def test_custom_grid_unsupervised_and_rerun_skips_finished_configs(cli, capsys, 
         (["--content", "gradients"], "unknown content gradients"),
         (["--nodes", "ten"], "--nodes must be comma-separated integers"),
         (["--nodes", "200", "--content", "labels"], "fewer than a minibatch"),
+        (["--nodes", "10", "--content", "labels", "--shard-size", "100"], "--shard-size 100 is more: lower it"),
+        (["--shard-size", "2"], "--shard-size must hold a minibatch of 4, got 2"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(cli, capsys, extra, message):
@@ -74,6 +76,16 @@ def test_bad_input_is_one_line_and_exit_code_2(cli, capsys, extra, message):
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_a_shard_size_sweep_has_a_cell_per_size_and_content_and_a_figure(cli, capsys):
+    argv, out, logdir = cli
+    sweep = [*argv, "--nodes", "3", "--content", "none,labels", "--seeds", "1", "--sweep", "shard-size=8,16"]
+    assert exit_code(bench.main, sweep) == 0
+    cells = json.loads(out.read_text())["cells"]
+    assert list(cells) == [f"shard-size={s}/3nodes-{c}" for s in (8, 16) for c in ("none", "labels")]
+    assert "Sweep over shard-size" in capsys.readouterr().out
+    assert (logdir / "network" / "sweep_shard-size.png").stat().st_size > 1000
 
 
 def test_throughput_writes_rows_with_ratios_and_fractions_of_peak(tmp_path, capsys):

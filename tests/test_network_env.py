@@ -16,6 +16,15 @@ def test_shards_are_exclusive_and_cover_the_data():
     assert {len(p) for p in parts} == {10, 11}
 
 
+def test_a_shard_size_takes_the_first_images_of_each_even_shard():
+    even = routing.shards(103, 10, torch.Generator().manual_seed(0))
+    small = routing.shards(103, 10, torch.Generator().manual_seed(0), size=4)
+    assert [p.tolist() for p in small] == [p[:4].tolist() for p in even]  # nested: a sweep changes only the size
+    assert routing.shards(103, 10, torch.Generator().manual_seed(0), size=10)[9].tolist() == even[9][:10].tolist()
+    with pytest.raises(ValueError, match=r"^10 nodes of 11 images each need 110 training images, there are 103"):
+        routing.shards(103, 10, torch.Generator().manual_seed(0), size=11)  # the smallest even shard holds 10
+
+
 def test_ring_neighbours_are_the_nearest_and_full_at_n_minus_one():
     assert routing.ring_neighbours(6, 3)[0].tolist() == [1, 5, 2]
     assert routing.ring_neighbours(6, 2)[4].tolist() == [5, 3]

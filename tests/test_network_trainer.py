@@ -110,6 +110,18 @@ def test_trainer_learns_and_counts_traffic(big_splits):
     assert alone.samples_sent == 0 and alone.consumed_from_inbox == 0
 
 
+def test_nodes_train_only_on_their_shard_size(big_splits):
+    config = NetworkConfig(nodes=4, content="none", batch_size=8, steps=12, eval_every=12, shard_size=24)
+    trainer = NetworkTrainer(config, big_splits, [0])
+    assert [len(s) for s in trainer.networks[0].shards] == [24] * 4
+    seen = set()
+    for _ in range(12):
+        seen |= set(trainer.minibatches().index.flatten().tolist())
+    assert seen == set(torch.cat(trainer.networks[0].shards).tolist())  # 12 minibatches of 8 from 24 each: all, only
+    even = NetworkTrainer(dataclasses.replace(config, shard_size=None), big_splits, [0]).networks[0].shards
+    assert all(torch.equal(s, e[:24]) for s, e in zip(trainer.networks[0].shards, even, strict=True))
+
+
 @pytest.mark.parametrize("kind", ["vae", "bigan"])
 def test_unsupervised_nodes_train_and_are_probed(big_splits, kind):
     config = NetworkConfig(nodes=3, content="features", unsupervised=kind, batch_size=8, steps=10, eval_every=5)
@@ -144,6 +156,7 @@ def test_a_killed_network_resumes_bit_for_bit(big_splits, tmp_path, content, uns
         ({"p_broadcast": -0.1}, r"probability in \[0, 1\]"),
         ({"content": "gradients"}, "unknown content"),
         ({"content": "logits", "unsupervised": "vae"}, "unknown content"),
+        ({"shard_size": 16, "batch_size": 32}, "--shard-size must hold a minibatch of 32, got 16"),
     ],
 )
 def test_bad_configs_are_named(kw, message):

@@ -67,8 +67,9 @@ class DDPBaseline(Trainer):
         self.classes = int(splits.train.labels.max()) + 1
         owned = placement(config.nodes, self.group.world)[self.group.rank]
         self.pixels = to_pixels(splits.train.images)
-        self.union = [torch.cat(shards(len(self.pixels), config.nodes, torch.Generator().manual_seed(s))[
-            owned.start : owned.stop]) for s in self.seeds]  # fmt: skip
+        parts = [shards(len(self.pixels), config.nodes, torch.Generator().manual_seed(s), config.shard_size)
+                 for s in self.seeds]  # fmt: skip
+        self.union = [torch.cat(p[owned.start : owned.stop]) for p in parts]
         self.generators = [torch.Generator().manual_seed(node_seed(s, config.nodes + self.group.rank)) for s in seeds]
         self.order = [u[torch.randperm(len(u), generator=g)] for u, g in zip(self.union, self.generators, strict=True)]
         self.cursor = [0] * len(self.seeds)

@@ -48,6 +48,8 @@ class NetworkConfig:
     temperature: float = option(1.0, "temperature of received logits")
     comm_weight: float = option(1.0, "scale of the loss on received samples")
     capacity: int | None = option(None, "inbox size in samples", default_text="10 minibatches")
+    shard_size: int | None = option(None, "training images per node (the first of each node's exclusive part)",
+                                    default_text="the training set split evenly")  # fmt: skip
     batch_size: int = option(32, "minibatch size of every node")
     lr: float = option(1e-3, "Adam learning rate (Adam's default, as in the thesis)")
     steps: int = option(5000, "training steps per node")
@@ -81,6 +83,8 @@ class NetworkConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.temperature <= 0 or self.lr <= 0 or (self.capacity is not None and self.capacity < 1):
             raise ValueError("--temperature and --lr must be > 0 and --capacity >= 1")
+        if self.shard_size is not None and self.shard_size < self.batch_size:
+            raise ValueError(f"--shard-size must hold a minibatch of {self.batch_size}, got {self.shard_size}")
 
     @property
     def k(self) -> int:
@@ -159,8 +163,8 @@ class NetworkTrainer(Trainer):
         self.payload_dim = self.content.size(self.classes, features)
         pixels = to_pixels(splits.train.images)  # what nodes train on and send (routing, on the CPU)
         capacity = c.capacity or 10 * c.batch_size
-        self.networks = [Network(pixels, c.nodes, c.k, c.batch_size, self.payload_dim, capacity, s, self.owned)
-                         for s in self.seeds]  # fmt: skip
+        self.networks = [Network(pixels, c.nodes, c.k, c.batch_size, self.payload_dim, capacity, s, self.owned,
+                                 c.shard_size) for s in self.seeds]  # fmt: skip
         inits = [node_seed(s, i, INIT) for s in self.seeds for i in self.owned]
         self.parts = stack(seeded_models(kind, splits.shape, MODELS[c.model], self.classes, inits)).to(device)
         if kind == "bigan":  # DCGAN's Adam for adversarial pairs
