@@ -43,6 +43,7 @@ from benchmarks.harness import (
 from benchmarks.store import Store, checkpoint_of, format_summary, mean_std, prefix, preflight
 from envs.data import DATASETS, Split, load_splits
 from envs.network import SUPERVISED_CONTENTS
+from envs.routing import check_shard_size
 from trainers.base import Events
 from trainers.ddp import DDPBaseline
 from trainers.distributed import EXCHANGES
@@ -183,9 +184,10 @@ def _run(parser: ArgumentParser, args, seeds: int, device, chosen: list, group: 
                                                        splits.val.labels[: args.val_samples]))  # fmt: skip
     for c in (c for _, _, cs in chosen for c in cs):
         per_node = len(splits.train.images) // c.nodes
-        if c.shard_size and c.shard_size > per_node:
-            raise UsageError(f"{c.nodes} nodes share {len(splits.train.images):,} training images, {per_node:,} each "
-                             f"at most; --shard-size {c.shard_size:,} is more: lower it or --nodes")  # fmt: skip
+        try:
+            check_shard_size(len(splits.train.images), c.nodes, c.shard_size)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
         if per_node < c.batch_size:
             raise UsageError(f"{c.nodes} nodes get {per_node} training images each, fewer than a minibatch of "
                              f"{c.batch_size}; use fewer nodes or a smaller --batch-size")  # fmt: skip

@@ -35,7 +35,16 @@ from gymnasium import spaces
 
 from envs.base import TruncatingParallelEnv, aec, episode_length, given_whole, trains
 from envs.data import load_splits
-from envs.routing import INIT, Minibatch, Network, from_pixels, node_seed, ring_neighbours, shards, to_pixels
+from envs.routing import (
+    INIT,
+    Minibatch,
+    Network,
+    check_shard_size,
+    from_pixels,
+    node_seed,
+    ring_neighbours,
+    to_pixels,
+)
 
 
 def collective_decision(probs: torch.Tensor) -> torch.Tensor:
@@ -253,7 +262,7 @@ class parallel_env(TruncatingParallelEnv):
         ring_neighbours(nodes, self.k)  # checks nodes and k now, not at reset
         self.content, self.temperature, self.comm_weight = content, temperature, comm_weight
         self.batch_size, self.capacity = batch_size, capacity or 10 * batch_size
-        shards(len(images), nodes, torch.Generator(), shard_size)  # checks the shard size now, not at reset
+        check_shard_size(len(images), nodes, shard_size)  # now, not at reset
         self.shard_size = shard_size
         self.model, self.lr, self.max_steps = model, lr, max_steps
         self.classes = int(labels.max()) + 1

@@ -45,13 +45,16 @@ def shards(n_samples: int, nodes: int, generator: torch.Generator, size: int | N
     """An exclusive random part of ``range(n_samples)`` per node: the whole set split evenly (sizes differ by <= 1),
     or the first ``size`` samples of each such part, so that a smaller shard is part of a larger one (a sweep of
     shard sizes changes nothing else)."""
+    check_shard_size(n_samples, nodes, size)
     parts = torch.randperm(n_samples, generator=generator).tensor_split(nodes)
-    if size is None:
-        return list(parts)
-    if not 1 <= size <= n_samples // nodes:
+    return list(parts) if size is None else [p[:size] for p in parts]
+
+
+def check_shard_size(n_samples: int, nodes: int, size: int | None) -> None:
+    """A ``ValueError`` unless each of ``nodes`` can have ``size`` of the ``n_samples`` to itself (``None``: all)."""
+    if size is not None and not 1 <= size <= n_samples // nodes:
         raise ValueError(f"{nodes} nodes of {size:,} images each need {size * nodes:,} training images, there are "
                          f"{n_samples:,}: lower --shard-size or --nodes")  # fmt: skip
-    return [p[:size] for p in parts]
 
 
 def ring_neighbours(nodes: int, k: int) -> torch.Tensor:

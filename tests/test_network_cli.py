@@ -66,7 +66,7 @@ def test_custom_grid_unsupervised_and_rerun_skips_finished_configs(cli, capsys, 
         (["--content", "gradients"], "unknown content gradients"),
         (["--nodes", "ten"], "--nodes must be comma-separated integers"),
         (["--nodes", "200", "--content", "labels"], "fewer than a minibatch"),
-        (["--nodes", "10", "--content", "labels", "--shard-size", "100"], "--shard-size 100 is more: lower it"),
+        (["--nodes", "10", "--content", "labels", "--shard-size", "100"], "10 nodes of 100 images each need 1,000"),
         (["--shard-size", "2"], "--shard-size must hold a minibatch of 4, got 2"),
     ],
 )

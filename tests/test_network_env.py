@@ -163,3 +163,11 @@ def test_bad_env_input_is_named():
     env.reset(seed=0)
     with pytest.raises(ValueError, match="broadcast 0/1"):
         env.step({a: np.array([2, 0]) for a in env.agents})
+
+
+def test_the_env_gives_each_node_its_shard_size_and_refuses_one_too_large():
+    env = make_env(shard_size=8)
+    env.reset(seed=0)
+    assert [len(s) for s in env.network.shards] == [8, 8, 8]
+    with pytest.raises(ValueError, match=r"^3 nodes of 33 images each need 99 training images, there are 96"):
+        make_env(shard_size=33)
