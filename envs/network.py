@@ -232,7 +232,6 @@ class parallel_env(TruncatingParallelEnv):
         comm_weight: float = 1.0,
         batch_size: int = 32,
         capacity: int | None = None,
-        shard_size: int | None = None,  # training images per node (None: the training set split evenly)
         model: str = "dcgan-small",
         lr: float = 1e-3,
         reward_samples: int = 256,
@@ -241,6 +240,7 @@ class parallel_env(TruncatingParallelEnv):
         max_steps: int | None = None,
         dataset: str = "mnist",
         data_dir: str | None = None,
+        shard_size: int | None = None,  # training images per node (None: the training set split evenly)
     ):
         """Images are flat ``[n, C*H*W]`` in [0, 1] (``envs.data.load_splits`` gives them and ``shape``);
         without them the env reads ``dataset`` from ``data_dir`` (else ``$COMMCHANNELS_DATA``, else the cache)."""
