@@ -77,8 +77,10 @@ class TruncatingParallelEnv(ParallelEnv):
             given, space = np.asarray(actions[agent]), self.action_space(agent)
             action = given.astype(space.dtype) if isinstance(space, spaces.Box) else given  # floats stay refused
             if not space.contains(action):
-                ends = [f"{v:.4g}" if given.dtype.kind == "f" else f"{v}" for v in (given.min(), given.max())]
-                values = ", values {}..{}".format(*ends) if given.size and given.dtype.kind in "biuf" else ""
+                values = ""
+                if given.size and given.dtype.kind in "biuf":
+                    ends = [f"{v:.4g}" if given.dtype.kind == "f" else f"{v}" for v in (given.min(), given.max())]
+                    values = ", values {}..{}".format(*ends)
                 raise ValueError(f"{agent}'s action must be {self.action_text(agent)}; got {given.dtype} of shape "
                                  f"{given.shape}{values}")  # fmt: skip
             checked[agent] = action

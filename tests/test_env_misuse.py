@@ -48,6 +48,10 @@ def test_a_missing_or_unknown_agent_is_named(name):
          "consume 0..4]; got float64"),
         ("network", "node_0", np.array([0, 5]), "node_0's action must be two integers [broadcast 0/1, samples to "
          "consume 0..4]; got int64 of shape (2,), values 0..5"),
+        ("network", "node_2", np.array([], dtype=np.int64), "node_2's action must be two integers [broadcast 0/1, "
+         "samples to consume 0..4]; got int64 of shape (0,)"),
+        ("teacher_student", "teacher", np.linspace(-2, 0.123456, 13), "teacher's action must be 13 scores in [-1, 1]; "
+         "got float64 of shape (13,), values -2..0.1235"),
         ("teacher_student", "teacher", np.full(13, 2.0), "teacher's action must be 13 scores in [-1, 1]; got float64 "
          "of shape (13,), values 2..2"),
         ("teacher_student", "student", 0.5, "student's action must be 0 (skip the batch) or 1 (take the update); got "
