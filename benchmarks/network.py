@@ -154,10 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     device = device_of(args)
     chosen = [(label, v, configs(parser, v)) for label, v in variants(parser, args)]
     group = _group(args, chosen)
+    settled = False
     try:
-        return _run(parser, args, seeds, group.device if group.backend == "nccl" else device, chosen, group)
+        code = _run(parser, args, seeds, group.device if group.backend == "nccl" else device, chosen, group)
+        settled = True
+        return code
     finally:
-        group.close()
+        group.close(settled)
 
 
 def _group(args, chosen: list) -> Group:
@@ -169,7 +172,7 @@ def _group(args, chosen: list) -> Group:
     group = DistributedGroup(timeout=args.timeout, exchange=args.exchange, backend=args.backend, threads=args.threads)
     few = sorted({c.nodes for _, _, cs in chosen for c in cs if c.nodes < group.world})
     if few:
-        group.close()
+        group.close(settled=False)
         raise UsageError(f"{group.world} processes cannot share configurations of {', '.join(map(str, few))} "
                          "node(s): every process needs a node; run fewer processes or pass --nodes of at least "
                          f"{group.world}")  # fmt: skip

@@ -50,10 +50,12 @@ def _enter(rank: int, fn, world: int, port: int, args: tuple) -> None:
     from trainers.distributed import DistributedGroup
 
     group = DistributedGroup(timeout=20, exchange=args[0])
+    settled = False
     try:
         fn(rank, world, group, *args[1:])
+        settled = True
     finally:
-        group.close()
+        group.close(settled)
 
 
 @pytest.fixture(scope="module")

@@ -61,5 +61,5 @@ class Group:
         """Whether every process resumes from the same step (-1: no checkpoint)."""
         return True
 
-    def close(self) -> None:
-        """Leave the group (nothing to leave alone)."""
+    def close(self, settled: bool = True) -> None:
+        """Leave the group (nothing to leave alone); ``settled``: this process ended its work normally."""
