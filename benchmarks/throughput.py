@@ -31,6 +31,7 @@ from benchmarks.cli import ArgumentParser, UsageError, add_sweep, variants
 from benchmarks.harness import device_of, format_table, run_cli
 from benchmarks.store import save_json
 from envs.data import Split, Splits
+from trainers.base import adam
 
 SHAPES = {"dcgan-small": (1, 28, 28), "dcgan": (3, 32, 32), "mlp": (1, 28, 28)}  # what each model is for
 DEFAULT = "dcgan-small"  # the network benchmark's model on the 28x28 datasets measured here
@@ -64,8 +65,8 @@ def steppers(model: str, nodes: int, batch_size: int, seed: int = 0,
     models = [m.to(device) for m in models]
     images, labels = images.to(device), labels.to(device)
     parts = stack(models)
-    batched_opt = torch.optim.Adam(parts.parameters())
-    loop_opts = [torch.optim.Adam(m.parameters()) for m in models]
+    batched_opt = adam(parts.parameters(), device)
+    loop_opts = [adam(m.parameters(), device) for m in models]
 
     def batched() -> None:
         logits = parts["head"](parts["trunk"](images))

@@ -185,7 +185,7 @@ def test_a_plugged_in_speaker_trains_through_the_python_api(splits):
     trainer = LanguageTrainer(TINY, splits, [("both", 0)], speaker_cls=TinySpeaker)
     before = trainer.speakers["student"].parameters()[0].clone()
     results = trainer.fit()
-    assert trainer.probe.parameters()[0].shape[-1] == 5  # the probe reads the plug-in's 5 features
+    assert trainer.probe.params["linear.weight"].shape[-1] == 5  # the probe reads the plug-in's 5 features
     assert not torch.equal(before, trainer.speakers["student"].parameters()[0])
     assert 0.0 <= results[0].test_accuracy <= 100.0
 

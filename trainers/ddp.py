@@ -23,7 +23,7 @@ from agents.network import MODELS, seeded_models, stack
 from envs.data import Split, Splits
 from envs.network import every_node
 from envs.routing import INIT, from_pixels, node_seed, placement, shards, to_pixels
-from trainers.base import Trainer, run_rows
+from trainers.base import Trainer, adam, run_rows
 from trainers.distributed import DistributedGroup
 from trainers.network import NetworkConfig, NetworkResult
 
@@ -79,7 +79,7 @@ class DDPBaseline(Trainer):
         self.model = DistributedDataParallel(Classifier(parts), gradient_as_bucket_view=True)
         self.counter = HookBytes()
         self.model.register_comm_hook(self.counter, HookBytes.hook)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.optimizer = adam(self.model.parameters(), device, lr=config.lr)
         self.history = [NetworkResult() for _ in self.seeds]
         self.hook_bytes = 0.0  # what the hook counted, over the whole run (resumes with it)
         self.step = 0

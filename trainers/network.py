@@ -29,7 +29,7 @@ from agents.network import MODELS, seeded_models, stack
 from envs.data import Split, Splits
 from envs.network import CONTENTS, SUPERVISED_CONTENTS, decide, decision_sums, every_node, supervised_losses
 from envs.routing import INIT, Minibatch, Network, from_pixels, links, node_seed, pack, placement, to_pixels, unpack
-from trainers.base import Trainer, option, run_rows
+from trainers.base import Trainer, adam, option, run_rows
 from trainers.group import Group
 from trainers.network_objectives import UNSUPERVISED, NodeProbes, bigan_step, vae_losses
 
@@ -170,10 +170,10 @@ class NetworkTrainer(Trainer):
         if kind == "bigan":  # DCGAN's Adam for adversarial pairs
             critic = [*self.parts["critic_x"].parameters(), *self.parts["critic"].parameters()]
             players = [*self.parts["encoder"].parameters(), *self.parts["generator"].parameters()]
-            self.optimizers = {k: torch.optim.Adam(p, lr=c.lr, betas=(0.5, 0.999))
+            self.optimizers = {k: adam(p, device, lr=c.lr, betas=(0.5, 0.999))
                                for k, p in (("critic", critic), ("players", players))}  # fmt: skip
         else:
-            self.optimizers = {"nodes": torch.optim.Adam(self.parts.parameters(), lr=c.lr)}
+            self.optimizers = {"nodes": adam(self.parts.parameters(), device, lr=c.lr)}
         self.wire_bytes = self.content.wire_bytes(splits.train.images.shape[1], self.classes, features)
         edges = links(c.nodes, c.k, self.processes) if c.communicates else set()
         self.destinations = sorted(q for p, q in edges if p == self.group.rank)

@@ -23,7 +23,7 @@ import torch
 from agents.teacher_student import mlp
 from envs.data import Split, Splits
 from envs.teacher_student import MEASURES, TARGETS, EpochStacks, select_hardest, target_loss
-from trainers.base import Trainer, generator, option, restore_generators
+from trainers.base import Trainer, adam, generator, option, restore_generators
 from trainers.population import Population
 from trainers.probe import accuracy
 
@@ -147,8 +147,7 @@ class StudentTrainer(Trainer):
         self.step = 0
 
     def _adam(self) -> torch.optim.Optimizer:
-        fused = self.device.type in ("cpu", "cuda")
-        return torch.optim.Adam(self.students.parameters(), lr=self.config.lr, fused=fused)
+        return adam(self.students.parameters(), self.device, lr=self.config.lr)
 
     @property
     def batch(self) -> list[tuple[Selection, int]]:
