@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+CHUNK_BYTES = 10 * 2**20  # activations per grouped convolution call: about what stays in this CPU's caches
 ELEMENTWISE = (nn.LeakyReLU, nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Identity, nn.Flatten, nn.Unflatten)
 
 
@@ -139,29 +140,82 @@ class Stacked(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[N, batch, C, H, W]`` or ``[N, batch, D]``; the output keeps the leading ``[N, batch]``."""
-        n, batch = x.shape[:2]
-        grid = x.dim() == 5
-        if grid:
-            x = x.transpose(0, 1).reshape(batch, -1, *x.shape[3:]).contiguous(memory_format=torch.channels_last)
-        params = iter(zip(self.weights, self.biases, strict=True))
-        for layer in self.layers:
-            if isinstance(layer, nn.Conv2d):
-                w, b = next(params)
-                x = F.conv2d(x, w, b, layer.stride, layer.padding, groups=n)
-            elif isinstance(layer, nn.ConvTranspose2d):
-                w, b = next(params)
-                x = F.conv_transpose2d(x, w, b, layer.stride, layer.padding, layer.output_padding, groups=n)
-            elif isinstance(layer, nn.Linear):
-                w, b = next(params)
+        params = dict(zip((i for i, layer in enumerate(self.layers) if _weighted(layer)),
+                          zip(self.weights, self.biases, strict=True), strict=True))  # fmt: skip
+        i = 0
+        while i < len(self.layers):
+            if x.dim() == 5 or isinstance(self.layers[i], nn.Unflatten):  # convolutions, up to a Flatten
+                end = next((j + 1 for j in range(i, len(self.layers)) if isinstance(self.layers[j], nn.Flatten)),
+                           len(self.layers))  # fmt: skip
+                x = self._grid(x, i, end, params)
+                i = end
+                continue
+            layer = self.layers[i]
+            if isinstance(layer, nn.Linear):
+                w, b = params[i]
                 x = torch.baddbmm(b, x, w)
-            elif isinstance(layer, nn.Flatten):
-                x, grid = x.reshape(batch, n, -1).transpose(0, 1), False
-            elif isinstance(layer, nn.Unflatten):
-                x = x.transpose(0, 1).reshape(batch, -1, *layer.unflattened_size[1:])
-                x, grid = x.contiguous(memory_format=torch.channels_last), True
             else:
                 x = layer(x)
-        return x.reshape(batch, n, -1, *x.shape[2:]).transpose(0, 1) if grid else x
+            i += 1
+        return x
+
+    def _grid(self, x: torch.Tensor, start: int, end: int, params: dict) -> torch.Tensor:
+        """Layers ``start:end`` (convolutions between an Unflatten and a Flatten) on ``x`` ``[N, batch, ...]``,
+        in chunks of nodes whose largest activation fits ``CHUNK_BYTES``: one grouped convolution over 20
+        ``dcgan`` nodes (20 MB activations at batch 32) ran 18% slower than two over 10 (cache-sized); a whole
+        ``dcgan-small`` stack (4 MB) is one chunk (``benchmarks.throughput``)."""
+        n, batch = x.shape[:2]
+        largest = batch * max(_sizes(self.layers[start:end], x.shape[2:])) * x.element_size()
+        chunks = math.ceil(n / max(1, CHUNK_BYTES // max(largest, 1)))
+        size = math.ceil(n / chunks)
+        pieces = {i: [t.split(len(t) // n * size) for t in wb] for i, wb in params.items() if start <= i < end}
+        outs = []
+        for c, part in enumerate(x.split(size)):
+            outs.append(self._run(part, start, end, {i: (w[c], b[c]) for i, (w, b) in pieces.items()}))
+        return torch.cat(outs)
+
+    def _run(self, x: torch.Tensor, start: int, end: int, params: dict) -> torch.Tensor:
+        """Layers ``start:end`` on one chunk of nodes: grouped channels-last convolutions."""
+        n, batch = x.shape[:2]
+        if x.dim() == 5:
+            x = x.transpose(0, 1).reshape(batch, -1, *x.shape[3:]).contiguous(memory_format=torch.channels_last)
+        for i in range(start, end):
+            layer = self.layers[i]
+            if isinstance(layer, nn.Conv2d):
+                w, b = params[i]
+                x = F.conv2d(x, w, b, layer.stride, layer.padding, groups=n)
+            elif isinstance(layer, nn.ConvTranspose2d):
+                w, b = params[i]
+                x = F.conv_transpose2d(x, w, b, layer.stride, layer.padding, layer.output_padding, groups=n)
+            elif isinstance(layer, nn.Flatten):
+                return x.reshape(batch, n, -1).transpose(0, 1)
+            elif isinstance(layer, nn.Unflatten):
+                x = x.transpose(0, 1).reshape(batch, -1, *layer.unflattened_size[1:])
+                x = x.contiguous(memory_format=torch.channels_last)
+            else:
+                x = layer(x)
+        return x.reshape(batch, n, -1, *x.shape[2:]).transpose(0, 1)
+
+
+def _weighted(layer: nn.Module) -> bool:
+    return isinstance(layer, nn.Linear | nn.Conv2d | nn.ConvTranspose2d)
+
+
+def _sizes(layers: Sequence[nn.Module], shape: Sequence[int]) -> list[int]:
+    """Per-sample sizes of the input and of every convolution's output of ``layers`` on one node's ``shape``."""
+    if len(shape) == 1:  # an Unflatten first
+        shape = layers[0].unflattened_size
+    c, side = shape[-3], shape[-1]  # square images
+    sizes = [c * side * side]
+    for layer in layers:
+        if isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):
+            k, s, p = layer.kernel_size[0], layer.stride[0], layer.padding[0]
+            if isinstance(layer, nn.Conv2d):
+                side = (side + 2 * p - k) // s + 1
+            else:
+                side = (side - 1) * s - 2 * p + k + layer.output_padding[0]
+            sizes.append(layer.out_channels * side * side)
+    return sizes
 
 
 def stack(models: Sequence[nn.ModuleDict]) -> nn.ModuleDict:

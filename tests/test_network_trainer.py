@@ -20,8 +20,10 @@ def big_splits(tmp_path):
     return load_splits("mnist", make_dataset(tmp_path / "data", n_train=600, n_test=60), download=False)
 
 
+@pytest.mark.parametrize("chunk_bytes", [1, 10 * 2**20])  # every node a chunk of its own; all nodes in one
 @pytest.mark.parametrize("kind", ["classifier", "vae", "bigan"])
-def test_stacked_parts_equal_each_node_alone(kind):
+def test_stacked_parts_equal_each_node_alone(kind, chunk_bytes, monkeypatch):
+    monkeypatch.setattr("agents.network.CHUNK_BYTES", chunk_bytes)
     torch.manual_seed(0)
     models = [node_model(kind, (3, 32, 32), MODELS["dcgan-small"]) for _ in range(3)]
     parts = stack(models)
@@ -29,7 +31,29 @@ def test_stacked_parts_equal_each_node_alone(kind):
         grid = isinstance(first[0], torch.nn.Conv2d)
         x = torch.rand(3, 4, 3, 32, 32) if grid else torch.rand(3, 4, first[0].in_features)
         expected = torch.stack([m[name](x[i]) for i, m in enumerate(models)])
-        torch.testing.assert_close(parts[name](x), expected, atol=1e-5, rtol=1e-4)
+        out = parts[name](x)
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
+        grads = torch.autograd.grad(out.square().sum(), list(parts[name].parameters()))
+        alone = [torch.autograd.grad(m[name](x[i]).square().sum(), list(m[name].parameters()))
+                 for i, m in enumerate(models)]  # fmt: skip
+        alone = [[*a[0::2], *a[1::2]] for a in alone]  # weights, then biases, as Stacked lists them
+        for j, g in enumerate(grads):  # each node's gradient, in the stacked layout (dim 0, node by node)
+            own = [a[j] for a in alone]
+            expected = torch.stack([a.t() for a in own]).reshape(g.shape) if g.dim() == 3 else torch.cat(own)
+            torch.testing.assert_close(g, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_chunks_of_nodes_change_the_speed_not_the_numbers(monkeypatch):
+    """Convolutions in cache-sized chunks of nodes give bit-identical results (oneDNN's transposed
+    convolutions round differently with the group count: equal to float precision)."""
+    torch.manual_seed(0)
+    parts = stack([node_model("vae", (3, 32, 32), MODELS["dcgan-small"]) for _ in range(4)])
+    x = torch.rand(4, 5, 3, 32, 32)
+    code = parts["encoder"](x)
+    image = parts["decoder"](code[..., :64])
+    monkeypatch.setattr("agents.network.CHUNK_BYTES", 1)
+    assert torch.equal(parts["encoder"](x), code)
+    torch.testing.assert_close(parts["decoder"](code[..., :64]), image, atol=1e-6, rtol=0)
 
 
 def test_stacked_mlp_nodes_equal_each_node_alone_and_refuse_other_kinds():
