@@ -144,19 +144,16 @@ class Stacked(nn.Module):
                           zip(self.weights, self.biases, strict=True), strict=True))  # fmt: skip
         i = 0
         while i < len(self.layers):
-            if x.dim() == 5 or isinstance(self.layers[i], nn.Unflatten):  # convolutions, up to a Flatten
+            if x.dim() == 5 and isinstance(self.layers[i], nn.Flatten):  # an MLP: images in, no convolution
+                x, i = x.flatten(2), i + 1
+            elif x.dim() == 5 or isinstance(self.layers[i], nn.Unflatten):  # convolutions, up to a Flatten
                 end = next((j + 1 for j in range(i, len(self.layers)) if isinstance(self.layers[j], nn.Flatten)),
                            len(self.layers))  # fmt: skip
-                x = self._grid(x, i, end, params)
-                i = end
-                continue
-            layer = self.layers[i]
-            if isinstance(layer, nn.Linear):
-                w, b = params[i]
-                x = torch.baddbmm(b, x, w)
+                x, i = self._grid(x, i, end, params), end
             else:
-                x = layer(x)
-            i += 1
+                layer = self.layers[i]
+                x = torch.baddbmm(params[i][1], x, params[i][0]) if isinstance(layer, nn.Linear) else layer(x)
+                i += 1
         return x
 
     def _grid(self, x: torch.Tensor, start: int, end: int, params: dict) -> torch.Tensor:

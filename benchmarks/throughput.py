@@ -124,6 +124,14 @@ def peak(device: torch.device, seconds: float = 1.0) -> dict[str, float]:
     return out
 
 
+def bandwidth(device: torch.device, mib: int = 256) -> float:
+    """GB/s of copying a ``mib`` MiB tensor (read + write): what bounds a step whose weights, Adam state and
+    activations outgrow the caches (networks of hundreds of nodes)."""
+    src = torch.rand(mib * 2**18, device=device)
+    dst = torch.empty_like(src)
+    return per_s(lambda: dst.copy_(src), 5, device) * 2 * src.numel() * src.element_size() / 1e9
+
+
 def language_stepper(runs: int, device: torch.device) -> Callable[[], None]:
     """One training step of a language population of ``runs`` runs (level both) on random 784-pixel views."""
     from trainers.language import LanguageConfig, LanguageTrainer
@@ -171,9 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     device = device_of(args)
     chosen = list(variants(parser, args))
     grids = [(label, v, *_grid(v)) for label, v in chosen]  # every value checked before anything is timed
-    machine = peak(device)
-    print(f"peak here: matmul {machine['matmul']:.1f} GFLOP/s, convolution {machine['conv']:.1f} GFLOP/s "
-          f"({torch.get_num_threads()} threads, {device})", flush=True)  # fmt: skip
+    machine, memory = peak(device), bandwidth(device)
+    print(f"peak here: matmul {machine['matmul']:.1f} GFLOP/s, convolution {machine['conv']:.1f} GFLOP/s, memory "
+          f"{memory:.1f} GB/s ({torch.get_num_threads()} threads, {device})", flush=True)  # fmt: skip
     top = machine["matmul"]
     rows, language, scale = [], [], []
     for label, v, models, nodes, runs, scales in grids:
@@ -201,16 +209,16 @@ def main(argv: list[str] | None = None) -> int:
                 scale.append({"variant": label, **scale_row(model, n, v.batch_size, 3, device)})
                 print(f"scale {model} N={n}: {scale[-1]['s_per_step']:.3f} s/step", flush=True)
     save_json(Path(args.out), {"batch_size": args.batch_size, "threads": torch.get_num_threads(), "device": str(device),
-                               "sweep": args.sweep, "peak_gflops": machine, "rows": rows, "language": language,
-                               "scale": scale})  # fmt: skip
-    _print(args, machine, rows, language, scale)
+                               "sweep": args.sweep, "peak_gflops": machine, "memory_gb_per_s": memory, "rows": rows,
+                               "language": language, "scale": scale})  # fmt: skip
+    _print(args, machine, memory, rows, language, scale)
     return 0
 
 
-def _print(args, machine: dict, rows: list, language: list, scale: list) -> None:
+def _print(args, machine: dict, memory: float, rows: list, language: list, scale: list) -> None:
     tag = ["variant"] if args.sweep else []
-    print(f"\npeak: matmul 2048^2 {machine['matmul']:.1f} GFLOP/s, convolution {machine['conv']:.1f} GFLOP/s; "
-          "fractions below are of the matmul peak")  # fmt: skip
+    print(f"\npeak: matmul 2048^2 {machine['matmul']:.1f} GFLOP/s, convolution {machine['conv']:.1f} GFLOP/s, memory "
+          f"copy {memory:.1f} GB/s; fractions below are of the matmul peak")  # fmt: skip
     print(format_table(
         [*tag, "model", "nodes", "GFLOP/node-step", "batched node-steps/s", "batched GFLOP/s", "of peak",
          "loop node-steps/s", "loop of peak", "ratio"],

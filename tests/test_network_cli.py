@@ -103,6 +103,7 @@ def test_throughput_writes_rows_with_ratios_and_fractions_of_peak(tmp_path, caps
     assert [r["runs"] for r in data["language"]] == [2] and data["language"][0]["gflop_per_run_step"] > 0
     assert [(r["model"], r["n_nodes"]) for r in data["scale"]] == [("dcgan-small", 3), ("mlp", 3)]
     assert all(r["s_per_step"] > 0 and r["state_mb"] > 0 for r in data["scale"])
+    assert data["memory_gb_per_s"] > 0
     assert "of peak" in capsys.readouterr().out
     assert exit_code(throughput.main, ["--nodes", "0", "--out", str(out)]) == 2
     assert "--nodes must be integers >= 1" in capsys.readouterr().err
