@@ -2,7 +2,8 @@
 
 One run prints three tables, all timed in the same minutes:
 
-- **peak**: a 2048x2048 fp32 matmul and a large convolution, the machine's best GFLOP/s on this arithmetic;
+- **peak**: a 2048x2048 fp32 matmul and a large convolution, the machine's best GFLOP/s on this arithmetic,
+  and the memory bandwidth of a large copy;
 - **network**: node-steps per second of the batched node trainer (every node one part of a stacked model:
   grouped channels-last convolutions, batched matmuls, one Adam) and of a per-node Python loop (N
   ``nn.Module``s, N Adams) on the same minibatches, each as GFLOP/s and fraction of the matmul peak. A
@@ -11,8 +12,8 @@ One run prints three tables, all timed in the same minutes:
 - **language**: run-steps per second of the language trainer's population (``--runs``) and its fraction of
   peak (FLOPs of one run's step, counted the same way).
 
-``--scale`` adds how a whole network step (routing included) grows with the number of nodes. Results go
-atomically to ``--out``.
+``--scale`` adds how a whole network step (routing included) grows with the number of nodes. Every row is
+the best of 3 timings. Results go atomically to ``--out``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from envs.data import Split, Splits
 from trainers.base import adam
 
 SHAPES = {"dcgan-small": (1, 28, 28), "dcgan": (3, 32, 32), "mlp": (1, 28, 28)}  # what each model is for
+REPEATS = 3  # timings per row; the best counts
 DEFAULT = "dcgan-small"  # the network benchmark's model on the 28x28 datasets measured here
 
 
@@ -45,7 +47,7 @@ def build_parser() -> ArgumentParser:
     p.option("--scale", "", "comma-separated node counts of whole network steps, e.g. 10,100,1000 (ring k = 2; "
              "dcgan-small and mlp)", default_text="none")  # fmt: skip
     p.option("--batch-size", 32, "minibatch of every node", type=int)
-    p.option("--steps", 20, "timed steps per measurement (after 3 warm-up steps)", type=int)
+    p.option("--steps", 20, "timed steps per measurement (after 3 warm-up steps; best of 3)", type=int)
     p.option("--device", "auto", "where to measure: auto is cuda when available, else cpu",
              choices=["auto", "cpu", "cuda", "mps"])  # fmt: skip
     add_sweep(p)
@@ -92,17 +94,21 @@ def flops(step: Callable[[], None]) -> float:
     return float(counter.get_total_flops())
 
 
-def per_s(step: Callable[[], None], steps: int, device: torch.device) -> float:
-    """Calls of ``step`` per second, after 3 warm-up calls; on a GPU, after its queued work finished."""
+def per_s(step: Callable[[], None], steps: int, device: torch.device, repeats: int = 1) -> float:
+    """Calls of ``step`` per second, after 3 warm-up calls; on a GPU, after its queued work finished. With
+    ``repeats``, the best of that many timings (this shared VM's speed drifts by up to 30% within minutes)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(3):
         step()
     sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync()
-    return steps / (time.perf_counter() - start)
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync()
+        best = max(best, steps / (time.perf_counter() - start))
+    return best
 
 
 def peak(device: torch.device, seconds: float = 1.0) -> dict[str, float]:
@@ -116,7 +122,7 @@ def peak(device: torch.device, seconds: float = 1.0) -> dict[str, float]:
                            ("conv", lambda: F.conv2d(x, w, padding=1), 2 * 64 * 128 * 32 * 32 * 64 * 9)):  # fmt: skip
         rate, steps = 0.0, 2
         while True:  # enough calls for ``seconds``
-            rate = per_s(fn, steps, device)
+            rate = per_s(fn, steps, device, REPEATS)
             if steps / rate >= seconds:
                 break
             steps = max(steps * 2, int(seconds * rate) + 1)
@@ -129,7 +135,7 @@ def bandwidth(device: torch.device, mib: int = 256) -> float:
     activations outgrow the caches (networks of hundreds of nodes)."""
     src = torch.rand(mib * 2**18, device=device)
     dst = torch.empty_like(src)
-    return per_s(lambda: dst.copy_(src), 5, device) * 2 * src.numel() * src.element_size() / 1e9
+    return per_s(lambda: dst.copy_(src), 5, device, REPEATS) * 2 * src.numel() * src.element_size() / 1e9
 
 
 def language_stepper(runs: int, device: torch.device) -> Callable[[], None]:
@@ -189,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             work = flops(steppers(model, 1, v.batch_size)[1])  # one node-step
             for n in nodes:
                 batched, loop = steppers(model, n, v.batch_size, device=device)
-                a, b = n * per_s(batched, v.steps, device), n * per_s(loop, v.steps, device)
+                a, b = n * per_s(batched, v.steps, device, REPEATS), n * per_s(loop, v.steps, device, REPEATS)
                 rows.append({"variant": label, "model": model, "n_nodes": n, "batch_size": v.batch_size,
                              "batched_node_steps_per_s": a, "loop_node_steps_per_s": b, "ratio": a / b,
                              "gflop_per_node_step": work / 1e9, "batched_peak_fraction": a * work / 1e9 / top,
@@ -199,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         if runs:
             work = flops(language_stepper(1, device))
         for r in runs:
-            rate = r * per_s(language_stepper(r, device), max(3, v.steps // 2), device)
+            rate = r * per_s(language_stepper(r, device), max(3, v.steps // 2), device, REPEATS)
             language.append({"variant": label, "runs": r, "run_steps_per_s": rate, "gflop_per_run_step": work / 1e9,
                              "peak_fraction": rate * work / 1e9 / top})  # fmt: skip
             print(f"{label + ' ' if label else ''}language runs={r}: {rate:.1f} run-steps/s "
