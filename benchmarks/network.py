@@ -357,15 +357,17 @@ def _ddp_report(store: Store, cells: list[str], seeds: int, processes: int) -> N
 
 
 def _sweep_report(store: Store, swept, chosen, seeds: int, root: Path) -> None:
-    """The collective test accuracy of every configuration against the swept value."""
+    """The collective and the node-average test accuracy of every configuration against the swept value."""
     name, _, values = swept
     texts = [t for t, _ in values]
     names = [c.name for c in chosen[0][2]]  # the baseline's rows are left out of the sweep
-    lines = {n: [[r.test_collective for r in _runs(store, f"{name}={t}/{n}", seeds)] for t in texts] for n in names}
-    print(f"\nSweep over {name}: collective test accuracy (%), mean ± std over {seeds} seed(s)")
-    print(format_table([name, *names], [[t, *(format_summary(lines[n][i]) for n in names)]
-                                        for i, t in enumerate(texts)]))  # fmt: skip
-    plot_sweep(root / f"sweep_{name}.png", name, texts, lines, "collective test accuracy (%)")
+    for metric, what, suffix in (("test_collective", "collective", ""), ("test_average", "node-average", "_average")):
+        lines = {n: [[getattr(r, metric) for r in _runs(store, f"{name}={t}/{n}", seeds)] for t in texts]
+                 for n in names}  # fmt: skip
+        print(f"\nSweep over {name}: {what} test accuracy (%), mean ± std over {seeds} seed(s)")
+        print(format_table([name, *names], [[t, *(format_summary(lines[n][i]) for n in names)]
+                                            for i, t in enumerate(texts)]))  # fmt: skip
+        plot_sweep(root / f"sweep_{name}{suffix}.png", name, texts, lines, f"{what} test accuracy (%)")
 
 
 if __name__ == "__main__":

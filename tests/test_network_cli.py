@@ -86,6 +86,7 @@ def test_a_shard_size_sweep_has_a_cell_per_size_and_content_and_a_figure(cli, ca
     assert list(cells) == [f"shard-size={s}/3nodes-{c}" for s in (8, 16) for c in ("none", "labels")]
     assert "Sweep over shard-size" in capsys.readouterr().out
     assert (logdir / "network" / "sweep_shard-size.png").stat().st_size > 1000
+    assert (logdir / "network" / "sweep_shard-size_average.png").stat().st_size > 1000
 
 
 def test_throughput_writes_rows_with_ratios_and_fractions_of_peak(tmp_path, capsys):
