@@ -243,6 +243,9 @@ def plot_sweep(
         ax.plot(x, [mean_std(v)[0] for v in per_value], linestyle="--", marker=".", label=label)
     if not numeric:
         ax.set_xticks(x, values)
+    elif min(x) > 0 and max(x) >= 10 * min(x):  # values a decade or more apart (shard sizes): a log axis
+        ax.set_xscale("log")
+        ax.set_xticks(x, values)
     ax.set(xlabel=flag, ylabel=ylabel, title=f"{ylabel} against {flag} (mean, ±1 std over seeds)")
     ax.grid(alpha=0.3)
     ax.legend()
