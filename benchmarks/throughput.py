@@ -12,8 +12,9 @@ One run prints three tables, all timed in the same minutes:
 - **language**: run-steps per second of the language trainer's population (``--runs``) and its fraction of
   peak (FLOPs of one run's step, counted the same way).
 
-``--scale`` adds how a whole network step (routing included) grows with the number of nodes. Every row is
-the best of 3 timings. Results go atomically to ``--out``.
+``--scale`` adds how a whole network step (routing included) grows with the number of nodes (one timing of 3
+steps per row: a 1,000-node step takes seconds). Every other row is the best of 3 timings. Results go
+atomically to ``--out``.
 """
 
 from __future__ import annotations
