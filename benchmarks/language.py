@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from agents.loading import load_class
 from benchmarks.cli import ArgumentParser, UsageError, add_common, add_preset, variants
@@ -46,7 +45,7 @@ from trainers.language import (
     run_modules,
 )
 from trainers.language_analysis import analyse
-from trainers.probe import fit_linear_probe, map_splits
+from trainers.probe import fit_linear_probes, map_splits
 from trainers.speaker_check import check_speaker
 
 THESIS = {"none": 64.4, "receive": 65.7, "feedback": 69.4, "both": 71.4}  # Table 4.1, noise 0.1
@@ -81,17 +80,18 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def references(splits, config: LanguageConfig, seed: int, speaker_cls: type, epochs: int) -> dict[str, float]:
-    """Linear probes on the student's raw view and on its untrained speaker's hidden layer (a resample
-    view's noise is drawn once per split here, fixed as at evaluation)."""
-    view = config.partial_view()
-    raw = split_views(splits, view.masks(splits.train.images.shape[1], seed), view, seed)[STUDENT]
-    speaker = run_modules(seed, config, splits.train.images.shape[1], speaker_cls)[0]["student"].eval()
-    hidden = map_splits(raw, lambda x: speaker(x)[1])
-    return {
-        "raw_view": fit_linear_probe(raw, epochs, lr=config.probe_lr, seed=seed),
-        "untrained_hidden": fit_linear_probe(hidden, epochs, lr=config.probe_lr, seed=seed),
-    }
+def references(splits, config: LanguageConfig, seeds: list[int], speaker_cls: type, epochs: int) -> list[dict]:
+    """Per seed, linear probes on the student's raw view and on its untrained speaker's hidden layer (a
+    resample view's noise is drawn once per split here, fixed as at evaluation); all seeds' probes train
+    together."""
+    view, raw, hidden = config.partial_view(), [], []
+    for seed in seeds:
+        raw.append(split_views(splits, view.masks(splits.train.images.shape[1], seed), view, seed)[STUDENT])
+        speaker = run_modules(seed, config, splits.train.images.shape[1], speaker_cls)[0]["student"].eval()
+        hidden.append(map_splits(raw[-1], lambda x, speaker=speaker: speaker(x)[1]))
+    values = {name: fit_linear_probes(features, seeds, epochs, lr=config.probe_lr)
+              for name, features in (("raw_view", raw), ("untrained_hidden", hidden))}  # fmt: skip
+    return [{name: v[i] for name, v in values.items()} for i in range(len(seeds))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,9 +149,11 @@ def main(argv: list[str] | None = None) -> int:
 def _benchmark(store, label, config, speaker_cls, levels, seeds, splits, args, device, root) -> None:
     """Reference probes, then every pending (level, seed) run of one variant, in as few jobs as resume allows."""
     at = prefix(label)
-    for k in range(seeds):
-        if any(str(k) not in store.data["references"].get(at + name, {}) for name in REFERENCES):
-            values = references(splits, config, k, speaker_cls, args.reference_epochs)
+    missing = [k for k in range(seeds)
+               if any(str(k) not in store.data["references"].get(at + name, {}) for name in REFERENCES)]  # fmt: skip
+    if missing:
+        values_of = references(splits, config, missing, speaker_cls, args.reference_epochs)
+        for k, values in zip(missing, values_of, strict=True):
             for name, value in values.items():
                 store.reference(at + name, k, value)
     hparams = {**flat_hparams(config), "dataset": args.dataset, "agent": args.agent or "thesis"}
@@ -169,25 +171,29 @@ def _given_flags(args) -> set[str]:
 
 
 def _analyse(store, label, config, speaker_cls, levels, seeds, splits, epochs) -> None:
-    """Analyse the messages of every finished run that has no analysis yet, from its saved best weights."""
+    """Analyse the messages of every finished run that has no analysis yet, from its saved best weights,
+    all such runs in one batch (their probes train together)."""
     at, pixels, view = prefix(label), splits.train.images.shape[1], config.partial_view()
-    for k in range(seeds):
-        pending = [level for level in levels if "analysis" not in store.runs(at + level)[k]]
-        if not pending:
-            continue
-        seen = split_views(splits, view.masks(pixels, k), view, k)
-        for level in tqdm(pending, desc=f"{label or 'language'}: analysing seed {k}", leave=False):
-            file = store.path.parent / store.runs(at + level)[k]["weights"]
-            if not file.is_file():
-                raise UsageError(f"the weights of {at + level} seed {k} are missing ({file}); run with --no-analysis")
-            weights = torch.load(file, weights_only=True)
-            speakers = run_modules(k, config, pixels, speaker_cls)[0]
-            for a, speaker in speakers.items():
-                name = f"speaker_{a}."
-                speaker.load_state_dict({n[len(name) :]: w for n, w in weights.items() if n.startswith(name)})
-            shape = (config.message_length, config.vocab_size)
-            result = analyse(speakers, seen, splits.test.images, shape, epochs, config.probe_lr, seed=k)
-            store.annotate(at + level, k, "analysis", result)
+    pending = [(level, k) for k in range(seeds) for level in levels if "analysis" not in store.runs(at + level)[k]]
+    if not pending:
+        return
+    seen = {k: split_views(splits, view.masks(pixels, k), view, k) for k in sorted({k for _, k in pending})}
+    runs = []
+    for level, k in pending:
+        file = store.path.parent / store.runs(at + level)[k]["weights"]
+        if not file.is_file():
+            raise UsageError(f"the weights of {at + level} seed {k} are missing ({file}); run with --no-analysis")
+        weights = torch.load(file, weights_only=True)
+        speakers = run_modules(k, config, pixels, speaker_cls)[0]
+        for a, speaker in speakers.items():
+            name = f"speaker_{a}."
+            speaker.load_state_dict({n[len(name) :]: w for n, w in weights.items() if n.startswith(name)})
+        runs.append((speakers, seen[k], k))
+    print(f"{label or 'language'}: analysing the messages of {len(runs)} runs", flush=True)
+    shape = (config.message_length, config.vocab_size)
+    for (level, k), result in zip(pending, analyse(runs, splits.test.images, shape, epochs, config.probe_lr),
+                                  strict=True):  # fmt: skip
+        store.annotate(at + level, k, "analysis", result)
 
 
 def _headline(result) -> dict[str, float]:

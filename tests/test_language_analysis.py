@@ -39,14 +39,15 @@ def splits_of(make) -> Splits:
 
 
 def test_a_message_equal_to_the_class_code_carries_log2_10_bits_and_is_read_perfectly():
-    accuracy, bits = probe_information(splits_of(lambda y: class_code(y).flatten(-2)), epochs=200, lr=0.1, seed=0)
+    code = splits_of(lambda y: class_code(y).flatten(-2))
+    accuracy, bits = probe_information([code], epochs=200, lr=0.1, seeds=[0])[0]
     assert accuracy == 100.0
     assert bits == pytest.approx(math.log2(10), abs=0.05)
 
 
 def test_a_constant_message_carries_nothing():
     constant = splits_of(lambda y: class_code(torch.zeros_like(y)).flatten(-2))
-    accuracy, bits = probe_information(constant, epochs=10, lr=0.05, seed=0)
+    accuracy, bits = probe_information([constant], epochs=10, lr=0.05, seeds=[0])[0]
     assert bits == pytest.approx(0.0, abs=0.02) and accuracy <= 11.0
     messages = class_code(torch.zeros(100, dtype=torch.long))
     assert distinct_fraction(messages) == 0.01 and message_entropy(messages) == 0.0
@@ -83,11 +84,12 @@ def test_topographic_similarity_is_1_for_a_message_that_is_the_image():
 def test_intervention_drop_is_the_effect_of_the_message_on_the_decision():
     noise = splits_of(lambda y: torch.randn(len(y), 8, generator=torch.Generator().manual_seed(len(y))))
     code = splits_of(lambda y: class_code(y).flatten(-2))
-    out = intervention(noise, code, epochs=30, lr=0.05, seed=0)
+    out = intervention([noise], [code], epochs=30, lr=0.05, seeds=[0])[0]
     assert out["joint_probe"] == 100.0
     assert out["joint_probe_other_message"] < 20.0  # another image's message: mostly another class
     assert out["intervention_drop"] == pytest.approx(out["joint_probe"] - out["joint_probe_other_message"])
-    useless = intervention(code, splits_of(lambda y: class_code(torch.zeros_like(y)).flatten(-2)), 30, 0.05, 0)
+    constant = splits_of(lambda y: class_code(torch.zeros_like(y)).flatten(-2))
+    useless = intervention([code], [constant], 30, 0.05, [0])[0]
     assert useless["intervention_drop"] == 0.0  # a constant message changes nothing
 
 
@@ -103,7 +105,7 @@ class CodeSpeaker(torch.nn.Module):
 def test_analyse_reports_every_measure_for_both_speakers():
     seen = splits_of(lambda y: y.float().unsqueeze(-1).expand(-1, 3).clone())
     speakers = {"teacher": CodeSpeaker(), "student": CodeSpeaker()}
-    out = analyse(speakers, {"teacher": seen, "student": seen}, seen.test.images, (32, 2), epochs=200, lr=0.1)
+    out = analyse([(speakers, {"teacher": seen, "student": seen}, 0)], seen.test.images, (32, 2), epochs=200, lr=0.1)[0]
     assert out["teacher_message_probe"] == 100.0 and out["agreement"] == 1.0
     assert out["teacher_distinct"] == 0.01 and out["teacher_message_bits"] == pytest.approx(math.log2(10), abs=0.05)
     assert out["joint_probe"] == 100.0 and out["intervention_drop"] >= 0.0

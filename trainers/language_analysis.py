@@ -12,7 +12,7 @@ estimate over discrete inputs, which does not exist for images, so we bound it w
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from torch import nn
 from envs.data import Split, Splits
 from envs.language import AGENTS
 from trainers.gumbel import hard_message
-from trainers.probe import accuracy, fit_linear_probe, train_linear_probe
+from trainers.probe import accuracy, fit_linear_probes, train_linear_probes
 
 TEACHER, STUDENT = AGENTS
 TOPSIM_IMAGES = 1000
@@ -70,32 +70,42 @@ def topographic_similarity(messages: torch.Tensor, images: torch.Tensor) -> floa
     return spearman(hamming, euclidean)
 
 
-def probe_information(features: Splits, epochs: int, lr: float, seed: int) -> tuple[float, float]:
-    """A linear probe's test accuracy (%) and the lower bound it gives on the mutual information between
-    its input and the class, ``I >= H(class) - CE`` in bits (test-set class entropy and probe
-    cross-entropy; floored at 0, where the bound says nothing). The probe is chosen on validation
-    cross-entropy, the quantity the bound is made of."""
-    probe = train_linear_probe(features, epochs, lr=lr, seed=seed, by="loss")
-    with torch.no_grad():
-        ce = F.cross_entropy(probe(features.test.images), features.test.labels).item() / math.log(2)
-    prior = torch.bincount(features.test.labels).double() / len(features.test.labels)
-    h_class = float(-(prior[prior > 0] * torch.log2(prior[prior > 0])).sum())
-    return accuracy(probe, features.test).item(), max(0.0, h_class - ce)
+def probe_information(
+    features: Sequence[Splits], epochs: int, lr: float, seeds: Sequence[int]
+) -> list[tuple[float, float]]:
+    """For each feature set, a linear probe's test accuracy (%) and the lower bound it gives on the mutual
+    information between its input and the class, ``I >= H(class) - CE`` in bits (test-set class entropy
+    and probe cross-entropy; floored at 0, where the bound says nothing). The probe is chosen on
+    validation cross-entropy, the quantity the bound is made of."""
+    out = []
+    for probe, f in zip(train_linear_probes(features, seeds, epochs, lr=lr, by="loss"), features, strict=True):
+        with torch.no_grad():
+            ce = F.cross_entropy(probe(f.test.images), f.test.labels).item() / math.log(2)
+        prior = torch.bincount(f.test.labels).double() / len(f.test.labels)
+        h_class = float(-(prior[prior > 0] * torch.log2(prior[prior > 0])).sum())
+        out.append((accuracy(probe, f.test).item(), max(0.0, h_class - ce)))
+    return out
 
 
-def intervention(features: Splits, received: Splits, epochs: int, lr: float, seed: int) -> dict[str, float]:
-    """Causal effect of the channel on a decision: a linear probe on [own features, received message]
-    scored on test with the true message and with the message of another test image (a seeded
+def intervention(
+    features: Sequence[Splits], received: Sequence[Splits], epochs: int, lr: float, seeds: Sequence[int]
+) -> list[dict[str, float]]:
+    """Causal effect of the channel on a decision, per run: a linear probe on [own features, received
+    message] scored on test with the true message and with the message of another test image (a seeded
     derangement); ``drop`` is the loss in points."""
-    joint = Splits(*(Split(torch.cat([f.images, m.images], -1), f.labels) for f, m in _pairs(features, received)))
-    probe = train_linear_probe(joint, epochs, lr=lr, seed=seed)
-    n = len(received.test.images)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    other = torch.empty_like(order)
-    other[order] = order.roll(-1)  # every image gets the message of a different one
-    swapped = Split(torch.cat([features.test.images, received.test.images[other]], -1), features.test.labels)
-    true, shuffled = accuracy(probe, joint.test).item(), accuracy(probe, swapped).item()
-    return {"joint_probe": true, "joint_probe_other_message": shuffled, "intervention_drop": true - shuffled}
+    joint = [Splits(*(Split(torch.cat([f.images, m.images], -1), f.labels) for f, m in _pairs(fs, ms)))
+             for fs, ms in zip(features, received, strict=True)]  # fmt: skip
+    out = []
+    for probe, j, f, m, seed in zip(train_linear_probes(joint, seeds, epochs, lr=lr), joint, features, received, seeds,
+                                    strict=True):  # fmt: skip
+        n = len(m.test.images)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+        other = torch.empty_like(order)
+        other[order] = order.roll(-1)  # every image gets the message of a different one
+        swapped = Split(torch.cat([f.test.images, m.test.images[other]], -1), f.test.labels)
+        true, shuffled = accuracy(probe, j.test).item(), accuracy(probe, swapped).item()
+        out.append({"joint_probe": true, "joint_probe_other_message": shuffled, "intervention_drop": true - shuffled})
+    return out
 
 
 def _pairs(a: Splits, b: Splits):
@@ -115,34 +125,42 @@ def _speak(speaker: nn.Module, seen: Splits) -> tuple[Splits, Splits]:
 
 
 def analyse(
-    speakers: Mapping[str, nn.Module],
-    seen: Mapping[str, Splits],
+    runs: Sequence[tuple[Mapping[str, nn.Module], Mapping[str, Splits], int]],
     clean_test: torch.Tensor,
     message_shape: tuple[int, int],
     epochs: int = 10,
     lr: float = 3e-3,
-    seed: int = 0,
-) -> dict[str, float]:
-    """Every measure for one pair of speakers (``{agent: module}`` with the speaker protocol of
-    agents/language.py) given each agent's views of every split (``seen``, e.g. ``split_views``) and
-    the clean test images (for topographic similarity). Keys: per agent ``<agent>_bit_entropy`` (mean
-    over positions), ``_distinct``, ``_message_entropy``, ``_message_probe``, ``_message_bits``,
-    ``_topsim``; the student's ``feature_probe``, ``joint_probe``, ``joint_probe_other_message``,
-    ``intervention_drop``, ``message_gain`` (joint probe minus feature probe: what the message adds to
-    the student's own features); and ``agreement`` of the two agents' test messages."""
-    out: dict[str, float] = {}
-    spoken = {a: _speak(speakers[a], seen[a]) for a in AGENTS}
-    for a in AGENTS:
-        messages = spoken[a][0].test.images.unflatten(-1, message_shape)
-        out[f"{a}_bit_entropy"] = bit_entropy(messages).mean().item()
-        out[f"{a}_distinct"] = distinct_fraction(messages)
-        out[f"{a}_message_entropy"] = message_entropy(messages)
-        out[f"{a}_message_probe"], out[f"{a}_message_bits"] = probe_information(spoken[a][0], epochs, lr, seed)
-        out[f"{a}_topsim"] = topographic_similarity(messages[:TOPSIM_IMAGES], clean_test[:TOPSIM_IMAGES])
-    features = spoken[STUDENT][1]
-    out["feature_probe"] = fit_linear_probe(features, epochs, lr=lr, seed=seed)
-    out |= intervention(features, spoken[TEACHER][0], epochs, lr, seed)
-    out["message_gain"] = out["joint_probe"] - out["feature_probe"]
-    t, s = (spoken[a][0].test.images.unflatten(-1, message_shape) for a in AGENTS)
-    out["agreement"] = (t * s).sum(-1).mean().item()
-    return out
+) -> list[dict[str, float]]:
+    """Every measure for each run's pair of speakers; a run is ``(speakers, seen, seed)``: ``{agent:
+    module}`` with the speaker protocol of agents/language.py, each agent's views of every split (e.g.
+    ``split_views``) and the seed of its probes. ``clean_test`` are the clean test images (for
+    topographic similarity). The runs' probes of each kind train together (``train_linear_probes``).
+    Keys: per agent ``<agent>_bit_entropy`` (mean over positions), ``_distinct``, ``_message_entropy``,
+    ``_message_probe``, ``_message_bits``, ``_topsim``; the student's ``feature_probe``, ``joint_probe``,
+    ``joint_probe_other_message``, ``intervention_drop``, ``message_gain`` (joint probe minus feature
+    probe: what the message adds to the student's own features); and ``agreement`` of the two agents'
+    test messages."""
+    spoken = [{a: _speak(speakers[a], seen[a]) for a in AGENTS} for speakers, seen, _ in runs]
+    seeds = [seed for *_, seed in runs]
+    information = iter(probe_information([s[a][0] for s in spoken for a in AGENTS], epochs, lr,
+                                         [seed for seed in seeds for _ in AGENTS]))  # fmt: skip
+    features = [s[STUDENT][1] for s in spoken]
+    feature_probe = fit_linear_probes(features, seeds, epochs, lr=lr)
+    interventions = intervention(features, [s[TEACHER][0] for s in spoken], epochs, lr, seeds)
+    results = []
+    for s, feature, joint in zip(spoken, feature_probe, interventions, strict=True):
+        out: dict[str, float] = {}
+        for a in AGENTS:
+            messages = s[a][0].test.images.unflatten(-1, message_shape)
+            out[f"{a}_bit_entropy"] = bit_entropy(messages).mean().item()
+            out[f"{a}_distinct"] = distinct_fraction(messages)
+            out[f"{a}_message_entropy"] = message_entropy(messages)
+            out[f"{a}_message_probe"], out[f"{a}_message_bits"] = next(information)
+            out[f"{a}_topsim"] = topographic_similarity(messages[:TOPSIM_IMAGES], clean_test[:TOPSIM_IMAGES])
+        out["feature_probe"] = feature
+        out |= joint
+        out["message_gain"] = out["joint_probe"] - out["feature_probe"]
+        t, m = (s[a][0].test.images.unflatten(-1, message_shape) for a in AGENTS)
+        out["agreement"] = (t * m).sum(-1).mean().item()
+        results.append(out)
+    return results
