@@ -8,7 +8,7 @@ baseline's test accuracy, beside the thesis, with forward passes counted too.
 
 from __future__ import annotations
 
-import re
+import math
 import time
 from pathlib import Path
 
@@ -30,9 +30,26 @@ from benchmarks.store import Store, format_summary, mean_std, prefix, preflight
 from envs.data import DATASETS, load_splits
 from envs.teacher_student import MEASURES, TARGETS
 from trainers.probe import accuracy
-from trainers.teacher import QUICK_TEACHER, TeacherConfig, load_or_train_teachers, predict
+from trainers.teacher import (
+    QUICK_TEACHER,
+    TeacherConfig,
+    cache_path,
+    forward_cost,
+    irreducible_losses,
+    load_or_train_teachers,
+    predict,
+    training_cost,
+)
 from trainers.teacher_policy import POLICIES, PolicyConfig, ppo_scorer, register, train_ppo, train_reinforce
-from trainers.teacher_student import Selection, StudentConfig, StudentResult, StudentTrainer, per_step_counters
+from trainers.teacher_student import (
+    Selection,
+    StudentConfig,
+    StudentResult,
+    StudentTrainer,
+    forward_inclusive,
+    per_step_counters,
+    selection_of,
+)
 
 # Table 3.1: (stack size, measure, target) -> (test accuracy %, backward passes to the baseline's accuracy)
 THESIS = {
@@ -57,6 +74,12 @@ def build_parser() -> ArgumentParser:
              "combination)", default_text="the thesis' seven configs")  # fmt: skip
     p.option("--measures", None, f"difficulty measures from {','.join(MEASURES)}", default_text="all")
     p.option("--targets", None, f"targets from {','.join(TARGETS)}", default_text="all")
+    p.option("--pressures", None, "comma-separated selection pressures: samples drawn by rank, the hardest "
+             "pressure times as likely as the easiest (inf: send the hardest, the thesis' rule)", default_text="inf")
+    p.option("--anneal", None, "comma-separated backward passes over which the pressure falls to 1 (uniform); 0: "
+             "constant", default_text="0")
+    p.option("--floors", None, "comma-separated floors: every stack sample keeps a probability >= floor / stack "
+             "samples", default_text="0")  # fmt: skip
     p.option("--teacher-cache", "checkpoints/teachers", "folder of the trained teachers (one file per seed)")
     p.option("--retrain-teacher", False, "ignore cached teachers and train new ones", action="store_true")
     p.option("--dataset", "mnist", "dataset", choices=list(DATASETS))
@@ -65,36 +88,44 @@ def build_parser() -> ArgumentParser:
              "nothing)", default_text="the baseline's mean", type=finite_float)  # fmt: skip
     p.option("--policies", None, "learned teachers to compare with the CE heuristic and random selection at the "
              f"policies' stack size: comma-separated from {','.join(POLICIES)}", default_text="none")  # fmt: skip
-    p.fixed = {"stack-sizes", "measures", "targets", "policies", "dataset", "target-accuracy", "teacher-cache",
-               "retrain-teacher"}  # fmt: skip
+    p.fixed = {"stack-sizes", "measures", "targets", "pressures", "anneal", "floors", "policies", "dataset",
+               "target-accuracy", "teacher-cache", "retrain-teacher"}  # fmt: skip
     add_common(p, out="results/teacher[-policies][-quick].json", quick="3 (1 with --quick)|every config, one "
                "seed, 2 epochs, a small teacher")  # fmt: skip
     return p
 
 
 def selections(args, policy: PolicyConfig | None = None) -> list[Selection]:
-    """The thesis' configs, the policy comparison, or the baseline plus every combination of the given flags."""
+    """The thesis' configs, the policy comparison, or the baseline plus every valid combination of the
+    given flags (annealing and floors only with a finite pressure)."""
     if policy is not None:
         size, target = policy.stack_size, policy.target
         learned = [Selection(size, f"learned_{p}", target) for p in parse_list(args.policies, POLICIES, "policy")]
         return [Selection(), Selection(size, "cross_entropy", target), Selection(size, "random", target), *learned]
-    if args.stack_sizes is None and args.measures is None and args.targets is None:
+    flags = (args.stack_sizes, args.measures, args.targets, args.pressures, args.anneal, args.floors)
+    if all(f is None for f in flags):
         return list(THESIS)
     sizes = parse_ints(args.stack_sizes, "--stack-sizes") if args.stack_sizes else [2, 5]
     measures = parse_list(args.measures, MEASURES, "measure(s)") if args.measures else list(MEASURES)
     targets = parse_list(args.targets, TARGETS, "target(s)") if args.targets else list(TARGETS)
-    chosen = [Selection(s, m, t) for s in sizes for m in measures for t in targets]
+    pressures = _numbers(args.pressures or "inf", "--pressures", lambda x: x >= 1, ">= 1 (or inf)")
+    anneals = [int(x) for x in _numbers(args.anneal or "0", "--anneal", lambda x: x >= 0 and x == int(x),
+                                        "whole numbers >= 0")]  # fmt: skip
+    floors = _numbers(args.floors or "0", "--floors", lambda x: 0 <= x < 1, "in [0, 1)")
+    chosen = [Selection(s, m, t, p, a, f) for s in sizes for m in measures for t in targets for p in pressures
+              for a in anneals for f in floors if not (math.isinf(p) and (a or f))]  # fmt: skip
     return [Selection(), *[c for c in chosen if c != Selection()]]
 
 
-def selection_of(name: str) -> Selection:
-    """The selection a cell name stands for (``baseline``, ``stack5-cross_entropy-soft``...)."""
-    if name == "baseline":
-        return Selection()
-    match = re.fullmatch(r"stack(\d+)-(.+)-(\w+)", name)
-    if match is None:
-        raise UsageError(f"cannot resume the unfinished run of cell {name!r}; delete the checkpoint to restart")
-    return Selection(int(match[1]), match[2], match[3])
+def _numbers(text: str, flag: str, ok, what: str) -> list[float]:
+    """Comma-separated numbers (``inf`` allowed), each checked by ``ok``."""
+    try:
+        values = sorted({float(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise UsageError(f"{flag} must be comma-separated numbers, got {text!r}") from None
+    if not values or not all(ok(v) for v in values) or any(math.isnan(v) for v in values):
+        raise UsageError(f"{flag} must be {what}, got {text!r}")
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,18 +158,27 @@ def main(argv: list[str] | None = None) -> int:
         for label, v, configs, student_config, teacher_config, policy in chosen:
             at = prefix(label)
             for job in store.jobs(label, [c.name for c in configs], seeds):
-                runs = [(selection_of(cell.rsplit("/", 1)[-1]), k) for cell, k in job]
+                runs = [(_selection(cell.rsplit("/", 1)[-1]), k) for cell, k in job]
                 teachers = load_or_train_teachers(splits, sorted({k for _, k in runs}), teacher_config,
                                                   Path(args.teacher_cache), args.retrain_teacher,
                                                   Progress("teachers"), device)  # fmt: skip
+                pixels = splits.train.images.shape[1]
                 for k, m in teachers.items():
                     store.reference(f"{at}teacher_test_accuracy", k, accuracy(m, splits.test).item())
+                    cost = training_cost(cache_path(Path(args.teacher_cache), teacher_config, pixels, k))
+                    if cost:
+                        store.reference(f"{at}teacher_training_passes", k, cost["backward_passes"])
                 logits = {k: predict(m, splits.train.images) for k, m in teachers.items()}
+                irreducible = None
+                if any(MEASURES[s.measure].reads_irreducible for s, _ in runs):
+                    irreducible = irreducible_losses(splits, sorted({k for _, k in runs}), Path(args.teacher_cache),
+                                                     args.retrain_teacher, Progress("irreducible-loss models"),
+                                                     device)  # fmt: skip
                 learned = sorted({s.measure.removeprefix("learned_") for s, _ in runs
                                   if s.measure.startswith("learned_")})  # fmt: skip
                 if learned:
                     _train_policies(learned, policy, splits, teacher_config, v, store, root / at)
-                trainer = StudentTrainer(student_config, splits, runs, logits, device=device)
+                trainer = StudentTrainer(student_config, splits, runs, logits, irreducible, device=device)
                 hparams = {**flat_hparams(student_config), **flat_hparams(teacher_config, "teacher."),
                            "dataset": args.dataset}  # fmt: skip
                 with Sink(store, job, root, hparams, _headline, desc=f"{at}{len(job)} students",
@@ -148,13 +188,20 @@ def main(argv: list[str] | None = None) -> int:
         for label, _, configs, *_ in chosen:
             at = prefix(label)
             _summarise(store, at, configs, seeds, args.target_accuracy)
-            _report(store, at, configs, seeds, root)
+            _report(store, at, configs, seeds, root, _teacher_cost(student_config, teacher_config, splits))
         store.save()
         if swept:
             _sweep_report(store, swept, chosen[0][2], seeds, root)
         print(f"\nresults: {store.path}   figures: {root}   TensorBoard: tensorboard --logdir {root}   "
               f"wall time: {store.data['wall_time_s']:.0f} s")  # fmt: skip
     return 0
+
+
+def _selection(name: str) -> Selection:
+    try:
+        return selection_of(name)
+    except ValueError:
+        raise UsageError(f"cannot resume cell {name!r}; delete its checkpoint to restart") from None
 
 
 def _variant(parser: ArgumentParser, label: str, v) -> tuple:
@@ -208,74 +255,156 @@ def _train_policies(names: list[str], policy: PolicyConfig, splits, teacher_conf
         store.reference("policy_training_s", name, time.time() - started)
 
 
+THESIS_TARGET = 96.4  # the thesis' baseline accuracy (Table 3.1), reported beside the baseline's own
+
+
+def _teacher_cost(student: StudentConfig, teacher: TeacherConfig, splits) -> float:
+    """One forward pass of the teacher in forward passes of the student (multiply-adds per image)."""
+    pixels = splits.train.images.shape[1]
+    return forward_cost(pixels, teacher.hidden) / forward_cost(pixels, student.hidden)
+
+
+def _reach(run: dict, threshold: float, curve: str = "test_accuracy_curve") -> int | None:
+    """Backward passes until ``curve`` (test or validation accuracy) first reached ``threshold``."""
+    return next((s for s, a in zip(run["steps"], run[curve], strict=True) if a >= threshold), None)
+
+
+def _baseline_passes(runs: list[dict], threshold: float, curve: str = "test_accuracy_curve") -> float:
+    """The baseline's mean backward passes to ``threshold``; a seed that never reaches it counts at its last step."""
+    return mean_std([_reach(r, threshold, curve) or r["stopped_step"] for r in runs])[0]
+
+
 def _summarise(store: Store, at: str, configs: list[Selection], seeds: int, target: float | None) -> None:
-    """Per cell: what the table shows, and the baseline accuracy and target of the variant (under ``baseline``)."""
+    """Per cell: what the table shows, and the baseline accuracy and target of the variant (under ``baseline``).
+    Passes are counted to the target (default: the baseline's mean test accuracy) and to the thesis' 96.4%,
+    and, to choose rule parameters without the test set, to the baseline's mean best validation accuracy."""
     data = store.data
     store.summarise([at + c.name for c in configs], seeds, ["test_accuracy", "best_val_accuracy", "best_step"])
     runs = {c.name: [store.runs(at + c.name)[k] for k in range(seeds)] for c in configs}
     baseline = mean_std([r["test_accuracy"] for r in runs["baseline"]])[0] if "baseline" in runs else None
     target = target if target is not None else baseline
     if "baseline" in runs:
-        data["cells"][at + "baseline"].update(baseline_accuracy=baseline, target_accuracy=target)
+        val_target = mean_std([r["best_val_accuracy"] for r in runs["baseline"]])[0]
+        data["cells"][at + "baseline"].update(baseline_accuracy=baseline, target_accuracy=target,
+                                              val_target_accuracy=val_target)  # fmt: skip
     for c in configs:
         rs, entry = runs[c.name], data["cells"][at + c.name]
-        reach = [_first_reach(c, r, target) for r in rs]
+        per_step = per_step_counters(c)
+        reach = {"": target, "_thesis_target": THESIS_TARGET}
+        for suffix, threshold in reach.items():
+            steps = [_reach(r, threshold) if threshold else None for r in rs]
+            counters = [{k: v * n for k, v in per_step.items()} if n is not None else None for n in steps]
+            entry.update({
+                f"backward_passes{suffix}": steps,
+                f"forward_passes{suffix}": [x["student_forward_passes"] if x else None for x in counters],
+                f"teacher_forward_passes{suffix}": [x["teacher_forward_passes"] if x else None for x in counters],
+                f"forward_inclusive{suffix}": [forward_inclusive(x) if x else None for x in counters],
+            })  # fmt: skip
+        if "baseline" in runs:
+            entry["val_backward_passes"] = [_reach(r, val_target, "val_accuracy") for r in rs]
         entry.update(
             test_accuracy=[r["test_accuracy"] for r in rs],
-            backward_passes=[x["backward_passes"] if x else None for x in reach],
-            forward_passes=[x["student_forward_passes"] if x else None for x in reach],
-            teacher_forward_passes=[x["teacher_forward_passes"] if x else None for x in reach],
             backward_passes_to_best=[r["best_step"] for r in rs],
             thesis=dict(zip(("accuracy", "backward_passes"), THESIS.get(c, (None, None)), strict=True)),
         )
 
 
-def _first_reach(selection: Selection, run: dict, accuracy: float | None) -> dict[str, int] | None:
-    """The run's counters when its test accuracy first reached ``accuracy`` (None if never)."""
-    fields = StudentResult.__dataclass_fields__
-    step = StudentResult(**{k: v for k, v in run.items() if k in fields}).steps_to_reach(accuracy) if accuracy else None
-    if step is None:
-        return None
-    return {k: v * step for k, v in per_step_counters(selection).items()}
+def _speedup(base: float | None, values: list, digits: int = 1) -> str:
+    """Baseline over config mean, with how many seeds reached when not all ("-" when none)."""
+    reached = [v for v in values if v is not None]
+    if not base or not reached:
+        return "-"
+    return f"{base / mean_std(reached)[0]:.{digits}f}x" + ("" if len(reached) == len(values) else
+                                                         f" ({len(reached)}/{len(values)})")  # fmt: skip
 
 
-def _report(store: Store, at: str, configs: list[Selection], seeds: int, root: Path) -> None:
+def chosen_on_validation(store: Store, at: str, configs: list[Selection]) -> dict[tuple, str]:
+    """Per rule family (stack size, measure, target), the parameters (pressure, annealing, floor) whose
+    students first reached the baseline's best validation accuracy soonest, on average over seeds (a seed
+    that never did counts at its last step): chosen without the test set. ``{family: cell name}``, for the
+    families with more than one candidate."""
+    cells, best, members = store.data["cells"], {}, {}
+    for c in configs:
+        members.setdefault((c.stack_size, c.measure, c.target), []).append(c)
+    for c in configs:
+        if c == Selection() or "val_backward_passes" not in cells[at + c.name]:
+            continue
+        runs = store.runs(at + c.name)
+        cost = mean_std([v if v is not None else runs[k]["stopped_step"]
+                         for k, v in enumerate(cells[at + c.name]["val_backward_passes"])])[0]  # fmt: skip
+        family = (c.stack_size, c.measure, c.target)
+        if family not in best or cost < best[family][0]:
+            best[family] = (cost, c.name)
+    return {family: name for family, (_, name) in best.items() if len(members[family]) > 1}
+
+
+def _report(store: Store, at: str, configs: list[Selection], seeds: int, root: Path, teacher_cost: float) -> None:
     data = store.data
     base = data["cells"].get(at + "baseline")
-    base_bp = mean_std([v for v in base["backward_passes"] if v is not None])[0] if base else None
+    base_runs = [store.runs(at + "baseline")[k] for k in range(seeds)] if base else []
+    target = base["target_accuracy"] if base else None
+    base_bp = _baseline_passes(base_runs, target) if base and target else None
+    base_bp_thesis = _baseline_passes(base_runs, THESIS_TARGET) if base else None
+    per_pass = per_step_counters(Selection())
+    base_fi = forward_inclusive({k: v * base_bp for k, v in per_pass.items()}) if base_bp else None
+    chosen = set(chosen_on_validation(store, at, configs).values())
     rows = []
     for c in configs:
         e = data["cells"][at + c.name]
         acc_m, acc_s = mean_std(e["test_accuracy"])
-        reached = [v for v in e["backward_passes"] if v is not None]
-        speedup = f"{base_bp / mean_std(reached)[0]:.1f}x" if base_bp and reached else "-"
         thesis_acc, thesis_bp = e["thesis"]["accuracy"], e["thesis"]["backward_passes"]
+        teacher = [t * teacher_cost if t is not None else None for t in e["teacher_forward_passes"]]
+        thesis_target = e["backward_passes_thesis_target"]
         rows.append([
-            c.name, f"{acc_m:.2f}" + (f" ± {acc_s:.2f}" if seeds > 1 else ""), thesis_acc or "-",
-            format_counts(e["backward_passes"]), f"{thesis_bp:,}" if thesis_bp else "-", speedup,
-            *map(format_counts, (e["forward_passes"], e["teacher_forward_passes"], e["backward_passes_to_best"])),
+            c.name + (" *" if c.name in chosen else ""), f"{acc_m:.2f}" + (f" ± {acc_s:.2f}" if seeds > 1 else ""),
+            thesis_acc or "-", format_counts(e["backward_passes"]), f"{thesis_bp:,}" if thesis_bp else "-",
+            _speedup(base_bp, e["backward_passes"]), format_counts(e["forward_inclusive"]),
+            _speedup(base_fi, e["forward_inclusive"]), format_counts(teacher),
+            format_counts(thesis_target), _speedup(base_bp_thesis, thesis_target),
+            format_counts(e["backward_passes_to_best"]),
         ])  # fmt: skip
-    reached = f"{base['target_accuracy']:.2f}% (baseline: {base['baseline_accuracy']:.2f}%)" if base else "-"
+    reached = f"{target:.2f}% (baseline: {base['baseline_accuracy']:.2f}%)" if base else "-"
     print(f"\nTable 3.1{', ' + at[:-1] if at else ''}: student test accuracy (%) at best validation, and passes (in "
-          f"minibatches of 32) until its test accuracy first reached {reached}; mean ± std over {seeds} seed(s)")
+          f"minibatches of 32) until its test accuracy first reached {reached}, or the thesis' {THESIS_TARGET}%; "
+          f"mean ± std over {seeds} seed(s), (k/n): only k seeds reached it")  # fmt: skip
     print(format_table(["config", "test acc", "thesis", "backward to target", "thesis", "speedup",
-                        "student fwd", "teacher fwd", "backward to best"], rows))  # fmt: skip
-    figure = (
-        ("stack of 2 minibatches", lambda c: c.stack_size <= 2),  # thesis Fig. 3.1, left
-        ("stack of 5 minibatches", lambda c: c.stack_size in (1, 5) or c == Selection(2, "cross_entropy", "soft")),
-    )
+                        "fwd-inclusive", "speedup", "teacher fwd (student units)", f"backward to {THESIS_TARGET}",
+                        "speedup", "backward to best"], rows))  # fmt: skip
+    print(f"speedup: the baseline's mean passes (a seed that never reached counts at its last step) over the config's "
+          f"mean. fwd-inclusive = student forwards + 2 x backward passes, in student minibatch forwards; one teacher "
+          f"forward = {teacher_cost:.1f} student forwards (multiply-adds). * = the rule's parameters chosen on "
+          f"validation (first to the baseline's best validation accuracy, {base.get('val_target_accuracy', 0):.2f}%)."
+          if base else "")  # fmt: skip
+    _one_off(data, at, teacher_cost)
+    sizes = sorted({c.stack_size for c in configs} - {1})
     panels = []
-    for title, keep in figure:
+    for size in sizes:
         curves = {}
-        for c in filter(keep, configs):
+        for c in configs:
+            if c.stack_size not in (1, size):
+                continue
             rs = [store.runs(at + c.name)[k] for k in range(seeds)]
             longest = max(rs, key=lambda r: len(r["steps"]))
             curves[c.name] = (longest["steps"], [r["val_accuracy"] for r in rs])
-        panels.append((title, curves))
-    plot_panels(root / at / "figure_3_1.png", panels, "student backward passes", "validation accuracy (%)")
+        panels.append((f"stack of {size} minibatches", curves))
+    plot_panels(root / at / "figure_3_1.png", panels or [("baseline", {})], "student backward passes",
+                "validation accuracy (%)")  # fmt: skip
     teachers = data["references"].get(f"{at}teacher_test_accuracy", {})
     if teachers:
         print(f"teachers' test accuracy: {', '.join(f'seed {k}: {v:.2f}%' for k, v in sorted(teachers.items()))}")
+
+
+def _one_off(data: dict, at: str, teacher_cost: float) -> None:
+    """The teacher's one-off costs, in student minibatch forwards: its training and its logits table."""
+    passes = data["references"].get(f"{at}teacher_training_passes", {})
+    if passes:
+        config = data["config"]
+        ratio = config.get("teacher_batch_size", 128) / config.get("batch_size", 32)
+        cost = [3 * p * ratio * teacher_cost for p in passes.values()]
+        print(f"one-off: training the teacher cost {format_counts(cost)} student forwards "
+              f"({format_counts(list(passes.values()))} backward passes of {config.get('teacher_batch_size')} images, "
+              "forward + 2 x backward); its logits on the training set are computed once (one forward per image), "
+              "not per stack as the teacher fwd column counts")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -68,8 +68,13 @@ BAD_INPUTS = [
     (["--targets", "labels"], "unknown target(s) labels"),
     (["--batch-size", "1000"], "does not fit in the 100 training images"),
     (["--seeds", "0"], "--seeds must be >= 1"),
-    (["--temperature", "0"], "temperature > 0"),
+    (["--temperature", "0"], "temperature must be > 0"),
+    (["--fine-eval-until", "-1"], "--fine-eval-until must be >= 0"),
     (["--target-accuracy", "150"], "percentage in (0, 100]"),
+    (["--pressures", "0.5"], "--pressures must be >= 1 (or inf)"),
+    (["--pressures", "ten"], "--pressures must be comma-separated numbers"),
+    (["--floors", "1"], "--floors must be in [0, 1)"),
+    (["--anneal", "2.5"], "--anneal must be whole numbers >= 0"),
 ]
 
 
@@ -151,3 +156,26 @@ def test_a_sweep_trains_each_value_with_its_own_cells_and_figure(cli, capsys):
     assert (logdir / "teacher" / "sweep_lr.png").stat().st_size > 1000
     assert (logdir / "teacher" / "lr=0.01" / "figure_3_1.png").exists()
     assert list((logdir / "teacher" / "lr=0.001" / "baseline" / "seed0").glob("events.out.tfevents.*"))
+
+
+def test_sampled_rules_are_crossed_with_pressures_schedules_and_floors_and_one_is_chosen_on_validation(cli, capsys):
+    argv, out, _ = cli
+    grid = [*argv, "--stack-sizes", "3", "--measures", "cross_entropy,reducible_holdout", "--targets", "true",
+            "--pressures", "10,inf", "--anneal", "0,30", "--floors", "0,0.2", "--seeds", "1"]  # fmt: skip
+    assert run(grid) == 0
+    data = json.loads(out.read_text())
+    sampled = {f"rank10{a}{f}" for a in ("", "-anneal30") for f in ("", "-floor0.2")}
+    expected = {"baseline", *(f"stack3-{m}-true{s}" for m in ("cross_entropy", "reducible_holdout")
+                              for s in ("", *(f"-{x}" for x in sampled)))}  # fmt: skip
+    assert set(data["cells"]) == expected  # no annealing or floor with the hardest (inf)
+    printed = capsys.readouterr().out
+    marked = [line.split()[0] for line in printed.splitlines() if line.startswith("stack") and " * " in line]
+    assert len(marked) == 2 and {m.split("-")[1] for m in marked} == {"cross_entropy", "reducible_holdout"}
+    entry = data["cells"]["stack3-reducible_holdout-true-rank10-anneal30"]
+    assert len(entry["val_backward_passes"]) == 1 and len(entry["backward_passes_thesis_target"]) == 1
+    run0 = entry["runs"]["0"]
+    assert run0["counters"]["teacher_forward_passes"] == 0  # the irreducible losses are looked up, not the teacher
+    assert run0["counters"]["student_forward_passes"] == 4 * run0["stopped_step"]
+    assert list((out.parent / "teachers").glob("irreducible-*-seed0.pt"))
+    assert list((out.parent / "teachers").glob("teacher-*-seed0.json"))  # the teacher's training cost
+    assert "one-off: training the teacher cost" in printed

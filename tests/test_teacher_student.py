@@ -5,7 +5,18 @@ import pytest
 import torch
 
 import trainers.teacher as teacher_module
-from envs.teacher_student import MEASURES, TARGETS, cross_entropy, euclidean, select_hardest, soft, target_loss
+from envs.teacher_student import (
+    MEASURES,
+    TARGETS,
+    Rule,
+    Stack,
+    cross_entropy,
+    euclidean,
+    label_loss,
+    select_hardest,
+    soft,
+    target_loss,
+)
 from tests.conftest import killed_and_resumed
 from trainers.base import CheckpointError
 from trainers.teacher import TeacherConfig, load_or_train_teachers, predict
@@ -31,10 +42,11 @@ def test_selection_never_picks_padding():
 def test_measures_on_a_hand_example():
     t = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]])
     s = torch.tensor([[0.25, 0.25, 0.5], [0.5, 0.25, 0.25]])
-    assert cross_entropy(t, s, G).tolist() == pytest.approx([-math.log(0.25), -math.log(0.5)])
-    assert euclidean(t, s, G).tolist() == pytest.approx([math.sqrt(0.0625 * 2 + 0.25), math.sqrt(0.25 + 0.0625 * 2)])
-    a = MEASURES["random"](t, s, torch.Generator().manual_seed(3))
-    b = MEASURES["random"](t, s, torch.Generator().manual_seed(3))
+    assert cross_entropy(Stack(t, s), G).tolist() == pytest.approx([-math.log(0.25), -math.log(0.5)])
+    assert euclidean(Stack(t, s), G).tolist() == pytest.approx([math.sqrt(0.0625 * 2 + 0.25),
+                                                                 math.sqrt(0.25 + 0.0625 * 2)])  # fmt: skip
+    a = MEASURES["random"](Stack(t, s), torch.Generator().manual_seed(3))
+    b = MEASURES["random"](Stack(t, s), torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and a.shape == (2,)
 
 
@@ -88,11 +100,9 @@ def test_stacks_walk_through_shuffled_epochs(splits):
 
 
 def test_the_teacher_picks_the_hardest_of_the_students_stack(splits, monkeypatch):
-    import trainers.teacher_student as ts
-
     trainer = StudentTrainer(CONFIG, splits, [(Selection(5, "cross_entropy", "true"), 0)], fake_teacher(splits, [0]))
     seen = {}
-    stack_indices, select = trainer._stack_indices, ts.select_hardest
+    stack_indices, choose = trainer._stack_indices, trainer._choose
 
     def record_stack():
         seen["idx"] = stack_indices()
@@ -100,15 +110,15 @@ def test_the_teacher_picks_the_hardest_of_the_students_stack(splits, monkeypatch
             seen["student"] = torch.softmax(trainer.students(splits.train.images[seen["idx"]]), -1)
         return seen["idx"]
 
-    def record_selection(scores, batch_size, valid=None):
-        seen["chosen"] = select(scores, batch_size, valid)
+    def record_choice(stack):
+        seen["chosen"] = choose(stack)
         return seen["chosen"]
 
     monkeypatch.setattr(trainer, "_stack_indices", record_stack)
-    monkeypatch.setattr(ts, "select_hardest", record_selection)
+    monkeypatch.setattr(trainer, "_choose", record_choice)
     trainer.train_step()
     idx = seen["idx"][0]
-    scores = cross_entropy(torch.softmax(trainer.teacher_logits[0][idx], -1), seen["student"][0], G)
+    scores = cross_entropy(Stack(torch.softmax(trainer.teacher_logits[0][idx], -1), seen["student"][0]), G)
     assert len(idx) == 20 and set(seen["chosen"][0].tolist()) == set(scores.topk(4).indices.tolist())
 
 
@@ -127,7 +137,12 @@ def test_early_stopping_and_steps_to_reach(splits):
     r = results[0]
     assert r.stopped_step <= 4 * 25 and r.best_step <= r.stopped_step
     assert r.stopped_step - r.best_step >= 2 * 25 or r.stopped_step == 100
-    assert r.steps_to_reach(-1.0) == r.steps[0] and r.steps_to_reach(101.0) is None
+    from benchmarks.teacher import _reach
+
+    run = dataclasses.asdict(r)
+    assert _reach(run, -1.0) == r.steps[0] and _reach(run, 101.0) is None
+    best = max(r.val_accuracy)
+    assert _reach(run, best, "val_accuracy") == r.steps[r.val_accuracy.index(best)]
 
 
 def test_teachers_are_cached_and_loaded_weights_only(splits, tmp_path, monkeypatch):
@@ -210,3 +225,89 @@ def test_dropping_finished_runs_leaves_the_others_unchanged(splits):
         for k in kept:
             assert torch.allclose(kept[k][position], alone[r][k][0], atol=1e-6), (r, k)  # batch-size rounding
     assert together.stack == 8 and len(together.batch) == 2
+
+
+def test_rank_probabilities_sum_to_one_and_decay_exponentially_with_rank():
+    scores = torch.tensor([0.3, 2.0, -1.0, 0.7, 5.0])  # ranks: 3, 1, 4, 2, 0
+    p = Rule("cross_entropy", pressure=100.0).probabilities(scores)
+    assert p.sum().item() == pytest.approx(1.0)
+    ranks = torch.tensor([3, 1, 4, 2, 0])
+    expected = 100.0 ** (-ranks / 5.0)
+    assert torch.allclose(p, expected / expected.sum())
+    assert p[4] / p[1] == pytest.approx(100.0 ** 0.2)  # one rank apart: a factor of pressure^(1/N)
+    assert torch.allclose(Rule("cross_entropy", pressure=1.0).probabilities(scores), torch.full((5,), 0.2))
+
+
+def test_rank_probabilities_ignore_padding_and_keep_the_floor():
+    scores = torch.tensor([[4.0, 3.0, 2.0, 1.0, 9.0, 9.0]])
+    valid = torch.tensor([[True, True, True, True, False, False]])
+    p = Rule("cross_entropy", pressure=1e6, floor=0.2).probabilities(scores, valid=valid)
+    assert p[0, 4:].tolist() == [0.0, 0.0] and p.sum().item() == pytest.approx(1.0)
+    assert (p[0, :4] >= 0.2 / 4 - 1e-7).all()  # every real sample keeps floor / N
+    assert p[0, 3].item() == pytest.approx(0.2 / 4 + 0.8 * 1e6 ** (-3 / 4) / sum(1e6 ** (-i / 4) for i in range(4)))
+
+
+def test_annealing_goes_from_the_given_pressure_to_uniform():
+    rule = Rule("cross_entropy", pressure=100.0, anneal=1000)
+    assert rule.pressure_at(0) == 100.0 and rule.pressure_at(500) == pytest.approx(10.0)
+    assert rule.pressure_at(1000) == 1.0 and rule.pressure_at(5000) == 1.0
+    assert Rule("cross_entropy", pressure=100.0).pressure_at(10**6) == 100.0  # no schedule: constant
+
+
+def test_sampled_selection_draws_distinct_valid_samples_with_the_rank_probabilities():
+    scores = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0, 7.0]])
+    valid = torch.tensor([[True, True, True, True, True, False]])
+    rule = Rule("cross_entropy", pressure=16.0)
+    generator = torch.Generator().manual_seed(0)
+    firsts = torch.zeros(6)
+    for _ in range(4000):
+        u = torch.rand(1, 6, generator=generator).clamp_min(1e-20)
+        keys = torch.log(rule.probabilities(scores, valid=valid)) - torch.log(-torch.log(u))
+        firsts[keys.argmax()] += 1
+    assert firsts[5] == 0
+    assert torch.allclose(firsts[:5] / 4000, rule.probabilities(scores, valid=valid)[0, :5], atol=0.03)
+    stack = Stack(torch.full((5, 10), 0.1), torch.full((5, 10), 0.1))
+    picked = rule(stack, 3, torch.Generator().manual_seed(1))
+    assert len(set(picked.tolist())) == 3 and max(picked.tolist()) < 5
+
+
+def test_reducible_loss_on_a_hand_example():
+    teacher = torch.tensor([[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]])
+    student = torch.tensor([[0.25, 0.75], [0.5, 0.5], [0.6, 0.4]])
+    labels = torch.tensor([0, 0, 1])
+    stack = Stack(teacher, student, labels, irreducible=torch.tensor([0.1, 0.2, 0.3]))
+    assert label_loss(student, labels).tolist() == pytest.approx([-math.log(0.25), -math.log(0.5), -math.log(0.4)])
+    assert MEASURES["reducible"](stack, G).tolist() == pytest.approx(
+        [math.log(0.5 / 0.25), math.log(0.9 / 0.5), math.log(0.8 / 0.4)])
+    assert MEASURES["reducible_holdout"](stack, G).tolist() == pytest.approx(
+        [-math.log(0.25) - 0.1, -math.log(0.5) - 0.2, -math.log(0.4) - 0.3])
+
+
+def test_sampled_selections_are_named_and_read_back():
+    from trainers.teacher_student import selection_of
+
+    for sel in (Selection(), Selection(5, "cross_entropy", "soft"), Selection(10, "reducible", "true", 100.0),
+                Selection(20, "cross_entropy", "true", 1e6, 20_000, 0.05), Selection(2, "reducible_holdout", "soft")):
+        assert selection_of(sel.name) == sel
+    name = Selection(5, "cross_entropy", "true", 100.0, 20_000, 0.1).name
+    assert name == "stack5-cross_entropy-true-rank100-anneal20000-floor0.1"
+    with pytest.raises(ValueError, match="finite --pressure"):
+        Selection(5, "cross_entropy", "true", anneal=1000)
+    with pytest.raises(ValueError, match="pressure must be >= 1"):
+        Selection(5, "cross_entropy", "true", pressure=0.5)
+
+
+def test_reducible_holdout_needs_the_irreducible_losses_and_uses_them(splits):
+    runs = [(Selection(3, "reducible_holdout", "true"), 0)]
+    with pytest.raises(ValueError, match="irreducible"):
+        StudentTrainer(CONFIG, splits, runs, fake_teacher(splits, [0]))
+    n = len(splits.train.images)
+    trainer = StudentTrainer(CONFIG, splits, runs, irreducible={0: torch.arange(n, dtype=torch.float32) * 100})
+    idx = trainer._stack_indices()
+    trainer._stack_indices = lambda: idx
+    seen = {}
+    choose = trainer._choose
+    trainer._choose = lambda stack: seen.setdefault("chosen", choose(stack))
+    trainer.train_step()
+    # the irreducible losses dwarf the student's: the samples with the lowest index are the most reducible
+    assert set(idx[0, seen["chosen"][0]].tolist()) == set(idx[0].sort().values[:4].tolist())

@@ -10,15 +10,18 @@ loaded with ``weights_only=True``.
 from __future__ import annotations
 
 import hashlib
+import itertools
+import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from agents.teacher_student import teacher
-from envs.data import Splits
-from trainers.base import CheckpointError, Events, load_checked, option, save_atomic
+from envs.data import Split, Splits
+from trainers.base import CheckpointError, Events, load_checked, option, save_atomic, write_atomic
 from trainers.teacher_student import Selection, StudentConfig, StudentTrainer
 
 VERSION = "seeded-dropout-1"  # in the cache key: teachers trained before their dropout was seeded differ
@@ -41,16 +44,33 @@ class TeacherConfig:
         """The teacher is trained as a student with dropout on true labels, evaluated once an epoch."""
         return StudentConfig(hidden=self.hidden, batch_size=self.batch_size, lr=self.lr, patience=self.patience,
                              max_epochs=self.max_epochs, eval_every=max(1, n_train // self.batch_size),
-                             dropout=self.dropout)  # fmt: skip
+                             fine_eval_until=0, dropout=self.dropout)  # fmt: skip
 
 
 QUICK_TEACHER = TeacherConfig(hidden=(256, 256), max_epochs=1, patience=1)  # seconds to train: smoke runs, env defaults
 
 
-def cache_path(cache_dir: Path, config: TeacherConfig, pixels: int, seed: int) -> Path:
-    """One file per teacher configuration (and input size), training version and seed."""
-    key = hashlib.sha1(repr((asdict(config), pixels, VERSION)).encode()).hexdigest()[:10]
-    return cache_dir / f"teacher-{key}-seed{seed}.pt"
+IRREDUCIBLE = TeacherConfig(hidden=(256, 256))  # RHO-LOSS's small model, trained on half the validation split
+
+
+def cache_path(cache_dir: Path, config: TeacherConfig, pixels: int, seed: int, kind: str = "teacher") -> Path:
+    """One file per kind of model, configuration (and input size), training version and seed."""
+    key = hashlib.sha1(repr((asdict(config), pixels, VERSION, *([kind] if kind != "teacher" else []))).encode())
+    return cache_dir / f"{kind}-{key.hexdigest()[:10]}-seed{seed}.pt"
+
+
+def forward_cost(pixels: int, hidden: Sequence[int], classes: int = 10) -> int:
+    """Multiply-adds of one forward pass of an MLP, per image (what a forward pass of a minibatch costs,
+    up to the batch size): the unit that makes the teacher's forwards comparable with the student's."""
+    widths = [pixels, *hidden, classes]
+    return sum(a * b for a, b in itertools.pairwise(widths))
+
+
+def training_cost(path: Path) -> dict | None:
+    """What training the cached model of ``path`` cost (``{"backward_passes", "batch_size"}``), if it was
+    trained by this version (older caches did not record it)."""
+    record = path.with_suffix(".json")
+    return json.loads(record.read_text()) if record.exists() else None
 
 
 def load_or_train_teachers(
@@ -61,11 +81,14 @@ def load_or_train_teachers(
     retrain: bool = False,
     events: Events | None = None,
     device: torch.device | str = "cpu",
+    kind: str = "teacher",
 ) -> dict[int, torch.nn.Module]:
-    """The best-validation teacher of each seed, in eval mode; cached under ``cache_dir``. Missing
-    teachers train together (``StudentTrainer``), resumable from a checkpoint in ``cache_dir``."""
+    """The best-validation teacher of each seed, in eval mode; cached under ``cache_dir`` with a record
+    of its training cost beside it (``training_cost``). Missing teachers train together
+    (``StudentTrainer``), resumable from a checkpoint in ``cache_dir``. ``kind`` names other models
+    trained the same way (the irreducible-loss model)."""
     pixels = splits.train.images.shape[1]
-    paths = {seed: cache_path(cache_dir, config, pixels, seed) for seed in seeds}
+    paths = {seed: cache_path(cache_dir, config, pixels, seed, kind) for seed in seeds}
     missing = [s for s in seeds if retrain or not paths[s].exists()]
     fix = "delete it (or pass --retrain-teacher) to train it again"
     states = {s: load_checked(paths[s], "teacher cache file", fix) for s in seeds if s not in missing}
@@ -73,9 +96,11 @@ def load_or_train_teachers(
         trainer = StudentTrainer(config.as_student(len(splits.train.images)), splits,
                                  [(Selection(), s) for s in missing], device=device)  # fmt: skip
         checkpoint = paths[missing[0]].with_name(f"{paths[missing[0]].stem}-{'-'.join(map(str, missing))}.ckpt.pt")
-        trainer.fit(events, checkpoint)
+        results = trainer.fit(events, checkpoint)
         for r, seed in enumerate(missing):
             save_atomic(paths[seed], trainer.best_weights(r))
+            cost = {"backward_passes": results[r].stopped_step, "batch_size": config.batch_size}
+            write_atomic(paths[seed].with_suffix(".json"), lambda tmp, cost=cost: tmp.write_text(json.dumps(cost)))
             states[seed] = trainer.best_weights(r)
         checkpoint.unlink(missing_ok=True)
     teachers = {}
@@ -94,3 +119,26 @@ def load_or_train_teachers(
 def predict(model: torch.nn.Module, images: torch.Tensor, chunk: int = 5000) -> torch.Tensor:
     """Logits of a frozen model for every image (computed once, looked up afterwards)."""
     return torch.cat([model(x) for x in images.split(chunk)])
+
+
+def irreducible_losses(
+    splits: Splits,
+    seeds: Sequence[int],
+    cache_dir: Path,
+    retrain: bool = False,
+    events: Events | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[int, torch.Tensor]:
+    """RHO-LOSS's irreducible losses: a small model (``IRREDUCIBLE``) trained on the first half of the
+    validation split, stopped early on the second half, then its cross-entropy on every training image's
+    true label, ``{seed: [n_train]}``. It never sees the training split; the students' validation split
+    contains its training half, so a student's best-validation step is chosen partly on data the rule
+    has seen through this model."""
+    half = len(splits.val.images) // 2
+    val = splits.val
+    holdout = Splits(Split(val.images[:half], val.labels[:half]), Split(val.images[half:], val.labels[half:]),
+                     splits.test)  # fmt: skip
+    config = replace(IRREDUCIBLE, batch_size=min(IRREDUCIBLE.batch_size, half))  # a tiny split trains at all
+    models = load_or_train_teachers(holdout, seeds, config, cache_dir, retrain, events, device, "irreducible")
+    train = splits.train
+    return {k: F.cross_entropy(predict(m, train.images), train.labels, reduction="none") for k, m in models.items()}

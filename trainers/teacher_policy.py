@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from agents.teacher_student import TeacherPolicy
-from envs.teacher_student import MEASURES, Measure, features, parallel_env
+from envs.teacher_student import MEASURES, Measure, Stack, features, parallel_env
 from trainers.base import option
 from trainers.gumbel import gumbel_noise
 from trainers.reinforce import Reinforce
@@ -127,8 +127,8 @@ def register(name: str, scorer: Callable[[torch.Tensor], torch.Tensor]) -> str:
     key = f"learned_{name}"
 
     @torch.no_grad()
-    def measure(teacher_probs: torch.Tensor, student_probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return scorer(features(teacher_probs, student_probs))
+    def measure(stack: Stack, generator: torch.Generator) -> torch.Tensor:
+        return scorer(features(stack.teacher_probs, stack.student_probs))
 
     MEASURES[key] = Measure(measure)
     return key

@@ -15,6 +15,8 @@ teacher's predictions on the stack, where the measure or the target needs them).
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -22,7 +24,7 @@ import torch
 
 from agents.teacher_student import mlp
 from envs.data import Split, Splits
-from envs.teacher_student import MEASURES, TARGETS, EpochStacks, select_hardest, target_loss
+from envs.teacher_student import MEASURES, TARGETS, EpochStacks, Rule, Stack, target_loss
 from trainers.base import Trainer, adam, generator, option, restore_generators
 from trainers.population import Population
 from trainers.probe import accuracy
@@ -30,29 +32,55 @@ from trainers.probe import accuracy
 
 @dataclass(frozen=True)
 class Selection:
-    """How the teacher picks the student's minibatch."""
+    """How the teacher picks the student's minibatch: the stack size, the rule (``envs.teacher_student.Rule``:
+    a measure, and the hardest or a draw by rank with a pressure, annealing and a floor) and the target."""
 
     stack_size: int = 1
     measure: str = "random"
     target: str = "true"
+    pressure: float = math.inf
+    anneal: int = 0
+    floor: float = 0.0
 
     def __post_init__(self) -> None:
         if self.stack_size < 1:
             raise ValueError(f"stack size must be >= 1, got {self.stack_size}")
-        if self.measure not in MEASURES:
-            raise ValueError(f"unknown measure {self.measure!r}; choose from {', '.join(MEASURES)}")
         if self.target not in TARGETS:
             raise ValueError(f"unknown target {self.target!r}; choose from {', '.join(TARGETS)}")
+        self.rule  # noqa: B018 (validates the measure, pressure, anneal and floor)
+
+    @property
+    def rule(self) -> Rule:
+        return Rule(self.measure, self.pressure, self.anneal, self.floor)
 
     @property
     def name(self) -> str:
+        """``baseline``, or ``stack<S>-<measure>-<target>`` with ``-rank<pressure>``, ``-anneal<passes>`` and
+        ``-floor<floor>`` for sampled selection (``selection_of`` reads it back)."""
         if self == Selection():
             return "baseline"
-        return f"stack{self.stack_size}-{self.measure}-{self.target}"
+        sampled = "" if math.isinf(self.pressure) else f"-rank{self.pressure:g}"
+        sampled += (f"-anneal{self.anneal}" if self.anneal else "") + (f"-floor{self.floor:g}" if self.floor else "")
+        return f"stack{self.stack_size}-{self.measure}-{self.target}{sampled}"
 
     @property
     def uses_teacher(self) -> bool:
-        return self.measure != "random" or self.target == "soft"
+        return MEASURES[self.measure].reads_teacher or self.target == "soft"
+
+
+NAME = re.compile(r"stack(\d+)-(.+)-(soft|true)(?:-rank([\d.e+]+))?(?:-anneal(\d+))?(?:-floor([\d.e-]+))?")
+
+
+def selection_of(name: str) -> Selection:
+    """The selection a cell name stands for (``baseline``, ``stack5-cross_entropy-soft-rank100``...)."""
+    if name == "baseline":
+        return Selection()
+    match = NAME.fullmatch(name)
+    if match is None:
+        raise ValueError(f"{name!r} names no selection")
+    size, measure, target, pressure, anneal, floor = match.groups()
+    return Selection(int(size), measure, target, float(pressure) if pressure else math.inf, int(anneal or 0),
+                     float(floor or 0))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -64,11 +92,18 @@ class StudentConfig:
     patience: int = option(20, "epochs (of backward passes) without validation gain before a run stops")
     max_epochs: int = option(100, "epochs (of backward passes) at most")
     eval_every: int = option(250, "backward passes between evaluations")
+    fine_eval_every: int = option(50, "backward passes between evaluations until --fine-eval-until (resolves "
+                                  "the first crossing of a target early in training)")
+    fine_eval_until: int = option(10_000, "backward passes evaluated every --fine-eval-every (0: never)")
     dropout: float = option(0.0, "dropout after each hidden layer (the teacher's 0.5; the student has none)")
 
     def __post_init__(self) -> None:
-        if min(self.batch_size, self.patience, self.max_epochs, self.eval_every) < 1 or self.temperature <= 0:
-            raise ValueError("batch size, patience, max epochs and eval interval must be >= 1; temperature > 0")
+        if min(self.batch_size, self.patience, self.max_epochs, self.eval_every, self.fine_eval_every) < 1:
+            raise ValueError("batch size, patience, max epochs and eval intervals must be >= 1")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.fine_eval_until < 0:
+            raise ValueError(f"--fine-eval-until must be >= 0, got {self.fine_eval_until}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -85,10 +120,6 @@ class StudentResult:
     counters_at_best: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
 
-    def steps_to_reach(self, test_accuracy: float) -> int | None:
-        """Backward passes until the test accuracy first reached ``test_accuracy`` (None if never)."""
-        return next((s for s, a in zip(self.steps, self.test_accuracy_curve, strict=True) if a >= test_accuracy), None)
-
 
 def per_step_counters(selection: Selection) -> dict[str, int]:
     """Minibatches of work per student update under ``selection`` (see module doc)."""
@@ -99,10 +130,19 @@ def per_step_counters(selection: Selection) -> dict[str, int]:
     }
 
 
+def forward_inclusive(counters: dict[str, int], teacher_cost: float = 0.0) -> float:
+    """Student forward passes plus two per backward pass (a backward costs about two forwards), in
+    minibatch forwards of the student; with ``teacher_cost`` (a teacher forward in student forwards),
+    the teacher's forward passes too."""
+    return (counters["student_forward_passes"] + 2 * counters["backward_passes"]
+            + teacher_cost * counters["teacher_forward_passes"])  # fmt: skip
+
+
 class StudentTrainer(Trainer):
     """Trains ``runs`` = [(Selection, seed), ...]; ``teacher_logits[seed]`` holds the frozen teacher's
     logits for every training image (not needed when no run uses the teacher: the teacher itself is
-    trained this way, as the baseline selection of a student with dropout)."""
+    trained this way, as the baseline selection of a student with dropout); ``irreducible[seed]`` the
+    irreducible-loss model's loss on every training image (for ``reducible_holdout``)."""
 
     def __init__(
         self,
@@ -110,6 +150,7 @@ class StudentTrainer(Trainer):
         splits: Splits,
         runs: Sequence[tuple[Selection, int]],
         teacher_logits: dict[int, torch.Tensor] | None = None,
+        irreducible: dict[int, torch.Tensor] | None = None,
         device: torch.device | str = "cpu",
     ):
         if not runs:
@@ -119,10 +160,12 @@ class StudentTrainer(Trainer):
             raise ValueError(f"a stack of batch size x stack size samples must fit in the {n} training images")
         if teacher_logits is None and any(sel.uses_teacher for sel, _ in runs):
             raise ValueError("selections that use the teacher need its logits")
-        self._args = (config, splits, runs, teacher_logits)
+        if irreducible is None and any(MEASURES[sel.measure].reads_irreducible for sel, _ in runs):
+            raise ValueError("reducible_holdout needs the irreducible-loss model's losses (irreducible=...)")
+        self._args = (config, splits, runs, teacher_logits, irreducible)
         self.device = torch.device(device)
         self.config, self.splits, self.runs = config, splits.to(device), list(runs)
-        self.eval_every = self.log_every = config.eval_every
+        self.log_every = config.eval_every
         self.epoch = n // config.batch_size
         pixels = splits.train.images.shape[1]
         models = []
@@ -137,6 +180,9 @@ class StudentTrainer(Trainer):
         logits = [torch.zeros(n, classes) if teacher_logits is None else teacher_logits[seed] for _, seed in runs]
         self.teacher_logits = torch.stack(logits).to(device)  # [R, n, classes]
         self.teacher_probs = torch.softmax(self.teacher_logits, -1)
+        losses = [torch.zeros(n) if irreducible is None or seed not in irreducible else irreducible[seed]
+                  for _, seed in runs]  # fmt: skip
+        self.irreducible = torch.stack(losses).to(device)  # [R, n]
         self.data_generators = [generator(seed) for _, seed in runs]
         self.measure_generators = [generator(10_000 + seed) for _, seed in runs]
         self.stacks = [EpochStacks(n, g) for g in self.data_generators]
@@ -179,6 +225,7 @@ class StudentTrainer(Trainer):
                 self.optimizer.state[new] = {k: v.clone() if k == "step" else v[positions].clone()
                                              for k, v in state.items()}  # fmt: skip
         self.teacher_logits, self.teacher_probs = self.teacher_logits[positions], self.teacher_probs[positions]
+        self.irreducible = self.irreducible[positions]
         for name in ("data_generators", "measure_generators", "stacks"):
             setattr(self, name, [getattr(self, name)[i] for i in positions])
         self._alive = [self._alive[i] for i in positions]
@@ -192,11 +239,20 @@ class StudentTrainer(Trainer):
             rows.append(torch.cat([take, take[:1].expand(self.stack - len(take))]))
         return torch.stack(rows).to(self.device)
 
-    def _scores(self, teacher_probs: torch.Tensor, student_probs: torch.Tensor) -> torch.Tensor:
-        scores = torch.empty(teacher_probs.shape[:-1], device=self.device)
+    @property
+    def eval_every(self) -> int:
+        """Backward passes between evaluations: fine early, where targets are first crossed."""
+        fine = self.step < self.config.fine_eval_until
+        return self.config.fine_eval_every if fine else self.config.eval_every
+
+    def _choose(self, stack: Stack) -> torch.Tensor:
+        """Each run's rule picks ``batch_size`` samples of its stack (``stack`` has a leading run dim)."""
+        chosen = []
         for r, (sel, _) in enumerate(self.batch):
-            scores[r] = MEASURES[sel.measure](teacher_probs[r], student_probs[r], self.measure_generators[r])
-        return scores
+            mine = Stack(stack.teacher_probs[r], stack.student_probs[r], stack.labels[r], stack.irreducible[r],
+                         self.step)  # fmt: skip
+            chosen.append(sel.rule(mine, self.config.batch_size, self.measure_generators[r], self.valid[r]))
+        return torch.stack(chosen)
 
     def train_step(self) -> dict[str, torch.Tensor]:
         """One teacher selection and one student update for every run; returns the per-run loss."""
@@ -209,7 +265,7 @@ class StudentTrainer(Trainer):
                 n = size * cfg.batch_size
                 s_probs[rows, :n] = torch.softmax(self.students.rows(rows, train.images[idx[rows, :n]]), -1)
         t_probs = torch.gather(self.teacher_probs, 1, idx.unsqueeze(-1).expand(-1, -1, t_logits.shape[-1]))
-        chosen = select_hardest(self._scores(t_probs, s_probs), cfg.batch_size, self.valid)
+        chosen = self._choose(Stack(t_probs, s_probs, train.labels[idx], torch.gather(self.irreducible, 1, idx)))
         picked = torch.gather(idx, 1, chosen)
         picked_t = torch.gather(t_logits, 1, chosen.unsqueeze(-1).expand(-1, -1, t_logits.shape[-1]))
         labels = train.labels[picked]
