@@ -27,11 +27,12 @@ def student(inputs: int = 784, hidden: tuple[int, ...] = (32, 32)) -> nn.Sequent
 
 class TeacherPolicy(nn.Module):
     """An RL teacher's scorer: one score per stack sample from what the env's teacher observes of it
-    (both predictive distributions, their cross-entropy and distance: ``2 * classes + 2`` numbers)."""
+    (both predictive distributions, their cross-entropy and distance, the student's training progress:
+    ``2 * classes + 3`` numbers)."""
 
     def __init__(self, classes: int = 10, hidden: int = 32):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(2 * classes + 2, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        self.net = nn.Sequential(nn.Linear(2 * classes + 3, hidden), nn.Tanh(), nn.Linear(hidden, 1))
 
     def forward(self, features):
         return self.net(features).squeeze(-1)

@@ -18,8 +18,9 @@ The same world as a PettingZoo parallel env:
 |--------------------|-------------------------------------------------------------------------------|
 | AEC API            | ``ts.env()`` (= ``raw_env()``, via ``parallel_to_aec``)                       |
 | Agents             | ``["teacher", "student"]``                                                    |
-| teacher observes   | ``(stack, 2 * classes + 2)``: per stack sample, the teacher's and the student's |
-|                    | predictive distributions, their cross-entropy and their Euclidean distance    |
+| teacher observes   | ``(stack, 2 * classes + 3)``: per stack sample, the teacher's and the student's |
+|                    | predictive distributions, their cross-entropy and Euclidean distance, and the |
+|                    | student's training progress (updates / ``PROGRESS_UPDATES``, at most 1)       |
 | teacher acts       | ``Box(-1, 1, stack + 1)``: a score per stack sample (the ``batch_size`` highest are  |
 |                    | sent), then the target kind (>= 0: the teacher's soft labels, < 0: true labels)|
 | student observes   | ``(batch_size, pixels + classes)``: what it was last given to train on        |
@@ -28,7 +29,9 @@ The same world as a PettingZoo parallel env:
 The env is the student's classroom: it holds the student network (784-32-32-10 by default, trained
 with Adam inside the env) and the frozen teacher's logits for every training image. Each step the
 student's next ``stack_size`` minibatches (epoch-wise shuffled) are scored by the teacher's action; the
-chosen samples, with their targets, are what the student trains on (if it chooses to).
+chosen samples, with their targets, are what the student trains on (if it chooses to). With ``warmup``,
+each episode starts from a partly trained student: ``reset`` first gives it a uniformly drawn number of
+updates, up to ``warmup``, on random minibatches, so a teacher learns late training too.
 
 Reward (shared, both agents): the drop of the student's cross-entropy on a fixed validation subset
 (``reward_samples`` images) caused by this step's update, so a teacher that picks useful samples earns
@@ -227,12 +230,18 @@ def target_loss(student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Te
 MAX_CE = float(np.log(1e12))  # the cross-entropy the teacher sees is clipped here (a finite observation bound)
 
 
-def features(teacher_probs: torch.Tensor, student_probs: torch.Tensor) -> torch.Tensor:
+PROGRESS_UPDATES = 50_000  # student updates that count as training progress 1 in the teacher's observation
+
+
+def features(teacher_probs: torch.Tensor, student_probs: torch.Tensor, updates: int = 0) -> torch.Tensor:
     """What the teacher sees of each stack sample: both distributions, their cross-entropy (clipped at
-    ``MAX_CE``) and distance."""
+    ``MAX_CE``) and distance, and the student's training progress (its updates so far over
+    ``PROGRESS_UPDATES``, at most 1), so that a learned teacher can select differently late in training."""
     g, stack = torch.Generator(), Stack(teacher_probs, student_probs)
     ce, dist = cross_entropy(stack, g), euclidean(stack, g)
-    return torch.cat([teacher_probs, student_probs, ce.clamp(max=MAX_CE).unsqueeze(-1), dist.unsqueeze(-1)], -1)
+    progress = torch.full_like(ce, min(1.0, updates / PROGRESS_UPDATES))
+    columns = [ce.clamp(max=MAX_CE), dist, progress]
+    return torch.cat([teacher_probs, student_probs, torch.stack(columns, -1)], -1)
 
 
 def scripted_teacher(measure: str, target: str = "soft", seed: int = 0) -> Callable:
@@ -288,6 +297,7 @@ class parallel_env(TruncatingParallelEnv):
         max_steps: int | None = None,
         dataset: str = "mnist",
         data_dir: str | None = None,
+        warmup: int = 0,
     ):
         """``images``/``labels``/``teacher_logits``: the training set and the frozen teacher's logits on it
         (``trainers.teacher.load_or_train_teachers`` + ``predict`` make them); validation images for the
@@ -301,11 +311,13 @@ class parallel_env(TruncatingParallelEnv):
             images, labels, teacher_logits, val_images, val_labels = _default_data(dataset, data_dir)
         if stack_size < 1 or batch_size < 1 or stack_size * batch_size > len(images):
             raise ValueError("need stack_size, batch_size >= 1 and a stack that fits in the data")
+        if warmup < 0:
+            raise ValueError(f"warmup is a number of student updates >= 0, got {warmup}")
         self.images, self.labels, self.teacher_probs = images, labels, torch.softmax(teacher_logits, -1)
         self.teacher_logits = teacher_logits
         self.val_images, self.val_labels = val_images[:reward_samples], val_labels[:reward_samples]
         self.stack_size, self.batch_size, self.temperature = stack_size, batch_size, temperature
-        self.hidden, self.lr, self.max_steps = hidden, lr, max_steps
+        self.hidden, self.lr, self.max_steps, self.warmup = hidden, lr, max_steps, warmup
         self.classes = teacher_logits.shape[-1]
         self.render_mode = render_mode
         self.possible_agents = list(AGENTS)
@@ -316,7 +328,7 @@ class parallel_env(TruncatingParallelEnv):
     @functools.cache
     def observation_space(self, agent: str) -> spaces.Box:
         if agent == "teacher":
-            high = np.concatenate([np.ones(2 * self.classes), [MAX_CE, np.sqrt(2.0)]]).astype(np.float32)
+            high = np.concatenate([np.ones(2 * self.classes), [MAX_CE, np.sqrt(2.0), 1.0]]).astype(np.float32)
             high = np.broadcast_to(high, (self.stack_size * self.batch_size, high.size))
         else:
             high = np.ones((self.batch_size, self.images.shape[1] + self.classes), dtype=np.float32)
@@ -336,7 +348,7 @@ class parallel_env(TruncatingParallelEnv):
         self._stack = self._stacks.next(self.stack_size * self.batch_size)
         with torch.no_grad():
             student_probs = torch.softmax(self.student(self.images[self._stack]), -1)
-        seen = features(self.teacher_probs[self._stack], student_probs)
+        seen = features(self.teacher_probs[self._stack], student_probs, self._updates)
         return {"teacher": seen.numpy().astype(np.float32), "student": given.numpy().astype(np.float32)}
 
     @trains
@@ -349,9 +361,21 @@ class parallel_env(TruncatingParallelEnv):
             self.student = student(self.images.shape[1], self.hidden)
         self.optimizer = torch.optim.Adam(self.student.parameters(), lr=self.lr)
         self._stacks = EpochStacks(len(self.images), self._generator)
-        self.agents, self._steps = list(self.possible_agents), 0
+        self.agents, self._steps, self._updates = list(self.possible_agents), 0, 0
+        warmup = int(torch.randint(self.warmup + 1, (), generator=self._generator)) if self.warmup else 0
+        for _ in range(warmup):  # plain training on the next minibatch of the shuffled data
+            batch = self._stacks.next(self.batch_size)
+            self._update(batch, TARGETS["true"](self.teacher_logits[batch], self.labels[batch], self.temperature))
         nothing = torch.zeros(self.batch_size, self.images.shape[1] + self.classes)
         return self._observe(nothing), {a: {} for a in self.agents}
+
+    def _update(self, samples: torch.Tensor, targets: torch.Tensor) -> None:
+        """One Adam step of the student on ``samples`` with ``targets``."""
+        loss = target_loss(self.student(self.images[samples]), targets).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self._updates += 1
 
     def action_text(self, agent: str) -> str:
         if agent == "teacher":
@@ -367,10 +391,7 @@ class parallel_env(TruncatingParallelEnv):
         targets = TARGETS[kind](self.teacher_logits[chosen], self.labels[chosen], self.temperature)
         before = self._val_loss()
         if int(actions["student"]) == 1:
-            loss = target_loss(self.student(self.images[chosen]), targets).mean()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            self._update(chosen, targets)
         reward = before - self._val_loss()
         observations = self._observe(torch.cat([self.images[chosen], targets], -1))
         return self._end_step(

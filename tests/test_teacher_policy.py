@@ -7,7 +7,15 @@ import pytest
 import torch
 
 from envs.teacher_student import MEASURES
-from trainers.teacher_policy import PolicyConfig, plackett_luce, ppo_scorer, register, train_ppo, train_reinforce
+from trainers.teacher_policy import (
+    PolicyConfig,
+    plackett_luce,
+    ppo_scorer,
+    register,
+    train_ppo,
+    train_reinforce,
+    windowed_returns,
+)
 from trainers.teacher_student import Selection, StudentConfig, StudentTrainer
 
 
@@ -34,7 +42,8 @@ def test_plackett_luce_gradient_raises_the_chosen_scores():
     assert all(scores.grad[c] > 0 for c in chosen) and scores.grad.sum().abs() < 1e-6
 
 
-CONFIG = PolicyConfig(episodes=2, steps=6, stack_size=2, batch_size=4, update_every=3, reward_samples=20)
+CONFIG = PolicyConfig(episodes=2, steps=6, stack_size=2, batch_size=4, update_every=3, reward_samples=20, warmup=5,
+                      horizon=2)
 
 
 @pytest.fixture
@@ -63,6 +72,12 @@ def test_reinforce_teacher_learns_deterministically_and_becomes_a_measure(splits
 
 def test_ppo_teacher_trains_through_sb3_and_scores_a_stack(splits, teacher_logits):
     model = train_ppo(splits, teacher_logits, CONFIG, seed=0)
-    observed = torch.rand(2 * 4, 22)
+    observed = torch.rand(2 * 4, 23)
     scores = ppo_scorer(model)(observed)
     assert scores.shape == (8,) and torch.equal(scores, ppo_scorer(model)(observed))
+
+
+def test_windowed_returns_sum_the_next_horizon_rewards():
+    rewards = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert windowed_returns(rewards, 1).tolist() == [1.0, 2.0, 3.0, 4.0]
+    assert windowed_returns(rewards, 3).tolist() == [6.0, 9.0, 7.0, 4.0]  # fewer at the end of the episode

@@ -28,6 +28,22 @@ def test_teacher_sees_both_predictions_and_their_distances():
     np.testing.assert_allclose(obs["teacher"][:, 20], -(teacher * np.log(student)).sum(-1), rtol=1e-4)
     np.testing.assert_allclose(obs["teacher"][:, 21], np.linalg.norm(teacher - student, axis=-1), rtol=1e-4)
     assert obs["student"].shape == (4, 22) and not obs["student"].any()  # nothing given yet
+    assert (obs["teacher"][:, 22] == 0).all()  # a fresh student: no training progress yet
+
+
+def test_warmup_starts_each_episode_from_a_partly_trained_student():
+    env = make(warmup=40)
+    obs, _ = env.reset(seed=3)
+    again, _ = make(warmup=40).reset(seed=3)
+    np.testing.assert_array_equal(obs["teacher"], again["teacher"])  # same seed, same warm-up
+    updates = env._updates
+    assert 0 < updates <= 40 and obs["teacher"][0, 22] == pytest.approx(updates / ts.PROGRESS_UPDATES)
+    env.step({"teacher": ts.scripted_teacher("random")(obs["teacher"]), "student": 1})
+    assert env._updates == updates + 1
+    fresh, _ = make().reset(seed=3)
+    assert not np.allclose(fresh["teacher"][:, 10:20], obs["teacher"][:, 10:20])  # the student has learned
+    with pytest.raises(ValueError, match="warmup"):
+        make(warmup=-1)
 
 
 def test_scripted_teacher_sends_its_hardest_samples_with_the_chosen_target():

@@ -4,8 +4,10 @@ The teacher/student env rewards each step with the drop of the student's validat
 
 - ``reinforce``: a ``TeacherPolicy`` scores every stack sample; the ``batch_size`` samples sent are a
   Plackett-Luce draw (Gumbel top-k) from those scores, so the log-probability of the sent set is exact
-  and ``trainers.reinforce`` gives the gradient (immediate reward, running-mean baseline, entropy bonus on
-  the softmax of the scores).
+  and ``trainers.reinforce`` gives the gradient (each selection rewarded with the validation-loss drop
+  over the next ``horizon`` updates, a running-mean baseline, an entropy bonus on the softmax of the
+  scores). Episodes start from partly trained students (``warmup``) and the teacher observes the
+  student's training progress, so it learns selection over whole training runs.
 - ``ppo``: SB3 PPO through SuperSuit on the teacher alone (the student always updates), its action being
   a Gaussian score per sample (``trainers.sb3``).
 
@@ -42,10 +44,16 @@ class PolicyConfig:
     entropy_weight: float = option(0.01, "REINFORCE teacher's entropy bonus")
     update_every: int = option(10, "REINFORCE teacher: env steps per policy update")
     reward_samples: int = option(1000, "validation images of the env's reward")
+    warmup: int = option(20_000, "episodes start from a student given up to this many plain updates (uniformly "
+                         "drawn), so the teacher learns late training too; 0: fresh students")
+    horizon: int = option(20, "REINFORCE teacher: each selection is rewarded with the validation loss drop over "
+                          "this many updates (1: the next update only)")
 
     def __post_init__(self) -> None:
-        if min(self.episodes, self.steps, self.stack_size, self.batch_size, self.update_every) < 1:
-            raise ValueError("policy episodes, steps, stack and batch sizes and update interval must be >= 1")
+        if min(self.episodes, self.steps, self.stack_size, self.batch_size, self.update_every, self.horizon) < 1:
+            raise ValueError("policy episodes, steps, stack and batch sizes, update interval and horizon must be >= 1")
+        if self.warmup < 0:
+            raise ValueError(f"policy warmup must be >= 0 updates, got {self.warmup}")
 
 
 def plackett_luce(scores: torch.Tensor, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,6 +61,12 @@ def plackett_luce(scores: torch.Tensor, k: int, generator: torch.Generator) -> t
     top-k), and the exact log-probability of that ordered draw."""
     gumbel = gumbel_noise(torch.rand(scores.shape, generator=generator))
     chosen = (scores.detach() + gumbel).topk(k).indices
+    return chosen, plackett_luce_log_prob(scores, chosen)
+
+
+def plackett_luce_log_prob(scores: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """Log-probability of drawing ``chosen`` in that order, without replacement, with probability
+    proportional to ``exp(score)``."""
     picked = scores[chosen]
     # log P = sum_i [s_(i) - logsumexp(scores not yet chosen)]; the not-yet-chosen set shrinks by one each pick
     remaining = torch.logcumsumexp(picked.flip(0), 0).flip(0)
@@ -60,13 +74,13 @@ def plackett_luce(scores: torch.Tensor, k: int, generator: torch.Generator) -> t
     others[chosen] = float("-inf")
     rest = torch.logsumexp(others, 0)
     denominators = torch.logaddexp(remaining, rest.expand_as(remaining))
-    return chosen, (picked - denominators).sum()
+    return (picked - denominators).sum()
 
 
 def _env(splits, teacher_logits: torch.Tensor, config: PolicyConfig) -> parallel_env:
     return parallel_env(splits.train.images, splits.train.labels, teacher_logits, splits.val.images, splits.val.labels,
                         stack_size=config.stack_size, batch_size=config.batch_size, max_cycles=config.steps,
-                        reward_samples=config.reward_samples)  # fmt: skip
+                        reward_samples=config.reward_samples, warmup=config.warmup)  # fmt: skip
 
 
 def _action(chosen: torch.Tensor, stack: int, target: str) -> np.ndarray:
@@ -75,6 +89,13 @@ def _action(chosen: torch.Tensor, stack: int, target: str) -> np.ndarray:
     action[chosen.numpy()] = 1.0
     action[-1] = 1.0 if target == "soft" else -1.0
     return action
+
+
+def windowed_returns(rewards: torch.Tensor, horizon: int) -> torch.Tensor:
+    """Each step's reward summed over it and the next ``horizon - 1`` steps (fewer at the episode's end):
+    with rewards that are validation-loss drops, the drop over ``horizon`` updates."""
+    padded = torch.cat([rewards, rewards.new_zeros(horizon - 1)])
+    return padded.unfold(0, horizon, 1).sum(-1)
 
 
 def train_reinforce(splits, teacher_logits: torch.Tensor, config: PolicyConfig, seed: int,
@@ -87,26 +108,28 @@ def train_reinforce(splits, teacher_logits: torch.Tensor, config: PolicyConfig, 
     reinforce = Reinforce(config.entropy_weight)
     generator = torch.Generator().manual_seed(seed)
     env = _env(splits, teacher_logits, config)
-    log_probs, rewards, entropies = [], [], []
     for episode in range(config.episodes):
         obs, _ = env.reset(seed=seed * 10_000 + episode)
+        seen, picks, rewards = [], [], []
         while env.agents:
-            scores = policy(torch.from_numpy(obs["teacher"]))
-            chosen, log_prob = plackett_luce(scores, config.batch_size, generator)
-            obs, reward, *_ = env.step({"teacher": _action(chosen, len(scores), config.target), "student": 1})
-            p = torch.log_softmax(scores, 0)
-            log_probs.append(log_prob)
+            seen.append(torch.from_numpy(obs["teacher"]))
+            with torch.no_grad():
+                chosen, _ = plackett_luce(policy(seen[-1]), config.batch_size, generator)
+            picks.append(chosen)
+            obs, reward, *_ = env.step({"teacher": _action(chosen, len(seen[-1]), config.target), "student": 1})
             rewards.append(reward["teacher"])
-            entropies.append(-(p.exp() * p).sum())
-            if len(rewards) == config.update_every:
-                loss = reinforce.loss(torch.stack(log_probs).view(1, -1), torch.tensor([rewards]),
-                                      torch.stack(entropies).view(1, -1))  # fmt: skip
-                optimizer.zero_grad(set_to_none=True)
-                loss.sum().backward()
-                optimizer.step()
-                log_probs, rewards, entropies = [], [], []
             if progress:
                 progress(1)
+        returns = windowed_returns(torch.tensor(rewards), config.horizon)
+        for start in range(0, len(rewards), config.update_every):  # the episode's selections, scored anew
+            part = slice(start, start + config.update_every)
+            scores = [policy(x) for x in seen[part]]
+            log_probs = torch.stack([plackett_luce_log_prob(sc, c) for sc, c in zip(scores, picks[part], strict=True)])
+            entropies = torch.stack([-(torch.softmax(sc, 0) * torch.log_softmax(sc, 0)).sum() for sc in scores])
+            loss = reinforce.loss(log_probs.view(1, -1), returns[part].view(1, -1), entropies.view(1, -1))
+            optimizer.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            optimizer.step()
     return policy.eval()
 
 
@@ -122,13 +145,13 @@ def train_ppo(splits, teacher_logits: torch.Tensor, config: PolicyConfig, seed: 
 
 
 def register(name: str, scorer: Callable[[torch.Tensor], torch.Tensor]) -> str:
-    """Make ``scorer`` (the env teacher's observation ``[stack, 2C+2]`` -> scores ``[stack]``) the measure
+    """Make ``scorer`` (the env teacher's observation ``[stack, 2C+3]`` -> scores ``[stack]``) the measure
     ``learned_<name>``."""
     key = f"learned_{name}"
 
     @torch.no_grad()
     def measure(stack: Stack, generator: torch.Generator) -> torch.Tensor:
-        return scorer(features(stack.teacher_probs, stack.student_probs))
+        return scorer(features(stack.teacher_probs, stack.student_probs, stack.step))
 
     MEASURES[key] = Measure(measure)
     return key
