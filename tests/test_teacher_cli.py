@@ -161,10 +161,10 @@ def test_a_sweep_trains_each_value_with_its_own_cells_and_figure(cli, capsys):
 def test_sampled_rules_are_crossed_with_pressures_schedules_and_floors_and_one_is_chosen_on_validation(cli, capsys):
     argv, out, _ = cli
     grid = [*argv, "--stack-sizes", "3", "--measures", "cross_entropy,reducible_holdout", "--targets", "true",
-            "--pressures", "10,inf", "--anneal", "0,30", "--floors", "0,0.2", "--seeds", "1"]  # fmt: skip
+            "--pressures", "10,100,inf", "--anneal", "0,30", "--floors", "0,0.2", "--seeds", "1"]  # fmt: skip
     assert run(grid) == 0
     data = json.loads(out.read_text())
-    sampled = {f"rank10{a}{f}" for a in ("", "-anneal30") for f in ("", "-floor0.2")}
+    sampled = {f"rank{p}{a}{f}" for p in (10, 100) for a in ("", "-anneal30") for f in ("", "-floor0.2")}
     expected = {"baseline", *(f"stack3-{m}-true{s}" for m in ("cross_entropy", "reducible_holdout")
                               for s in ("", *(f"-{x}" for x in sampled)))}  # fmt: skip
     assert set(data["cells"]) == expected  # no annealing or floor with the hardest (inf)
@@ -179,3 +179,4 @@ def test_sampled_rules_are_crossed_with_pressures_schedules_and_floors_and_one_i
     assert list((out.parent / "teachers").glob("irreducible-*-seed0.pt"))
     assert list((out.parent / "teachers").glob("teacher-*-seed0.json"))  # the teacher's training cost
     assert "one-off: training the teacher cost" in printed
+    assert (out.parent / "runs" / "teacher" / "speedup_vs_pressure.png").stat().st_size > 1000
