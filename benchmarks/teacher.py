@@ -377,8 +377,9 @@ def _report(store: Store, at: str, configs: list[Selection], seeds: int, root: P
           f"validation (first to the baseline's best validation accuracy, {base.get('val_target_accuracy', 0):.2f}%)."
           if base else "")  # fmt: skip
     _one_off(data, at, teacher_cost)
-    if base_bp:
-        _pressure_figure(store, at, configs, seeds, base_bp, root)
+    for key, passes, what in (("", base_bp, "the target"), ("_thesis_target", base_bp_thesis, f"{THESIS_TARGET}%")):
+        if passes:
+            _pressure_figure(store, at, configs, key, passes, root, what)
     sizes = sorted({c.stack_size for c in configs} - {1})
     panels = []
     for size in sizes:
@@ -397,16 +398,18 @@ def _report(store: Store, at: str, configs: list[Selection], seeds: int, root: P
         print(f"teachers' test accuracy: {', '.join(f'seed {k}: {v:.2f}%' for k, v in sorted(teachers.items()))}")
 
 
-def _pressure_figure(store: Store, at: str, configs: list[Selection], seeds: int, base_bp: float, root: Path) -> None:
-    """Speedup to the target against the (finite) selection pressure, a line per rule run at every one, and
-    the same rule sending the hardest (pressure inf) as a dashed reference; per seed: the baseline's mean
-    passes over the seed's, a seed that never reached counting at its last step."""
+def _pressure_figure(store: Store, at: str, configs: list[Selection], key: str, base_bp: float, root: Path,
+                     what: str) -> None:  # fmt: skip
+    """Speedup to ``what`` (the target, or the thesis' accuracy: ``backward_passes<key>``) against the
+    (finite) selection pressure, a line per rule run at every one, and the same rule sending the hardest
+    (pressure inf) as a dashed reference; per seed: the baseline's mean passes over the seed's, a seed
+    that never reached counting at its last step."""
     pressures = sorted({c.pressure for c in configs if c != Selection() and math.isfinite(c.pressure)})
     lines: dict[str, dict[float, list[float]]] = {}
     for c in configs:
         if c == Selection():
             continue
-        runs, passes = store.runs(at + c.name), store.data["cells"][at + c.name]["backward_passes"]
+        runs, passes = store.runs(at + c.name), store.data["cells"][at + c.name][f"backward_passes{key}"]
         per_seed = [base_bp / (v if v is not None else runs[k]["stopped_step"]) for k, v in enumerate(passes)]
         rule = dataclasses.replace(c, pressure=math.inf, anneal=0, floor=0.0).name
         rule += (f" anneal {c.anneal}" if c.anneal else "") + (f" floor {c.floor:g}" if c.floor else "")
@@ -414,8 +417,8 @@ def _pressure_figure(store: Store, at: str, configs: list[Selection], seeds: int
     sampled = {k: [v[p] for p in pressures] for k, v in lines.items() if all(p in v for p in pressures)}
     hardest = {f"{k} (hardest)": [v[math.inf]] * len(pressures) for k, v in lines.items() if math.inf in v}
     if len(pressures) > 1 and sampled:
-        plot_sweep(root / at / "speedup_vs_pressure.png", "selection pressure", [f"{p:g}" for p in pressures],
-                   sampled, "speedup to the target", references=hardest)  # fmt: skip
+        plot_sweep(root / at / f"speedup_vs_pressure{key}.png", "selection pressure", [f"{p:g}" for p in pressures],
+                   sampled, f"speedup to {what}", references=hardest)  # fmt: skip
 
 
 def _one_off(data: dict, at: str, teacher_cost: float) -> None:
