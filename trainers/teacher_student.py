@@ -130,12 +130,10 @@ def per_step_counters(selection: Selection) -> dict[str, int]:
     }
 
 
-def forward_inclusive(counters: dict[str, int], teacher_cost: float = 0.0) -> float:
+def forward_inclusive(counters: dict[str, int]) -> int:
     """Student forward passes plus two per backward pass (a backward costs about two forwards), in
-    minibatch forwards of the student; with ``teacher_cost`` (a teacher forward in student forwards),
-    the teacher's forward passes too."""
-    return (counters["student_forward_passes"] + 2 * counters["backward_passes"]
-            + teacher_cost * counters["teacher_forward_passes"])  # fmt: skip
+    minibatch forwards of the student (the teacher's forwards are counted apart, in student units)."""
+    return counters["student_forward_passes"] + 2 * counters["backward_passes"]
 
 
 class StudentTrainer(Trainer):
