@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 
@@ -28,11 +29,32 @@ def student(inputs: int = 784, hidden: tuple[int, ...] = (32, 32)) -> nn.Sequent
 class TeacherPolicy(nn.Module):
     """An RL teacher's scorer: one score per stack sample from what the env's teacher observes of it
     (both predictive distributions, their cross-entropy and distance, the student's training progress:
-    ``2 * classes + 3`` numbers)."""
+    ``2 * classes + 3`` numbers), read through class-blind features (``class_blind``): with the raw
+    distributions as inputs, REINFORCE learned to prefer the samples of two or three classes (their
+    probability columns), and the students it taught collapsed to 39% accuracy."""
 
     def __init__(self, classes: int = 10, hidden: int = 32):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(2 * classes + 3, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        self.classes = classes
+        self.net = nn.Sequential(nn.Linear(CLASS_BLIND, hidden), nn.Tanh(), nn.Linear(hidden, 1))
 
-    def forward(self, features):
-        return self.net(features).squeeze(-1)
+    def forward(self, observed):
+        return self.net(class_blind(observed, self.classes)).squeeze(-1)
+
+
+CLASS_BLIND = 10  # features per sample of ``class_blind``
+
+
+def class_blind(observed: torch.Tensor, classes: int) -> torch.Tensor:
+    """Features of the teacher's observation that no relabelling of the classes changes: each
+    distribution's top probability and entropy, the student's probability of the teacher's top class and
+    the teacher's of the student's, whether their top classes agree, then the observation's cross-entropy,
+    distance and training progress."""
+    t, s, rest = observed[..., :classes], observed[..., classes : 2 * classes], observed[..., 2 * classes :]
+    t_top, s_top = t.argmax(-1, keepdim=True), s.argmax(-1, keepdim=True)
+
+    def entropy(p: torch.Tensor) -> torch.Tensor:
+        return -(p * torch.log(p.clamp_min(1e-12))).sum(-1, keepdim=True)
+
+    return torch.cat([t.gather(-1, t_top), s.gather(-1, s_top), s.gather(-1, t_top), t.gather(-1, s_top),
+                      (t_top == s_top).float(), entropy(t), entropy(s), rest], -1)  # fmt: skip

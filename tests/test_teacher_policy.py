@@ -81,3 +81,18 @@ def test_windowed_returns_sum_the_next_horizon_rewards():
     rewards = torch.tensor([1.0, 2.0, 3.0, 4.0])
     assert windowed_returns(rewards, 1).tolist() == [1.0, 2.0, 3.0, 4.0]
     assert windowed_returns(rewards, 3).tolist() == [6.0, 9.0, 7.0, 4.0]  # fewer at the end of the episode
+
+
+def test_the_policy_is_blind_to_which_class_is_which():
+    from agents.teacher_student import TeacherPolicy
+
+    policy = TeacherPolicy(10)
+    generator = torch.Generator().manual_seed(0)
+    t = torch.softmax(3 * torch.randn(6, 10, generator=generator), -1)
+    s = torch.softmax(torch.randn(6, 10, generator=generator), -1)
+    rest = torch.rand(6, 3, generator=generator)
+    relabel = torch.randperm(10, generator=generator)
+    a = policy(torch.cat([t, s, rest], -1))
+    b = policy(torch.cat([t[:, relabel], s[:, relabel], rest], -1))
+    assert torch.allclose(a, b, atol=1e-6)
+    assert not torch.allclose(a, policy(torch.cat([t, s.roll(1, 0), rest], -1)))  # but not to the predictions
