@@ -1,4 +1,5 @@
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -413,3 +414,22 @@ def test_the_thesis_levels_train_alike_with_or_without_decide_beside_them(splits
     beside = LanguageTrainer(TINY, splits, [("both", 0), ("none", 1), ("decide", 0)])
     a, b = alone.fit(), beside.fit()
     assert [dataclasses.asdict(r) for r in a] == [dataclasses.asdict(r) for r in b[:2]]
+
+
+def test_evaluating_some_runs_gives_what_evaluating_all_gives_them(splits):
+    trainer = LanguageTrainer(TINY, splits, [("none", 0), ("decide", 1), ("both", 2)])
+    for _ in range(3):
+        trainer.train_step()
+    whole = trainer.evaluate(splits.test, agreement=False, tag="test")["accuracy"]
+    some = trainer.evaluate(splits.test, agreement=False, tag="test", rows=[2, 1])["accuracy"]
+    assert torch.equal(some, whole[[2, 1]])
+
+
+def test_test_accuracy_is_measured_only_at_a_new_best_validation(splits):
+    trainer = LanguageTrainer(TINY, splits, [("none", 0), ("both", 1)])
+    results = trainer.fit()
+    for r, result in enumerate(results):
+        val = trainer.history["val"]
+        best = [i for i, v in enumerate(val) if all(v[r] > u[r] for u in val[:i])]
+        tested = [i for i, t in enumerate(trainer.history["test"]) if not math.isnan(t[r])]
+        assert tested == best and result.test_accuracy == trainer.history["test"][best[-1]][r]
