@@ -186,10 +186,10 @@ def main(argv: list[str] | None = None) -> int:
                       device=device) as sink:
                     trainer.fit(sink, store.checkpoint(label))
         store.add_time(time.time() - started)
-        for label, _, configs, *_ in chosen:
+        for label, _, configs, student_config, teacher_config, _ in chosen:
             at = prefix(label)
             _summarise(store, at, configs, seeds, args.target_accuracy)
-            _report(store, at, configs, seeds, root, _teacher_cost(student_config, teacher_config, splits))
+            _report(store, at, configs, seeds, root, student_config, teacher_config, splits)
         store.save()
         if swept:
             _sweep_report(store, swept, chosen[0][2], seeds, root)
@@ -270,9 +270,14 @@ def _reach(run: dict, threshold: float, curve: str = "test_accuracy_curve") -> i
     return next((s for s, a in zip(run["steps"], run[curve], strict=True) if a >= threshold), None)
 
 
-def _baseline_passes(runs: list[dict], threshold: float, curve: str = "test_accuracy_curve") -> float:
+def _counted(passes: list[int | None], runs) -> list[int]:
+    """Passes per seed (``runs[k]`` is seed k's run), a seed that never reached counting at its last step."""
+    return [v if v is not None else runs[k]["stopped_step"] for k, v in enumerate(passes)]
+
+
+def _baseline_passes(runs: list[dict], threshold: float) -> float:
     """The baseline's mean backward passes to ``threshold``; a seed that never reaches it counts at its last step."""
-    return mean_std([_reach(r, threshold, curve) or r["stopped_step"] for r in runs])[0]
+    return mean_std(_counted([_reach(r, threshold) for r in runs], runs))[0]
 
 
 def _summarise(store: Store, at: str, configs: list[Selection], seeds: int, target: float | None) -> None:
@@ -310,12 +315,12 @@ def _summarise(store: Store, at: str, configs: list[Selection], seeds: int, targ
         )
 
 
-def _speedup(base: float | None, values: list, digits: int = 1) -> str:
+def _speedup(base: float | None, values: list) -> str:
     """Baseline over config mean, with how many seeds reached when not all ("-" when none)."""
     reached = [v for v in values if v is not None]
     if not base or not reached:
         return "-"
-    return f"{base / mean_std(reached)[0]:.{digits}f}x" + ("" if len(reached) == len(values) else
+    return f"{base / mean_std(reached)[0]:.1f}x" + ("" if len(reached) == len(values) else
                                                          f" ({len(reached)}/{len(values)})")  # fmt: skip
 
 
@@ -330,17 +335,16 @@ def chosen_on_validation(store: Store, at: str, configs: list[Selection]) -> dic
     for c in configs:
         if c == Selection() or "val_backward_passes" not in cells[at + c.name]:
             continue
-        runs = store.runs(at + c.name)
-        cost = mean_std([v if v is not None else runs[k]["stopped_step"]
-                         for k, v in enumerate(cells[at + c.name]["val_backward_passes"])])[0]  # fmt: skip
+        cost = mean_std(_counted(cells[at + c.name]["val_backward_passes"], store.runs(at + c.name)))[0]
         family = (c.stack_size, c.measure, c.target)
         if family not in best or cost < best[family][0]:
             best[family] = (cost, c.name)
     return {family: name for family, (_, name) in best.items() if len(members[family]) > 1}
 
 
-def _report(store: Store, at: str, configs: list[Selection], seeds: int, root: Path, teacher_cost: float) -> None:
-    data = store.data
+def _report(store: Store, at: str, configs: list[Selection], seeds: int, root: Path, student: StudentConfig,
+            teacher: TeacherConfig, splits) -> None:  # fmt: skip
+    data, teacher_cost = store.data, _teacher_cost(student, teacher, splits)
     base = data["cells"].get(at + "baseline")
     base_runs = [store.runs(at + "baseline")[k] for k in range(seeds)] if base else []
     target = base["target_accuracy"] if base else None
@@ -354,13 +358,13 @@ def _report(store: Store, at: str, configs: list[Selection], seeds: int, root: P
         e = data["cells"][at + c.name]
         acc_m, acc_s = mean_std(e["test_accuracy"])
         thesis_acc, thesis_bp = e["thesis"]["accuracy"], e["thesis"]["backward_passes"]
-        teacher = [t * teacher_cost if t is not None else None for t in e["teacher_forward_passes"]]
+        in_student_units = [t * teacher_cost if t is not None else None for t in e["teacher_forward_passes"]]
         thesis_target = e["backward_passes_thesis_target"]
         rows.append([
             c.name + (" *" if c.name in chosen else ""), f"{acc_m:.2f}" + (f" ± {acc_s:.2f}" if seeds > 1 else ""),
             thesis_acc or "-", format_counts(e["backward_passes"]), f"{thesis_bp:,}" if thesis_bp else "-",
             _speedup(base_bp, e["backward_passes"]), format_counts(e["forward_inclusive"]),
-            _speedup(base_fi, e["forward_inclusive"]), format_counts(teacher),
+            _speedup(base_fi, e["forward_inclusive"]), format_counts(in_student_units),
             format_counts(thesis_target), _speedup(base_bp_thesis, thesis_target),
             format_counts(e["backward_passes_to_best"]),
         ])  # fmt: skip
@@ -376,7 +380,7 @@ def _report(store: Store, at: str, configs: list[Selection], seeds: int, root: P
           f"forward = {teacher_cost:.1f} student forwards (multiply-adds). * = the rule's parameters chosen on "
           f"validation (first to the baseline's best validation accuracy, {base.get('val_target_accuracy', 0):.2f}%)."
           if base else "")  # fmt: skip
-    _one_off(data, at, teacher_cost)
+    _one_off(data, at, teacher_cost * teacher.batch_size / student.batch_size, teacher.batch_size)
     for key, passes, what in (("", base_bp, "the target"), ("_thesis_target", base_bp_thesis, f"{THESIS_TARGET}%")):
         if passes:
             _pressure_figure(store, at, configs, key, passes, root, what)
@@ -410,7 +414,7 @@ def _pressure_figure(store: Store, at: str, configs: list[Selection], key: str, 
         if c == Selection():
             continue
         runs, passes = store.runs(at + c.name), store.data["cells"][at + c.name][f"backward_passes{key}"]
-        per_seed = [base_bp / (v if v is not None else runs[k]["stopped_step"]) for k, v in enumerate(passes)]
+        per_seed = [base_bp / v for v in _counted(passes, runs)]
         rule = dataclasses.replace(c, pressure=math.inf, anneal=0, floor=0.0).name
         rule += (f" anneal {c.anneal}" if c.anneal else "") + (f" floor {c.floor:g}" if c.floor else "")
         lines.setdefault(rule, {})[c.pressure] = per_seed
@@ -421,17 +425,16 @@ def _pressure_figure(store: Store, at: str, configs: list[Selection], key: str, 
                    sampled, f"speedup to {what}", references=hardest)  # fmt: skip
 
 
-def _one_off(data: dict, at: str, teacher_cost: float) -> None:
-    """The teacher's one-off costs, in student minibatch forwards: its training and its logits table."""
+def _one_off(data: dict, at: str, batch_cost: float, batch_size: int) -> None:
+    """The teacher's one-off training cost, in student minibatch forwards (``batch_cost``: one forward of a
+    teacher minibatch of ``batch_size`` images in those units), and where its logits come from."""
     passes = data["references"].get(f"{at}teacher_training_passes", {})
     if passes:
-        config = data["config"]
-        ratio = config.get("teacher_batch_size", 128) / config.get("batch_size", 32)
-        cost = [3 * p * ratio * teacher_cost for p in passes.values()]
+        cost = [3 * p * batch_cost for p in passes.values()]
         print(f"one-off: training the teacher cost {format_counts(cost)} student forwards "
-              f"({format_counts(list(passes.values()))} backward passes of {config.get('teacher_batch_size')} images, "
-              "forward + 2 x backward); its logits on the training set are computed once (one forward per image), "
-              "not per stack as the teacher fwd column counts")  # fmt: skip
+              f"({format_counts(list(passes.values()))} backward passes of {batch_size} images, forward + 2 x "
+              "backward); its logits on the training set are computed once (one forward per image), not per stack "
+              "as the teacher fwd column counts")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -254,7 +254,7 @@ def scripted_teacher(measure: str, target: str = "soft", seed: int = 0) -> Calla
 
     def policy(observation: np.ndarray) -> np.ndarray:
         obs = torch.from_numpy(observation)
-        classes = (obs.shape[-1] - 2) // 2
+        classes = (obs.shape[-1] - 3) // 2  # two distributions, then CE, distance and progress
         scores = MEASURES[measure](Stack(obs[:, :classes], obs[:, classes : 2 * classes]), generator)
         scores = scores / scores.abs().max().clamp_min(1e-12)  # into [-1, 1]; a positive scale keeps the order
         return np.append(scores.numpy(), flag).astype(np.float32)
