@@ -62,6 +62,17 @@ THESIS = {
     Selection(5, "cross_entropy", "soft"): (96.8, 13_700),
     Selection(5, "cross_entropy", "true"): (96.8, 9_100),
 }
+# Rules beyond the thesis, kept in the default table: the pressure curve of its best rule (stack 5, CE, true),
+# annealing, a floor, the teacher as the irreducible-loss model, RHO-LOSS's held-out model, a larger stack
+BEYOND = [
+    *(Selection(5, "cross_entropy", "true", p) for p in (10, 30, 300)),
+    Selection(5, "cross_entropy", "true", 30, anneal=20_000),
+    Selection(5, "cross_entropy", "true", 300, floor=0.3),
+    Selection(5, "reducible", "true"),
+    Selection(5, "reducible_holdout", "true", 30),
+    Selection(5, "reducible_holdout", "true", 30, anneal=20_000),
+    Selection(10, "cross_entropy", "true", 300),
+]
 QUICK = {"max_epochs": 2, "patience": 1, "eval_every": 200, "seeds": 1, "policy_episodes": 2, "policy_steps": 50,
          **{f"teacher_{k}": getattr(QUICK_TEACHER, k) for k in ("hidden", "max_epochs", "patience")}}  # fmt: skip
 
@@ -72,7 +83,7 @@ def build_parser() -> ArgumentParser:
     p.config(TeacherConfig, prefix="teacher-")
     p.config(PolicyConfig, prefix="policy-", exclude=("batch_size",))  # the policies send the student's batch
     p.option("--stack-sizes", None, "comma-separated stack sizes (with --measures/--targets: the baseline plus every "
-             "combination)", default_text="the thesis' seven configs")  # fmt: skip
+             "combination)", default_text="the thesis' seven configs and nine rules beyond them")  # fmt: skip
     p.option("--measures", None, f"difficulty measures from {','.join(MEASURES)}", default_text="all")
     p.option("--targets", None, f"targets from {','.join(TARGETS)}", default_text="all")
     p.option("--pressures", None, "comma-separated selection pressures: samples drawn by rank, the hardest "
@@ -97,15 +108,15 @@ def build_parser() -> ArgumentParser:
 
 
 def selections(args, policy: PolicyConfig | None = None) -> list[Selection]:
-    """The thesis' configs, the policy comparison, or the baseline plus every valid combination of the
-    given flags (annealing and floors only with a finite pressure)."""
+    """The thesis' configs and the rules beyond them, the policy comparison, or the baseline plus every valid
+    combination of the given flags (annealing and floors only with a finite pressure)."""
     if policy is not None:
         size, target = policy.stack_size, policy.target
         learned = [Selection(size, f"learned_{p}", target) for p in parse_list(args.policies, POLICIES, "policy")]
         return [Selection(), Selection(size, "cross_entropy", target), Selection(size, "random", target), *learned]
     flags = (args.stack_sizes, args.measures, args.targets, args.pressures, args.anneal, args.floors)
     if all(f is None for f in flags):
-        return list(THESIS)
+        return [*THESIS, *BEYOND]
     sizes = parse_ints(args.stack_sizes, "--stack-sizes") if args.stack_sizes else [2, 5]
     measures = parse_list(args.measures, MEASURES, "measure(s)") if args.measures else list(MEASURES)
     targets = parse_list(args.targets, TARGETS, "target(s)") if args.targets else list(TARGETS)

@@ -35,12 +35,17 @@ updates, up to ``warmup``, on random minibatches, so a teacher learns late train
 
 Reward (shared, both agents): the drop of the student's cross-entropy on a fixed validation subset
 (``reward_samples`` images) caused by this step's update, so a teacher that picks useful samples earns
-more. Episodes truncate after ``max_steps``; ``reset(seed)`` re-initialises the student and data order.
+more. With ``reward="advantage"`` the drop is measured against plain training: minus the drop that an
+update on a uniformly drawn minibatch of the same stack gives a copy of the student from the same state,
+so the reward no longer depends on how far training has gone (a fresh student's every update drops the
+loss far more than a trained one's), only on what the teacher chose.
+Episodes truncate after ``max_steps``; ``reset(seed)`` re-initialises the student and data order.
 ``scripted_teacher(measure)`` turns any entry of ``MEASURES`` into a teacher policy for the env.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from collections.abc import Callable, Mapping
@@ -263,6 +268,7 @@ def scripted_teacher(measure: str, target: str = "soft", seed: int = 0) -> Calla
 
 
 AGENTS = ("teacher", "student")
+REWARDS = ("drop", "advantage")  # the validation-loss drop, or its excess over an update on a random minibatch
 
 
 def _default_data(dataset: str, data_dir: str | None) -> tuple[torch.Tensor, ...]:
@@ -298,6 +304,7 @@ class parallel_env(TruncatingParallelEnv):
         dataset: str = "mnist",
         data_dir: str | None = None,
         warmup: int = 0,
+        reward: str = "drop",
     ):
         """``images``/``labels``/``teacher_logits``: the training set and the frozen teacher's logits on it
         (``trainers.teacher.load_or_train_teachers`` + ``predict`` make them); validation images for the
@@ -313,16 +320,18 @@ class parallel_env(TruncatingParallelEnv):
             raise ValueError("need stack_size, batch_size >= 1 and a stack that fits in the data")
         if warmup < 0:
             raise ValueError(f"warmup is a number of student updates >= 0, got {warmup}")
+        if reward not in REWARDS:
+            raise ValueError(f"reward must be one of {', '.join(REWARDS)}, got {reward!r}")
         self.images, self.labels, self.teacher_probs = images, labels, torch.softmax(teacher_logits, -1)
         self.teacher_logits = teacher_logits
         self.val_images, self.val_labels = val_images[:reward_samples], val_labels[:reward_samples]
         self.stack_size, self.batch_size, self.temperature = stack_size, batch_size, temperature
-        self.hidden, self.lr, self.max_steps, self.warmup = hidden, lr, max_steps, warmup
+        self.hidden, self.lr, self.max_steps, self.warmup, self.reward = hidden, lr, max_steps, warmup, reward
         self.classes = teacher_logits.shape[-1]
         self.render_mode = render_mode
         self.possible_agents = list(AGENTS)
         self.agents: list[str] = []
-        self._generator = torch.Generator()
+        self._generator, self._reference = torch.Generator(), torch.Generator()  # data order; advantage's draws
         self._seed = 0
 
     @functools.cache
@@ -341,8 +350,8 @@ class parallel_env(TruncatingParallelEnv):
         return spaces.Discrete(2)
 
     @torch.no_grad()
-    def _val_loss(self) -> float:
-        return F.cross_entropy(self.student(self.val_images), self.val_labels).item()
+    def _val_loss(self, model: torch.nn.Module | None = None) -> float:
+        return F.cross_entropy((model or self.student)(self.val_images), self.val_labels).item()
 
     def _observe(self, given: torch.Tensor) -> dict[str, np.ndarray]:
         self._stack = self._stacks.next(self.stack_size * self.batch_size)
@@ -356,6 +365,7 @@ class parallel_env(TruncatingParallelEnv):
         if seed is not None:
             self._seed = seed
         self._generator.manual_seed(self._seed)
+        self._reference.manual_seed(self._seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self._seed)
             self.student = student(self.images.shape[1], self.hidden)
@@ -371,11 +381,17 @@ class parallel_env(TruncatingParallelEnv):
 
     def _update(self, samples: torch.Tensor, targets: torch.Tensor) -> None:
         """One Adam step of the student on ``samples`` with ``targets``."""
-        loss = target_loss(self.student(self.images[samples]), targets).mean()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        _adam_step(self.student, self.optimizer, self.images[samples], targets)
         self._updates += 1
+
+    def _plain_drop(self, kind: str, before: float) -> float:
+        """The validation-loss drop that an update on a uniformly drawn minibatch of the stack gives a copy of
+        the student and its optimizer (the ``advantage`` reward's reference); the student is untouched."""
+        picked = self._stack[torch.randperm(len(self._stack), generator=self._reference)[: self.batch_size]]
+        model, optimizer = copy.deepcopy((self.student, self.optimizer))  # one deepcopy keeps them paired
+        targets = TARGETS[kind](self.teacher_logits[picked], self.labels[picked], self.temperature)
+        _adam_step(model, optimizer, self.images[picked], targets)
+        return before - self._val_loss(model)
 
     def action_text(self, agent: str) -> str:
         if agent == "teacher":
@@ -389,14 +405,23 @@ class parallel_env(TruncatingParallelEnv):
         chosen = self._stack[select_hardest(torch.from_numpy(action[:-1]), self.batch_size)]
         kind = "soft" if action[-1] >= 0 else "true"
         targets = TARGETS[kind](self.teacher_logits[chosen], self.labels[chosen], self.temperature)
-        before = self._val_loss()
-        if int(actions["student"]) == 1:
+        before, update = self._val_loss(), int(actions["student"]) == 1
+        plain = self._plain_drop(kind, before) if update and self.reward == "advantage" else 0.0
+        if update:
             self._update(chosen, targets)
-        reward = before - self._val_loss()
+        reward = before - self._val_loss() - plain
         observations = self._observe(torch.cat([self.images[chosen], targets], -1))
         return self._end_step(
             observations, dict.fromkeys(self.agents, reward), {a: {"target": kind} for a in self.agents}
         )
+
+
+def _adam_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
+               targets: torch.Tensor) -> None:  # fmt: skip
+    loss = target_loss(model(images), targets).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 raw_env = aec(parallel_env)

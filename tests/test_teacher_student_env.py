@@ -70,6 +70,31 @@ def test_reward_is_the_drop_of_validation_loss_and_zero_without_an_update():
     assert rewards["teacher"] == pytest.approx(before - env._val_loss(), abs=1e-6) and rewards["teacher"] != 0.0
 
 
+def test_advantage_reward_is_the_drop_beyond_plain_training_and_leaves_the_student_alone():
+    drop, advantage = make(), make(reward="advantage")
+    obs, _ = drop.reset(seed=2)
+    advantage.reset(seed=2)
+    action = ts.scripted_teacher("cross_entropy", "true")(obs["teacher"])
+    plain = advantage._plain_drop("true", advantage._val_loss())  # what the reference update would give
+    advantage._reference.manual_seed(2)  # the same draw again inside the step
+    _, by_drop, *_ = drop.step({"teacher": action, "student": 1})
+    _, by_advantage, *_ = advantage.step({"teacher": action, "student": 1})
+    assert by_advantage["teacher"] == pytest.approx(by_drop["teacher"] - plain, abs=1e-6)
+    assert plain != 0.0 and drop._updates == advantage._updates == 1
+    for a, b in zip(drop.student.parameters(), advantage.student.parameters(), strict=True):
+        assert torch.equal(a, b)  # the reference update trained a copy
+    # sending exactly the samples plain training would have drawn earns nothing
+    env = make(reward="advantage")
+    obs, _ = env.reset(seed=2)
+    drawn = torch.randperm(12, generator=torch.Generator().manual_seed(2))[:4]
+    action = -np.ones(13, dtype=np.float32)
+    action[drawn.numpy()], action[-1] = 1.0, -1.0
+    _, rewards, *_ = env.step({"teacher": action, "student": 1})
+    assert rewards["teacher"] == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="reward must be one of drop, advantage"):
+        make(reward="accuracy")
+
+
 def test_bad_teacher_action_is_named():
     env = make()
     env.reset(seed=0)

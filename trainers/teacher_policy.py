@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from agents.teacher_student import TeacherPolicy
-from envs.teacher_student import MEASURES, Measure, Stack, features, parallel_env
+from envs.teacher_student import MEASURES, REWARDS, Measure, Stack, features, parallel_env
 from trainers.base import option
 from trainers.gumbel import gumbel_noise
 from trainers.reinforce import Reinforce
@@ -48,6 +48,8 @@ class PolicyConfig:
                          "drawn), so the teacher learns late training too; 0: fresh students")
     horizon: int = option(20, "REINFORCE teacher: each selection is rewarded with the validation loss drop over "
                           "this many updates (1: the next update only)")
+    reward: str = option("drop", "the env's reward: the validation-loss drop, or its advantage over an update on "
+                         "a random minibatch of the same stack from the same state", choices=REWARDS)
 
     def __post_init__(self) -> None:
         if min(self.episodes, self.steps, self.stack_size, self.batch_size, self.update_every, self.horizon) < 1:
@@ -80,7 +82,7 @@ def plackett_luce_log_prob(scores: torch.Tensor, chosen: torch.Tensor) -> torch.
 def _env(splits, teacher_logits: torch.Tensor, config: PolicyConfig) -> parallel_env:
     return parallel_env(splits.train.images, splits.train.labels, teacher_logits, splits.val.images, splits.val.labels,
                         stack_size=config.stack_size, batch_size=config.batch_size, max_cycles=config.steps,
-                        reward_samples=config.reward_samples, warmup=config.warmup)  # fmt: skip
+                        reward_samples=config.reward_samples, warmup=config.warmup, reward=config.reward)  # fmt: skip
 
 
 def _action(chosen: torch.Tensor, stack: int, target: str) -> np.ndarray:
