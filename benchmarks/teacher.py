@@ -257,10 +257,11 @@ def _train_policies(names: list[str], policy: PolicyConfig, splits, teacher_conf
         progress = Progress(f"{name} teacher")
         progress.begin(policy.episodes * policy.steps, 0)
         if name == "reinforce":
-            register(name, train_reinforce(splits, logits, policy, seed=0, progress=progress.advance))
+            register(name, train_reinforce(splits, logits, policy, seed=policy.seed, progress=progress.advance))
         else:
             try:
-                register(name, ppo_scorer(train_ppo(splits, logits, policy, seed=0, logdir=root / "policies" / name)))
+                model = train_ppo(splits, logits, policy, seed=policy.seed, logdir=root / "policies" / name)
+                register(name, ppo_scorer(model))
             except ImportError as e:
                 raise UsageError(f"{e.name} is not installed; pip install -e '.[rl]'") from None
         progress.close()

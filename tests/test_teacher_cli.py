@@ -93,7 +93,7 @@ def test_quick_teacher_benchmark_on_real_mnist(tmp_path, capsys):
     argv = ["--quick", "--out", str(out), "--logdir", str(tmp_path / "runs"), "--teacher-cache", str(tmp_path / "t")]
     assert run(argv) == 0
     data = json.loads(out.read_text())
-    assert len(data["cells"]) == 7
+    assert set(data["cells"]) == {c.name for c in [*bench.THESIS, *bench.BEYOND]} and len(data["cells"]) == 16
     assert all(e["test_accuracy"][0] > 85 for e in data["cells"].values())  # two epochs of a 784-32-32-10 MLP
     assert "Table 3.1" in capsys.readouterr().out
 
@@ -139,6 +139,21 @@ def test_learned_policies_are_compared_with_the_heuristic_and_random(cli, capsys
     assert run0["counters"]["student_forward_passes"] == 3 * run0["stopped_step"]  # reads the student's stack
     assert "stack2-learned_reinforce-true" in capsys.readouterr().out
     assert run([*argv, *policies, "--policies", "dance"]) == 2
+
+
+def test_the_policy_seed_and_reward_reach_the_learned_teachers_training(cli, monkeypatch):
+    argv, out, _ = cli
+    seen = []
+
+    def record(splits, logits, config, seed, progress=None):
+        seen.append((seed, config.reward, config.horizon))
+        return lambda observed: observed[..., -3]  # scores by cross-entropy
+
+    monkeypatch.setattr(bench, "train_reinforce", record)
+    flags = ["--policies", "reinforce", "--policy-stack-size", "2", "--seeds", "1", "--policy-seed", "3"]
+    assert run([*argv, *flags, "--policy-reward", "drop", "--policy-horizon", "4"]) == 0
+    assert seen == [(3, "drop", 4)] and json.loads(out.read_text())["config"]["policy_seed"] == 3
+    assert run([*argv, *flags, "--policy-reward", "accuracy"]) == 2
 
 
 def test_a_sweep_trains_each_value_with_its_own_cells_and_figure(cli, capsys):

@@ -1,11 +1,14 @@
 """Learned teachers (thesis ch. 3 as RL): a policy scores the stack and learns from the env's reward.
 
-The teacher/student env rewards each step with the drop of the student's validation loss. Two learners:
+The teacher/student env rewards each step with the drop of the student's validation loss, or (``reward=
+"advantage"``) with that drop beyond what an update on a random minibatch of the same stack gives the same
+student: the plain drop rewarded updates that change little (the policy learned to send the easiest samples),
+the advantage rewards the choice alone. Two learners:
 
 - ``reinforce``: a ``TeacherPolicy`` scores every stack sample; the ``batch_size`` samples sent are a
   Plackett-Luce draw (Gumbel top-k) from those scores, so the log-probability of the sent set is exact
-  and ``trainers.reinforce`` gives the gradient (each selection rewarded with the validation-loss drop
-  over the next ``horizon`` updates, a running-mean baseline, an entropy bonus on the softmax of the
+  and ``trainers.reinforce`` gives the gradient (each selection rewarded with the reward summed over
+  the next ``horizon`` updates, a running-mean baseline, an entropy bonus on the softmax of the
   scores). Episodes start from partly trained students (``warmup``) and the teacher observes the
   student's training progress, so it learns selection over whole training runs.
 - ``ppo``: SB3 PPO through SuperSuit on the teacher alone (the student always updates), its action being
@@ -44,12 +47,13 @@ class PolicyConfig:
     entropy_weight: float = option(0.01, "REINFORCE teacher's entropy bonus")
     update_every: int = option(10, "REINFORCE teacher: env steps per policy update")
     reward_samples: int = option(1000, "validation images of the env's reward")
-    warmup: int = option(20_000, "episodes start from a student given up to this many plain updates (uniformly "
-                         "drawn), so the teacher learns late training too; 0: fresh students")
-    horizon: int = option(20, "REINFORCE teacher: each selection is rewarded with the validation loss drop over "
-                          "this many updates (1: the next update only)")
-    reward: str = option("drop", "the env's reward: the validation-loss drop, or its advantage over an update on "
-                         "a random minibatch of the same stack from the same state", choices=REWARDS)
+    warmup: int = option(5_000, "episodes start from a student given up to this many plain updates (uniformly "
+                         "drawn), so the teacher learns later training too; 0: fresh students")
+    horizon: int = option(1, "REINFORCE teacher: each selection is rewarded with the reward summed over this many "
+                          "updates (1: the next update only)")
+    seed: int = option(0, "the learned teachers' training seed (initial weights, draws, episodes' students)")
+    reward: str = option("advantage", "the env's reward: the validation-loss drop, or its advantage over an update "
+                         "on a random minibatch of the same stack from the same state", choices=REWARDS)
 
     def __post_init__(self) -> None:
         if min(self.episodes, self.steps, self.stack_size, self.batch_size, self.update_every, self.horizon) < 1:
