@@ -192,9 +192,11 @@ def plot_panels(
     panels: Sequence[tuple[str, dict[str, tuple[Sequence[float], Sequence[Sequence[float]]]]]],
     xlabel: str,
     ylabel: str,
+    zoom: tuple[float, float] | None = None,
 ) -> None:
     """Side-by-side panels, one line per label: the mean over seeds of ``(x, [values per seed])``,
-    shaded min to max. Seeds that stopped early are cut to the shortest curve."""
+    shaded min to max. Seeds that stopped early are cut to the shortest curve. ``zoom``: the y range shown,
+    on a log x axis (where curves that differ by a few tenths late and by a factor in passes early part)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -202,6 +204,8 @@ def plot_panels(
 
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), squeeze=False)
     for ax, (title, curves) in zip(axes[0], panels, strict=True):
+        if len(curves) > 10:  # more lines than the default colour cycle
+            ax.set_prop_cycle(color=plt.cm.tab20.colors)
         for label, (x, per_seed) in curves.items():
             n = min(len(x), *(len(v) for v in per_seed))
             columns = [[v[i] for v in per_seed] for i in range(n)]
@@ -209,8 +213,10 @@ def plot_panels(
             if len(per_seed) > 1:
                 ax.fill_between(x[:n], [min(c) for c in columns], [max(c) for c in columns], alpha=0.2)
         ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+        if zoom:
+            ax.set(xscale="log", ylim=zoom)
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize="small")
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)

@@ -132,7 +132,8 @@ def test_learned_policies_are_compared_with_the_heuristic_and_random(cli, capsys
     assert run([*argv, *policies]) == 0
     data = json.loads(out.read_text())
     assert set(data["cells"]) == {"baseline", "stack2-cross_entropy-true", "stack2-random-true",
-                                    "stack2-learned_reinforce-true", "stack2-learned_ppo-true"}  # fmt: skip
+                                  "stack2-cross_entropy-true-rank300-floor0.3", "stack2-reducible-true",
+                                  "stack2-learned_reinforce-true", "stack2-learned_ppo-true"}  # fmt: skip
     assert data["config"]["policy_steps"] == 10 and set(data["references"]["policy_training_s"]) == {
         "reinforce", "ppo"}  # fmt: skip
     run0 = data["cells"]["stack2-learned_ppo-true"]["runs"]["0"]
