@@ -114,8 +114,8 @@ def build_parser() -> ArgumentParser:
 def selections(args, policy: PolicyConfig | None = None) -> list[Selection]:
     """The thesis' configs and the rules beyond them, the policy comparison (the baseline, the thesis' CE
     rule, ``RIVALS`` and random selection at the policies' stack and target, then the policies), or the
-    baseline plus every valid
-    combination of the given flags (annealing and floors only with a finite pressure)."""
+    baseline plus every valid combination of the given flags (annealing and floors only with a finite
+    pressure)."""
     if policy is not None:
         size, target = policy.stack_size, policy.target
         learned = [Selection(size, f"learned_{p}", target) for p in parse_list(args.policies, POLICIES, "policy")]

@@ -351,7 +351,8 @@ class parallel_env(TruncatingParallelEnv):
 
     @torch.no_grad()
     def _val_loss(self, model: torch.nn.Module | None = None) -> float:
-        return F.cross_entropy((model or self.student)(self.val_images), self.val_labels).item()
+        model = self.student if model is None else model
+        return F.cross_entropy(model(self.val_images), self.val_labels).item()
 
     def _observe(self, given: torch.Tensor) -> dict[str, np.ndarray]:
         self._stack = self._stacks.next(self.stack_size * self.batch_size)
