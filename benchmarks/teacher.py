@@ -296,11 +296,6 @@ def _counted(passes: list[int | None], runs) -> list[int]:
     return [v if v is not None else runs[k]["stopped_step"] for k, v in enumerate(passes)]
 
 
-def _baseline_passes(runs: list[dict], threshold: float) -> float:
-    """The baseline's mean backward passes to ``threshold``; a seed that never reaches it counts at its last step."""
-    return mean_std(_counted([_reach(r, threshold) for r in runs], runs))[0]
-
-
 def _summarise(store: Store, at: str, configs: list[Selection], seeds: int, target: float | None) -> None:
     """Per cell: what the table shows, and the baseline accuracy and target of the variant (under ``baseline``).
     Passes are counted to the target (default: the baseline's mean test accuracy) and to the thesis' 96.4%,
@@ -369,8 +364,9 @@ def _report(store: Store, at: str, configs: list[Selection], seeds: int, root: P
     base = data["cells"].get(at + "baseline")
     base_runs = [store.runs(at + "baseline")[k] for k in range(seeds)] if base else []
     target = base["target_accuracy"] if base else None
-    base_bp = _baseline_passes(base_runs, target) if base and target else None
-    base_bp_thesis = _baseline_passes(base_runs, THESIS_TARGET) if base else None
+    # the baseline's mean passes from the per-seed ones ``_summarise`` found (a miss counts at its last step)
+    base_bp, base_bp_thesis = (mean_std(_counted(base[f"backward_passes{key}"], base_runs))[0] if base else None
+                               for key in ("", "_thesis_target"))  # fmt: skip
     per_pass = per_step_counters(Selection())
     base_fi = forward_inclusive({k: v * base_bp for k, v in per_pass.items()}) if base_bp else None
     chosen = set(chosen_on_validation(store, at, configs).values())

@@ -376,9 +376,13 @@ class parallel_env(TruncatingParallelEnv):
         warmup = int(torch.randint(self.warmup + 1, (), generator=self._generator)) if self.warmup else 0
         for _ in range(warmup):  # plain training on the next minibatch of the shuffled data
             batch = self._stacks.next(self.batch_size)
-            self._update(batch, TARGETS["true"](self.teacher_logits[batch], self.labels[batch], self.temperature))
+            self._update(batch, self._targets(batch, "true"))
         nothing = torch.zeros(self.batch_size, self.images.shape[1] + self.classes)
         return self._observe(nothing), {a: {} for a in self.agents}
+
+    def _targets(self, samples: torch.Tensor, kind: str) -> torch.Tensor:
+        """What the student trains on for ``samples``: the teacher's soft labels or the true ones."""
+        return TARGETS[kind](self.teacher_logits[samples], self.labels[samples], self.temperature)
 
     def _update(self, samples: torch.Tensor, targets: torch.Tensor) -> None:
         """One Adam step of the student on ``samples`` with ``targets``."""
@@ -390,8 +394,7 @@ class parallel_env(TruncatingParallelEnv):
         the student and its optimizer (the ``advantage`` reward's reference); the student is untouched."""
         picked = self._stack[torch.randperm(len(self._stack), generator=self._reference)[: self.batch_size]]
         model, optimizer = copy.deepcopy((self.student, self.optimizer))  # one deepcopy keeps them paired
-        targets = TARGETS[kind](self.teacher_logits[picked], self.labels[picked], self.temperature)
-        _adam_step(model, optimizer, self.images[picked], targets)
+        _adam_step(model, optimizer, self.images[picked], self._targets(picked, kind))
         return before - self._val_loss(model)
 
     def action_text(self, agent: str) -> str:
@@ -405,7 +408,7 @@ class parallel_env(TruncatingParallelEnv):
         action = actions["teacher"]
         chosen = self._stack[select_hardest(torch.from_numpy(action[:-1]), self.batch_size)]
         kind = "soft" if action[-1] >= 0 else "true"
-        targets = TARGETS[kind](self.teacher_logits[chosen], self.labels[chosen], self.temperature)
+        targets = self._targets(chosen, kind)
         before, update = self._val_loss(), int(actions["student"]) == 1
         plain = self._plain_drop(kind, before) if update and self.reward == "advantage" else 0.0
         if update:
