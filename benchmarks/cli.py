@@ -46,6 +46,30 @@ def int_tuple(text: str) -> tuple[int, ...]:
     return values
 
 
+def seed_list(text: str) -> list[int]:
+    """``--seeds``: a count ``5`` (seeds 0-4), a range ``100-104`` or a list ``100,101`` (ranges allowed in
+    it): tuning and reporting seeds are named apart."""
+    items = [x.strip() for x in text.split(",")]
+    seeds: list[int] = []
+    try:
+        if len(items) == 1 and "-" not in items[0]:
+            if int(items[0]) < 1:
+                raise argparse.ArgumentTypeError(f"a count of seeds must be >= 1, got {text!r}")
+            return list(range(int(items[0])))
+        for item in items:
+            first, dash, last = item.partition("-")
+            low, high = int(first), int(last if dash else first)
+            if high < low:
+                raise ValueError
+            seeds += range(low, high + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count (5), a range (100-104) or seeds (100,101) of whole "
+                                         f"numbers >= 0, got {text!r}") from None  # fmt: skip
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds repeat in {text!r}")
+    return seeds
+
+
 def boolean(text: str) -> bool:
     """``true``/``false`` (for sweeps over a switch)."""
     if text.lower() not in ("true", "false", "1", "0"):
@@ -204,7 +228,8 @@ def add_sweep(parser: ArgumentParser) -> None:
 
 def add_common(parser: ArgumentParser, out: str, quick: str) -> None:
     """The flags every benchmark has, spelled and explained once."""
-    parser.option("--seeds", None, "number of seeds 0..n-1", default_text=quick.split("|")[0], type=int)
+    parser.option("--seeds", None, "seeds: a count n (seeds 0..n-1), a range 100-104 or a list 100,101",
+                  default_text=quick.split("|")[0], type=seed_list)
     parser.option("--device", "auto", "where to train: auto is cuda when available, else cpu",
                   choices=["auto", "cpu", "cuda", "mps"])
     add_sweep(parser)

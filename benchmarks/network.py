@@ -40,7 +40,7 @@ from benchmarks.harness import (
     plot_sweep,
     run_cli,
 )
-from benchmarks.store import Store, checkpoint_of, format_summary, mean_std, prefix, preflight
+from benchmarks.store import Store, checkpoint_of, format_summary, mean_std, prefix, preflight, seed_text
 from envs.data import DATASETS, Split, load_splits
 from envs.network import SUPERVISED_CONTENTS
 from envs.routing import check_shard_size
@@ -68,7 +68,7 @@ THESIS = {
 }
 SUPERVISED_TABLE = [(1, "none"), (10, "none"), (10, "logits"), (10, "labels"), (10, "features"), (20, "labels")]
 UNSUPERVISED_TABLE = [(1, "none"), (10, "none"), (10, "features")]
-QUICK = {"steps": 40, "eval_every": 20, "seeds": 1}
+QUICK = {"steps": 40, "eval_every": 20, "seeds": [0]}
 
 
 def build_parser() -> ArgumentParser:
@@ -139,9 +139,7 @@ def _cell_config(parser: ArgumentParser, args, cell: str) -> NetworkConfig:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse(argv, QUICK)
-    seeds = args.seeds if args.seeds is not None else 3
-    if seeds < 1:
-        raise UsageError(f"--seeds must be >= 1, got {seeds}")
+    seeds = args.seeds if args.seeds is not None else list(range(3))
     if not 0 < args.target_accuracy <= 100:
         raise UsageError(f"--target-accuracy is a percentage in (0, 100], got {args.target_accuracy}")
     if args.val_samples < 0:
@@ -179,7 +177,7 @@ def _group(args, chosen: list) -> Group:
     return group
 
 
-def _run(parser: ArgumentParser, args, seeds: int, device, chosen: list, group: Group) -> int:
+def _run(parser: ArgumentParser, args, seeds: list[int], device, chosen: list, group: Group) -> int:
     """Every job (a configuration's missing seeds): rank 0 picks it from the results file and tells the others."""
     splits = load_splits(args.dataset, args.data_dir)
     if args.val_samples:
@@ -280,12 +278,12 @@ def ring_estimate(config: NetworkConfig, shape: tuple[int, ...], classes: int) -
     return 2 * (config.nodes - 1) / config.nodes * 4 * params
 
 
-def _runs(store: Store, cell: str, seeds: int) -> list[NetworkResult]:
+def _runs(store: Store, cell: str, seeds: list[int]) -> list[NetworkResult]:
     fields = {f.name for f in dataclasses.fields(NetworkResult)}
-    return [NetworkResult(**{k: v for k, v in store.runs(cell)[k].items() if k in fields}) for k in range(seeds)]
+    return [NetworkResult(**{k: v for k, v in store.runs(cell)[k].items() if k in fields}) for k in seeds]
 
 
-def _report(store: Store, at: str, chosen: list[NetworkConfig], seeds: int, target: float, root: Path,
+def _report(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int], target: float, root: Path,
             processes: int) -> None:  # fmt: skip
     """Table 2.2 or 2.3, the steps-to-target table and the curves; ``processes`` > 0 (distributed) adds the bytes
     handed to torch.distributed and each configuration's wall time."""
@@ -316,8 +314,8 @@ def _report(store: Store, at: str, chosen: list[NetworkConfig], seeds: int, targ
         f"after {chosen[0].steps:,} steps per node")  # fmt: skip
     table = "2.3" if unsupervised else "2.2"
     where = f"; nodes spread over {processes} processes{oversubscribed()}" if processes else ""
-    print(f"\nTable {table}{', ' + at[:-1] if at else ''}: test accuracy (%), {what}; mean ± std over {seeds} "
-          f"seed(s){where}; thesis: CIFAR-10")  # fmt: skip
+    print(f"\nTable {table}{', ' + at[:-1] if at else ''}: test accuracy (%), {what}; mean ± std over "
+          f"{seed_text(seeds)}{where}; thesis: CIFAR-10")  # fmt: skip
     print(format_table(["config", "average", "collective", "thesis avg", "thesis coll", "bytes sent/node/step",
                         *(["wire bytes/node/step", "wall time (s)"] if processes else []),
                         "ring all-reduce of N replicas (estimate)/node/step", "from inbox", "routing"],
@@ -341,7 +339,7 @@ def routing_digest(runs: list[NetworkResult]) -> str:
     return hashlib.blake2b("".join(r.routing for r in runs).encode(), digest_size=4).hexdigest()
 
 
-def _ddp_report(store: Store, cells: list[str], seeds: int, processes: int) -> None:
+def _ddp_report(store: Store, cells: list[str], seeds: list[int], processes: int) -> None:
     """The DDP baseline: accuracy, what its hook handed to all-reduce, the ring's wire estimate, wall time."""
     rows = []
     for cell in cells:
@@ -351,12 +349,12 @@ def _ddp_report(store: Store, cells: list[str], seeds: int, processes: int) -> N
                      f"{2 * (processes - 1) / processes * hook:,.0f}",
                      f"{store.data['cells'][cell].get('wall_time_s', 0):,.0f}"])  # fmt: skip
     print(f"\nBaseline: one DDP replica per process ({processes}){oversubscribed()}, each on the union of its "
-          f"nodes' shards; test accuracy (%), mean ± std over {seeds} seed(s)")  # fmt: skip
+          f"nodes' shards; test accuracy (%), mean ± std over {seed_text(seeds)}")  # fmt: skip
     print(format_table(["config", "accuracy", "handed to all-reduce (hook) bytes/process/step",
                         "ring all-reduce wire 2(P-1)/P x hook bytes/process/step", "wall time (s)"], rows))  # fmt: skip
 
 
-def _sweep_report(store: Store, swept, chosen, seeds: int, root: Path) -> None:
+def _sweep_report(store: Store, swept, chosen, seeds: list[int], root: Path) -> None:
     """The collective and the node-average test accuracy of every configuration against the swept value."""
     name, _, values = swept
     texts = [t for t, _ in values]
@@ -364,7 +362,7 @@ def _sweep_report(store: Store, swept, chosen, seeds: int, root: Path) -> None:
     for metric, what, suffix in (("test_collective", "collective", ""), ("test_average", "node-average", "_average")):
         lines = {n: [[getattr(r, metric) for r in _runs(store, f"{name}={t}/{n}", seeds)] for t in texts]
                  for n in names}  # fmt: skip
-        print(f"\nSweep over {name}: {what} test accuracy (%), mean ± std over {seeds} seed(s)")
+        print(f"\nSweep over {name}: {what} test accuracy (%), mean ± std over {seed_text(seeds)}")
         print(format_table([name, *names], [[t, *(format_summary(lines[n][i]) for n in names)]
                                             for i, t in enumerate(texts)]))  # fmt: skip
         plot_sweep(root / f"sweep_{name}{suffix}.png", name, texts, lines, f"{what} test accuracy (%)")

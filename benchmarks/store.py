@@ -72,6 +72,13 @@ def format_summary(values: Sequence[float], digits: int = 1) -> str:
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if len(values) > 1 else "")
 
 
+def seed_text(seeds: Sequence[int]) -> str:
+    """How a table names its seeds: ``5 seeds (0-4)``, ``3 seeds (100, 101, 103)``, ``1 seed (0)``."""
+    contiguous = len(seeds) > 2 and list(seeds) == list(range(seeds[0], seeds[0] + len(seeds)))
+    names = f"{seeds[0]}-{seeds[-1]}" if contiguous else ", ".join(map(str, seeds))
+    return f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} ({names})"
+
+
 def prefix(label: str) -> str:
     """What a variant's label (``flag=value`` under ``--sweep``, else empty) puts before its cells' names."""
     return f"{label}/" if label else ""
@@ -185,9 +192,9 @@ class Store:
         """Where the trainer of a variant (``flag=value`` under ``--sweep``) keeps its checkpoint."""
         return checkpoint_of(self.path, label)
 
-    def jobs(self, label: str, cells: Sequence[str], seeds: int,
+    def jobs(self, label: str, cells: Sequence[str], seeds: Sequence[int],
              per_cell: bool = False) -> Iterator[list[tuple[str, int]]]:  # fmt: skip
-        """The trainings still to run of a variant's ``cells`` times seeds ``0..seeds-1``: a job that a kill
+        """The trainings still to run of a variant's ``cells`` times ``seeds``: a job that a kill
         interrupted comes first, as it was (its checkpoint, ``checkpoint(label)``, resumes it even if
         ``--seeds`` or the cells changed since), then the rest: one job, or one per cell. Each job's
         runs (``(prefix(label) + cell, seed)``) are written beside its checkpoint when it starts; both
@@ -202,7 +209,7 @@ class Store:
                 raise UsageError(f"{job_file} is damaged ({e}); delete it and {checkpoint} to restart") from None
         groups: dict[str | None, list[tuple[str, int]]] = {}
         for cell in cells:
-            for k in range(seeds):
+            for k in seeds:
                 if not self.done(at + cell, k) and (at + cell, k) not in job:
                     groups.setdefault(cell if per_cell else None, []).append((at + cell, k))
         for runs in ([job] if job else []) + list(groups.values()):
@@ -216,12 +223,12 @@ class Store:
         self.data["references"].setdefault(name, {})[str(seed)] = value
         self.save()
 
-    def summarise(self, cells: Sequence[str], seeds: int, metrics: Sequence[str]) -> None:
-        """Mean, std and n of ``metrics`` over seeds ``0..seeds-1`` of each cell."""
+    def summarise(self, cells: Sequence[str], seeds: Sequence[int], metrics: Sequence[str]) -> None:
+        """Mean, std and n of ``metrics`` over ``seeds`` of each cell."""
         for cell in cells:
             runs = self.runs(cell)
             self.data["cells"][cell]["summary"] = {
-                m: summary([runs[k][m] for k in range(seeds) if runs[k].get(m) is not None]) for m in metrics
+                m: summary([runs[k][m] for k in seeds if runs[k].get(m) is not None]) for m in metrics
             }
         self.save()
 

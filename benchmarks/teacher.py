@@ -27,7 +27,7 @@ from benchmarks.harness import (
     plot_sweep,
     run_cli,
 )
-from benchmarks.store import Store, format_summary, mean_std, prefix, preflight
+from benchmarks.store import Store, format_summary, mean_std, prefix, preflight, seed_text
 from envs.data import DATASETS, load_splits
 from envs.teacher_student import MEASURES, TARGETS
 from trainers.probe import accuracy
@@ -76,7 +76,7 @@ BEYOND = [
 # The learned teachers' rivals beside the thesis' CE rule: Table 3.1's best rules at stack 5 (the floor rule
 # reaches the baseline's accuracy on every seed soonest; the teacher-as-IL reducible loss reaches 96.4% soonest)
 RIVALS = (Selection(5, "cross_entropy", "true", 300, floor=0.3), Selection(5, "reducible", "true"))
-QUICK = {"max_epochs": 2, "patience": 1, "eval_every": 200, "seeds": 1, "policy_episodes": 2, "policy_steps": 50,
+QUICK = {"max_epochs": 2, "patience": 1, "eval_every": 200, "seeds": [0], "policy_episodes": 2, "policy_steps": 50,
          **{f"teacher_{k}": getattr(QUICK_TEACHER, k) for k in ("hidden", "max_epochs", "patience")}}  # fmt: skip
 
 
@@ -151,9 +151,7 @@ def _numbers(text: str, flag: str, ok, what: str) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse(argv, QUICK)
-    seeds = args.seeds if args.seeds is not None else 3
-    if seeds < 1:
-        raise UsageError(f"--seeds must be >= 1, got {seeds}")
+    seeds = args.seeds if args.seeds is not None else list(range(3))
     if args.target_accuracy is not None and not 0 < args.target_accuracy <= 100:
         raise UsageError(f"--target-accuracy is a percentage in (0, 100], got {args.target_accuracy}")
     device = device_of(args)
@@ -234,13 +232,13 @@ def _variant(parser: ArgumentParser, label: str, v) -> tuple:
     return label, v, selections(v, policy), student, teacher, policy
 
 
-def _sweep_report(store: Store, swept, configs: list[Selection], seeds: int, root: Path) -> None:
+def _sweep_report(store: Store, swept, configs: list[Selection], seeds: list[int], root: Path) -> None:
     """Each selection's test accuracy against the swept value."""
     name, _, values = swept
     texts = [t for t, _ in values]
-    lines = {c.name: [[store.runs(f"{name}={t}/{c.name}")[k]["test_accuracy"] for k in range(seeds)]
+    lines = {c.name: [[store.runs(f"{name}={t}/{c.name}")[k]["test_accuracy"] for k in seeds]
                       for t in texts] for c in configs}  # fmt: skip
-    print(f"\nSweep over {name}: student test accuracy (%), mean ± std over {seeds} seed(s)")
+    print(f"\nSweep over {name}: student test accuracy (%), mean ± std over {seed_text(seeds)}")
     print(format_table([name, *lines], [[t, *(format_summary(lines[c][i], 2) for c in lines)]
                                         for i, t in enumerate(texts)]))  # fmt: skip
     plot_sweep(root / f"sweep_{name}.png", name, texts, lines, "student test accuracy (%)")
@@ -296,13 +294,13 @@ def _counted(passes: list[int | None], runs) -> list[int]:
     return [v if v is not None else runs[k]["stopped_step"] for k, v in enumerate(passes)]
 
 
-def _summarise(store: Store, at: str, configs: list[Selection], seeds: int, target: float | None) -> None:
+def _summarise(store: Store, at: str, configs: list[Selection], seeds: list[int], target: float | None) -> None:
     """Per cell: what the table shows, and the baseline accuracy and target of the variant (under ``baseline``).
     Passes are counted to the target (default: the baseline's mean test accuracy) and to the thesis' 96.4%,
     and, to choose rule parameters without the test set, to the baseline's mean best validation accuracy."""
     data = store.data
     store.summarise([at + c.name for c in configs], seeds, ["test_accuracy", "best_val_accuracy", "best_step"])
-    runs = {c.name: [store.runs(at + c.name)[k] for k in range(seeds)] for c in configs}
+    runs = {c.name: [store.runs(at + c.name)[k] for k in seeds] for c in configs}
     baseline = mean_std([r["test_accuracy"] for r in runs["baseline"]])[0] if "baseline" in runs else None
     target = target if target is not None else baseline
     if "baseline" in runs:
@@ -358,11 +356,11 @@ def chosen_on_validation(store: Store, at: str, configs: list[Selection]) -> dic
     return {family: name for family, (_, name) in best.items() if len(members[family]) > 1}
 
 
-def _report(store: Store, at: str, configs: list[Selection], seeds: int, root: Path, student: StudentConfig,
+def _report(store: Store, at: str, configs: list[Selection], seeds: list[int], root: Path, student: StudentConfig,
             teacher: TeacherConfig, splits) -> None:  # fmt: skip
     data, teacher_cost = store.data, _teacher_cost(student, teacher, splits)
     base = data["cells"].get(at + "baseline")
-    base_runs = [store.runs(at + "baseline")[k] for k in range(seeds)] if base else []
+    base_runs = [store.runs(at + "baseline")[k] for k in seeds] if base else []
     target = base["target_accuracy"] if base else None
     # the baseline's mean passes from the per-seed ones ``_summarise`` found (a miss counts at its last step)
     base_bp, base_bp_thesis = (mean_std(_counted(base[f"backward_passes{key}"], base_runs))[0] if base else None
@@ -378,7 +376,7 @@ def _report(store: Store, at: str, configs: list[Selection], seeds: int, root: P
         in_student_units = [t * teacher_cost if t is not None else None for t in e["teacher_forward_passes"]]
         thesis_target = e["backward_passes_thesis_target"]
         rows.append([
-            c.name + (" *" if c.name in chosen else ""), f"{acc_m:.2f}" + (f" ± {acc_s:.2f}" if seeds > 1 else ""),
+            c.name + (" *" if c.name in chosen else ""), f"{acc_m:.2f}" + (f" ± {acc_s:.2f}" if len(seeds) > 1 else ""),
             thesis_acc or "-", format_counts(e["backward_passes"]), f"{thesis_bp:,}" if thesis_bp else "-",
             _speedup(base_bp, e["backward_passes"]), format_counts(e["forward_inclusive"]),
             _speedup(base_fi, e["forward_inclusive"]), format_counts(in_student_units),
@@ -388,7 +386,7 @@ def _report(store: Store, at: str, configs: list[Selection], seeds: int, root: P
     reached = f"{target:.2f}% (baseline: {base['baseline_accuracy']:.2f}%)" if base else "-"
     print(f"\nTable 3.1{', ' + at[:-1] if at else ''}: student test accuracy (%) at best validation, and passes (in "
           f"minibatches of 32) until its test accuracy first reached {reached}, or the thesis' {THESIS_TARGET}%; "
-          f"mean ± std over {seeds} seed(s), (k/n): only k seeds reached it")  # fmt: skip
+          f"mean ± std over {seed_text(seeds)}, (k/n): only k seeds reached it")  # fmt: skip
     print(format_table(["config", "test acc", "thesis", "backward to target", "thesis", "speedup",
                         "fwd-inclusive", "speedup", "teacher fwd (student units)", f"backward to {THESIS_TARGET}",
                         "speedup", "backward to best"], rows))  # fmt: skip
@@ -410,7 +408,7 @@ def _report(store: Store, at: str, configs: list[Selection], seeds: int, root: P
         for c in configs:
             if c.stack_size not in (1, size):
                 continue
-            rs = [store.runs(at + c.name)[k] for k in range(seeds)]
+            rs = [store.runs(at + c.name)[k] for k in seeds]
             longest = max(rs, key=lambda r: len(r["steps"]))
             curves[c.name] = (longest["steps"], [r["val_accuracy"] for r in rs])
         panels.append((f"stack of {size} minibatches", curves))

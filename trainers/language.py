@@ -20,7 +20,8 @@ critics and receivers train on the sampled messages as usual.
 A linear probe reads the student's last hidden layer (gradient stopped) and is trained alongside on
 labels; the reported figure is its test accuracy at its best validation accuracy. At level ``decide``
 (beyond the thesis) the agents train as at ``both`` and the probe also reads the received hard
-message, so the channel can pass on what the student's own view lacks. The agents' views are the
+message, so the channel can pass on what the student's own view lacks; its control ``read`` trains as
+``none`` and reads the message the same way (what reading an untrained-for channel gives). The agents' views are the
 env's (``envs.language.View``: the thesis' inversion, or occluded or resampled views that lose
 information).
 """
@@ -65,6 +66,7 @@ LEVELS: dict[str, Level] = {
     "feedback": Level(True, False, True),  # ... and that loss also trains the teacher's speaker
     "both": Level(True, True, True),  # symmetric: each predicts the other, gradients to both senders
     "decide": Level(True, True, True, decides=True),  # as both; the probe reads [features, received message]
+    "read": Level(False, False, False, decides=True),  # decide's control: trains as none, reads as decide
 }
 THESIS_LEVELS = ("none", "receive", "feedback", "both")
 

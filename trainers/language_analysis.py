@@ -133,14 +133,16 @@ def analyse(
 ) -> list[dict[str, float]]:
     """Every measure for each run's pair of speakers; a run is ``(speakers, seen, seed)``: ``{agent:
     module}`` with the speaker protocol of agents/language.py, each agent's views of every split (e.g.
-    ``split_views``) and the seed of its probes. ``clean_test`` are the clean test images (for
-    topographic similarity). The runs' probes of each kind train together (``train_linear_probes``).
+    ``split_views``) and the seed of its probes. ``clean_test`` are the clean test images: topographic
+    similarity is measured against them (``_topsim``) and against the speaker's own view (``_topsim_view``,
+    what it could encode). The runs' probes of each kind train together (``train_linear_probes``).
     Keys: per agent ``<agent>_bit_entropy`` (mean over positions), ``_distinct``, ``_message_entropy``,
-    ``_message_probe``, ``_message_bits``, ``_topsim``; the student's ``feature_probe``, ``joint_probe``,
-    ``joint_probe_other_message``, ``intervention_drop``, ``message_gain`` (joint probe minus feature
-    probe: what the message adds to the student's own features); and ``agreement`` of the two agents'
-    test messages."""
+    ``_message_probe``, ``_message_bits``, ``_topsim``, ``_topsim_view``; the student's ``feature_probe``,
+    ``joint_probe``, ``joint_probe_other_message``, ``intervention_drop``, ``message_gain`` (joint probe minus
+    feature probe: what the message adds to the student's own features); and ``agreement`` of the two
+    agents' test messages."""
     spoken = [{a: _speak(speakers[a], seen[a]) for a in AGENTS} for speakers, seen, _ in runs]
+    views = [seen for _, seen, _ in runs]
     seeds = [seed for *_, seed in runs]
     information = iter(probe_information([s[a][0] for s in spoken for a in AGENTS], epochs, lr,
                                          [seed for seed in seeds for _ in AGENTS]))  # fmt: skip
@@ -148,7 +150,7 @@ def analyse(
     feature_probe = fit_linear_probes(features, seeds, epochs, lr=lr)
     interventions = intervention(features, [s[TEACHER][0] for s in spoken], epochs, lr, seeds)
     results = []
-    for s, feature, joint in zip(spoken, feature_probe, interventions, strict=True):
+    for s, seen, feature, joint in zip(spoken, views, feature_probe, interventions, strict=True):
         out: dict[str, float] = {}
         for a in AGENTS:
             messages = s[a][0].test.images.unflatten(-1, message_shape)
@@ -157,6 +159,8 @@ def analyse(
             out[f"{a}_message_entropy"] = message_entropy(messages)
             out[f"{a}_message_probe"], out[f"{a}_message_bits"] = next(information)
             out[f"{a}_topsim"] = topographic_similarity(messages[:TOPSIM_IMAGES], clean_test[:TOPSIM_IMAGES])
+            out[f"{a}_topsim_view"] = topographic_similarity(messages[:TOPSIM_IMAGES],
+                                                             seen[a].test.images[:TOPSIM_IMAGES])  # fmt: skip
         out["feature_probe"] = feature
         out |= joint
         out["message_gain"] = out["joint_probe"] - out["feature_probe"]
