@@ -40,6 +40,7 @@ from benchmarks.harness import (
     plot_sweep,
     run_cli,
 )
+from benchmarks.protocol import SUSTAIN, crossing, held_target, paired_ratio
 from benchmarks.store import Store, checkpoint_of, format_summary, mean_std, prefix, preflight, seed_text
 from envs.data import DATASETS, Split, load_splits
 from envs.network import SUPERVISED_CONTENTS
@@ -287,7 +288,7 @@ def _report(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int]
             processes: int) -> None:  # fmt: skip
     """Table 2.2 or 2.3, the steps-to-target table and the curves; ``processes`` > 0 (distributed) adds the bytes
     handed to torch.distributed and each configuration's wall time."""
-    rows, steps_rows, panels = [], [], {"node average": {}, "collective decision": {}}
+    rows, panels = [], {"node average": {}, "collective decision": {}}
     for c in chosen:
         cell = store.data["cells"][at + c.name]
         runs = _runs(store, at + c.name, seeds)
@@ -301,10 +302,6 @@ def _report(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int]
             *([f"{wire:,.0f}", f"{cell.get('wall_time_s', 0):,.0f}"] if processes else []),
             f"{cell['ring_allreduce_estimate_per_node_step']:,.0f}",
             f"{mean_std([r.consumed_from_inbox for r in runs])[0]:.2f}", routing_digest(runs),
-        ])  # fmt: skip
-        steps_rows.append([
-            c.name, format_counts([r.steps_to_reach(target, collective=False) for r in runs]),
-            format_counts([r.steps_to_reach(target) for r in runs]), f"{thesis[2]:,}" if thesis[2] else "-",
         ])  # fmt: skip
         longest = max(runs, key=lambda r: len(r.steps))
         panels["node average"][c.name] = (longest.steps, [r.val_average for r in runs])
@@ -320,10 +317,40 @@ def _report(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int]
                         *(["wire bytes/node/step", "wall time (s)"] if processes else []),
                         "ring all-reduce of N replicas (estimate)/node/step", "from inbox", "routing"],
                        rows))  # fmt: skip
-    print(f"\nsteps per node until validation accuracy first reached {target:g}% (thesis: 85% on CIFAR-10, test)")
-    print(format_table(["config", "node average", "collective", "thesis"], steps_rows))
+    _steps_table(store, at, chosen, seeds, target)
     png = root / at / (f"figure_table_2_3_{unsupervised}.png" if unsupervised else "figure_table_2_2.png")
     plot_panels(png, list(panels.items()), "steps per node", "validation accuracy (%)")
+
+
+def _steps_table(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int], thesis_target: float) -> None:
+    """Steps per node to the first sustained validation crossing (``benchmarks.protocol``) of the headline
+    targets (the highest node-average and collective accuracy the row without communication holds on every
+    seed), with paired speedups over that row, and of ``--target-accuracy`` (the thesis' 85%)."""
+    runs = {c.name: _runs(store, at + c.name, seeds) for c in chosen}
+    control = next((c.name for c in sorted(chosen, key=lambda c: -c.nodes) if c.content == "none" and c.nodes > 1),
+                   None)  # fmt: skip
+    curves = {"average": lambda r: r.val_average, "collective": lambda r: r.val_collective}
+    targets = {m: held_target([curve(r) for r in runs[control]]) for m, curve in curves.items()} if control else {}
+    rows = []
+    for c in chosen:
+        row = [c.name]
+        for measure, curve in curves.items():
+            if control is None:
+                row += ["-", "-"]
+                continue
+            passes = [crossing(r.steps, curve(r), targets[measure]) for r in runs[c.name]]
+            speedup = paired_ratio([crossing(r.steps, curve(r), targets[measure]) for r in runs[control]], passes)
+            row += [format_counts(passes), speedup.format(2, ratio=True) if speedup else "-"]
+        row += [format_counts([crossing(r.steps, curve(r), thesis_target) for r in runs[c.name]])
+                for curve in curves.values()]  # fmt: skip
+        rows.append([*row, f"{THESIS[c.name][2]:,}" if THESIS.get(c.name, (0, 0, 0))[2] else "-"])
+    heads = {m: f"{t:.2f}%" for m, t in targets.items()} or dict.fromkeys(curves, "-")
+    print(f"\nsteps per node to the first sustained validation crossing ({SUSTAIN} evaluations in a row) of the "
+          f"targets {control or 'no row without communication'} holds on every seed (node average "
+          f"{heads['average']}, collective {heads['collective']}), speedups paired by seed over it [95% t-interval]; "
+          f"and of {thesis_target:g}% (thesis: 85% on CIFAR-10, test)")  # fmt: skip
+    print(format_table(["config", "average", "speedup", "collective", "speedup", f"average to {thesis_target:g}%",
+                        f"collective to {thesis_target:g}%", "thesis"], rows))  # fmt: skip
 
 
 def oversubscribed() -> str:

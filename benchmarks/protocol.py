@@ -43,8 +43,9 @@ def crossing(steps: Sequence[int], values: Sequence[float], target: float, susta
 
 
 def held(values: Sequence[float], sustain: int = SUSTAIN) -> float:
-    """The highest level a curve holds for ``sustain`` consecutive evaluations (its crossing's definition)."""
-    return max(min(values[i : i + sustain]) for i in range(len(values)))
+    """The highest level a curve holds for ``sustain`` consecutive evaluations (its whole length, if shorter):
+    full windows only, so the last evaluation alone never sets it, and the curve crosses it."""
+    return max(min(values[i : i + sustain]) for i in range(max(1, len(values) - sustain + 1)))
 
 
 def held_target(curves: Sequence[Sequence[float]], sustain: int = SUSTAIN) -> float:

@@ -28,8 +28,8 @@ def test_help_shows_every_flags_default(name, capsys):
 
 @pytest.mark.parametrize(("module", "argv", "given", "filled"), [
     (language, ["--quick", "--steps", "7", "--reference-epochs", "3"], {"steps": 7, "reference_epochs": 3},
-     {"eval_every": 50, "seeds": 1}),
-    (network, ["--quick", "--eval-every", "5", "--seeds", "2"], {"eval_every": 5, "seeds": 2}, {"steps": 40}),
+     {"eval_every": 50, "seeds": [0]}),
+    (network, ["--quick", "--eval-every", "5", "--seeds", "2"], {"eval_every": 5, "seeds": [0, 1]}, {"steps": 40}),
     (teacher, ["--quick", "--teacher-max-epochs", "3", "--patience", "4"], {"teacher_max_epochs": 3, "patience": 4},
      {"max_epochs": 2, "teacher_hidden": (256, 256)}),
 ])  # fmt: skip

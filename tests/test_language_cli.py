@@ -26,7 +26,8 @@ def test_smoke_run_writes_table_json_tensorboard_and_png(cli, capsys):
     argv, out, logdir = cli
     assert run([*argv, "--seeds", "2", "--levels", "none,both"]) == 0
     printed = capsys.readouterr().out
-    assert "64.4" in printed and "71.4" in printed and "ref: raw view" in printed
+    assert "64.4" in printed and "71.4" in printed and "ref: probe on the raw view" in printed
+    assert "upper: probe on the full clean image" in printed and "upper: both agents' untrained features" in printed
     assert "invertible map of the image" in printed  # why the thesis' view cannot show talking help
     data = json.loads(out.read_text())
     assert data["benchmark"] == "language" and data["config"]["noise"] == 0.1
@@ -38,8 +39,13 @@ def test_smoke_run_writes_table_json_tensorboard_and_png(cli, capsys):
         assert entry["runs"]["1"]["device"] == str(resolve_device("auto"))  # recorded with every run
         weights = torch.load(out.parent / entry["runs"]["1"]["weights"], weights_only=True)
         assert weights["speaker_student.body.0.weight"].shape == (16, 64)  # one run's best speaker, tensors only
-    assert set(data["references"]) == {"raw_view", "untrained_hidden"} and set(data["references"]["raw_view"]) == {
-        "0", "1"}  # fmt: skip
+    assert set(data["references"]) == {"raw_view", "untrained_hidden", "full_image", "both_features"}
+    assert set(data["references"]["raw_view"]) == {"0", "1"}
+    paired = data["cells"]["both"]["summary"]["paired"]  # vs none and vs alone, mean and 95% interval
+    gaps = [data["cells"]["both"]["runs"][k]["test_accuracy"] - data["cells"]["none"]["runs"][k]["test_accuracy"]
+            for k in ("0", "1")]  # fmt: skip
+    assert set(paired) == {"none", "alone"} and paired["none"]["mean"] == pytest.approx(sum(gaps) / 2)
+    assert paired["none"]["n"] == 2 and paired["none"]["low"] <= paired["none"]["mean"] <= paired["none"]["high"]
     assert data["wall_time_s"] > 0
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -106,7 +112,8 @@ def test_agent_plugs_in_from_the_command_line(cli, agent):  # a test-only class,
 BAD_INPUTS = [
     (["--noise", "1.5"], "noise must be a probability"),
     (["--levels", "foo"], "unknown level(s) foo"),
-    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--seeds", "0"], "a count of seeds must be >= 1"),
+    (["--seeds", "3-1"], "expected a count (5), a range (100-104) or seeds (100,101)"),
     (["--reference-epochs", "0"], "--reference-epochs must be >= 1"),
     (["--agent", "nosuch:Thing"], "cannot import module 'nosuch'"),
     (["--agent", "json:NoSuchClass"], "has no class 'NoSuchClass'"),
@@ -260,19 +267,22 @@ def test_a_visible_sweep_of_occluded_views_has_every_level_reference_and_analysi
     assert run([*argv, "--seeds", "1", "--view", "occlude", "--sweep", "visible=0.25,0.5"]) == 0
     printed = capsys.readouterr().out
     data = json.loads(out.read_text())
-    levels = ["none", "receive", "feedback", "both", "decide"]  # decide is a default level of the new views
+    levels = ["none", "receive", "feedback", "both", "read", "decide"]  # read, decide: default levels of the new views
     assert set(data["cells"]) == {f"visible={v}/{lv}" for v in ("0.25", "0.5") for lv in levels}
-    references = {f"visible={v}/{r}" for v in ("0.25", "0.5") for r in ("raw_view", "untrained_hidden")}
+    references = {f"visible={v}/{r}" for v in ("0.25", "0.5") for r in bench.REFERENCES}
     assert set(data["references"]) == references
     run0 = data["cells"]["visible=0.5/decide"]["runs"]["0"]
     assert 0 <= run0["test_accuracy"] <= 100 and run0["analysis"]["joint_probe"] >= 0
-    keys = {"teacher_message_probe", "teacher_message_bits", "teacher_distinct", "teacher_topsim", "feature_probe",
+    keys = {"teacher_message_probe", "teacher_message_bits", "teacher_distinct", "teacher_topsim",
+            "teacher_topsim_view", "feature_probe",
             "joint_probe", "joint_probe_other_message", "intervention_drop", "message_gain", "agreement"}  # fmt: skip
     assert keys <= run0["analysis"].keys()
     assert data["cells"]["visible=0.25/none"]["summary"]["analysis"]["intervention_drop"]["n"] == 1
     assert data["config"]["view"] == "occlude"
     assert "Sweep over visible" in printed and "What the messages say" in printed
-    assert "ref: untrained speaker" in printed
+    assert "ref: untrained speaker" in printed and "vs read" in printed
+    decide = data["cells"]["visible=0.5/decide"]["summary"]["paired"]
+    assert set(decide) == {"none", "alone", "read", "both"}  # decide - read and decide - both beside vs none
     assert "invertible" not in printed
     assert (logdir / "language" / "sweep_visible.png").stat().st_size > 1000
 

@@ -14,7 +14,7 @@ from trainers.language import LEVELS, LanguageConfig, LanguageTrainer, mi_loss
 TINY = LanguageConfig(
     message_length=4, hidden=(16,), critic_hidden=16, batch_size=8, steps=6, eval_every=3, log_every=2
 )
-ALL_LEVELS = [(level, 0) for level in LEVELS]  # the thesis four and decide
+ALL_LEVELS = [(level, 0) for level in LEVELS]  # the thesis four, decide and read
 
 
 def speaker_grads(trainer: LanguageTrainer, loss: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -56,8 +56,9 @@ def test_feedback_gradient_reaches_the_teacher_only_through_the_students_loss(sp
 
 def test_communication_weights_match_the_thesis(splits):
     trainer = LanguageTrainer(TINY, splits, ALL_LEVELS)
-    assert trainer.ce_weight["student"].tolist() == pytest.approx([0.0, 0.01, 0.01, 0.005, 0.005])  # decide: as both
-    assert trainer.ce_weight["teacher"].tolist() == pytest.approx([0.0, 0.0, 0.0, 0.005, 0.005])
+    # decide: as both; read: as none
+    assert trainer.ce_weight["student"].tolist() == pytest.approx([0.0, 0.01, 0.01, 0.005, 0.005, 0.0])
+    assert trainer.ce_weight["teacher"].tolist() == pytest.approx([0.0, 0.0, 0.0, 0.005, 0.005, 0.0])
 
 
 def test_gumbel_messages_are_differentiable_in_training_and_one_hot_at_eval():
@@ -407,6 +408,28 @@ def test_decide_trains_as_both_and_its_probe_also_reads_the_received_message(spl
     scores, other = trainer._probe(features, silence), trainer._probe(features, said)
     assert torch.equal(scores[0], other[0]) and torch.equal(scores[2], other[2])
     assert not torch.equal(scores[1], other[1])
+
+
+def test_read_trains_exactly_as_none_and_its_probe_reads_the_received_message(splits):
+    runs = [("none", 0), ("read", 0), ("decide", 0)]
+    trainer = LanguageTrainer(TINY, splits, runs)
+    initial = trainer.message_probe.state_dict()
+    for _ in range(4):
+        trainer.train_step()
+    for population in (*trainer.speakers.values(), *trainer.critics.values()):  # read's agents are none's
+        for weights in population.params.values():
+            assert torch.equal(weights[0], weights[1])
+    first = trainer.speakers["student"].parameters()[0]
+    assert not torch.equal(first[1], first[2])  # decide's does not
+    for k, weights in trainer.message_probe.state_dict().items():
+        assert torch.equal(weights[0], initial[k][0]) and not torch.equal(weights[1], initial[k][1])
+    features, silence = torch.zeros(3, 5, 16), torch.zeros(3, 5, 4, 2)
+    said = torch.nn.functional.one_hot(torch.randint(2, (3, 5, 4)), 2).float()
+    scores, other = trainer._probe(features, silence), trainer._probe(features, said)
+    assert torch.equal(scores[0], other[0]) and not torch.equal(scores[1], other[1])
+    alone = LanguageTrainer(TINY, splits, [("none", 0)]).fit()[0]
+    beside = LanguageTrainer(TINY, splits, [("none", 0), ("read", 0)]).fit()[0]
+    assert dataclasses.asdict(alone) == dataclasses.asdict(beside)  # a read run beside none leaves it unchanged
 
 
 def test_the_thesis_levels_train_alike_with_or_without_decide_beside_them(splits):

@@ -38,7 +38,7 @@ def test_store_keeps_runs_weights_and_refuses_another_config(tmp_path):
     with Store(path, "language", {"noise": 0.1, "hidden": (4, 4)}) as store:
         store.add("none", 0, {"test_accuracy": 50.0}, {"w": torch.ones(2)})
         store.add("none", 1, {"test_accuracy": 60.0})
-        store.summarise(["none"], 2, ["test_accuracy"])
+        store.summarise(["none"], [0, 1], ["test_accuracy"])
     data = json.loads(path.read_text())
     assert data["schema"] == 2 and data["cells"]["none"]["summary"]["test_accuracy"] == {
         "mean": 55.0, "std": pytest.approx(7.0710678), "n": 2}  # fmt: skip

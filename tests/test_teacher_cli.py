@@ -2,9 +2,12 @@ import json
 import os
 
 import pytest
+import torch
 
 import trainers.teacher as teacher_module
 from benchmarks import teacher as bench
+from benchmarks.protocol import held_target
+from envs.data import load_splits
 from tests.conftest import exit_code
 
 SMALL = ["--batch-size", "4", "--teacher-batch-size", "10", "--teacher-patience", "1", "--max-epochs", "3",
@@ -34,9 +37,11 @@ def test_smoke_run_writes_table_json_tensorboard_and_figure(cli, capsys):
     assert data["benchmark"] == "teacher" and set(data["cells"]) == {
         "baseline", "stack2-cross_entropy-soft", "stack2-cross_entropy-true"}  # fmt: skip
     entry = data["cells"]["stack2-cross_entropy-soft"]
-    assert len(entry["test_accuracy"]) == 2 and entry["thesis"] == {"accuracy": 96.9, "backward_passes": 25_000}
-    for key in ("backward_passes", "forward_passes", "teacher_forward_passes", "backward_passes_to_best"):
-        assert len(entry[key]) == 2
+    assert len(entry["runs"]) == 2 and entry["thesis"] == {"accuracy": 96.9, "backward_passes": 25_000}
+    for key in ("backward_passes", "compute", "backward_passes_thesis_target", "compute_thesis_target"):
+        assert set(entry[key]) == {"0", "1"}
+    base = data["cells"]["baseline"]
+    assert all(base["backward_passes"][k] is not None for k in ("0", "1"))  # it holds its own target by construction
     run0 = entry["runs"]["0"]
     assert run0["counters"]["student_forward_passes"] == 3 * run0["stopped_step"]  # stack of 2 + training pass
     assert run0["counters"]["teacher_forward_passes"] == 2 * run0["stopped_step"]
@@ -66,10 +71,14 @@ BAD_INPUTS = [
     (["--stack-sizes", "0"], "--stack-sizes must be >= 1"),
     (["--measures", "kl"], "unknown measure(s) kl"),
     (["--targets", "labels"], "unknown target(s) labels"),
-    (["--batch-size", "1000"], "does not fit in the 100 training images"),
-    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--batch-size", "1000"], "does not fit in the 90 training images"),  # 100, less the holdout's tenth
+    (["--seeds", "0"], "a count of seeds must be >= 1"),
     (["--temperature", "0"], "temperature must be > 0"),
-    (["--fine-eval-until", "-1"], "--fine-eval-until must be >= 0"),
+    (["--eval-every", "0"], "--eval-every must be >= 1, got 0"),
+    (["--holdout", "100"], "--holdout: a holdout of 100 images must leave training images"),
+    (["--seeds", "2", "--tuning-seeds", "0,1"], "--tuning-seeds 0,1 must be some, not all, of --seeds 0,1"),
+    (["--seeds", "2", "--tuning-seeds", "5"], "must be some, not all, of --seeds"),
+    (["--lr-schedule", "step"], "unknown learning-rate schedule(s) step"),
     (["--target-accuracy", "150"], "percentage in (0, 100]"),
     (["--pressures", "0.5"], "--pressures must be >= 1 (or inf)"),
     (["--pressures", "ten"], "--pressures must be comma-separated numbers"),
@@ -93,7 +102,8 @@ def test_quick_teacher_benchmark_on_real_mnist(tmp_path, capsys):
     argv = ["--quick", "--out", str(out), "--logdir", str(tmp_path / "runs"), "--teacher-cache", str(tmp_path / "t")]
     assert run(argv) == 0
     data = json.loads(out.read_text())
-    assert set(data["cells"]) == {c.name for c in [*bench.THESIS, *bench.BEYOND]} and len(data["cells"]) == 16
+    assert set(data["cells"]) == {c.name for c in [*bench.THESIS, *bench.BEYOND]} | {"baseline-cosine"}
+    assert len(data["cells"]) == 17
     assert all(e["test_accuracy"][0] > 85 for e in data["cells"].values())  # two epochs of a 784-32-32-10 MLP
     assert "Table 3.1" in capsys.readouterr().out
 
@@ -128,7 +138,7 @@ def test_a_killed_benchmark_keeps_the_students_that_had_finished(cli, monkeypatc
 def test_learned_policies_are_compared_with_the_heuristic_and_random(cli, capsys):
     argv, out, _ = cli
     policies = ["--policies", "reinforce,ppo", "--policy-episodes", "1", "--policy-steps", "10",
-                "--policy-stack-size", "2", "--seeds", "1"]  # fmt: skip
+                "--policy-stack-size", "2", "--policy-reward-samples", "10", "--seeds", "1"]  # fmt: skip
     assert run([*argv, *policies]) == 0
     data = json.loads(out.read_text())
     assert set(data["cells"]) == {"baseline", "stack2-cross_entropy-true", "stack2-random-true",
@@ -148,13 +158,21 @@ def test_the_policy_seed_and_reward_reach_the_learned_teachers_training(cli, mon
 
     def record(splits, logits, config, seed, progress=None):
         seen.append((seed, config.reward, config.horizon))
+        reward_images.append(splits.val.images)
         return lambda observed: observed[..., -3]  # scores by cross-entropy
 
+    reward_images = []
+
     monkeypatch.setattr(bench, "train_reinforce", record)
-    flags = ["--policies", "reinforce", "--policy-stack-size", "2", "--seeds", "1", "--policy-seed", "3"]
+    flags = ["--policies", "reinforce", "--policy-stack-size", "2", "--seeds", "1", "--policy-seed", "3",
+             "--policy-reward-samples", "10"]  # fmt: skip
     assert run([*argv, *flags, "--policy-reward", "drop", "--policy-horizon", "4"]) == 0
     assert seen == [(3, "drop", 4)] and json.loads(out.read_text())["config"]["policy_seed"] == 3
+    # the reward reads the holdout carved from the training split (its last tenth), not the validation images
+    train = load_splits("mnist", argv[1], download=False).train
+    assert torch.equal(reward_images[0], train.images[90:])
     assert run([*argv, *flags, "--policy-reward", "accuracy"]) == 2
+    assert run([*argv, *flags, "--holdout", "5", "--policy-reward-samples", "8"]) == 2
 
 
 def test_a_sweep_trains_each_value_with_its_own_cells_and_figure(cli, capsys):
@@ -167,8 +185,8 @@ def test_a_sweep_trains_each_value_with_its_own_cells_and_figure(cli, capsys):
     data = json.loads(out.read_text())
     assert set(data["cells"]) == {f"lr={v}/{c}" for v in ("0.001", "0.01") for c in ("baseline", "stack2-random-true")}
     assert data["config"]["sweep"] == "lr" and "lr" not in data["config"] and data["config"]["teacher_hidden"] == [16]
-    assert data["cells"]["lr=0.01/baseline"]["target_accuracy"] == data["cells"]["lr=0.01/baseline"][
-        "baseline_accuracy"]  # fmt: skip
+    base = data["cells"]["lr=0.01/baseline"]
+    assert base["target_accuracy"] == held_target([r["val_accuracy"] for r in base["runs"].values()])
     assert (logdir / "teacher" / "sweep_lr.png").stat().st_size > 1000
     assert (logdir / "teacher" / "lr=0.01" / "figure_3_1.png").exists()
     assert list((logdir / "teacher" / "lr=0.001" / "baseline" / "seed0").glob("events.out.tfevents.*"))
@@ -188,11 +206,11 @@ def test_sampled_rules_are_crossed_with_pressures_schedules_and_floors_and_one_i
     marked = [line.split()[0] for line in printed.splitlines() if line.startswith("stack") and " * " in line]
     assert len(marked) == 2 and {m.split("-")[1] for m in marked} == {"cross_entropy", "reducible_holdout"}
     entry = data["cells"]["stack3-reducible_holdout-true-rank10-anneal30"]
-    assert len(entry["val_backward_passes"]) == 1 and len(entry["backward_passes_thesis_target"]) == 1
+    assert len(entry["backward_passes_tuning"]) == 1 and len(entry["backward_passes_thesis_target"]) == 1
     run0 = entry["runs"]["0"]
     assert run0["counters"]["teacher_forward_passes"] == 0  # the irreducible losses are looked up, not the teacher
     assert run0["counters"]["student_forward_passes"] == 4 * run0["stopped_step"]
     assert list((out.parent / "teachers").glob("irreducible-*-seed0.pt"))
     assert list((out.parent / "teachers").glob("teacher-*-seed0.json"))  # the teacher's training cost
-    assert "one-off: training the teacher cost" in printed
+    assert "one-off: the teacher's training" in printed
     assert (out.parent / "runs" / "teacher" / "speedup_vs_pressure.png").stat().st_size > 1000

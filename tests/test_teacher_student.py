@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import trainers.teacher as teacher_module
+from benchmarks.protocol import crossing
 from envs.teacher_student import (
     MEASURES,
     TARGETS,
@@ -19,8 +20,15 @@ from envs.teacher_student import (
 )
 from tests.conftest import killed_and_resumed
 from trainers.base import CheckpointError
-from trainers.teacher import TeacherConfig, load_or_train_teachers, predict
-from trainers.teacher_student import Selection, StudentConfig, StudentTrainer, per_step_counters
+from trainers.teacher import TeacherConfig, carve_holdout, load_or_train_teachers, predict
+from trainers.teacher_student import (
+    Selection,
+    StudentConfig,
+    StudentTrainer,
+    lr_factor,
+    per_step_counters,
+    selection_of,
+)
 
 G = torch.Generator().manual_seed(0)
 
@@ -137,12 +145,42 @@ def test_early_stopping_and_steps_to_reach(splits):
     r = results[0]
     assert r.stopped_step <= 4 * 25 and r.best_step <= r.stopped_step
     assert r.stopped_step - r.best_step >= 2 * 25 or r.stopped_step == 100
-    from benchmarks.teacher import _reach
+    assert r.steps == list(range(10, r.stopped_step + 1, 10))  # one uniform grid: every eval_every passes
+    assert crossing(r.steps, r.val_accuracy, -1.0) == r.steps[0] and crossing(r.steps, r.val_accuracy, 101.0) is None
 
-    run = dataclasses.asdict(r)
-    assert _reach(run, -1.0) == r.steps[0] and _reach(run, 101.0) is None
-    best = max(r.val_accuracy)
-    assert _reach(run, best, "val_accuracy") == r.steps[r.val_accuracy.index(best)]
+
+def test_a_decayed_learning_rate_steps_as_adam_at_the_scaled_rate(splits):
+    runs = [(Selection(), 0), (Selection(lr_schedule="cosine"), 0), (Selection(lr_schedule="linear"), 0)]
+    trainer = StudentTrainer(CONFIG, splits, runs)
+    alone = StudentTrainer(CONFIG, splits, runs[:1])
+    assert lr_factor("cosine", 0.0) == lr_factor("linear", 0.0) == 1.0 and lr_factor("linear", 1.0) == 0
+    assert lr_factor("cosine", 0.5) == pytest.approx(0.5) and lr_factor("constant", 0.7) == 1.0
+    for _ in range(30):
+        trainer.train_step()
+        alone.train_step()
+    for got, want in zip(trainer.students.parameters(), alone.students.parameters(), strict=True):
+        assert torch.equal(got[0], want[0])  # the constant run steps exactly as alone
+    # a reference Adam whose learning rate follows the cosine schedule, on the same minibatches
+    reference = StudentTrainer(CONFIG, splits, runs[1:2])
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        reference.optimizer, lambda step: lr_factor("cosine", step / reference.total_steps()))
+    reference._step_optimizer = lambda: (reference.optimizer.step(), schedule.step())
+    reference.decayed = []
+    for _ in range(30):
+        reference.train_step()
+    for got, want in zip(trainer.students.parameters(), reference.students.parameters(), strict=True):
+        torch.testing.assert_close(got[1], want[0], rtol=1e-5, atol=1e-6)
+    assert selection_of("baseline-cosine") == Selection(lr_schedule="cosine")
+    assert selection_of(Selection(5, "cross_entropy", "true", lr_schedule="linear").name).lr_schedule == "linear"
+
+
+def test_the_holdout_is_carved_from_the_training_split_and_leaves_the_pool(splits):
+    pool, holdout = carve_holdout(splits, 10)
+    n = len(splits.train.images)
+    assert len(pool.train.images) == n - 10 and torch.equal(holdout.images, splits.train.images[n - 10 :])
+    assert pool.val is splits.val and pool.test is splits.test
+    with pytest.raises(ValueError, match="must leave training images"):
+        carve_holdout(splits, n)
 
 
 def test_teachers_are_cached_and_loaded_weights_only(splits, tmp_path, monkeypatch):

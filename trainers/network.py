@@ -130,10 +130,6 @@ class NetworkResult:
     best_step: int = 0  # unsupervised: the stage whose probes were best on validation
     hook_bytes_per_step: float = 0.0  # DDP baseline: what its communication hook handed to all-reduce per step
 
-    def steps_to_reach(self, accuracy: float, collective: bool = True) -> int | None:
-        curve = self.val_collective if collective else self.val_average
-        return next((s for s, a in zip(self.steps, curve, strict=True) if a >= accuracy), None)
-
 
 class NetworkTrainer(Trainer):
     """Every seed's network of ``config.nodes`` nodes, trained as one stacked model; one run per seed.
@@ -282,14 +278,21 @@ class NetworkTrainer(Trainer):
         """Per seed: (node-average accuracy, collective-decision accuracy, per-node accuracies), in %, over all
         nodes: each process's share summed by ``group`` (one reduction of the decision's sums)."""
         seeds, nodes = len(self.seeds), self.config.nodes
+        sums = self.collective_sums(probs)
         probs = probs.view(seeds, len(self.owned), *probs.shape[1:])
         correct = torch.zeros(seeds, nodes, dtype=torch.float64)
         correct[:, self.owned.start : self.owned.stop] = (probs.argmax(-1) == labels).double().mean(-1).cpu()
         correct = self.group.sum(correct)
-        sums = self.group.sum(torch.stack([decision_sums(p) for p in probs]))
         collective = [(decide(s, nodes).argmax(-1) == labels).double().mean().item() for s in sums]
         return [(100.0 * correct[r].mean().item(), 100.0 * collective[r], (100.0 * correct[r]).tolist())
                 for r in range(seeds)]  # fmt: skip
+
+    def collective_sums(self, probs: torch.Tensor) -> torch.Tensor:
+        """Per seed, the collective decision's entropy-weighted sums over all nodes (``decision_sums``), from the
+        predictive distributions of the nodes here ``[nodes here, n, classes]``: one reduction across processes,
+        so they agree with one process's to float rounding (summed in another order), not bit for bit."""
+        probs = probs.view(len(self.seeds), len(self.owned), *probs.shape[1:])
+        return self.group.sum(torch.stack([decision_sums(p) for p in probs]))
 
     def evaluate(self, split: Split) -> dict[str, torch.Tensor]:
         """Classifiers: node-average and collective accuracy (%) per seed on ``split``."""

@@ -44,19 +44,33 @@ class TeacherConfig:
         """The teacher is trained as a student with dropout on true labels, evaluated once an epoch."""
         return StudentConfig(hidden=self.hidden, batch_size=self.batch_size, lr=self.lr, patience=self.patience,
                              max_epochs=self.max_epochs, eval_every=max(1, n_train // self.batch_size),
-                             fine_eval_until=0, dropout=self.dropout)  # fmt: skip
+                             dropout=self.dropout)  # fmt: skip
 
 
 QUICK_TEACHER = TeacherConfig(hidden=(256, 256), max_epochs=1, patience=1)  # seconds to train: smoke runs, env defaults
 
 
-IRREDUCIBLE = TeacherConfig(hidden=(256, 256))  # RHO-LOSS's small model, trained on half the validation split
+IRREDUCIBLE = TeacherConfig(hidden=(256, 256))  # RHO-LOSS's small model, trained on a holdout of the training split
 
 
-def cache_path(cache_dir: Path, config: TeacherConfig, pixels: int, seed: int, kind: str = "teacher") -> Path:
-    """One file per kind of model, configuration (and input size), training version and seed."""
-    key = hashlib.sha1(repr((asdict(config), pixels, VERSION, *([kind] if kind != "teacher" else []))).encode())
+def cache_path(cache_dir: Path, config: TeacherConfig, shape: Sequence[int], seed: int, kind: str = "teacher") -> Path:
+    """One file per kind of model, configuration, training images (``shape``: their count and size), training
+    version and seed."""
+    key = hashlib.sha1(repr((asdict(config), tuple(shape), VERSION, kind)).encode())
     return cache_dir / f"{kind}-{key.hexdigest()[:10]}-seed{seed}.pt"
+
+
+def carve_holdout(splits: Splits, size: int) -> tuple[Splits, Split]:
+    """The last ``size`` training images as a holdout of their own (the irreducible-loss model's data, a
+    learned teacher's reward), and the splits whose training pool is the rest: every row of a table trains
+    on that pool, so none of them sees the holdout and the students' validation split stays untouched."""
+    if not 0 <= size < len(splits.train.images):
+        raise ValueError(f"a holdout of {size} images must leave training images (the split has "
+                         f"{len(splits.train.images)})")  # fmt: skip
+    keep = len(splits.train.images) - size
+    train = splits.train
+    pool = Split(train.images[:keep], train.labels[:keep])
+    return replace(splits, train=pool), Split(train.images[keep:], train.labels[keep:])
 
 
 def forward_cost(pixels: int, hidden: Sequence[int], classes: int = 10) -> int:
@@ -88,7 +102,7 @@ def load_or_train_teachers(
     (``StudentTrainer``), resumable from a checkpoint in ``cache_dir``. ``kind`` names other models
     trained the same way (the irreducible-loss model)."""
     pixels = splits.train.images.shape[1]
-    paths = {seed: cache_path(cache_dir, config, pixels, seed, kind) for seed in seeds}
+    paths = {seed: cache_path(cache_dir, config, splits.train.images.shape, seed, kind) for seed in seeds}
     missing = [s for s in seeds if retrain or not paths[s].exists()]
     fix = "delete it (or pass --retrain-teacher) to train it again"
     states = {s: load_checked(paths[s], "teacher cache file", fix) for s in seeds if s not in missing}
@@ -121,24 +135,36 @@ def predict(model: torch.nn.Module, images: torch.Tensor, chunk: int = 5000) -> 
     return torch.cat([model(x) for x in images.split(chunk)])
 
 
+def _irreducible_model(holdout: Split, test: Split) -> tuple[TeacherConfig, Splits]:
+    """The irreducible-loss model's config and data: trained on the first half of ``holdout``, stopped early on
+    its second half."""
+    half = len(holdout.images) // 2
+    if half < 1:
+        raise ValueError("the irreducible-loss model needs a holdout of at least 2 images (--holdout)")
+    held = Splits(Split(holdout.images[:half], holdout.labels[:half]),
+                  Split(holdout.images[half:], holdout.labels[half:]), test)  # fmt: skip
+    return replace(IRREDUCIBLE, batch_size=min(IRREDUCIBLE.batch_size, half)), held  # a tiny split trains at all
+
+
 def irreducible_losses(
     splits: Splits,
+    holdout: Split,
     seeds: Sequence[int],
     cache_dir: Path,
     retrain: bool = False,
     events: Events | None = None,
     device: torch.device | str = "cpu",
 ) -> dict[int, torch.Tensor]:
-    """RHO-LOSS's irreducible losses: a small model (``IRREDUCIBLE``) trained on the first half of the
-    validation split, stopped early on the second half, then its cross-entropy on every training image's
-    true label, ``{seed: [n_train]}``. It never sees the training split; the students' validation split
-    contains its training half, so a student's best-validation step is chosen partly on data the rule
-    has seen through this model."""
-    half = len(splits.val.images) // 2
-    val = splits.val
-    holdout = Splits(Split(val.images[:half], val.labels[:half]), Split(val.images[half:], val.labels[half:]),
-                     splits.test)  # fmt: skip
-    config = replace(IRREDUCIBLE, batch_size=min(IRREDUCIBLE.batch_size, half))  # a tiny split trains at all
-    models = load_or_train_teachers(holdout, seeds, config, cache_dir, retrain, events, device, "irreducible")
+    """RHO-LOSS's irreducible losses: a small model (``IRREDUCIBLE``) trained on the first half of ``holdout``
+    (``carve_holdout``), stopped early on its second half, then its cross-entropy on every training image's
+    true label, ``{seed: [n_train]}``. It sees neither the students' training pool nor their validation split."""
+    config, held = _irreducible_model(holdout, splits.test)
+    models = load_or_train_teachers(held, seeds, config, cache_dir, retrain, events, device, "irreducible")
     train = splits.train
     return {k: F.cross_entropy(predict(m, train.images), train.labels, reduction="none") for k, m in models.items()}
+
+
+def irreducible_training_cost(cache_dir: Path, holdout: Split, seed: int) -> tuple[TeacherConfig, dict | None]:
+    """The irreducible-loss model's config and what training it cost (``training_cost``)."""
+    config, held = _irreducible_model(holdout, holdout)
+    return config, training_cost(cache_path(cache_dir, config, held.train.images.shape, seed, "irreducible"))

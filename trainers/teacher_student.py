@@ -41,8 +41,11 @@ class Selection:
     pressure: float = math.inf
     anneal: int = 0
     floor: float = 0.0
+    lr_schedule: str = "constant"
 
     def __post_init__(self) -> None:
+        if self.lr_schedule not in SCHEDULES:
+            raise ValueError(f"unknown learning-rate schedule {self.lr_schedule!r}; choose from {', '.join(SCHEDULES)}")
         if self.stack_size < 1:
             raise ValueError(f"stack size must be >= 1, got {self.stack_size}")
         if self.target not in TARGETS:
@@ -56,31 +59,44 @@ class Selection:
     @property
     def name(self) -> str:
         """``baseline``, or ``stack<S>-<measure>-<target>`` with ``-rank<pressure>``, ``-anneal<passes>`` and
-        ``-floor<floor>`` for sampled selection (``selection_of`` reads it back)."""
-        if self == Selection():
-            return "baseline"
+        ``-floor<floor>`` for sampled selection; ``-cosine`` or ``-linear`` for a decayed learning rate
+        (``selection_of`` reads it back)."""
+        schedule = "" if self.lr_schedule == "constant" else f"-{self.lr_schedule}"
+        if dataclasses.replace(self, lr_schedule="constant") == Selection():
+            return "baseline" + schedule
         sampled = "" if math.isinf(self.pressure) else f"-rank{self.pressure:g}"
         sampled += (f"-anneal{self.anneal}" if self.anneal else "") + (f"-floor{self.floor:g}" if self.floor else "")
-        return f"stack{self.stack_size}-{self.measure}-{self.target}{sampled}"
+        return f"stack{self.stack_size}-{self.measure}-{self.target}{sampled}{schedule}"
 
     @property
     def uses_teacher(self) -> bool:
         return MEASURES[self.measure].reads_teacher or self.target == "soft"
 
 
-NAME = re.compile(r"stack(\d+)-(.+)-(soft|true)(?:-rank([\d.e+]+))?(?:-anneal(\d+))?(?:-floor([\d.e-]+))?")
+SCHEDULES = ("constant", "cosine", "linear")  # the student's learning rate: constant, or decayed to 0 over the budget
+NAME = re.compile(r"stack(\d+)-(.+)-(soft|true)(?:-rank([\d.e+]+))?(?:-anneal(\d+))?(?:-floor([\d.e-]+))?"
+                  r"(?:-(cosine|linear))?")  # fmt: skip
 
 
 def selection_of(name: str) -> Selection:
-    """The selection a cell name stands for (``baseline``, ``stack5-cross_entropy-soft-rank100``...)."""
-    if name == "baseline":
-        return Selection()
+    """The selection a cell name stands for (``baseline``, ``baseline-cosine``, ``stack5-cross_entropy-soft-rank100``
+    ...)."""
+    base, _, schedule = name.partition("-")
+    if base == "baseline" and (schedule in SCHEDULES[1:] or not schedule):
+        return Selection(lr_schedule=schedule or "constant")
     match = NAME.fullmatch(name)
     if match is None:
         raise ValueError(f"{name!r} names no selection")
-    size, measure, target, pressure, anneal, floor = match.groups()
+    size, measure, target, pressure, anneal, floor, schedule = match.groups()
     return Selection(int(size), measure, target, float(pressure) if pressure else math.inf, int(anneal or 0),
-                     float(floor or 0))  # fmt: skip
+                     float(floor or 0), schedule or "constant")  # fmt: skip
+
+
+def lr_factor(schedule: str, progress: float) -> float:
+    """The learning rate's multiplier at ``progress`` (0 to 1) of the step budget: 1, a cosine or a line to 0."""
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return max(0.0, 1 - progress) if schedule == "linear" else 1.0
 
 
 @dataclass(frozen=True)
@@ -91,19 +107,16 @@ class StudentConfig:
     temperature: float = option(1.0, "temperature of the teacher's soft labels")
     patience: int = option(20, "epochs (of backward passes) without validation gain before a run stops")
     max_epochs: int = option(100, "epochs (of backward passes) at most")
-    eval_every: int = option(250, "backward passes between evaluations")
-    fine_eval_every: int = option(50, "backward passes between evaluations until --fine-eval-until (resolves "
-                                  "the first crossing of a target early in training)")
-    fine_eval_until: int = option(10_000, "backward passes evaluated every --fine-eval-every (0: never)")
+    eval_every: int = option(100, "backward passes between evaluations: one uniform grid for every run, on which "
+                             "targets are crossed")  # fmt: skip
     dropout: float = option(0.0, "dropout after each hidden layer (the teacher's 0.5; the student has none)")
 
     def __post_init__(self) -> None:
-        if min(self.batch_size, self.patience, self.max_epochs, self.eval_every, self.fine_eval_every) < 1:
-            raise ValueError("batch size, patience, max epochs and eval intervals must be >= 1")
+        for name in ("batch_size", "patience", "max_epochs", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.fine_eval_until < 0:
-            raise ValueError(f"--fine-eval-until must be >= 0, got {self.fine_eval_until}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -116,7 +129,6 @@ class StudentResult:
     stopped_step: int
     steps: list[int] = field(default_factory=list)
     val_accuracy: list[float] = field(default_factory=list)
-    test_accuracy_curve: list[float] = field(default_factory=list)
     counters_at_best: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
 
@@ -163,7 +175,7 @@ class StudentTrainer(Trainer):
         self._args = (config, splits, runs, teacher_logits, irreducible)
         self.device = torch.device(device)
         self.config, self.splits, self.runs = config, splits.to(device), list(runs)
-        self.log_every = config.eval_every
+        self.eval_every = self.log_every = config.eval_every
         self.epoch = n // config.batch_size
         pixels = splits.train.images.shape[1]
         models = []
@@ -204,6 +216,7 @@ class StudentTrainer(Trainer):
         self.stack = max(sel.stack_size for sel, _ in runs) * batch
         self.valid = torch.stack([torch.arange(self.stack, device=dev) < sel.stack_size * batch for sel, _ in runs])
         self.soft = torch.tensor([sel.target == "soft" for sel, _ in runs], device=dev).view(-1, 1, 1)
+        self.decayed = [(r, sel.lr_schedule) for r, (sel, _) in enumerate(runs) if sel.lr_schedule != "constant"]
         # the student predicts on its stack only where the measure reads it, grouped by stack size
         reads = [r for r, (sel, _) in enumerate(runs) if MEASURES[sel.measure].reads_student]
         self.prediction_groups = [
@@ -237,12 +250,6 @@ class StudentTrainer(Trainer):
             rows.append(torch.cat([take, take[:1].expand(self.stack - len(take))]))
         return torch.stack(rows).to(self.device)
 
-    @property
-    def eval_every(self) -> int:
-        """Backward passes between evaluations: fine early, where targets are first crossed."""
-        fine = self.step < self.config.fine_eval_until
-        return self.config.fine_eval_every if fine else self.config.eval_every
-
     def _choose(self, stack: Stack) -> torch.Tensor:
         """Each run's rule picks ``batch_size`` samples of its stack (``stack`` has a leading run dim)."""
         chosen = []
@@ -272,32 +279,57 @@ class StudentTrainer(Trainer):
         loss = target_loss(self.students(train.images[picked]), targets).mean(-1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()
-        self.optimizer.step()
+        self._step_optimizer()
         self.step += 1
         return {"train/loss": loss.detach()}
+
+    def _step_optimizer(self) -> None:
+        """Adam's step; runs with a decayed learning rate take the same step scaled by their schedule's factor
+        (Adam's update is proportional to its learning rate and its moments do not depend on it), so runs at
+        a constant rate step exactly as they would alone."""
+        if not self.decayed:
+            self.optimizer.step()
+            return
+        rows = torch.tensor([r for r, _ in self.decayed], device=self.device)
+        factor = torch.tensor([lr_factor(s, self.step / self.total_steps()) for _, s in self.decayed],
+                              device=self.device)  # fmt: skip
+        before = [p.detach()[rows].clone() for p in self.students.parameters()]
+        self.optimizer.step()
+        with torch.no_grad():
+            for p, old in zip(self.students.parameters(), before, strict=True):
+                shape = (-1,) + (1,) * (p.dim() - 1)
+                p[rows] = old + factor.view(shape) * (p[rows] - old)
 
     def total_steps(self) -> int:
         return self.config.max_epochs * self.epoch
 
-    def evaluate(self, split: Split) -> dict[str, torch.Tensor]:
-        """Accuracy (%) of every student still training on ``split``."""
-        accuracies = accuracy(self.students.eval().shared, split)
+    def evaluate(self, split: Split, rows: list[int] | None = None) -> dict[str, torch.Tensor]:
+        """Accuracy (%) on ``split`` of every student still training, or of those at positions ``rows``."""
+        students = self.students.eval()
+        if rows is None:
+            accuracies = accuracy(students.shared, split)
+        else:
+            picked = torch.tensor(rows, device=self.device)
+            accuracies = accuracy(lambda x: students.rows(picked, x.expand(len(rows), *x.shape)), split)
         self.students.train()
         return {"accuracy": accuracies}
 
     def evaluation(self) -> dict[str, torch.Tensor]:
-        """Validation and test accuracy; a run's weights are kept at its best validation."""
-        val, test = self.evaluate(self.splits.val)["accuracy"], self.evaluate(self.splits.test)["accuracy"]
+        """Validation accuracy of every run, and test accuracy of the runs at a new best validation (the only
+        test accuracy a run reports); a run's weights are kept at its best validation."""
+        val = self.evaluate(self.splits.val)["accuracy"].tolist()
+        improved = [i for i, r in enumerate(self._alive) if val[i] > self.history[r].best_val_accuracy]
+        test = self.evaluate(self.splits.test, improved)["accuracy"].tolist() if improved else []
         for i, r in enumerate(self._alive):
             res = self.history[r]
             res.steps.append(self.step)
-            res.val_accuracy.append(val[i].item())
-            res.test_accuracy_curve.append(test[i].item())
+            res.val_accuracy.append(val[i])
             res.stopped_step = self.step
-            if res.val_accuracy[-1] > res.best_val_accuracy:
-                res.best_val_accuracy, res.test_accuracy, res.best_step = val[i].item(), test[i].item(), self.step
-                self.best[r] = self.students.member(i)
-        return {"val/accuracy": val, "test/accuracy": test}
+        for i, accuracy_ in zip(improved, test, strict=True):
+            res = self.history[self._alive[i]]
+            res.best_val_accuracy, res.test_accuracy, res.best_step = val[i], accuracy_, self.step
+            self.best[self._alive[i]] = self.students.member(i)
+        return {"val/accuracy": torch.tensor(val)}
 
     def stopping(self) -> list[int]:
         """Runs without validation gain for ``patience`` epochs."""
