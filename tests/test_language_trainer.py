@@ -389,52 +389,34 @@ def test_reinforce_training_is_seeded_and_resumes_with_its_baseline(splits, tmp_
     assert results == whole and resumed.reinforce["student"].updates == REINFORCE.steps
 
 
-def test_decide_trains_as_both_and_its_probe_also_reads_the_received_message(splits):
-    runs = [("both", 0), ("decide", 0), ("none", 0)]
-    trainer = LanguageTrainer(TINY, splits, runs)
+@pytest.mark.parametrize(("level", "twin", "other"), [("decide", "both", "none"), ("read", "none", "both")])
+def test_a_level_that_reads_trains_as_its_twin_and_its_probe_also_reads_the_received_message(splits, level, twin,
+                                                                                            other):  # fmt: skip
+    """decide trains as both and read (its control) as none; each one's probe also reads the hard message."""
+    trainer = LanguageTrainer(TINY, splits, [(twin, 0), (level, 0), (other, 0)])
     initial = trainer.message_probe.state_dict()
     for _ in range(3):
         trainer.train_step()
-    for a in AGENTS:  # the probe's loss never reaches a speaker: decide's speakers are both's
-        for weights in trainer.speakers[a].params.values():
-            assert torch.equal(weights[0], weights[1])
-    message_probe = trainer.message_probe.state_dict()
-    for k, weights in message_probe.items():
-        assert torch.equal(weights[0], initial[k][0]) and torch.equal(weights[2], initial[k][2])  # unread
-        assert not torch.equal(weights[1], initial[k][1])  # decide's probe learns from the message
-    features = torch.zeros(3, 5, 16)
-    silence = torch.zeros(3, 5, 4, 2)
-    said = torch.nn.functional.one_hot(torch.randint(2, (3, 5, 4)), 2).float()
-    scores, other = trainer._probe(features, silence), trainer._probe(features, said)
-    assert torch.equal(scores[0], other[0]) and torch.equal(scores[2], other[2])
-    assert not torch.equal(scores[1], other[1])
-
-
-def test_read_trains_exactly_as_none_and_its_probe_reads_the_received_message(splits):
-    runs = [("none", 0), ("read", 0), ("decide", 0)]
-    trainer = LanguageTrainer(TINY, splits, runs)
-    initial = trainer.message_probe.state_dict()
-    for _ in range(4):
-        trainer.train_step()
-    for population in (*trainer.speakers.values(), *trainer.critics.values()):  # read's agents are none's
+    for population in (*trainer.speakers.values(), *trainer.critics.values()):  # the probe's loss reaches no agent
         for weights in population.params.values():
             assert torch.equal(weights[0], weights[1])
     first = trainer.speakers["student"].parameters()[0]
-    assert not torch.equal(first[1], first[2])  # decide's does not
+    assert not torch.equal(first[1], first[2])  # the other level trains otherwise
     for k, weights in trainer.message_probe.state_dict().items():
-        assert torch.equal(weights[0], initial[k][0]) and not torch.equal(weights[1], initial[k][1])
-    features, silence = torch.zeros(3, 5, 16), torch.zeros(3, 5, 4, 2)
+        assert torch.equal(weights[0], initial[k][0]) and torch.equal(weights[2], initial[k][2])  # unread
+        assert not torch.equal(weights[1], initial[k][1])  # this level's probe learns from the message
+    features = torch.zeros(3, 5, 16)
+    silence = torch.zeros(3, 5, 4, 2)
     said = torch.nn.functional.one_hot(torch.randint(2, (3, 5, 4)), 2).float()
-    scores, other = trainer._probe(features, silence), trainer._probe(features, said)
-    assert torch.equal(scores[0], other[0]) and not torch.equal(scores[1], other[1])
-    alone = LanguageTrainer(TINY, splits, [("none", 0)]).fit()[0]
-    beside = LanguageTrainer(TINY, splits, [("none", 0), ("read", 0)]).fit()[0]
-    assert dataclasses.asdict(alone) == dataclasses.asdict(beside)  # a read run beside none leaves it unchanged
+    scores, changed = trainer._probe(features, silence), trainer._probe(features, said)
+    assert torch.equal(scores[0], changed[0]) and torch.equal(scores[2], changed[2])
+    assert not torch.equal(scores[1], changed[1])
 
 
-def test_the_thesis_levels_train_alike_with_or_without_decide_beside_them(splits):
+@pytest.mark.parametrize("level", ["decide", "read"])
+def test_the_thesis_levels_train_alike_with_or_without_a_reading_level_beside_them(splits, level):
     alone = LanguageTrainer(TINY, splits, [("both", 0), ("none", 1)])
-    beside = LanguageTrainer(TINY, splits, [("both", 0), ("none", 1), ("decide", 0)])
+    beside = LanguageTrainer(TINY, splits, [("both", 0), ("none", 1), (level, 0)])
     a, b = alone.fit(), beside.fit()
     assert [dataclasses.asdict(r) for r in a] == [dataclasses.asdict(r) for r in b[:2]]
 
