@@ -92,7 +92,8 @@ def build_parser() -> ArgumentParser:
     p.config(TeacherConfig, prefix="teacher-")
     p.config(PolicyConfig, prefix="policy-", exclude=("batch_size",))  # the policies send the student's batch
     p.option("--stack-sizes", None, "comma-separated stack sizes (with --measures/--targets: the baseline plus every "
-             "combination)", default_text="the thesis' seven configs and nine rules beyond them")  # fmt: skip
+             "combination)",
+             default_text="the thesis' seven configs, baseline-cosine and nine rules beyond them")  # fmt: skip
     p.option("--measures", None, f"difficulty measures from {','.join(MEASURES)}", default_text="all")
     p.option("--targets", None, f"targets from {','.join(TARGETS)}", default_text="all")
     p.option("--pressures", None, "comma-separated selection pressures: samples drawn by rank, the hardest "
