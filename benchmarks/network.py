@@ -331,15 +331,16 @@ def _steps_table(store: Store, at: str, chosen: list[NetworkConfig], seeds: list
                    None)  # fmt: skip
     curves = {"average": lambda r: r.val_average, "collective": lambda r: r.val_collective}
     targets = {m: held_target([curve(r) for r in runs[control]]) for m, curve in curves.items()} if control else {}
+    base = {m: [crossing(r.steps, curves[m](r), t) for r in runs[control]] for m, t in targets.items()}
     rows = []
     for c in chosen:
         row = [c.name]
         for measure, curve in curves.items():
-            if control is None:
+            if measure not in targets:
                 row += ["-", "-"]
                 continue
             passes = [crossing(r.steps, curve(r), targets[measure]) for r in runs[c.name]]
-            speedup = paired_ratio([crossing(r.steps, curve(r), targets[measure]) for r in runs[control]], passes)
+            speedup = paired_ratio(base[measure], passes)
             row += [format_counts(passes), speedup.format(2, ratio=True) if speedup else "-"]
         row += [format_counts([crossing(r.steps, curve(r), thesis_target) for r in runs[c.name]])
                 for curve in curves.values()]  # fmt: skip

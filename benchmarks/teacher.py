@@ -357,9 +357,10 @@ def _summarise(store: Store, at: str, configs: list[Selection], seeds: list[int]
             mine = runs[c.name]
             passes = {str(k): crossing(mine[k]["steps"], mine[k]["val_accuracy"], level) for k in ks}
             entry[f"backward_passes{key}"] = passes
-            entry[f"compute{key}"] = {k: None if n is None else forward_inclusive({m: v * n for m, v in
-                                                                                  per_step.items()})
-                                      for k, n in passes.items()}  # fmt: skip
+            if key != "_tuning":  # the choice reads passes only
+                entry[f"compute{key}"] = {k: None if n is None else forward_inclusive({m: v * n for m, v in
+                                                                                      per_step.items()})
+                                          for k, n in passes.items()}  # fmt: skip
         entry["thesis"] = dict(zip(("accuracy", "backward_passes"), THESIS.get(c, (None, None)), strict=True))
     store.save()
 
