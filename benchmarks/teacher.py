@@ -31,7 +31,7 @@ from benchmarks.harness import (
 from benchmarks.protocol import SUSTAIN, choose, crossing, held_target, paired_ratio, reached
 from benchmarks.store import Store, format_summary, prefix, preflight, seed_text
 from envs.data import DATASETS, load_splits
-from envs.teacher_student import MEASURES, TARGETS
+from envs.teacher_student import MEASURES, REWARDS, TARGETS
 from trainers.probe import accuracy
 from trainers.teacher import (
     IRREDUCIBLE,
@@ -90,7 +90,8 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m benchmarks.teacher", description=__doc__.split("\n")[0])
     p.config(StudentConfig, exclude=("dropout",))
     p.config(TeacherConfig, prefix="teacher-")
-    p.config(PolicyConfig, prefix="policy-", exclude=("batch_size",))  # the policies send the student's batch
+    # the policies send the student's batch; their seed and reward are candidates, chosen on validation
+    p.config(PolicyConfig, prefix="policy-", exclude=("batch_size", "seed", "reward"))
     p.option("--stack-sizes", None, "comma-separated stack sizes (with --measures/--targets: the baseline plus every "
              "combination)",
              default_text="the thesis' seven configs, baseline-cosine and nine rules beyond them")  # fmt: skip
@@ -121,9 +122,15 @@ def build_parser() -> ArgumentParser:
     p.option("--policies", None, "learned teachers to compare with the CE heuristic, Table 3.1's best rules and "
              f"random selection at the policies' stack size: comma-separated from {','.join(POLICIES)}",
              default_text="none")  # fmt: skip
+    p.option("--policy-seeds", [0], "the learned teachers' training seeds (initial weights, draws, episodes' "
+             "students), written as --seeds: each seed and reward trains one candidate policy, and the * row is "
+             "chosen on validation of --tuning-seeds", default_text="0", type=seed_list)  # fmt: skip
+    p.option("--policy-rewards", "advantage", f"comma-separated env rewards from {','.join(REWARDS)}: the "
+             "validation-loss drop, or its advantage over an update on a random minibatch of the same stack from "
+             "the same state")  # fmt: skip
     p.fixed = {"stack-sizes", "measures", "targets", "pressures", "anneal", "floors", "policies", "dataset",
-               "target-accuracy", "teacher-cache", "retrain-teacher", "lr-schedule", "holdout",
-               "tuning-seeds"}  # fmt: skip
+               "target-accuracy", "teacher-cache", "retrain-teacher", "lr-schedule", "holdout", "tuning-seeds",
+               "policy-seeds", "policy-rewards"}  # fmt: skip
     add_common(p, out="results/teacher[-policies][-quick].json", quick="3 (1 with --quick)|every config, one "
                "seed, 2 epochs, a small teacher")  # fmt: skip
     return p
@@ -136,7 +143,7 @@ def selections(args, policy: PolicyConfig | None = None) -> list[Selection]:
     pressure)."""
     if policy is not None:
         size, target = policy.stack_size, policy.target
-        learned = [Selection(size, f"learned_{p}", target) for p in parse_list(args.policies, POLICIES, "policy")]
+        learned = [Selection(size, f"learned_{name}", target) for name in candidates(args)]
         rivals = [dataclasses.replace(r, stack_size=size, target=target) for r in RIVALS]
         return [Selection(), Selection(size, "cross_entropy", target), *rivals, Selection(size, "random", target),
                 *learned]  # fmt: skip
@@ -157,6 +164,21 @@ def selections(args, policy: PolicyConfig | None = None) -> list[Selection]:
               for a in anneals for f in floors for lr in schedules if not (math.isinf(p) and (a or f))]  # fmt: skip
     baselines = [Selection(lr_schedule=lr) for lr in dict.fromkeys(["constant", *schedules])]
     return [*baselines, *[c for c in chosen if c not in baselines]]
+
+
+def candidates(args) -> dict[str, tuple[str, str, int]]:
+    """The learned teachers to train: ``{<policy>_<reward>_s<seed>: (policy, reward, seed)}``, every policy
+    with every reward and seed (``learned_<name>`` is its measure)."""
+    kinds = parse_list(args.policies, POLICIES, "policy")
+    rewards = parse_list(args.policy_rewards, REWARDS, "--policy-rewards")
+    return {f"{k}_{r}_s{s}": (k, r, s) for k in kinds for r in rewards for s in args.policy_seeds}
+
+
+def _family(c: Selection) -> tuple:
+    """The rule a candidate belongs to: its stack, measure (a learned teacher's policy, whatever its reward and
+    seed), target and schedule."""
+    measure = c.measure.split("_")[1] if c.measure.startswith("learned_") else c.measure
+    return c.stack_size, measure, c.target, c.lr_schedule
 
 
 def _numbers(text: str, flag: str, ok, what: str) -> list[float]:
@@ -208,8 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.logdir) / out.stem
     preflight([(Path(args.teacher_cache), "--teacher-cache"), (Path(args.logdir), "--logdir")])
     identity = {**student_config.__dict__, **{f"teacher_{k}": v for k, v in teacher_config.__dict__.items()},
-                **{f"policy_{k}": v for k, v in (policy.__dict__ if policy else {}).items()}, "dataset": args.dataset,
-                "holdout": holdout_size}
+                **{f"policy_{k}": v for k, v in (policy.__dict__ if policy else {}).items()
+                   if k not in ("seed", "reward")}, "dataset": args.dataset, "holdout": holdout_size}  # fmt: skip
     swept = parser.sweep_flag(args.sweep)
     with Store(out, "teacher", identity, swept) as store:
         started = time.time()
@@ -273,7 +295,7 @@ def _variant(parser: ArgumentParser, label: str, v) -> tuple:
     """One variant's (label, flags, selections, student, teacher and policy configs)."""
     policy = parser.build(PolicyConfig, v, "policy_", batch_size=v.batch_size) if v.policies else None
     if policy is not None:
-        for name in parse_list(v.policies, POLICIES, "policy"):
+        for name in candidates(v):
             register(name, _unfit)  # a placeholder until the policy is trained, so the selections validate
     student, teacher = parser.build(StudentConfig, v), parser.build(TeacherConfig, v, "teacher_")
     return label, v, selections(v, policy), student, teacher, policy
@@ -307,14 +329,16 @@ def _train_policies(names: list[str], policy: PolicyConfig, splits, teacher_conf
     teacher = load_or_train_teachers(splits, [0], teacher_config, Path(args.teacher_cache))[0]
     logits = predict(teacher, splits.train.images)
     for name in names:
+        kind, reward, seed = candidates(args)[name]
+        config = dataclasses.replace(policy, reward=reward, seed=seed)
         started = time.time()
         progress = Progress(f"{name} teacher")
         progress.begin(policy.episodes * policy.steps, 0)
-        if name == "reinforce":
-            register(name, train_reinforce(splits, logits, policy, seed=policy.seed, progress=progress.advance))
+        if kind == "reinforce":
+            register(name, train_reinforce(splits, logits, config, seed=seed, progress=progress.advance))
         else:
             try:
-                model = train_ppo(splits, logits, policy, seed=policy.seed, logdir=root / "policies" / name)
+                model = train_ppo(splits, logits, config, seed=seed, logdir=root / "policies" / name)
                 register(name, ppo_scorer(model))
             except ImportError as e:
                 raise UsageError(f"{e.name} is not installed; pip install -e '.[rl]'") from None
@@ -367,12 +391,12 @@ def _summarise(store: Store, at: str, configs: list[Selection], seeds: list[int]
 
 def chosen_on_validation(store: Store, at: str, configs: list[Selection]) -> dict[tuple, str]:
     """Per rule family (stack size, measure, target, schedule) with several candidates (pressure, annealing,
-    floor), the one chosen on the tuning seeds' validation crossings (``benchmarks.protocol.choose``):
-    ``{family: cell name}``."""
+    floor; a learned teacher's reward and seed), the one chosen on the tuning seeds' validation crossings
+    (``benchmarks.protocol.choose``): ``{family: cell name}``."""
     cells, members = store.data["cells"], {}
     for c in configs:
         if c.name != "baseline":
-            members.setdefault((c.stack_size, c.measure, c.target, c.lr_schedule), []).append(c.name)
+            members.setdefault(_family(c), []).append(c.name)
     control = cells[at + "baseline"]["backward_passes_tuning"]
     seeds = list(control)
     per_seed = lambda name: [cells[at + name]["backward_passes_tuning"][k] for k in seeds]  # noqa: E731

@@ -10,6 +10,7 @@ from benchmarks.protocol import choose, crossing, held, held_target, paired_diff
 from benchmarks.store import Store
 from benchmarks.teacher import _summarise, chosen_on_validation, one_off_costs
 from trainers.teacher import TeacherConfig
+from trainers.teacher_policy import register
 from trainers.teacher_student import Selection, StudentConfig, forward_inclusive, per_step_counters, selection_of
 
 STEPS = [100, 200, 300, 400, 500, 600, 700]
@@ -61,15 +62,18 @@ def test_seeds_are_counted_ranged_or_listed():
             seed_list(bad)
 
 
-def _table(path, shift: float = 0.0) -> Store:
-    """A hand-made Table 3.1 results file: a baseline and three candidates of one rule family, two seeds."""
+BASELINE = [[90, 94, 95, 95, 96, 96], [91, 95, 95, 96, 95, 96]]
+FAMILY = {
+    "stack5-cross_entropy-true": [[94, 95, 96, 96, 97, 97], [94, 96, 96, 97, 97, 97]],
+    "stack5-cross_entropy-true-rank30": [[95, 96, 96, 96, 96, 96], [90, 91, 92, 93, 93, 93]],  # misses seed 1
+    "stack5-cross_entropy-true-rank300": [[93, 94, 95, 96, 96, 96], [93, 95, 96, 96, 96, 96]],
+}
+
+
+def _table(path, shift: float = 0.0, candidates: dict | None = None) -> Store:
+    """A hand-made Table 3.1 results file: a baseline and the candidates of a rule family, two seeds."""
     steps = [100, 200, 300, 400, 500, 600]
-    curves = {
-        "baseline": [[90, 94, 95, 95, 96, 96], [91, 95, 95, 96, 95, 96]],
-        "stack5-cross_entropy-true": [[94, 95, 96, 96, 97, 97], [94, 96, 96, 97, 97, 97]],
-        "stack5-cross_entropy-true-rank30": [[95, 96, 96, 96, 96, 96], [90, 91, 92, 93, 93, 93]],  # misses seed 1
-        "stack5-cross_entropy-true-rank300": [[93, 94, 95, 96, 96, 96], [93, 95, 96, 96, 96, 96]],
-    }
+    curves = {"baseline": BASELINE, **(candidates or FAMILY)}
     store = Store(path, "teacher", {})
     for cell, per_seed in curves.items():
         for k, val in enumerate(per_seed):
@@ -94,6 +98,22 @@ def test_shifting_every_test_accuracy_leaves_the_targets_and_the_chosen_rows_unc
     assert passes["baseline"] == {"0": 300, "1": 200} and passes["stack5-cross_entropy-true-rank30"]["1"] is None
     # reaching on both seeds beats rank30's faster but single crossing; then the larger paired speedup
     assert chosen == {(5, "cross_entropy", "true", "constant"): "stack5-cross_entropy-true"}
+
+
+def test_learned_teachers_of_one_policy_are_candidates_whatever_their_reward_and_seed(tmp_path):
+    for name in ("reinforce_advantage_s0", "reinforce_drop_s1", "ppo_advantage_s0"):
+        register(name, lambda observed: observed[..., -3])
+    candidates = {
+        "stack5-learned_reinforce_advantage_s0-true": [[95, 96, 96, 96, 96, 96], [90, 91, 92, 93, 93, 93]],
+        "stack5-learned_reinforce_drop_s1-true": [[93, 94, 95, 96, 96, 96], [93, 95, 96, 96, 96, 96]],
+        "stack5-learned_ppo_advantage_s0-true": [[90, 91, 92, 93, 93, 93], [90, 91, 92, 93, 93, 93]],  # alone
+    }
+    configs = [selection_of(name) for name in ("baseline", *candidates)]
+    with _table(tmp_path / "t.json", candidates=candidates) as store:
+        _summarise(store, "", configs, [0, 1], [0, 1], None)
+        # the seed-1 policy reaches on both tuning seeds, the seed-0 policy's faster crossing on one does not count
+        assert chosen_on_validation(store, "", configs) == {
+            (5, "reinforce", "true", "constant"): "stack5-learned_reinforce_drop_s1-true"}
 
 
 def test_one_off_costs_count_the_teachers_training_and_inference_on_a_hand_example():

@@ -143,12 +143,13 @@ def test_learned_policies_are_compared_with_the_heuristic_and_random(cli, capsys
     data = json.loads(out.read_text())
     assert set(data["cells"]) == {"baseline", "stack2-cross_entropy-true", "stack2-random-true",
                                   "stack2-cross_entropy-true-rank300-floor0.3", "stack2-reducible-true",
-                                  "stack2-learned_reinforce-true", "stack2-learned_ppo-true"}  # fmt: skip
+                                  "stack2-learned_reinforce_advantage_s0-true",
+                                  "stack2-learned_ppo_advantage_s0-true"}  # fmt: skip
     assert data["config"]["policy_steps"] == 10 and set(data["references"]["policy_training_s"]) == {
-        "reinforce", "ppo"}  # fmt: skip
-    run0 = data["cells"]["stack2-learned_ppo-true"]["runs"]["0"]
+        "reinforce_advantage_s0", "ppo_advantage_s0"}  # fmt: skip
+    run0 = data["cells"]["stack2-learned_ppo_advantage_s0-true"]["runs"]["0"]
     assert run0["counters"]["student_forward_passes"] == 3 * run0["stopped_step"]  # reads the student's stack
-    assert "stack2-learned_reinforce-true" in capsys.readouterr().out
+    assert "stack2-learned_reinforce_advantage_s0-true" in capsys.readouterr().out
     assert run([*argv, *policies, "--policies", "dance"]) == 2
 
 
@@ -164,14 +165,16 @@ def test_the_policy_seed_and_reward_reach_the_learned_teachers_training(cli, mon
     reward_images = []
 
     monkeypatch.setattr(bench, "train_reinforce", record)
-    flags = ["--policies", "reinforce", "--policy-stack-size", "2", "--seeds", "1", "--policy-seed", "3",
+    flags = ["--policies", "reinforce", "--policy-stack-size", "2", "--seeds", "1", "--policy-seeds", "3,5",
              "--policy-reward-samples", "10"]  # fmt: skip
-    assert run([*argv, *flags, "--policy-reward", "drop", "--policy-horizon", "4"]) == 0
-    assert seen == [(3, "drop", 4)] and json.loads(out.read_text())["config"]["policy_seed"] == 3
+    assert run([*argv, *flags, "--policy-rewards", "drop", "--policy-horizon", "4"]) == 0
+    assert seen == [(3, "drop", 4), (5, "drop", 4)]  # one candidate policy per seed
+    assert {"stack2-learned_reinforce_drop_s3-true", "stack2-learned_reinforce_drop_s5-true"} <= set(
+        json.loads(out.read_text())["cells"])  # fmt: skip
     # the reward reads the holdout carved from the training split (its last tenth), not the validation images
     train = load_splits("mnist", argv[1], download=False).train
     assert torch.equal(reward_images[0], train.images[90:])
-    assert run([*argv, *flags, "--policy-reward", "accuracy"]) == 2
+    assert run([*argv, *flags, "--policy-rewards", "accuracy"]) == 2
     assert run([*argv, *flags, "--holdout", "5", "--policy-reward-samples", "8"]) == 2
 
 
