@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import difflib
 import math
+import re
 import types
 import typing
 from collections.abc import Callable, Iterator
@@ -35,10 +37,19 @@ def finite_float(text: str) -> float:
     return value
 
 
+def split_items(text: str, what: str) -> list[str]:
+    """The comma-separated items of ``text``, stripped; an empty one (``1,,2``, a trailing comma, ``""``) is
+    refused, never dropped, so a typo cannot change the grid silently."""
+    items = [x.strip() for x in text.split(",")]
+    if not all(items):
+        raise UsageError(f"{what} has an empty item in {text!r}; separate the values with single commas")
+    return items
+
+
 def int_tuple(text: str) -> tuple[int, ...]:
     """Comma-separated positive integers, e.g. hidden widths ``256,256``."""
     try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
+        values = tuple(int(x) for x in split_items(text, "the list"))
     except ValueError:
         values = ()
     if not values or min(values) < 1:
@@ -92,13 +103,21 @@ class ArgumentParser(argparse.ArgumentParser):
     line (no usage dump) with exit code 2."""
 
     def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, allow_abbrev=False, **kwargs)  # --quick never silently means --quick-teacher
+        self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+|inf|nan)$", re.I)  # -inf is a value
         self.defaults: dict[str, Any] = {}
+        self.empty_ok: set[str] = set()  # dests whose empty value means something (documented in their help)
         self.configs: list[tuple[type, str, tuple[str, ...]]] = []
         self.fixed: set[str] = set()  # flags a benchmark reads once (its data, its cells): never swept
         self.presets: dict[str, dict[str, Any]] = {}  # --preset NAME: values for flags the user did not set
 
     def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments: "):  # abbreviations are off: name the flag meant
+            flags = [o for a in self._actions for o in a.option_strings]
+            unknown = [w.split("=")[0] for w in message.split(": ", 1)[1].split() if w.startswith("--")]
+            close = {w: difflib.get_close_matches(w, flags, 1, cutoff=0.7) for w in unknown}
+            hints = [f"{w} is not a flag (did you mean {m[0]}?)" for w, m in close.items() if m]
+            message += (": " + "; ".join(hints)) if hints else "; see --help"
         self.exit(2, f"{self.prog}: error: {message}\n")
 
     def option(self, flag: str, default: Any, help: str, default_text: str | None = None, **kwargs: Any) -> None:
@@ -138,6 +157,10 @@ class ArgumentParser(argparse.ArgumentParser):
         then the chosen ``--preset``'s values, then their defaults."""
         args = self.parse_args(argv)
         args.given = set(vars(args))
+        for dest, value in vars(args).items():
+            if isinstance(value, str) and not value.strip() and dest not in self.empty_ok:
+                raise UsageError(f"--{dest.replace('_', '-')} is empty; give a value or leave the flag out for its "
+                                 f"default")  # fmt: skip
         fill = quick if getattr(args, "quick", False) else {}
         preset = self.presets.get(getattr(args, "preset", None), {})
         for dest, default in {**self.defaults, **preset, **(fill or {})}.items():
@@ -183,7 +206,10 @@ class ArgumentParser(argparse.ArgumentParser):
         action = actions[name]
         parse = boolean if isinstance(action, argparse.BooleanOptionalAction) else (action.type or str)
         values = []
-        for item in [v.strip() for v in text.split(";" if ";" in text else ",") if v.strip()]:
+        items = [v.strip() for v in text.split(";")] if ";" in text else split_items(text, f"--sweep {name}")
+        if not all(items):
+            raise UsageError(f"--sweep {name} has an empty value in {text!r}")
+        for item in items:
             try:
                 value = parse(item)
             except (argparse.ArgumentTypeError, ValueError) as e:

@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from benchmarks.cli import UsageError
+from benchmarks.cli import UsageError, split_items
 from benchmarks.store import Store, mean_std
 from envs.data import DataError
 from trainers.base import CheckpointError, Diverged, Events, resolve_device, write_atomic
@@ -53,7 +53,7 @@ def device_of(args: Any) -> torch.device:
 def parse_list(text: str, allowed: Iterable[str], what: str) -> list[str]:
     """A comma-separated choice list, checked against ``allowed``, order and duplicates normalised."""
     allowed = list(allowed)
-    items = [x.strip() for x in text.split(",") if x.strip()]
+    items = split_items(text, what)
     bad = [x for x in items if x not in allowed]
     if bad or not items:
         raise UsageError(f"unknown {what} {','.join(bad) or repr(text)}; choose from {','.join(allowed)}")
@@ -63,7 +63,9 @@ def parse_list(text: str, allowed: Iterable[str], what: str) -> list[str]:
 def parse_ints(text: str, what: str) -> list[int]:
     """Comma-separated integers >= 1, sorted and without duplicates."""
     try:
-        values = sorted({int(x) for x in text.split(",") if x.strip()})
+        values = sorted({int(x) for x in split_items(text, what)})
+    except UsageError:
+        raise
     except ValueError:
         raise UsageError(f"{what} must be comma-separated integers, got {text!r}") from None
     if not values or values[0] < 1:

@@ -14,7 +14,7 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks.cli import ArgumentParser, UsageError, add_common, finite_float, seed_list, variants
+from benchmarks.cli import ArgumentParser, UsageError, add_common, finite_float, seed_list, split_items, variants
 from benchmarks.harness import (
     Progress,
     Sink,
@@ -183,8 +183,9 @@ def _family(c: Selection) -> tuple:
 
 def _numbers(text: str, flag: str, ok, what: str) -> list[float]:
     """Comma-separated numbers (``inf`` allowed), each checked by ``ok``."""
+    items = split_items(text, flag)
     try:
-        values = sorted({float(x) for x in text.split(",") if x.strip()})
+        values = sorted({float(x) for x in items})
     except ValueError:
         raise UsageError(f"{flag} must be comma-separated numbers, got {text!r}") from None
     if not values or not all(ok(v) for v in values) or any(math.isnan(v) for v in values):

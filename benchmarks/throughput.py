@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from agents.network import MODELS, node_model, stack
 from benchmarks.cli import ArgumentParser, UsageError, add_sweep, variants
-from benchmarks.harness import device_of, format_table, run_cli
+from benchmarks.harness import device_of, format_table, parse_ints, parse_list, run_cli
 from benchmarks.store import save_json
 from envs.data import Split, Splits
 from trainers.base import adam
@@ -49,6 +49,7 @@ def build_parser() -> ArgumentParser:
              "dcgan-small and mlp)", default_text="none")  # fmt: skip
     p.option("--batch-size", 32, "minibatch of every node", type=int)
     p.option("--steps", 20, "timed steps per measurement (after 3 warm-up steps; best of 3)", type=int)
+    p.empty_ok = {"runs", "scale"}
     p.option("--device", "auto", "where to measure: auto is cuda when available, else cpu",
              choices=["auto", "cpu", "cuda", "mps"])  # fmt: skip
     add_sweep(p)
@@ -251,27 +252,14 @@ def _print(args, machine: dict, memory: float, rows: list, language: list, scale
     print(f"\nresults: {args.out}   (batch {args.batch_size}, {torch.get_num_threads()} threads)")
 
 
-def _ints(text: str, flag: str) -> list[int]:
-    try:
-        values = sorted({int(x) for x in text.split(",") if x.strip()})
-    except ValueError:
-        raise UsageError(f"{flag} must be comma-separated integers, got {text!r}") from None
-    if values and values[0] < 1:
-        raise UsageError(f"{flag} must be integers >= 1, got {text!r}")
-    return values
-
-
 def _grid(args) -> tuple[list[str], list[int], list[int], list[int]]:
     """The models, node counts, population sizes and scale node counts to time, checked."""
-    nodes = _ints(args.nodes, "--nodes")
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    if not nodes:
-        raise UsageError(f"--nodes must be integers >= 1, got {args.nodes!r}")
-    if not models or any(m not in MODELS for m in models):
-        raise UsageError(f"unknown model in {args.models!r}; choose from {','.join(MODELS)}")
-    if args.batch_size < 1 or args.steps < 1:
-        raise UsageError("--batch-size and --steps must be >= 1")
-    return models, nodes, _ints(args.runs, "--runs"), _ints(args.scale, "--scale")
+    for flag in ("batch_size", "steps"):
+        if getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    optional = lambda text, flag: parse_ints(text, flag) if text.strip() else []  # noqa: E731 (empty: no rows)
+    return (parse_list(args.models, MODELS, "--models"), parse_ints(args.nodes, "--nodes"),
+            optional(args.runs, "--runs"), optional(args.scale, "--scale"))  # fmt: skip
 
 
 if __name__ == "__main__":

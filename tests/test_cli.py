@@ -83,3 +83,40 @@ def test_an_unavailable_device_is_one_line(name, capsys):
     assert exit_code(module.main, argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--device cuda is not available" in err
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_every_flag_refuses_its_abbreviation(name, capsys):
+    """``--step 5`` must not silently become ``--steps 5``: each flag's longest prefix that names no other flag
+    is refused as unknown, with the flag it looks like."""
+    parser = importlib.import_module(f"benchmarks.{name}").build_parser()
+    flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    required = ["--env", "language"] if name == "sb3" else []  # so the error is about the abbreviation
+    tried = 0
+    for flag in flags:
+        short = flag[:-1]
+        if len(short) < 4 or any(f == short for f in flags):
+            continue
+        with pytest.raises(SystemExit) as stopped:
+            parser.parse_args([*required, short, "1"])
+        assert stopped.value.code == 2
+        said = capsys.readouterr().err
+        assert f"unrecognized arguments: {short}" in said and "did you mean --" in said, said
+        tried += 1
+    assert tried >= 5
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["--levels", ""], "--levels is empty"),
+    (["--out", " "], "--out is empty"),
+    (["--sweep", "lr=0.1,,0.2"], "--sweep lr has an empty item"),
+    (["--levels", "none,,both"], "has an empty item in 'none,,both'"),
+])  # fmt: skip
+def test_empty_values_and_items_are_refused_not_dropped(argv, said, capsys):
+    assert exit_code(language.main, argv) == 2
+    assert said in capsys.readouterr().err
+
+
+def test_a_negative_infinity_is_read_as_a_value_and_refused_by_name(capsys):
+    assert exit_code(teacher.main, ["--pressures", "-inf"]) == 2
+    assert "--pressures must be >= 1 (or inf), got '-inf'" in capsys.readouterr().err
