@@ -107,6 +107,7 @@ class ArgumentParser(argparse.ArgumentParser):
         self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+|inf|nan)$", re.I)  # -inf is a value
         self.defaults: dict[str, Any] = {}
         self.empty_ok: set[str] = set()  # dests whose empty value means something (documented in their help)
+        self.readers: dict[str, dict[str, tuple | None]] = {}  # dest -> the settings under which it is read
         self.configs: list[tuple[type, str, tuple[str, ...]]] = []
         self.fixed: set[str] = set()  # flags a benchmark reads once (its data, its cells): never swept
         self.presets: dict[str, dict[str, Any]] = {}  # --preset NAME: values for flags the user did not set
@@ -120,17 +121,25 @@ class ArgumentParser(argparse.ArgumentParser):
             message += (": " + "; ".join(hints)) if hints else "; see --help"
         self.exit(2, f"{self.prog}: error: {message}\n")
 
-    def option(self, flag: str, default: Any, help: str, default_text: str | None = None, **kwargs: Any) -> None:
-        """A flag whose default is filled after parsing (``None``: derived, say how in ``default_text``)."""
+    def option(self, flag: str, default: Any, help: str, default_text: str | None = None,
+               read_with: dict[str, tuple | None] | None = None, **kwargs: Any) -> None:  # fmt: skip
+        """A flag whose default is filled after parsing (``None``: derived, say how in ``default_text``).
+        ``read_with`` ``{setting: values}``: the flag is read only when ``--setting`` is one of ``values`` (``None``:
+        when ``--setting`` is given); given otherwise, it is refused rather than ignored."""
         dest = flag.lstrip("-").replace("-", "_")
         self.defaults[dest] = default
+        if read_with:
+            self.readers[dest] = read_with
         shown = default_text or ("off" if default is False else default)
         if kwargs.get("type") is int_tuple and isinstance(default, tuple):
             shown = ",".join(map(str, default))
         self.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=f"{help} (default: {shown})", **kwargs)
 
-    def config(self, cls: type, prefix: str = "", exclude: tuple[str, ...] = (), _path: str = "") -> None:
-        """One flag per field of the dataclass ``cls`` (nested dataclasses: prefixed flags)."""
+    def config(self, cls: type, prefix: str = "", exclude: tuple[str, ...] = (), _path: str = "",
+               read_with: dict[str, tuple | None] | None = None) -> None:  # fmt: skip
+        """One flag per field of the dataclass ``cls`` (nested dataclasses: prefixed flags). A field's
+        ``read_with`` metadata names settings of the same config (``option``); ``read_with`` here applies to
+        every field (a config that only one setting reads)."""
         if not _path:
             self.configs.append((cls, prefix, exclude))
         hints = typing.get_type_hints(cls)
@@ -150,7 +159,9 @@ class ArgumentParser(argparse.ArgumentParser):
                 extra["type"] = _PARSERS[tp]
             if "choices" in f.metadata:
                 extra["choices"] = list(f.metadata["choices"])
-            self.option(f"--{name}", default, help, f.metadata.get("default_text"), **extra)
+            own = {f"{prefix}{k}".replace("-", "_"): v for k, v in f.metadata.get("read_with", {}).items()}
+            self.option(f"--{name}", default, help, f.metadata.get("default_text"), {**own, **(read_with or {})},
+                        **extra)  # fmt: skip
 
     def parse(self, argv: list[str] | None, quick: dict[str, Any] | None = None) -> argparse.Namespace:
         """Parse; ``args.given`` holds the dests the user set; unset ones get ``quick`` (with ``--quick``),
@@ -166,7 +177,25 @@ class ArgumentParser(argparse.ArgumentParser):
         for dest, default in {**self.defaults, **preset, **(fill or {})}.items():
             if dest not in args.given:
                 setattr(args, dest, default)
+        self._refuse_unread(args)
         return args
+
+    def _refuse_unread(self, args: argparse.Namespace) -> None:
+        """A flag given (or swept) where no variant's setting reads it is refused: it would be ignored silently."""
+        swept = self.sweep_flag(getattr(args, "sweep", None))
+        values_of = {swept[1]: [v for _, v in swept[2]]} if swept else {}
+        for dest, read_with in self.readers.items():
+            if dest not in args.given and not (swept and swept[1] == dest):
+                continue
+            for setting, values in read_with.items():
+                chosen = values_of.get(setting, [getattr(args, setting)])
+                if any(v is not None if values is None else v in values for v in chosen):
+                    continue
+                flag, where = f"--{dest.replace('_', '-')}", f"--{setting.replace('_', '-')}"
+                if values is None:
+                    raise UsageError(f"{flag} does nothing without {where}; give {where} or drop {flag}")
+                raise UsageError(f"{flag} does nothing with {where} {'/'.join(map(str, chosen))}; it is read with "
+                                 f"{where} {'|'.join(map(str, values))}")  # fmt: skip
 
     def build(self, cls: type, args: argparse.Namespace, prefix: str = "", **overrides: Any) -> Any:
         """The config ``cls`` from the parsed flags (``prefix`` as given to ``config``); a value the config

@@ -61,7 +61,6 @@ ALONE = ("raw_view", "untrained_hidden")  # the best the student reaches alone: 
 # the largest mean validation gain of receive, feedback and both over none; explicit flags win.
 PRESETS = {"channel": {"view": "occlude", "overlap": "rows", "visible": 0.4, "ce_weight": 0.03,
                        "ce_weight_two_way": 0.015}}
-INERT = {"invert": {"visible", "overlap"}, "occlude": {"noise"}, "resample": {"visible", "overlap"}}  # unused flags
 INVERTIBLE = ("the inversion view x' = x + m(1 - 2x) is an invertible map of the image, so each agent's own view "
               "already holds all the class information the other's does: talking can only regularise (try "
               "--preset channel, or --view occlude|resample)")  # fmt: skip
@@ -117,10 +116,6 @@ def main(argv: list[str] | None = None) -> int:
         args.sweep = "estimator=gumbel,reinforce"
     swept = parser.sweep_flag(args.sweep)
     views = {args.view, *(value for _, value in swept[2])} if swept and swept[0] == "view" else {args.view}
-    for view in views:
-        for flag in sorted(INERT[view] & ({swept[0]} if swept else set()) | INERT[view] & _given_flags(args)):
-            setting = "--visible" if view == "occlude" else "--noise"
-            raise UsageError(f"--{flag} does nothing with --view {view}; its setting is {setting}")
     default_levels = [*THESIS_LEVELS, *(["read", "decide"] if views - {"invert"} else [])]
     levels = parse_list(args.levels, LEVELS, "level(s)") if args.levels else default_levels
     seeds = args.seeds if args.seeds is not None else list(range(5))
@@ -176,10 +171,6 @@ def _benchmark(store, label, config, speaker_cls, levels, seeds, splits, args, d
             store, job, root, hparams, _headline, desc=f"{label or 'language'}: {len(job)} runs", device=device
         ) as sink:
             trainer.fit(sink, store.checkpoint(label))
-
-
-def _given_flags(args) -> set[str]:
-    return {dest.replace("_", "-") for dest in args.given}
 
 
 def _analyse(store, label, config, speaker_cls, levels, seeds, splits, epochs) -> None:

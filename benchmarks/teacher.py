@@ -91,7 +91,8 @@ def build_parser() -> ArgumentParser:
     p.config(StudentConfig, exclude=("dropout",))
     p.config(TeacherConfig, prefix="teacher-")
     # the policies send the student's batch; their seed and reward are candidates, chosen on validation
-    p.config(PolicyConfig, prefix="policy-", exclude=("batch_size", "seed", "reward"))
+    policies = {"policies": None}  # the policy flags are read only with --policies
+    p.config(PolicyConfig, prefix="policy-", exclude=("batch_size", "seed", "reward"), read_with=policies)
     p.option("--stack-sizes", None, "comma-separated stack sizes (with --measures/--targets: the baseline plus every "
              "combination)",
              default_text="the thesis' seven configs, baseline-cosine and nine rules beyond them")  # fmt: skip
@@ -124,10 +125,11 @@ def build_parser() -> ArgumentParser:
              default_text="none")  # fmt: skip
     p.option("--policy-seeds", [0], "the learned teachers' training seeds (initial weights, draws, episodes' "
              "students), written as --seeds: each seed and reward trains one candidate policy, and the * row is "
-             "chosen on validation of --tuning-seeds", default_text="0", type=seed_list)  # fmt: skip
+             "chosen on validation of --tuning-seeds", default_text="0", type=seed_list,
+             read_with=policies)  # fmt: skip
     p.option("--policy-rewards", "advantage", f"comma-separated env rewards from {','.join(REWARDS)}: the "
              "validation-loss drop, or its advantage over an update on a random minibatch of the same stack from "
-             "the same state")  # fmt: skip
+             "the same state", read_with=policies)  # fmt: skip
     p.fixed = {"stack-sizes", "measures", "targets", "pressures", "anneal", "floors", "policies", "dataset",
                "target-accuracy", "teacher-cache", "retrain-teacher", "lr-schedule", "holdout", "tuning-seeds",
                "policy-seeds", "policy-rewards"}  # fmt: skip

@@ -133,8 +133,9 @@ BAD_INPUTS = [
     (["--sweep", "visibility=0.1,0.2"], "--sweep takes FLAG=v1,v2,... with FLAG one of"),
     (["--view", "occlude", "--sweep", "visible=0.1,0"], "visible must be a fraction"),
     (["--preset", "loud"], "argument --preset: invalid choice: 'loud'"),
-    (["--view", "occlude", "--sweep", "noise=0.1,0.2"], "--noise does nothing with --view occlude; its setting is"),
-    (["--visible", "0.3"], "--visible does nothing with --view invert; its setting is --noise"),
+    (["--view", "occlude", "--sweep", "noise=0.1,0.2"],
+     "--noise does nothing with --view occlude; it is read with --view invert|resample"),
+    (["--visible", "0.3"], "--visible does nothing with --view invert; it is read with --view occlude"),
     (["--view", "resample", "--overlap", "complementary"], "--overlap does nothing with --view resample"),
 ]
 

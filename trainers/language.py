@@ -80,12 +80,14 @@ class LanguageConfig:
         0.1,
         "invert: pixel inversion probability of each agent's mask; resample: "
         "probability that a pixel is replaced by 0 or 1, redrawn every step",
+        read_with={"view": ("invert", "resample")},
     )
-    visible: float = option(0.5, "occlude: fraction of the pixels each agent sees")
+    visible: float = option(0.5, "occlude: fraction of the pixels each agent sees", read_with={"view": ("occlude",)})
     overlap: str = option(
         "independent",
         "occlude: the agents' pixel subsets drawn independently, disjoint, or the top and bottom rows",
         choices=OVERLAPS,
+        read_with={"view": ("occlude",)},
     )
     message_length: int = option(32, "tokens per message")
     vocab_size: int = option(2, "symbols per token (2: a 32-bit message)")
