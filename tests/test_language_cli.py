@@ -1,5 +1,9 @@
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -230,6 +234,29 @@ def test_a_killed_run_resumes_even_with_other_seeds_and_levels(cli, monkeypatch,
             "val_accuracy"]  # fmt: skip
     assert set(data["cells"]["none"]["runs"]) == {"0", "1"}
     assert not list(out.parent.glob("*.ckpt.*"))
+
+
+def test_ctrl_c_saves_a_checkpoint_first_and_the_resumed_run_equals_an_uninterrupted_one(cli, tmp_path):
+    """A real process and a real SIGINT: it stops at the next evaluation with a checkpoint, and the re-run says
+    what it resumes and ends with the uninterrupted run's numbers."""
+    argv, out, _ = cli
+    command = [sys.executable, "-m", "benchmarks.language", *argv, "--seeds", "1", "--levels", "none", "--steps",
+               "600", "--eval-every", "10", "--no-analysis"]  # fmt: skip
+    whole = out.with_name("whole.json")
+    assert subprocess.run([*command, "--out", str(whole)], capture_output=True).returncode == 0
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    checkpoint = out.with_name(out.name + ".ckpt.pt")
+    while not checkpoint.exists():  # saved at the first evaluation: training is under way
+        assert process.poll() is None, "the run ended before it could be interrupted"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    said = process.communicate(timeout=120)[1]
+    assert process.returncode == 130 and "saving a checkpoint at the next evaluation" in said
+    assert checkpoint.exists() and "0" not in json.loads(out.read_text())["cells"].get("none", {}).get("runs", {})
+    resumed = subprocess.run(command, capture_output=True, text=True)
+    assert resumed.returncode == 0 and "resuming 1 runs (1 still training) from" in resumed.stderr
+    curve = lambda path: json.loads(path.read_text())["cells"]["none"]["runs"]["0"]["val_accuracy"]  # noqa: E731
+    assert curve(out) == curve(whole)
 
 
 def test_a_diverging_run_stops_with_one_line_and_no_nan_in_results(cli, capsys):

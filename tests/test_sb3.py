@@ -1,11 +1,18 @@
 """SB3 through SuperSuit on each of our envs: a short PPO run completes, and the same seed gives the same losses."""
 
+import json
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import torch
 
+from benchmarks import sb3 as sb3_cli
 from envs import language, network, teacher_student
 from envs.base import Scripted
+from tests.conftest import exit_code, make_dataset
 from trainers.sb3 import train
 
 G = torch.Generator().manual_seed(0)
@@ -62,57 +69,99 @@ def test_scripted_agents_act_by_their_policy_and_are_hidden():
 
 @pytest.mark.parametrize("name", ["network", "language", "teacher_student"])
 def test_sb3_cli_trains_saves_and_logs(name, tmp_path, capsys):
-    import json
-
-    from benchmarks import sb3 as bench
-    from tests.conftest import exit_code, make_dataset
-
     root = make_dataset(tmp_path / "data", name="fashion-mnist" if name == "network" else "mnist", n_train=300)
-    out, save = tmp_path / "rows.json", tmp_path / "model.zip"
+    out, save = tmp_path / "rows.json", tmp_path / "models"
     argv = ["--env", name, "--data-dir", str(root), "--timesteps", "16", "--n-steps", "8", "--episode-steps", "4",
-            "--batch-size", "8",
-            "--logdir", str(tmp_path / "runs"), "--out", str(out), "--save", str(save), "--quick-teacher",
-            "--teacher-cache", str(tmp_path / "teachers")]  # fmt: skip
-    assert exit_code(bench.main, argv) == 0
+            "--batch-size", "8", "--logdir", str(tmp_path / "runs"), "--out", str(out), "--save", str(save),
+            *(["--quick-teacher", "--teacher-cache", str(tmp_path / "teachers")] if name == "teacher_student" else [])]
+    assert exit_code(sb3_cli.main, argv) == 0
     data = json.loads(out.read_text())
-    assert data["env"] == name and data["timesteps"] >= 16 and any("train/loss" in r for r in data["rows"])
-    assert save.stat().st_size > 0 and list((tmp_path / "runs" / "sb3" / name / "ppo-seed0").glob("events.*"))
+    run = data["cells"]["ppo"]["runs"]["0"]
+    assert data["benchmark"] == "sb3" and data["config"]["env"] == name and run["timesteps"] >= 16
+    assert any("train/loss" in r for r in run["rows"])
+    assert (save / "ppo" / "seed0.zip").stat().st_size > 0
+    assert list((tmp_path / "runs" / "rows" / "ppo" / "seed0").glob("events.*"))
     captured = capsys.readouterr()
     assert "PPO on " + name in captured.out
     if name == "teacher_student":  # the teacher trains first, with a progress bar, not in silence
         assert "teacher (seed 0, trained once, cached in" in captured.err
 
 
-def test_sb3_cli_sweeps_a_flag_with_a_file_and_run_per_value(tmp_path, capsys):
-    import json
-
-    from benchmarks import sb3 as bench
-    from tests.conftest import exit_code, make_dataset
-
+def test_sb3_cli_sweeps_a_flag_with_a_cell_and_run_per_value_and_never_retrains(tmp_path, capsys):
     root = make_dataset(tmp_path / "data", name="fashion-mnist", n_train=300)
     out = tmp_path / "rows.json"
-    argv = ["--env", "network", "--data-dir", str(root), "--timesteps", "16", "--n-steps", "8", "--episode-steps",
-            "4", "--batch-size", "8", "--algo", "a2c", "--logdir", str(tmp_path / "runs"), "--out", str(out),
-            "--save", str(tmp_path / "m.zip"), "--sweep", "seed=0,1"]  # fmt: skip
-    assert exit_code(bench.main, argv) == 0
-    first, second = (json.loads((tmp_path / f"rows-seed={k}.json").read_text()) for k in (0, 1))
-    assert (first["seed"], second["seed"]) == (0, 1) and first["variant"] == "seed=0"
-    assert any("time/total_timesteps" in r for r in first["rows"])  # A2C's rows reach the table
-    assert (tmp_path / "m-seed=1.zip").stat().st_size > 0
-    assert list((tmp_path / "runs" / "sb3" / "network" / "seed=1" / "a2c-seed1").glob("events.*"))
+    argv = ["--env", "network", "--data-dir", str(root), "--timesteps", "16", "--episode-steps", "4", "--algo",
+            "a2c", "--logdir", str(tmp_path / "runs"), "--out", str(out), "--save", str(tmp_path / "m"), "--sweep",
+            "n-steps=4,8", "--seeds", "0,1"]  # fmt: skip
+    assert exit_code(sb3_cli.main, argv) == 0
+    cells = json.loads(out.read_text())["cells"]
+    assert set(cells) == {"n-steps=4/a2c", "n-steps=8/a2c"} and set(cells["n-steps=8/a2c"]["runs"]) == {"0", "1"}
+    assert any("time/total_timesteps" in r for r in cells["n-steps=4/a2c"]["runs"]["1"]["rows"])  # A2C's rows
+    assert (tmp_path / "m" / "n-steps=8" / "a2c" / "seed1.zip").stat().st_size > 0
+    assert list((tmp_path / "runs" / "rows" / "n-steps=8" / "a2c" / "seed1").glob("events.*"))
     printed = capsys.readouterr().out
-    assert "Sweep over seed" in printed and "A2C on network" in printed
+    assert "A2C on network" in printed and "n-steps=8" in printed
+    before = out.read_text()
+    assert exit_code(sb3_cli.main, argv) == 0  # every run is finished: nothing trains again
+    assert "A2C on network" not in capsys.readouterr().out and json.loads(out.read_text())["cells"] == json.loads(
+        before)["cells"]  # fmt: skip
 
 
-def test_sb3_cli_bad_input_is_one_line(tmp_path, capsys):
-    from benchmarks import sb3 as bench
-    from tests.conftest import exit_code
+@pytest.mark.parametrize(("argv", "said"), [
+    (["--timesteps", "0"], "--timesteps must be >= 1, got 0"),
+    (["--seeds", "4294967296-4294967297"], "--seeds must be below 2**32"),
+    (["--env", "language", "--nodes", "3"], "--nodes does nothing with --env language; it is read with --env network"),
+    (["--learning-starts", "5"], "--learning-starts does nothing with --algo ppo; it is read with --algo sac|td3"),
+    (["--algo", "a2c", "--batch-size", "8"], "--batch-size does nothing with --algo a2c"),
+    (["--batch-size", "7", "--n-steps", "8"], "--batch-size 7 must divide --n-steps x agents = 8 x 4"),
+    (["--quick-teacher"], "--quick-teacher does nothing with --env network"),
+    (["--algo", "td3"], "--algo td3 on --env network: TD3 needs a Box action space"),
+    (["--quick-teache"], "--quick-teache is not a flag (did you mean --quick-teacher?)"),
+])  # fmt: skip
+def test_sb3_cli_bad_input_is_one_line_before_anything_trains(argv, said, tmp_path, capsys):
+    out = tmp_path / "rows.json"
+    assert exit_code(sb3_cli.main, ["--env", "network", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1
+    assert not out.exists()
 
-    assert exit_code(bench.main, ["--env", "network", "--timesteps", "0"]) == 2
-    assert "--timesteps" in capsys.readouterr().err
-    assert exit_code(bench.main, ["--env", "network", "--seed", "-1"]) == 2
-    assert "--seed must be in [0, 2**32 - 1]" in capsys.readouterr().err
-    assert exit_code(bench.main, ["--env", "chess"]) == 2
+
+def test_sb3_cli_refuses_what_would_lose_results_before_training(tmp_path, capsys):
+    root = make_dataset(tmp_path / "data", name="fashion-mnist", n_train=300)
+    argv = ["--env", "network", "--data-dir", str(root), "--quick", "--timesteps", "16", "--logdir",
+            str(tmp_path / "runs"), "--save", str(tmp_path / "m")]  # fmt: skip
+    out = tmp_path / "rows.json"
+    assert exit_code(sb3_cli.main, [*argv, "--out", str(out)]) == 0
+    kept = out.read_text()
+    assert exit_code(sb3_cli.main, [*argv, "--out", str(out), "--timesteps", "32"]) == 2
+    assert "holds results of another configuration (differs in: timesteps)" in capsys.readouterr().err
+    (tmp_path / "garbage.json").write_text("not json")
+    assert exit_code(sb3_cli.main, [*argv, "--out", str(tmp_path / "garbage.json")]) == 2
+    assert "is not a readable results file" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    for flag, path in (("--out", tmp_path / "file" / "rows.json"), ("--save", tmp_path / "file" / "m"),
+                       ("--out", tmp_path)):  # fmt: skip
+        assert exit_code(sb3_cli.main, [*argv, "--out", str(out), flag, str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("cannot write to" in err or "not a readable results file" in err), err
+    assert out.read_text() == kept
+
+
+def test_two_sb3_runs_on_one_out_at_once_the_second_is_refused_and_the_first_keeps_its_results(tmp_path):
+    root = make_dataset(tmp_path / "data", name="fashion-mnist", n_train=300)
+    out = tmp_path / "rows.json"
+    command = [sys.executable, "-m", "benchmarks.sb3", "--env", "network", "--data-dir", str(root), "--timesteps",
+               "2048", "--n-steps", "32", "--batch-size", "32", "--logdir", str(tmp_path / "runs"), "--save",
+               str(tmp_path / "m"), "--out", str(out)]  # fmt: skip
+    first = subprocess.Popen([*command, "--seeds", "0-0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lock = out.with_name(out.name + ".lock")
+    while not lock.exists():
+        assert first.poll() is None, first.communicate()
+        time.sleep(0.02)
+    second = subprocess.run([*command, "--seeds", "1-1"], capture_output=True, text=True)
+    assert second.returncode == 2 and f"another process is writing {out}" in second.stderr
+    assert first.wait(timeout=300) == 0
+    assert set(json.loads(out.read_text())["cells"]["ppo"]["runs"]) == {"0"}
 
 
 @pytest.mark.parametrize("algo", ["sac", "td3"])
@@ -135,28 +184,18 @@ def test_off_policy_algorithms_refuse_discrete_actions_in_one_line(algo):
     )
 
 
-def test_sb3_cli_sac_on_the_teacher_and_td3_refused_on_the_network(tmp_path, capsys):
-    import json
-
-    from benchmarks import sb3 as bench
-    from tests.conftest import exit_code, make_dataset
-
+def test_sb3_cli_sac_on_the_teacher(tmp_path, capsys):
     root = make_dataset(tmp_path / "data", n_train=300)
     out = tmp_path / "rows.json"
     argv = ["--env", "teacher_student", "--data-dir", str(root), "--timesteps", "24", "--episode-steps", "4",
             "--batch-size", "8", "--learning-starts", "8", "--algo", "sac", "--logdir", str(tmp_path / "runs"),
-            "--out", str(out), "--save", str(tmp_path / "m.zip"), "--quick-teacher",
+            "--out", str(out), "--save", str(tmp_path / "m"), "--quick-teacher",
             "--teacher-cache", str(tmp_path / "teachers")]  # fmt: skip
-    assert exit_code(bench.main, argv) == 0
-    rows = json.loads(out.read_text())["rows"]
+    assert exit_code(sb3_cli.main, argv) == 0
+    rows = json.loads(out.read_text())["cells"]["sac"]["runs"]["0"]["rows"]
     assert any("train/actor_loss" in r and "time/total_timesteps" in r for r in rows)
     printed = capsys.readouterr().out
     assert "SAC on teacher_student" in printed and "train/critic_loss" in printed
-    argv = ["--env", "network", "--data-dir", str(make_dataset(tmp_path / "fm", name="fashion-mnist")), "--algo", "td3",
-            "--out", str(tmp_path / "td3.json")]  # fmt: skip
-    assert exit_code(bench.main, argv) == 2
-    assert "--algo td3 on --env network: TD3 needs a Box action space" in capsys.readouterr().err
-    assert not (tmp_path / "td3.json").exists()
 
 
 def test_each_table_row_holds_its_rollout_and_the_update_that_followed():

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import sys
 import tempfile
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -33,6 +36,30 @@ def option(default: Any, help: str, **metadata: Any) -> Any:
         value = default
         return field(default_factory=lambda: value, metadata={"help": help, **metadata})
     return field(default=default, metadata={"help": help, **metadata})
+
+
+class Interrupts:
+    """Ctrl-C during ``fit``: the first asks for a checkpoint at the next evaluation and then stops (so at most
+    one evaluation interval is lost, not a minute), a second stops at once. ``active`` False (no checkpoint to
+    save): Ctrl-C stops at once."""
+
+    def __init__(self, active: bool) -> None:
+        self.active, self.requested, self.previous = active, False, None
+
+    def __enter__(self) -> Interrupts:
+        if self.active and threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupted: saving a checkpoint at the next evaluation (Ctrl-C again stops at once)", file=sys.stderr)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 class Diverged(ValueError):
@@ -212,21 +239,25 @@ class Trainer(ABC):
             self._resume(checkpoint)
         events.begin(self.total_steps(), self.step)
         saved = -math.inf
-        while not self.done():
-            metrics = self.train_step()
-            self._guard(metrics)
-            if self.step % self.log_every == 0 or self.step == 1:
-                events.scalars(self.step, self._per_run(metrics))
-            if self.step % self.eval_every == 0 or self.step >= self.total_steps():
-                self._guard_weights()
-                events.scalars(self.step, self._per_run(self.evaluation()))
-                stopped = self.stopping() if self.step < self.total_steps() else list(self.alive)
-                self._finish(stopped, events)
-                due = checkpoint is not None and not self.done() and time.monotonic() - saved > CHECKPOINT_SECONDS
-                if self.group.agree(due):
-                    self.group.save(checkpoint, self.state_dict())
-                    saved = time.monotonic()
-            events.advance(1)
+        with Interrupts(checkpoint is not None) as interrupts:
+            while not self.done():
+                metrics = self.train_step()
+                self._guard(metrics)
+                if self.step % self.log_every == 0 or self.step == 1:
+                    events.scalars(self.step, self._per_run(metrics))
+                if self.step % self.eval_every == 0 or self.step >= self.total_steps():
+                    self._guard_weights()
+                    events.scalars(self.step, self._per_run(self.evaluation()))
+                    stopped = self.stopping() if self.step < self.total_steps() else list(self.alive)
+                    self._finish(stopped, events)
+                    asked = self.group.agree(interrupts.requested)  # rank 0's Ctrl-C stops every process
+                    late = time.monotonic() - saved > CHECKPOINT_SECONDS
+                    if self.group.agree(checkpoint is not None and not self.done() and (late or asked)):
+                        self.group.save(checkpoint, self.state_dict())
+                        saved = time.monotonic()
+                    if asked and not self.done():
+                        raise KeyboardInterrupt
+                events.advance(1)
         return [self.result(r) for r in range(len(self.runs))]
 
     def _resume(self, checkpoint: Path) -> None:
@@ -244,6 +275,9 @@ class Trainer(ABC):
                                   "the same step: one was killed while they saved; delete them to restart")  # fmt: skip
         if state is not None:
             self.load_state_dict(state)
+            if self.group.rank == 0:
+                print(f"resuming {len(self.runs)} runs ({len(self.alive)} still training) from {checkpoint} at step "
+                      f"{self.step}", file=sys.stderr)  # fmt: skip
 
     def _finish(self, stopped: list[int], events: Events) -> None:
         stopped = [r for r in stopped if r not in self._finished]
