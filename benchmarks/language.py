@@ -268,8 +268,7 @@ def _report(store: Store, chosen, levels: list[str], seeds: list[int], root: Pat
         print(format_table([name, *columns], [[t, *(format_summary(v[i]) for v in columns.values())]
                                               for i, t in enumerate(texts)]))  # fmt: skip
         plot_sweep(root / f"sweep_{name}.png", name, texts, lines, "test accuracy (%)", references=refs)
-    print(f"\nresults: {store.path}   curves: {root}   TensorBoard: tensorboard --logdir {root}   "
-          f"wall time: {data['wall_time_s']:.0f} s")
+    print(f"\nresults: {store.path}   curves: {root}   TensorBoard: tensorboard --logdir {root}")
 
 
 def _gap(values: list[float], control: list[float] | None) -> str:

@@ -236,8 +236,7 @@ def _run(parser: ArgumentParser, args, seeds: list[int], device, chosen: list, g
             from envs.cifar import SOURCES
 
             print(f"\n{args.dataset} read from {SOURCES[splits.source]}")
-        print(f"\nresults: {out}   figures: {root}   TensorBoard: tensorboard --logdir {root}   "
-              f"wall time: {store.data['wall_time_s']:.0f} s")  # fmt: skip
+        print(f"\nresults: {out}   figures: {root}   TensorBoard: tensorboard --logdir {root}")
     return 0
 
 

@@ -6,11 +6,16 @@
  "cells": {"<cell>": {"runs": {"<seed>": {...result..., "weights": "<file>"}},
                       "summary": {"<metric>": {"mean": m, "std": s, "n": n}}}},
  "references": {"<name>": {"<seed>": value}},
- "wall_time_s": t}
+ "wall_time_s": t,
+ "invocations": [{"argv": [...], "version": "0.1.0", "commit": "<sha>[+dirty]" | null, "started": iso,
+                  "ended": iso, "status": "finished" | "interrupted" | "failed", "runs_trained": n,
+                  "runs_resumed": n, "runs_read": n, "wall_time_s": t}]}
 ```
 A cell is one table row (a level, a selection, a node configuration), prefixed ``flag=value/`` under
 ``--sweep``. Finished runs are never recomputed: a re-run with other ``--seeds`` or other cells keeps
-them. The best-validation weights of each run are saved beside the file (tensors only).
+them. The best-validation weights of each run are saved beside the file (tensors only). ``wall_time_s`` is
+the training time of every invocation together; each invocation appends where it came from and what it did
+(``invocations``: trained, resumed from a checkpoint, read from the file).
 """
 
 from __future__ import annotations
@@ -20,8 +25,13 @@ import json
 import math
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +126,29 @@ class Lock:
         os.close(self.fd)
 
 
+def _commit() -> str | None:
+    """The git commit of the code that ran (``+dirty`` with uncommitted changes), or None outside a checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if sha.returncode == 0 else None
+
+
+def _version() -> str | None:
+    try:
+        return metadata.version("commchannels")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
 class Store:
     """A benchmark's results file, locked while open. ``config`` is what makes runs comparable: a file
     written under another config, schema or benchmark is never mixed with new runs nor overwritten."""
@@ -133,6 +166,9 @@ class Store:
         except BaseException:
             self.lock.release()
             raise
+        self.started, self.trained, self.resumed = time.time(), 0, 0
+        self.invocation = {"argv": sys.argv, "version": _version(), "commit": _commit(), "started": _now(),
+                           "runs_read": sum(len(c["runs"]) for c in self.data["cells"].values())}  # fmt: skip
 
     @staticmethod
     def _read(path: Path, benchmark: str, config: dict) -> dict[str, Any]:
@@ -164,8 +200,22 @@ class Store:
     def __enter__(self) -> Store:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.lock.release()
+    def __exit__(self, kind: type | None, *exc: object) -> None:
+        """Append this invocation to the file (when there is one) and say what it did."""
+        try:
+            status = "finished" if kind is None else "interrupted" if kind is KeyboardInterrupt else "failed"
+            elapsed = time.time() - self.started
+            self.invocation.update(ended=_now(), status=status, runs_trained=self.trained, runs_resumed=self.resumed,
+                                   wall_time_s=elapsed)  # fmt: skip
+            if self.trained or self.path.exists():
+                self.data.setdefault("invocations", []).append(self.invocation)
+                self.save()
+            if kind is None:
+                resumed = f" ({self.resumed} resumed from a checkpoint)" if self.resumed else ""
+                print(f"this invocation: trained {self.trained} runs{resumed}, read "
+                      f"{self.invocation['runs_read']} finished runs from {self.path}; wall time {elapsed:.0f} s")
+        finally:
+            self.lock.release()
 
     # ------------------------------------------------------------------------------------ runs
     def runs(self, cell: str) -> dict[int, dict]:
@@ -181,6 +231,7 @@ class Store:
             save_atomic(file, weights)
             result = {**result, "weights": str(file.relative_to(self.path.parent))}
         self.data["cells"].setdefault(cell, {"runs": {}})["runs"][str(seed)] = result
+        self.trained += 1
         self.save()
 
     def annotate(self, cell: str, seed: int, key: str, value: Any) -> None:
@@ -212,6 +263,7 @@ class Store:
             for k in seeds:
                 if not self.done(at + cell, k) and (at + cell, k) not in job:
                     groups.setdefault(cell if per_cell else None, []).append((at + cell, k))
+        self.resumed += len(job)
         for runs in ([job] if job else []) + list(groups.values()):
             save_json(job_file, runs)  # rewritten before each job
             yield runs
@@ -224,9 +276,16 @@ class Store:
         self.save()
 
     def summarise(self, cells: Sequence[str], seeds: Sequence[int], metrics: Sequence[str]) -> None:
-        """Mean, std and n of ``metrics`` over ``seeds`` of each cell."""
+        """Mean, std and n of ``metrics`` over ``seeds`` of each cell; a value that is not a number (a file
+        edited by hand) is one line naming it, not a traceback."""
         for cell in cells:
             runs = self.runs(cell)
+            for k in seeds:
+                for m in metrics:
+                    value = runs[k].get(m)
+                    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                        raise UsageError(f"{self.path}: run {cell} seed {k} holds {m} = {value!r}, not a number; the "
+                                         f"file is damaged: move it away or pass another --out")  # fmt: skip
             self.data["cells"][cell]["summary"] = {
                 m: summary([runs[k][m] for k in seeds if runs[k].get(m) is not None]) for m in metrics
             }

@@ -282,8 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         store.save()
         if swept:
             _sweep_report(store, swept, chosen[0][2], seeds, root)
-        print(f"\nresults: {store.path}   figures: {root}   TensorBoard: tensorboard --logdir {root}   "
-              f"wall time: {store.data['wall_time_s']:.0f} s")  # fmt: skip
+        print(f"\nresults: {store.path}   figures: {root}   TensorBoard: tensorboard --logdir {root}")
     return 0
 
 

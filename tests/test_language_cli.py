@@ -336,3 +336,16 @@ def test_the_analysis_of_a_finished_run_is_computed_once_from_its_saved_weights(
     monkeypatch.setattr(bench, "analyse", lambda *a, **k: pytest.fail("analysed twice"))
     assert run([*argv, "--seeds", "1", "--levels", "none"]) == 0
     assert json.loads(out.read_text())["cells"]["none"]["runs"]["0"]["analysis"] == first
+
+
+def test_a_results_file_edited_to_a_wrong_type_is_one_line_and_kept(cli, capsys):
+    argv, out, _ = cli
+    assert run([*argv, "--seeds", "1", "--levels", "none", "--no-analysis"]) == 0
+    data = json.loads(out.read_text())
+    data["cells"]["none"]["runs"]["0"]["test_accuracy"] = "abc"
+    out.write_text(json.dumps(data))
+    capsys.readouterr()
+    assert run([*argv, "--seeds", "1", "--levels", "none", "--no-analysis"]) == 2
+    err = capsys.readouterr().err
+    assert "holds test_accuracy = 'abc', not a number" in err and err.count("\n") == 1
+    assert json.loads(out.read_text())["cells"]["none"]["runs"]["0"]["test_accuracy"] == "abc"

@@ -126,3 +126,36 @@ def test_lock_is_released_after_a_crash_inside(tmp_path):
     assert not (tmp_path / "r.json.lock").exists()
     with Store(path, "language", {}):
         assert (tmp_path / "r.json.lock").exists()
+
+
+def test_each_invocation_appends_where_it_came_from_and_what_it_did(tmp_path, capsys):
+    path = tmp_path / "r.json"
+    with Store(path, "language", {}) as store:
+        store.add("none", 0, {"test_accuracy": 50.0})
+    checkpoint = store.checkpoint()
+    checkpoint.write_bytes(b"a job a kill interrupted")
+    save_json(checkpoint.with_suffix(".json"), [["none", 1]])
+    with Store(path, "language", {}) as store:
+        for job in store.jobs("", ["none"], [0, 1]):
+            assert job == [("none", 1)]  # the interrupted job, resumed
+            store.add("none", 1, {"test_accuracy": 60.0})
+    with Store(path, "language", {}):  # a re-run: nothing left to train
+        pass
+    with pytest.raises(KeyboardInterrupt), Store(path, "language", {}):
+        raise KeyboardInterrupt
+    printed = capsys.readouterr().out
+    assert "this invocation: trained 1 runs (1 resumed from a checkpoint), read 1 finished runs from" in printed
+    assert "this invocation: trained 0 runs, read 2 finished runs from" in printed
+    calls = json.loads(path.read_text())["invocations"]
+    assert [(c["runs_trained"], c["runs_resumed"], c["runs_read"], c["status"]) for c in calls] == [
+        (1, 0, 0, "finished"), (1, 1, 1, "finished"), (0, 0, 2, "finished"), (0, 0, 2, "interrupted")]
+    assert calls[0]["argv"] == sys.argv and calls[0]["version"] == "0.1.0" and calls[0]["ended"] >= calls[0]["started"]
+    assert calls[0]["commit"] is None or len(calls[0]["commit"].split("+")[0]) == 40
+
+
+def test_a_run_holding_a_wrong_type_is_one_line_naming_it(tmp_path):
+    path = tmp_path / "r.json"
+    with Store(path, "language", {}) as store:
+        store.add("none", 0, {"test_accuracy": "abc"})
+        with pytest.raises(UsageError, match=r"run none seed 0 holds test_accuracy = 'abc', not a number"):
+            store.summarise(["none"], [0], ["test_accuracy"])
