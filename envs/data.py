@@ -199,8 +199,8 @@ def load_splits(name: str = "mnist", root: str | Path | None = None, download: b
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     spec = DATASETS[name]
-    explicit = root is not None
-    root = Path(root) if explicit else default_root()
+    explicit = root is not None or bool(os.environ.get(ENV_VAR))  # a folder the user named is never created
+    root = Path(root) if root is not None else default_root()
     if explicit and root.is_file():
         raise DataError(f"data dir {root} is a file; point --data-dir / ${ENV_VAR} at the folder that holds "
                         f"{spec.folder}/raw/")  # fmt: skip

@@ -64,6 +64,13 @@ def test_missing_explicit_dir_names_the_dir(tmp_path):
     assert str(tmp_path / "nowhere") in str(e.value)
 
 
+def test_a_missing_dir_in_the_environment_variable_is_refused_and_not_created(tmp_path, monkeypatch):
+    monkeypatch.setenv("COMMCHANNELS_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(DataError, match="does not exist"):
+        load_splits("mnist")
+    assert not (tmp_path / "nowhere").exists()
+
+
 def test_a_file_as_data_dir_is_named(tmp_path):
     (tmp_path / "file").write_text("")
     with pytest.raises(DataError, match=r"data dir .*file is a file; point --data-dir"):

@@ -113,6 +113,23 @@ def test_agent_plugs_in_from_the_command_line(cli, agent):  # a test-only class,
     assert 0 <= data["cells"]["feedback"]["runs"]["0"]["test_accuracy"] <= 100
 
 
+def test_an_agent_plugs_in_from_a_file_path_and_a_broken_file_is_one_line(cli, tmp_path, capsys):
+    argv, out, _ = cli
+    (tmp_path / "my_agents.py").write_text("from agents.speakers import MLPSpeaker\n\n\nclass Mine(MLPSpeaker):\n"
+                                           "    pass\n")  # fmt: skip
+    assert run([*argv, "--seeds", "1", "--levels", "none", "--no-analysis", "--agent",
+                f"{tmp_path / 'my_agents.py'}:Mine"]) == 0  # fmt: skip
+    assert json.loads(out.read_text())["config"]["agent"].endswith("my_agents.py:Mine")
+    (tmp_path / "broken.py").write_text("class Mine(:\n")
+    (tmp_path / "raising.py").write_text("raise RuntimeError('no GPU here')\n")
+    for spec, said in ((f"{tmp_path / 'broken.py'}:Mine", "broken.py:1 has a syntax error"),
+                       (f"{tmp_path / 'raising.py'}:Mine", "raised RuntimeError: no GPU here"),
+                       (f"{tmp_path / 'absent.py'}:Mine", "no file")):  # fmt: skip
+        assert run([*argv, "--seeds", "1", "--agent", spec, "--out", str(tmp_path / "x.json")]) == 2
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1, err
+
+
 BAD_INPUTS = [
     (["--noise", "1.5"], "noise must be a probability"),
     (["--levels", "foo"], "unknown level(s) foo"),
