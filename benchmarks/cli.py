@@ -213,8 +213,11 @@ class ArgumentParser(argparse.ArgumentParser):
                 kwargs[f.name] = getattr(args, dest)
         try:
             return cls(**kwargs)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
+        except ValueError as e:  # a message that starts with a field's name names its flag instead
+            name, _, rest = str(e).partition(" ")
+            named = name in {f.name for f in dataclasses.fields(cls)} and hasattr(args, f"{prefix}{name}")
+            raise UsageError(f"--{prefix}{name} {rest}".replace("_", "-", name.count("_") + prefix.count("_"))
+                             if named else str(e)) from None  # fmt: skip
 
     def sweep_flag(self, spec: str | None) -> tuple[str, str, list[tuple[str, Any]]] | None:
         """``--sweep FLAG=v1,v2`` -> (flag, dest, [(text, value)]); values split on ``;`` when any contains

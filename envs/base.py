@@ -4,7 +4,13 @@ the AEC constructor (PettingZoo's module layout: ``parallel_env``, ``raw_env``, 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
+import math
+import numbers
+import types
+import typing
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -35,6 +41,58 @@ def given_whole(**data: object) -> bool:
     return all(given)
 
 
+def check_type(name: str, value: object, annotation: object) -> None:
+    """``value`` holds ``annotation``'s type where that is a number, text, a switch, a tuple of whole numbers or a
+    config (``X | None`` allows None): a ``"32"`` or a NaN is one line naming ``name`` here, not a TypeError deep
+    in torch. Other types (tensors, mappings) are left to the code that reads them."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None and len(members) < len(typing.get_args(annotation)):
+            return
+        annotation = members[0] if len(members) == 1 else object
+    base = typing.get_origin(annotation) or annotation
+    whole = lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool)  # noqa: E731
+    if base is bool:
+        ok, what = isinstance(value, bool | np.bool_), "True or False"
+    elif base is int:
+        ok, what = whole(value), "a whole number"
+    elif base is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        what = "a finite number"
+    elif base is str:
+        ok, what = isinstance(value, str), "text"
+    elif base is tuple and typing.get_args(annotation)[:1] == (int,):
+        ok, what = isinstance(value, tuple | list) and all(whole(v) for v in value), "a tuple of whole numbers"
+    elif dataclasses.is_dataclass(base):
+        ok, what = isinstance(value, base), f"a {base.__name__}"
+    else:
+        return
+    if not ok:
+        raise ValueError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
+
+
+def at_least(low: float, **values: float) -> None:
+    """Each of ``values`` is >= ``low``: the first that is not is named, with its value."""
+    for name, value in values.items():
+        if value < low:
+            raise ValueError(f"{name} must be >= {low:g}, got {value}")
+
+
+def checked_arguments(function: Callable) -> Callable:
+    """``function`` whose arguments are checked against their annotations (``check_type``) at every call."""
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def checked(*args, **kwargs):
+        hints = typing.get_type_hints(function)
+        for name, value in signature.bind(*args, **kwargs).arguments.items():
+            if name in hints:
+                check_type(name, value, hints[name])
+        return function(*args, **kwargs)
+
+    return checked
+
+
 def trains(method: Callable) -> Callable:
     """For an env whose ``reset``/``step`` train a model inside: run them with gradients on and outside
     inference mode, so they are the same under a caller's ``torch.no_grad()`` or
@@ -49,10 +107,21 @@ def trains(method: Callable) -> Callable:
 
 
 class TruncatingParallelEnv(ParallelEnv):
-    """A cooperative parallel env whose episodes never terminate and truncate after ``max_steps``."""
+    """A cooperative parallel env whose episodes never terminate and truncate after ``max_steps``. A subclass's
+    constructor and ``reset`` check their arguments' types, and its spaces refuse an agent it does not have."""
 
     max_steps: int
     _steps: int
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in vars(cls):
+            cls.__init__ = checked_arguments(cls.__init__)
+        if "reset" in vars(cls):
+            cls.reset = _seeded(cls.reset)
+        for name in ("observation_space", "action_space"):
+            if name in vars(cls):
+                setattr(cls, name, _of_known_agents(vars(cls)[name]))
 
     def action_text(self, agent: str) -> str:
         """What ``agent``'s action must be, in words, for the errors of ``_actions``."""
@@ -101,6 +170,29 @@ class TruncatingParallelEnv(ParallelEnv):
 
     def close(self) -> None:
         pass
+
+
+def _seeded(reset: Callable) -> Callable:
+    """``reset`` whose seed is None or a whole number (numpy's too, passed on as an int)."""
+
+    @functools.wraps(reset)
+    def seeded(self, seed: int | None = None, options: dict | None = None):
+        check_type("seed", seed, int | None)
+        return reset(self, seed=None if seed is None else int(seed), options=options)
+
+    return seeded
+
+
+def _of_known_agents(space: Callable) -> Callable:
+    """A space method that refuses an agent the env does not have (PettingZoo would build it a space)."""
+
+    @functools.wraps(space)
+    def of_agent(self, agent: str):
+        if agent not in self.possible_agents:
+            raise ValueError(f"{agent!r} is not an agent of this env; agents: {', '.join(self.possible_agents)}")
+        return space(self, agent)
+
+    return of_agent
 
 
 def aec(parallel_cls: type) -> Callable:

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from envs.base import TruncatingParallelEnv, aec, episode_length
+from envs.base import TruncatingParallelEnv, aec, at_least, episode_length
 from envs.data import Split, Splits, load_splits
 
 AGENTS = ("teacher", "student")
@@ -214,8 +214,8 @@ class parallel_env(TruncatingParallelEnv):
     ):
         """``images`` (``[n, pixels]`` in [0, 1]) replaces the dataset's training split, e.g. in tests."""
         max_steps = episode_length(max_cycles, max_steps)
-        if message_length < 1 or vocab_size < 2 or batch_size < 1:
-            raise ValueError("message_length and batch_size must be >= 1 and vocab_size >= 2")
+        at_least(1, message_length=message_length, batch_size=batch_size)
+        at_least(2, vocab_size=vocab_size)
         self.images = images if images is not None else load_splits(dataset, data_dir).train.images
         self.view = View(view, noise, visible, overlap)
         self.masks = self.view.masks(self.images.shape[1], seed)

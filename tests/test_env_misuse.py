@@ -101,3 +101,50 @@ def test_data_are_given_whole_or_not_at_all():
         network.parallel_env(images=torch.rand(10, 64))
     with pytest.raises(ValueError, match=r"^give images, labels, teacher_logits, val_images and val_labels together"):
         teacher_student.parallel_env(images=torch.rand(10, 64))
+
+
+@pytest.mark.parametrize("name", ENVS)
+def test_a_space_of_an_unknown_agent_and_a_seed_of_the_wrong_type_are_refused(name):
+    env = ENVS[name]()
+    for space in (env.observation_space, env.action_space):
+        with pytest.raises(ValueError, match=r"^'eve' is not an agent of this env; agents: "):
+            space("eve")
+    with pytest.raises(ValueError, match=r"^seed must be a whole number, got 'a' \(str\)$"):
+        env.reset(seed="a")
+    env.reset(seed=np.int64(3))  # numpy's whole numbers are whole numbers
+
+
+def test_constructor_arguments_of_the_wrong_type_are_one_line():
+    import torch
+
+    from envs import language, network
+
+    images = torch.rand(10, 64)
+    with pytest.raises(ValueError, match=r"^message_length must be a whole number, got '32' \(str\)$"):
+        language.parallel_env(message_length="32", images=images)
+    with pytest.raises(ValueError, match=r"^noise must be a finite number, got nan"):
+        language.parallel_env(noise=float("nan"), images=images)
+    with pytest.raises(ValueError, match=r"^nodes must be a whole number, got 2.5 \(float\)$"):
+        network.parallel_env(nodes=2.5)
+
+
+@pytest.mark.parametrize(("make", "said"), [
+    ("LanguageConfig(lr=float('nan'))", "lr must be a finite number, got nan"),
+    ("LanguageConfig(view='blur')", "unknown view 'blur'; choose from invert, occlude, resample"),
+    ("LanguageConfig(hidden=(3, 'a'))", "hidden must be a tuple of whole numbers"),
+    ("LanguageConfig(steps=True)", "steps must be a whole number, got True"),
+    ("TeacherConfig(patience=0)", "patience must be >= 1, got 0"),
+    ("StudentConfig(eval_every=0)", "eval_every must be >= 1, got 0"),
+    ("PolicyConfig(horizon=0)", "horizon must be >= 1, got 0"),
+    ("NetworkConfig(nodes='4')", "nodes must be a whole number, got '4'"),
+])  # fmt: skip
+def test_configs_check_their_fields_on_construction(make, said):
+    from trainers.language import LanguageConfig  # noqa: F401
+    from trainers.network import NetworkConfig  # noqa: F401
+    from trainers.teacher import TeacherConfig  # noqa: F401
+    from trainers.teacher_policy import PolicyConfig  # noqa: F401
+    from trainers.teacher_student import StudentConfig  # noqa: F401
+
+    with pytest.raises(ValueError) as e:
+        eval(make)
+    assert str(e.value).startswith(said)

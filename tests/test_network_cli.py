@@ -108,7 +108,7 @@ def test_throughput_writes_rows_with_ratios_and_fractions_of_peak(tmp_path, caps
     assert data["memory_gb_per_s"] > 0
     assert "of peak" in capsys.readouterr().out
     assert exit_code(throughput.main, ["--nodes", "0", "--out", str(out)]) == 2
-    assert "--nodes must be integers >= 1" in capsys.readouterr().err
+    assert "--nodes must be >= 1, got '0'" in capsys.readouterr().err
     assert exit_code(throughput.main, ["--nodes", "2", "--models", "dcgan-small", "--steps", "1", "--out", str(out),
                                        "--runs", "", "--sweep", "batch-size=2,3"]) == 0  # fmt: skip
     rows = json.loads(out.read_text())["rows"]

@@ -17,14 +17,16 @@ import sys
 import tempfile
 import threading
 import time
+import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import field
+from dataclasses import field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from envs.base import check_type
 from trainers.group import Group
 
 CHECKPOINT_SECONDS = 60.0  # between checkpoints after the first: saving every evaluation costs seconds
@@ -36,6 +38,18 @@ def option(default: Any, help: str, **metadata: Any) -> Any:
         value = default
         return field(default_factory=lambda: value, metadata={"help": help, **metadata})
     return field(default=default, metadata={"help": help, **metadata})
+
+
+def check_fields(config: Any) -> None:
+    """Each field of a config dataclass holds its annotated type (``envs.base.check_type``) and, where the field
+    lists choices, one of them: the Python API refuses what the command line would."""
+    hints = typing.get_type_hints(type(config))
+    for f in fields(config):
+        value = getattr(config, f.name)
+        check_type(f.name, value, hints[f.name])
+        choices = f.metadata.get("choices")
+        if choices and value is not None and value not in choices:
+            raise ValueError(f"unknown {f.name} {value!r}; choose from {', '.join(map(str, choices))}")
 
 
 class Interrupts:

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from trainers.base import option
+from envs.base import at_least
+from trainers.base import check_fields, option
 
 
 def gumbel_noise(uniform: torch.Tensor) -> torch.Tensor:
@@ -44,8 +45,13 @@ class TemperatureSchedule:
     floor: float = option(0.1, "lowest temperature")
 
     def __post_init__(self) -> None:
-        if self.start <= 0 or self.floor <= 0 or not 0 < self.factor <= 1 or self.every < 1:
-            raise ValueError("temperature start and floor must be > 0, factor in (0, 1], every >= 1")
+        check_fields(self)
+        for name in ("start", "floor"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"temperature {name} must be > 0, got {getattr(self, name)}")
+        if not 0 < self.factor <= 1:
+            raise ValueError(f"temperature factor must be in (0, 1], got {self.factor}")
+        at_least(1, temperature_every=self.every)
 
     def __call__(self, step: int) -> float:
         return max(self.floor, self.start * self.factor ** (step // self.every))

@@ -37,9 +37,10 @@ import torch
 import torch.nn.functional as F
 
 from agents.language import Critic, LinearProbe, Speaker
+from envs.base import at_least
 from envs.data import Split, Splits
 from envs.language import AGENTS, OVERLAPS, VIEWS, View, communication_loss, exchange, fixed_uniform, views
-from trainers.base import Trainer, adam, generator, option, restore_generators
+from trainers.base import Trainer, adam, check_fields, generator, option, restore_generators
 from trainers.gumbel import TemperatureSchedule, gumbel_softmax, hard_message, sampled_message
 from trainers.population import Population
 from trainers.reinforce import Reinforce
@@ -109,14 +110,15 @@ class LanguageConfig:
     log_every: int = option(50, "steps between TensorBoard training scalars")
 
     def __post_init__(self) -> None:
+        check_fields(self)
         self.partial_view()  # checks the view's settings
-        for name in ("message_length", "batch_size", "steps", "eval_every", "log_every", "critic_hidden"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.vocab_size < 2:
-            raise ValueError(f"vocab_size must be >= 2, got {self.vocab_size}")
-        if self.lr <= 0 or self.probe_lr <= 0 or self.ce_weight < 0 or self.ce_weight_two_way < 0:
-            raise ValueError("learning rates must be > 0 and communication weights >= 0")
+        at_least(1, **{n: getattr(self, n) for n in ("message_length", "batch_size", "steps", "eval_every",
+                                                     "log_every", "critic_hidden")})  # fmt: skip
+        at_least(2, vocab_size=self.vocab_size)
+        for name in ("lr", "probe_lr"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        at_least(0, ce_weight=self.ce_weight, ce_weight_two_way=self.ce_weight_two_way)
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
         Reinforce(self.entropy_weight, self.baseline_decay)  # checks its settings

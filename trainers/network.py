@@ -29,7 +29,7 @@ from agents.network import MODELS, seeded_models, stack
 from envs.data import Split, Splits
 from envs.network import CONTENTS, SUPERVISED_CONTENTS, decide, decision_sums, every_node, supervised_losses
 from envs.routing import INIT, Minibatch, Network, from_pixels, links, node_seed, pack, placement, to_pixels, unpack
-from trainers.base import Trainer, adam, option, run_rows
+from trainers.base import Trainer, adam, check_fields, option, run_rows
 from trainers.group import Group
 from trainers.network_objectives import UNSUPERVISED, NodeProbes, bigan_step, vae_losses
 
@@ -61,6 +61,7 @@ class NetworkConfig:
                                       default_text="classifiers")  # fmt: skip
 
     def __post_init__(self) -> None:
+        check_fields(self)
         if self.nodes < 1:
             raise ValueError(f"--nodes must be >= 1, got {self.nodes}")
         if not 0 <= self.k < self.nodes:

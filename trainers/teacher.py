@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from agents.teacher_student import teacher
+from envs.base import at_least
 from envs.data import Split, Splits
-from trainers.base import CheckpointError, Events, load_checked, option, save_atomic, write_atomic
+from trainers.base import CheckpointError, Events, check_fields, load_checked, option, save_atomic, write_atomic
 from trainers.teacher_student import Selection, StudentConfig, StudentTrainer
 
 VERSION = "seeded-dropout-1"  # in the cache key: teachers trained before their dropout was seeded differ
@@ -37,8 +38,10 @@ class TeacherConfig:
     max_epochs: int = option(50, "teacher epochs at most")
 
     def __post_init__(self) -> None:
-        if not 0 <= self.dropout < 1 or self.batch_size < 1 or self.patience < 1 or self.max_epochs < 1:
-            raise ValueError("teacher dropout must be in [0, 1); batch size, patience and epochs >= 1")
+        check_fields(self)
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"teacher dropout must be in [0, 1), got {self.dropout}")
+        at_least(1, batch_size=self.batch_size, patience=self.patience, max_epochs=self.max_epochs)
 
     def as_student(self, n_train: int) -> StudentConfig:
         """The teacher is trained as a student with dropout on true labels, evaluated once an epoch."""

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from agents.teacher_student import TeacherPolicy
+from envs.base import at_least
 from envs.teacher_student import MEASURES, REWARDS, Measure, Stack, features, parallel_env
-from trainers.base import option
+from trainers.base import check_fields, option
 from trainers.gumbel import gumbel_noise
 from trainers.reinforce import Reinforce
 
@@ -56,10 +57,10 @@ class PolicyConfig:
                          "on a random minibatch of the same stack from the same state", choices=REWARDS)
 
     def __post_init__(self) -> None:
-        if min(self.episodes, self.steps, self.stack_size, self.batch_size, self.update_every, self.horizon) < 1:
-            raise ValueError("policy episodes, steps, stack and batch sizes, update interval and horizon must be >= 1")
-        if self.warmup < 0:
-            raise ValueError(f"policy warmup must be >= 0 updates, got {self.warmup}")
+        check_fields(self)
+        at_least(1, **{n: getattr(self, n) for n in ("episodes", "steps", "stack_size", "batch_size", "update_every",
+                                                     "horizon")})  # fmt: skip
+        at_least(0, warmup=self.warmup)
 
 
 def plackett_luce(scores: torch.Tensor, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 import torch
 
 from agents.teacher_student import mlp
+from envs.base import at_least
 from envs.data import Split, Splits
 from envs.teacher_student import MEASURES, TARGETS, EpochStacks, Rule, Stack, target_loss
-from trainers.base import Trainer, adam, generator, option, restore_generators
+from trainers.base import Trainer, adam, check_fields, generator, option, restore_generators
 from trainers.population import Population
 from trainers.probe import accuracy
 
@@ -112,9 +113,8 @@ class StudentConfig:
     dropout: float = option(0.0, "dropout after each hidden layer (the teacher's 0.5; the student has none)")
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "patience", "max_epochs", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        check_fields(self)
+        at_least(1, **{n: getattr(self, n) for n in ("batch_size", "patience", "max_epochs", "eval_every")})
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0 <= self.dropout < 1:
