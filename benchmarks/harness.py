@@ -50,6 +50,33 @@ def device_of(args: Any) -> torch.device:
         raise UsageError(str(e)) from None
 
 
+def available_memory(device: torch.device) -> tuple[int, str]:
+    """Bytes free for a job and where they were read: the GPU's free memory under cuda, else the host's
+    available memory (``MemAvailable``, or the physical memory where /proc is absent)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0], f"free memory of {torch.cuda.get_device_name(device)}"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024, "available host memory (MemAvailable)"
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "physical host memory"
+
+
+def check_memory(one_run: Callable[[], Any], runs: int, device: torch.device, what: str) -> None:
+    """Refuse a job of ``runs`` runs whose state cannot fit, before allocating it: a trainer of one run
+    (``one_run()``) gives the bytes of its trainable tensors, and every run of the job holds them five times
+    (weights, gradients, Adam's two moments, the best weights) -- a lower bound, activations not counted."""
+    trainer = one_run()
+    per_run = 5 * sum(t.numel() * t.element_size() for t in trainer.parameters_by_name().values())
+    free, where = available_memory(device)
+    if per_run * runs > free:
+        raise UsageError(f"{what} = {runs:,} runs in one job need at least {per_run * runs / 2**30:,.1f} GiB "
+                         f"({per_run / 2**20:,.1f} MiB a run) but the {where} is {free / 2**30:,.1f} GiB; "
+                         f"pass fewer --seeds (or cells)")  # fmt: skip
+
+
 def parse_list(text: str, allowed: Iterable[str], what: str) -> list[str]:
     """A comma-separated choice list, checked against ``allowed``, order and duplicates normalised."""
     allowed = list(allowed)

@@ -23,6 +23,7 @@ from agents.loading import load_class
 from benchmarks.cli import ArgumentParser, UsageError, add_common, add_preset, variants
 from benchmarks.harness import (
     Sink,
+    check_memory,
     device_of,
     flat_hparams,
     format_table,
@@ -141,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
                 "reference_epochs": args.reference_epochs}  # fmt: skip
     root = Path(args.logdir) / out.stem
     preflight([(root, "--logdir")])
+    for _, config, speaker_cls, _ in chosen:
+        check_memory(lambda c=config, s=speaker_cls: LanguageTrainer(c, splits, [(levels[0], seeds[0])], s,
+                                                                     device=device),
+                     len(levels) * len(seeds), device, f"{len(levels)} levels x --seeds {len(seeds)}")  # fmt: skip
     with Store(out, "language", identity, swept) as store:
         started = time.time()
         for label, config, speaker_cls, v in chosen:

@@ -30,6 +30,7 @@ from agents.network import MODELS, node_model
 from benchmarks.cli import ArgumentParser, UsageError, add_common, finite_float, variants
 from benchmarks.harness import (
     Sink,
+    check_memory,
     device_of,
     flat_hparams,
     format_counts,
@@ -193,6 +194,9 @@ def _run(parser: ArgumentParser, args, seeds: list[int], device, chosen: list, g
         if per_node < c.batch_size:
             raise UsageError(f"{c.nodes} nodes get {per_node} training images each, fewer than a minibatch of "
                              f"{c.batch_size}; use fewer nodes or a smaller --batch-size")  # fmt: skip
+        if group.world == 1:  # a process group's processes share the nodes: each checks its own part on start
+            check_memory(lambda c=c: NetworkTrainer(c, splits, seeds[:1], device=device), len(seeds), device,
+                         f"{c.name} x --seeds {len(seeds)}")  # fmt: skip
     suffix = (f"-{args.unsupervised}" if args.unsupervised else "") + ("-quick" if args.quick else "")
     suffix += f"-distributed-p{group.world}" if args.distributed else ""
     out = Path(args.out or f"results/network{suffix}.json")

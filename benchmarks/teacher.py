@@ -18,6 +18,7 @@ from benchmarks.cli import ArgumentParser, UsageError, add_common, finite_float,
 from benchmarks.harness import (
     Progress,
     Sink,
+    check_memory,
     device_of,
     flat_hparams,
     format_counts,
@@ -223,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
         if policy and holdout_size < policy.reward_samples:
             raise UsageError(f"the learned teachers' reward reads {policy.reward_samples} --holdout images; "
                              f"give --holdout >= {policy.reward_samples} or fewer --policy-reward-samples")
+        check_memory(lambda c=student_config: StudentTrainer(c, splits, [(Selection(), seeds[0])], device=device),
+                     len(configs) * len(seeds), device, f"{len(configs)} cells x --seeds {len(seeds)}")  # fmt: skip
         largest = max(c.stack_size for c in configs) * student_config.batch_size
         if largest > n or teacher_config.batch_size > n:
             raise UsageError(f"a stack of {largest} samples (batch size x stack size) or a teacher batch of "

@@ -366,3 +366,14 @@ def test_a_results_file_edited_to_a_wrong_type_is_one_line_and_kept(cli, capsys)
     err = capsys.readouterr().err
     assert "holds test_accuracy = 'abc', not a number" in err and err.count("\n") == 1
     assert json.loads(out.read_text())["cells"]["none"]["runs"]["0"]["test_accuracy"] == "abc"
+
+
+def test_a_job_that_cannot_fit_in_memory_is_refused_before_anything_is_allocated(cli, monkeypatch, capsys):
+    argv, out, _ = cli
+    from benchmarks import harness
+
+    monkeypatch.setattr(harness, "available_memory", lambda device: (10 * 2**20, "available host memory"))
+    assert run([*argv, "--seeds", "100", "--levels", "none,both"]) == 2
+    err = capsys.readouterr().err
+    assert "2 levels x --seeds 100 = 200 runs in one job need at least" in err and "is 0.0 GiB" in err
+    assert err.count("\n") == 1 and not out.exists()
