@@ -9,6 +9,7 @@ not give. ``--sweep FLAG=v1,v2`` runs one variant per value of any flag, parsed 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import difflib
@@ -104,10 +105,12 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, allow_abbrev=False, **kwargs)  # --quick never silently means --quick-teacher
+        self._optionals.title = "this benchmark"  # then a section per config, data, and seeds and output
         self._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+|inf|nan)$", re.I)  # -inf is a value
         self.defaults: dict[str, Any] = {}
         self.empty_ok: set[str] = set()  # dests whose empty value means something (documented in their help)
         self.readers: dict[str, dict[str, tuple | None]] = {}  # dest -> the settings under which it is read
+        self._target: Any = self  # where ``option`` adds its flag: the parser, or the group being filled
         self.configs: list[tuple[type, str, tuple[str, ...]]] = []
         self.fixed: set[str] = set()  # flags a benchmark reads once (its data, its cells): never swept
         self.presets: dict[str, dict[str, Any]] = {}  # --preset NAME: values for flags the user did not set
@@ -133,15 +136,28 @@ class ArgumentParser(argparse.ArgumentParser):
         shown = default_text or ("off" if default is False else default)
         if kwargs.get("type") is int_tuple and isinstance(default, tuple):
             shown = ",".join(map(str, default))
-        self.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=f"{help} (default: {shown})", **kwargs)
+        self._target.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=f"{help} (default: {shown})",
+                                  **kwargs)  # fmt: skip
 
-    def config(self, cls: type, prefix: str = "", exclude: tuple[str, ...] = (), _path: str = "",
+    @contextlib.contextmanager
+    def group(self, title: str) -> Iterator[None]:
+        """The flags added inside form one section of ``--help``."""
+        previous, self._target = self._target, self.add_argument_group(title)
+        try:
+            yield
+        finally:
+            self._target = previous
+
+    def config(self, cls: type, prefix: str = "", exclude: tuple[str, ...] = (),
                read_with: dict[str, tuple | None] | None = None) -> None:  # fmt: skip
-        """One flag per field of the dataclass ``cls`` (nested dataclasses: prefixed flags). A field's
-        ``read_with`` metadata names settings of the same config (``option``); ``read_with`` here applies to
-        every field (a config that only one setting reads)."""
-        if not _path:
-            self.configs.append((cls, prefix, exclude))
+        """One flag per field of the dataclass ``cls`` (nested dataclasses: prefixed flags), in a section of
+        ``--help`` of its own. A field's ``read_with`` metadata names settings of the same config (``option``);
+        ``read_with`` here applies to every field (a config that only one setting reads)."""
+        self.configs.append((cls, prefix, exclude))
+        with self.group(f"{cls.__name__} ({cls.__module__})"):
+            self._fields(cls, prefix, exclude, read_with or {})
+
+    def _fields(self, cls: type, prefix: str, exclude: tuple[str, ...], read_with: dict[str, tuple | None]) -> None:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             if f.name in exclude:
@@ -150,7 +166,7 @@ class ArgumentParser(argparse.ArgumentParser):
             tp = _parse_type(hints[f.name])
             name = f"{prefix}{f.name.replace('_', '-')}"
             if dataclasses.is_dataclass(tp):
-                self.config(tp, f"{name}-", (), _path=f"{_path}{f.name}.")
+                self._fields(tp, f"{name}-", (), read_with)
                 continue
             help, extra = f.metadata.get("help", ""), {}
             if tp is bool:
@@ -160,8 +176,7 @@ class ArgumentParser(argparse.ArgumentParser):
             if "choices" in f.metadata:
                 extra["choices"] = list(f.metadata["choices"])
             own = {f"{prefix}{k}".replace("-", "_"): v for k, v in f.metadata.get("read_with", {}).items()}
-            self.option(f"--{name}", default, help, f.metadata.get("default_text"), {**own, **(read_with or {})},
-                        **extra)  # fmt: skip
+            self.option(f"--{name}", default, help, f.metadata.get("default_text"), {**own, **read_with}, **extra)
 
     def parse(self, argv: list[str] | None, quick: dict[str, Any] | None = None) -> argparse.Namespace:
         """Parse; ``args.given`` holds the dests the user set; unset ones get ``quick`` (with ``--quick``),
@@ -284,8 +299,20 @@ def add_sweep(parser: ArgumentParser) -> None:
                   "separate them with ';')", default_text="no sweep")  # fmt: skip
 
 
+def add_data(parser: ArgumentParser, default: str | None, help: str = "dataset", default_text: str | None = None,
+             choices: list[str] | None = None) -> None:  # fmt: skip
+    """``--dataset`` and ``--data-dir``, spelled once (inside ``parser.group("data")``)."""
+    parser.option("--dataset", default, help, default_text, choices=choices)
+    parser.option("--data-dir", None, "dataset root", default_text="$COMMCHANNELS_DATA, else a per-user cache")
+
+
 def add_common(parser: ArgumentParser, out: str, quick: str) -> None:
-    """The flags every benchmark has, spelled and explained once."""
+    """The flags every benchmark has, spelled and explained once: a section of ``--help``."""
+    with parser.group("seeds, device, sweeps and output"):
+        _add_common(parser, out, quick)
+
+
+def _add_common(parser: ArgumentParser, out: str, quick: str) -> None:
     parser.option("--seeds", None, "seeds: a count n (seeds 0..n-1), a range 100-104 or a list 100,101",
                   default_text=quick.split("|")[0], type=seed_list)
     parser.option("--device", "auto", "where to train: auto is cuda when available, else cpu",

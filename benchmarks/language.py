@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from agents.loading import load_class
-from benchmarks.cli import ArgumentParser, UsageError, add_common, add_preset, variants
+from benchmarks.cli import ArgumentParser, UsageError, add_common, add_data, add_preset, variants
 from benchmarks.harness import (
     Sink,
     check_memory,
@@ -74,8 +74,8 @@ def build_parser() -> ArgumentParser:
              "messages, or both (a sweep over the two)", choices=[*ESTIMATORS, "both"])  # fmt: skip
     p.option("--levels", None, "comma-separated communication levels", default_text=f"{','.join(THESIS_LEVELS)}, "
              "and read, decide with --view occlude|resample")  # fmt: skip
-    p.option("--dataset", "mnist", "dataset of the views", choices=list(DATASETS))
-    p.option("--data-dir", None, "dataset root", default_text="$COMMCHANNELS_DATA, else a per-user cache")
+    with p.group("data"):
+        add_data(p, "mnist", "dataset of the views", choices=list(DATASETS))
     p.option("--agent", None, "speaker class as package.module:ClassName", default_text="the thesis' speaker")
     p.option("--reference-epochs", 30, "epochs of the reference and analysis probes (1 with --quick)", type=int)
     p.option("--analysis", True, "analyse every run's messages (trainers.language_analysis)",

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from agents.network import MODELS, node_model
-from benchmarks.cli import ArgumentParser, UsageError, add_common, finite_float, variants
+from benchmarks.cli import ArgumentParser, UsageError, add_common, add_data, finite_float, variants
 from benchmarks.harness import (
     Sink,
     check_memory,
@@ -81,9 +81,9 @@ def build_parser() -> ArgumentParser:
     p.option("--content", None, f"comma-separated contents from {','.join(SUPERVISED_CONTENTS)}",
              default_text="the thesis' configurations")  # fmt: skip
     p.option("--neighbours", None, "k nearest nodes on the ring", default_text="all others", type=int)
-    p.option("--dataset", "cifar10", "dataset (cifar10 as in the thesis)", choices=list(DATASETS))
-    p.option("--data-dir", None, "dataset root", default_text="$COMMCHANNELS_DATA, else a per-user cache")
-    p.option("--val-samples", 5000, "validation images of the curves (0: all)", type=int)
+    with p.group("data"):
+        add_data(p, "cifar10", "dataset (cifar10 as in the thesis)", choices=list(DATASETS))
+        p.option("--val-samples", 5000, "validation images of the curves (0: all)", type=int)
     p.option("--target-accuracy", 85.0, "validation accuracy (%%) whose first crossing is counted (changing "
              "it retrains nothing)", type=finite_float)  # fmt: skip
     p.option("--distributed", False, "spread each configuration's nodes over the processes torchrun starts "

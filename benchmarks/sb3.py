@@ -19,7 +19,7 @@ import shutil
 import time
 from pathlib import Path
 
-from benchmarks.cli import ArgumentParser, UsageError, add_common, variants
+from benchmarks.cli import ArgumentParser, UsageError, add_common, add_data, variants
 from benchmarks.harness import Progress, device_of, format_table, run_cli
 from benchmarks.store import Store, prefix, preflight
 from envs.data import DATASETS, load_splits
@@ -46,8 +46,8 @@ def build_parser() -> ArgumentParser:
              read_with={"algo": OFF_POLICY})  # fmt: skip
     p.option("--episode-steps", 100, "env steps per episode", type=int)
     p.option("--nodes", 4, "network env: nodes (agents)", type=int, read_with={"env": ("network",)})
-    p.option("--dataset", None, "dataset", default_text="mnist; fashion-mnist for network", choices=list(DATASETS))
-    p.option("--data-dir", None, "dataset root", default_text="$COMMCHANNELS_DATA, else a per-user cache")
+    with p.group("data"):
+        add_data(p, None, default_text="mnist; fashion-mnist for network", choices=list(DATASETS))
     p.option("--teacher-cache", "checkpoints/teachers", "teacher_student: cached teachers",
              read_with={"env": ("teacher_student",)})  # fmt: skip
     p.option("--quick-teacher", False, "teacher_student: a one-epoch teacher if none cached", action="store_true",

@@ -14,7 +14,16 @@ import statistics
 import time
 from pathlib import Path
 
-from benchmarks.cli import ArgumentParser, UsageError, add_common, finite_float, seed_list, split_items, variants
+from benchmarks.cli import (
+    ArgumentParser,
+    UsageError,
+    add_common,
+    add_data,
+    finite_float,
+    seed_list,
+    split_items,
+    variants,
+)
 from benchmarks.harness import (
     Progress,
     Sink,
@@ -107,8 +116,8 @@ def build_parser() -> ArgumentParser:
              "samples", default_text="0")  # fmt: skip
     p.option("--teacher-cache", "checkpoints/teachers", "folder of the trained teachers (one file per seed)")
     p.option("--retrain-teacher", False, "ignore cached teachers and train new ones", action="store_true")
-    p.option("--dataset", "mnist", "dataset", choices=list(DATASETS))
-    p.option("--data-dir", None, "dataset root", default_text="$COMMCHANNELS_DATA, else a per-user cache")
+    with p.group("data"):
+        add_data(p, "mnist", choices=list(DATASETS))
     p.option("--target-accuracy", None, "validation accuracy (%%) whose first sustained crossing is counted "
              "(changing it retrains nothing)", default_text="the highest the baseline holds on every seed",
              type=finite_float)  # fmt: skip

@@ -24,6 +24,10 @@ def test_help_shows_every_flags_default(name, capsys):
         parser.parse_args(["--help"])
     shown = capsys.readouterr().out
     assert shown.count("(default:") >= len(flags)
+    sections = [f"{cls.__name__} ({cls.__module__}):" for cls, _, _ in parser.configs]
+    if name != "throughput":
+        sections += ["data:", "seeds, device, sweeps and output:"]
+    assert all(f"\n{s}\n" in shown for s in sections), sections
 
 
 @pytest.mark.parametrize(("module", "argv", "given", "filled"), [
