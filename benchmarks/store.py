@@ -266,7 +266,11 @@ class Store:
         self.resumed += len(job)
         for runs in ([job] if job else []) + list(groups.values()):
             save_json(job_file, runs)  # rewritten before each job
-            yield runs
+            try:
+                yield runs
+            finally:  # a job that stopped before its first checkpoint (an error, a divergence) leaves nothing
+                if not checkpoint.exists():
+                    job_file.unlink(missing_ok=True)
             checkpoint.unlink(missing_ok=True)
             job_file.unlink(missing_ok=True)
 

@@ -289,6 +289,7 @@ def test_a_diverging_run_stops_with_one_line_and_no_nan_in_results(cli, capsys):
     assert "Traceback" not in err
     assert "NaN" not in diverging.read_text() and "nan" not in diverging.read_text().lower().replace("nanmean", "")
     assert out.read_text() == before
+    assert not list(out.parent.glob("*.ckpt.*"))  # a job that diverged before its first checkpoint leaves nothing
 
 
 def test_an_unwritable_out_is_refused_before_any_training(cli, capsys, monkeypatch, tmp_path):

@@ -232,6 +232,18 @@ class Noisy(TinySpeaker):
         return logits + torch.randn_like(logits), h
 
 
+class NaNs(TinySpeaker):
+    def forward(self, view):
+        logits, h = super().forward(view)
+        return logits * float("nan"), h
+
+
+class Huge(TinySpeaker):
+    def forward(self, view):
+        logits, h = super().forward(view)
+        return logits * 1e38, h
+
+
 class Parameterless(torch.nn.Module):
     def __init__(self, view_dim: int, message_length: int, vocab_size: int):
         super().__init__()
@@ -257,6 +269,8 @@ class Crashes(TinySpeaker):
         (ChangesWeights, "speaker ChangesWeights.forward changes 'heads.bias' in place"),
         (Detached, "speaker Detached's logits do not depend on its parameters"),
         (Noisy, "speaker Noisy.forward is random in eval mode"),
+        (NaNs, "speaker NaNs returns non-finite logits or features (NaN or inf) on views in [0, 1]"),
+        (Huge, "speaker Huge returns logits as large as"),
         (Parameterless, "speaker Parameterless has no trainable parameters"),
         (Crashes, "speaker Crashes.forward fails on views [B, 64]: RuntimeError: mat1 and mat2 shapes"),
         (int, "speaker int must be a torch.nn.Module subclass"),

@@ -15,6 +15,7 @@ from torch import nn
 from trainers.population import Population
 
 PROTOCOL = "(agents/language.py)"
+MAX_LOGIT = 1e4  # an untrained speaker's logits are O(1); divided by a temperature down to 0.1, 1e38 overflows
 
 
 def check_speaker(speaker_cls: type, message_length: int, vocab_size: int, pixels: int) -> bool:
@@ -65,6 +66,13 @@ def _check_output(name: str, out: object, message_length: int, vocab_size: int) 
         raise ValueError(
             f"speaker {name} must return logits [B, {L}, {V}] and features [B, H], "
             f"got {tuple(logits.shape[1:])} and {tuple(features.shape[1:])}"
+        )
+    if not (torch.isfinite(logits).all() and torch.isfinite(features).all()):
+        raise ValueError(f"speaker {name} returns non-finite logits or features (NaN or inf) on views in [0, 1]")
+    if logits.abs().max() > MAX_LOGIT:
+        raise ValueError(
+            f"speaker {name} returns logits as large as {logits.abs().max().item():.3g} on views in [0, 1]; the "
+            f"Gumbel-Softmax divides them by its temperature and overflows: keep them within +-{MAX_LOGIT:g}"
         )
     if not logits.requires_grad:
         raise ValueError(
