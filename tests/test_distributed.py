@@ -190,6 +190,38 @@ def test_a_killed_group_resumes_from_its_checkpoints_to_the_same_numbers(root, t
     assert resumed == whole and [p.name for p in sorted(tmp_path.glob("c*.pt"))] == ["c0.pt", "c1.pt", "c2.pt"]
 
 
+class SignalAt(Events):
+    """Rank 0 gets a real SIGINT (Ctrl-C) once its trainer reached ``step``; the other ranks get none."""
+
+    def __init__(self, trainer, step: int, rank: int):
+        self.trainer, self.step, self.rank = trainer, step, rank
+
+    def advance(self, steps: int = 1) -> None:
+        if self.rank == 0 and self.trainer.step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def _interrupt_and_resume(rank: int, world: int, group, root: Path, out: Path) -> None:
+    splits, config = load_splits("mnist", root, download=False), dataclasses.replace(CONFIG, steps=30)
+    checkpoint = out / f"c{rank}.pt"
+    interrupted = NetworkTrainer(config, splits, [0], group=group)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(SignalAt(interrupted, 12, rank), checkpoint)
+    (out / f"step{rank}").write_text(str(torch.load(checkpoint, weights_only=False)["step"]))
+    resumed = NetworkTrainer(config, splits, [0], group=group).fit(checkpoint=checkpoint)
+    whole = NetworkTrainer(config, splits, [0], group=group).fit()
+    if rank == 0:
+        torch.save([dataclasses.asdict(r) for r in (*resumed, *whole)], out / "results.pt")
+
+
+def test_ctrl_c_on_rank_0_checkpoints_every_rank_at_the_next_evaluation_and_resumes_to_the_same_numbers(root,
+                                                                                                       tmp_path):
+    assert spawn(_interrupt_and_resume, 2, "p2p", root, tmp_path) == [0, 0]
+    assert [(tmp_path / f"step{r}").read_text() for r in (0, 1)] == ["20", "20"]  # the evaluation after step 12
+    resumed, whole = torch.load(tmp_path / "results.pt")
+    assert resumed == whole
+
+
 def _ddp(rank: int, world: int, group, root: Path, out: Path) -> None:
     from trainers.ddp import DDPBaseline
 

@@ -53,16 +53,19 @@ def check_fields(config: Any) -> None:
 
 
 class Interrupts:
-    """Ctrl-C during ``fit``: the first asks for a checkpoint at the next evaluation and then stops (so at most
-    one evaluation interval is lost, not a minute), a second stops at once. ``active`` False (no checkpoint to
-    save): Ctrl-C stops at once."""
+    """Ctrl-C (SIGINT) or SIGTERM during ``fit`` -- torchrun forwards a Ctrl-C to its workers as SIGTERM --
+    asks for a checkpoint at the next evaluation and then stops (so at most one evaluation interval is lost,
+    not a minute); a second signal stops at once. ``active`` False (no checkpoint to save): signals keep
+    their handlers."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, active: bool) -> None:
-        self.active, self.requested, self.previous = active, False, None
+        self.active, self.requested, self.previous = active, False, {}
 
     def __enter__(self) -> Interrupts:
         if self.active and threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -72,8 +75,8 @@ class Interrupts:
         print("\ninterrupted: saving a checkpoint at the next evaluation (Ctrl-C again stops at once)", file=sys.stderr)
 
     def __exit__(self, *exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 class Diverged(ValueError):
