@@ -126,7 +126,7 @@ class Lock:
         os.close(self.fd)
 
 
-def _commit() -> str | None:
+def commit() -> str | None:
     """The git commit of the code that ran (``+dirty`` with uncommitted changes), or None outside a checkout."""
     here = Path(__file__).resolve().parent
     try:
@@ -138,14 +138,14 @@ def _commit() -> str | None:
     return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if sha.returncode == 0 else None
 
 
-def _version() -> str | None:
+def version() -> str | None:
     try:
         return metadata.version("commchannels")
     except metadata.PackageNotFoundError:
         return None
 
 
-def _now() -> str:
+def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
@@ -167,7 +167,7 @@ class Store:
             self.lock.release()
             raise
         self.started, self.trained, self.resumed = time.time(), 0, 0
-        self.invocation = {"argv": sys.argv, "version": _version(), "commit": _commit(), "started": _now(),
+        self.invocation = {"argv": sys.argv, "version": version(), "commit": commit(), "started": now(),
                            "runs_read": sum(len(c["runs"]) for c in self.data["cells"].values())}  # fmt: skip
 
     @staticmethod
@@ -205,7 +205,7 @@ class Store:
         try:
             status = "finished" if kind is None else "interrupted" if kind is KeyboardInterrupt else "failed"
             elapsed = time.time() - self.started
-            self.invocation.update(ended=_now(), status=status, runs_trained=self.trained, runs_resumed=self.resumed,
+            self.invocation.update(ended=now(), status=status, runs_trained=self.trained, runs_resumed=self.resumed,
                                    wall_time_s=elapsed)  # fmt: skip
             if self.trained or self.path.exists():
                 self.data.setdefault("invocations", []).append(self.invocation)

@@ -20,6 +20,7 @@ atomically to ``--out``.
 from __future__ import annotations
 
 import resource
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from agents.network import MODELS, node_model, stack
 from benchmarks.cli import ArgumentParser, UsageError, add_sweep, variants
 from benchmarks.harness import device_of, format_table, parse_ints, parse_list, run_cli
-from benchmarks.store import save_json
+from benchmarks.store import Lock, commit, now, preflight, save_json, version
 from envs.data import Split, Splits
 from trainers.base import adam
 
@@ -187,6 +188,17 @@ def main(argv: list[str] | None = None) -> int:
     device = device_of(args)
     chosen = list(variants(parser, args))
     grids = [(label, v, *_grid(v)) for label, v in chosen]  # every value checked before anything is timed
+    out = Path(args.out)
+    preflight([(out.parent, "--out")])
+    lock = Lock(out)  # a second timing on the same --out is refused, not overwritten at the end
+    try:
+        _measure(args, out, device, grids)
+    finally:
+        lock.release()
+    return 0
+
+
+def _measure(args, out: Path, device: torch.device, grids: list) -> None:
     machine, memory = peak(device), bandwidth(device)
     print(f"peak here: matmul {machine['matmul']:.1f} GFLOP/s, convolution {machine['conv']:.1f} GFLOP/s, memory "
           f"{memory:.1f} GB/s ({torch.get_num_threads()} threads, {device})", flush=True)  # fmt: skip
@@ -216,11 +228,11 @@ def main(argv: list[str] | None = None) -> int:
             for n in scales:
                 scale.append({"variant": label, **scale_row(model, n, v.batch_size, 3, device)})
                 print(f"scale {model} N={n}: {scale[-1]['s_per_step']:.3f} s/step", flush=True)
-    save_json(Path(args.out), {"batch_size": args.batch_size, "threads": torch.get_num_threads(), "device": str(device),
-                               "sweep": args.sweep, "peak_gflops": machine, "memory_gb_per_s": memory, "rows": rows,
-                               "language": language, "scale": scale})  # fmt: skip
+    save_json(out, {"batch_size": args.batch_size, "threads": torch.get_num_threads(), "device": str(device),
+                    "sweep": args.sweep, "peak_gflops": machine, "memory_gb_per_s": memory, "rows": rows,
+                    "language": language, "scale": scale, "argv": sys.argv, "version": version(),
+                    "commit": commit(), "ended": now()})  # fmt: skip
     _print(args, machine, memory, rows, language, scale)
-    return 0
 
 
 def _print(args, machine: dict, memory: float, rows: list, language: list, scale: list) -> None:
