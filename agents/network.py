@@ -5,7 +5,9 @@ Linear, Flatten, Unflatten and elementwise activations: a classifier has a ``tru
 hidden features) and a ``head`` (features -> logits); a VAE an ``encoder`` (-> mean and log-variance)
 and a ``decoder``; a BiGAN an ``encoder``, a ``generator`` and a discriminator (``critic_x`` on the
 image, ``critic`` on its features joined with the code). Following DCGAN: strided convolutions, no
-pooling, LeakyReLU(0.2); batch norm is left out so that nodes stay independent when stacked.
+pooling, LeakyReLU(0.2); ``dcgan-bn`` adds DCGAN's batch normalisation after every convolution but the
+first (and every transposed convolution but the last), per node: stacked, a node's channels are channels of
+their own, so one batch norm over the grouped layout is N batch norms.
 
 ``Stacked`` runs the same part of N nodes as one computation: a convolution becomes one grouped
 convolution over channels-last activations ``[batch, N*C, H, W]``, a linear layer one batched matmul
@@ -25,19 +27,23 @@ from torch import nn
 
 CHUNK_BYTES = 10 * 2**20  # activations per grouped convolution call: about what stays in this CPU's caches
 ELEMENTWISE = (nn.LeakyReLU, nn.ReLU, nn.Sigmoid, nn.Tanh, nn.Identity, nn.Flatten, nn.Unflatten)
+BN_MOMENTUM = 0.1  # torch's default: running statistics of each node's channels
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """Widths of a DCGAN-style node: channels double at each of three stride-2 convolutions; ``width`` 0 is
-    an MLP classifier instead (the image flattened, one hidden layer of ``features``)."""
+    an MLP classifier instead (the image flattened, one hidden layer of ``features``). ``batch_norm``: DCGAN's
+    batch normalisation between the convolutions."""
 
     width: int
     features: int
+    batch_norm: bool = False
 
 
 MODELS = {
-    "dcgan": ModelSpec(width=32, features=256),  # the thesis' CIFAR-10 scale
+    "dcgan": ModelSpec(width=32, features=256),  # the thesis' CIFAR-10 scale, without batch norm (earlier tables)
+    "dcgan-bn": ModelSpec(width=32, features=256, batch_norm=True),  # the thesis' nodes with DCGAN's batch norm
     "dcgan-small": ModelSpec(width=8, features=64),  # sized down for 28x28 grey images on a CPU
     "mlp": ModelSpec(width=0, features=256),  # 784-256-10 on MNIST: for networks of a thousand nodes
 }
@@ -54,23 +60,29 @@ def _kernels(side: int) -> list[tuple[int, int]]:
     return out
 
 
-def _convs(shape: Sequence[int], width: int) -> tuple[list[nn.Module], int]:
+def _norm(channels: int, on: bool) -> list[nn.Module]:
+    return [nn.BatchNorm2d(channels, momentum=BN_MOMENTUM)] if on else []
+
+
+def _convs(shape: Sequence[int], spec: ModelSpec) -> tuple[list[nn.Module], int]:
     layers, channels, kernels = [], shape[0], _kernels(shape[1])
     for i, (kernel, _) in enumerate(kernels):
-        layers += [nn.Conv2d(channels, width * 2**i, kernel, 2, 1), nn.LeakyReLU(0.2)]
-        channels = width * 2**i
+        out = spec.width * 2**i
+        layers += [nn.Conv2d(channels, out, kernel, 2, 1), *_norm(out, spec.batch_norm and i > 0), nn.LeakyReLU(0.2)]
+        channels = out
     return [*layers, nn.Flatten()], channels * kernels[-1][1] ** 2
 
 
-def _deconvs(shape: Sequence[int], width: int, code: int) -> nn.Sequential:
+def _deconvs(shape: Sequence[int], spec: ModelSpec) -> nn.Sequential:
     """The encoder's mirror: code -> image in [0, 1]."""
     kernels = _kernels(shape[1])
-    channels, side = width * 4, kernels[-1][1]
-    layers: list[nn.Module] = [nn.Linear(code, channels * side * side), nn.LeakyReLU(0.2)]
+    channels, side = spec.width * 4, kernels[-1][1]
+    layers: list[nn.Module] = [nn.Linear(spec.features, channels * side * side), nn.LeakyReLU(0.2)]
     layers.append(nn.Unflatten(1, (channels, side, side)))
     for i, (kernel, _) in reversed(list(enumerate(kernels))):
-        out = shape[0] if i == 0 else width * 2 ** (i - 1)
-        layers += [nn.ConvTranspose2d(channels, out, kernel, 2, 1), nn.Sigmoid() if i == 0 else nn.LeakyReLU(0.2)]
+        out = shape[0] if i == 0 else spec.width * 2 ** (i - 1)
+        layers.append(nn.ConvTranspose2d(channels, out, kernel, 2, 1))
+        layers += [nn.Sigmoid()] if i == 0 else [*_norm(out, spec.batch_norm), nn.LeakyReLU(0.2)]
         channels = out
     return nn.Sequential(*layers)
 
@@ -83,20 +95,20 @@ def node_model(kind: str, shape: Sequence[int], spec: ModelSpec, classes: int = 
             raise ValueError(f"the MLP node model is a classifier; {kind} nodes need a DCGAN model")
         trunk = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(shape), spec.features), nn.LeakyReLU(0.2))
         return nn.ModuleDict({"trunk": trunk, "head": nn.Sequential(nn.Linear(spec.features, classes))})
-    convs, flat = _convs(shape, spec.width)
+    convs, flat = _convs(shape, spec)
     z = spec.features
     if kind == "classifier":
         trunk = nn.Sequential(*convs, nn.Linear(flat, z), nn.LeakyReLU(0.2))
         return nn.ModuleDict({"trunk": trunk, "head": nn.Sequential(nn.Linear(z, classes))})
     if kind == "vae":
         return nn.ModuleDict(
-            {"encoder": nn.Sequential(*convs, nn.Linear(flat, 2 * z)), "decoder": _deconvs(shape, spec.width, z)}
+            {"encoder": nn.Sequential(*convs, nn.Linear(flat, 2 * z)), "decoder": _deconvs(shape, spec)}
         )
     if kind == "bigan":
-        critic_convs, _ = _convs(shape, spec.width)
+        critic_convs, _ = _convs(shape, spec)
         return nn.ModuleDict({
             "encoder": nn.Sequential(*convs, nn.Linear(flat, z)),
-            "generator": _deconvs(shape, spec.width, z),
+            "generator": _deconvs(shape, spec),
             "critic_x": nn.Sequential(*critic_convs),
             "critic": nn.Sequential(nn.Linear(flat + z, spec.features), nn.LeakyReLU(0.2), nn.Linear(spec.features, 1)),
         })  # fmt: skip
@@ -118,7 +130,9 @@ class Stacked(nn.Module):
     """The same ``nn.Sequential`` part of ``len(models)`` nodes, called on per-node inputs ``[N, batch, ...]``.
 
     Parameters are the nodes' own, concatenated (convolutions, along output channels; transposed
-    convolutions, along input channels) or stacked (linear layers), so one Adam over them is N Adams.
+    convolutions, along input channels; batch norms, along channels, with their running statistics as
+    buffers) or stacked (linear layers), so one Adam over them is N Adams. ``train()``/``eval()`` switch the
+    batch norms between batch and running statistics, as for one node.
     """
 
     def __init__(self, models: Sequence[nn.Sequential]):
@@ -132,9 +146,12 @@ class Stacked(nn.Module):
             if isinstance(layer, nn.Linear):
                 self.weights.append(torch.stack([p.weight.detach() for p in parts]).transpose(1, 2).contiguous())
                 self.biases.append(torch.stack([p.bias.detach() for p in parts]).unsqueeze(1))
-            elif isinstance(layer, nn.Conv2d | nn.ConvTranspose2d):
+            elif isinstance(layer, nn.Conv2d | nn.ConvTranspose2d | nn.BatchNorm2d):
                 self.weights.append(torch.cat([p.weight.detach() for p in parts]))
                 self.biases.append(torch.cat([p.bias.detach() for p in parts]))
+                if isinstance(layer, nn.BatchNorm2d):
+                    self.register_buffer(f"running_mean{i}", torch.cat([p.running_mean for p in parts]))
+                    self.register_buffer(f"running_var{i}", torch.cat([p.running_var for p in parts]))
             elif not isinstance(layer, ELEMENTWISE):
                 raise TypeError(f"Stacked cannot batch {type(layer).__name__}; use the layers listed in agents.network")
 
@@ -165,11 +182,17 @@ class Stacked(nn.Module):
         largest = batch * max(_sizes(self.layers[start:end], x.shape[2:])) * x.element_size()
         chunks = math.ceil(n / max(1, CHUNK_BYTES // max(largest, 1)))
         size = math.ceil(n / chunks)
-        pieces = {i: [t.split(len(t) // n * size) for t in wb] for i, wb in params.items() if start <= i < end}
+        tensors = {i: (*wb, *self._statistics(i)) for i, wb in params.items() if start <= i < end}
+        pieces = {i: [t.split(len(t) // n * size) for t in ts] for i, ts in tensors.items()}
         outs = []
-        for c, part in enumerate(x.split(size)):
-            outs.append(self._run(part, start, end, {i: (w[c], b[c]) for i, (w, b) in pieces.items()}))
+        for c, part in enumerate(x.split(size)):  # statistics' pieces are views: their updates reach the buffers
+            outs.append(self._run(part, start, end, {i: tuple(t[c] for t in ts) for i, ts in pieces.items()}))
         return torch.cat(outs)
+
+    def _statistics(self, i: int) -> tuple[torch.Tensor, ...]:
+        """Layer ``i``'s running mean and variance (a batch norm), else nothing."""
+        return (getattr(self, f"running_mean{i}"), getattr(self, f"running_var{i}")) if isinstance(
+            self.layers[i], nn.BatchNorm2d) else ()  # fmt: skip
 
     def _run(self, x: torch.Tensor, start: int, end: int, params: dict) -> torch.Tensor:
         """Layers ``start:end`` on one chunk of nodes: grouped channels-last convolutions."""
@@ -184,6 +207,9 @@ class Stacked(nn.Module):
             elif isinstance(layer, nn.ConvTranspose2d):
                 w, b = params[i]
                 x = F.conv_transpose2d(x, w, b, layer.stride, layer.padding, layer.output_padding, groups=n)
+            elif isinstance(layer, nn.BatchNorm2d):  # [batch, n*C, H, W]: each node's channels on their own
+                w, b, mean, var = params[i]
+                x = F.batch_norm(x, mean, var, w, b, self.training, layer.momentum, layer.eps)
             elif isinstance(layer, nn.Flatten):
                 return x.reshape(batch, n, -1).transpose(0, 1)
             elif isinstance(layer, nn.Unflatten):
@@ -195,7 +221,7 @@ class Stacked(nn.Module):
 
 
 def _weighted(layer: nn.Module) -> bool:
-    return isinstance(layer, nn.Linear | nn.Conv2d | nn.ConvTranspose2d)
+    return isinstance(layer, nn.Linear | nn.Conv2d | nn.ConvTranspose2d | nn.BatchNorm2d)
 
 
 def _sizes(layers: Sequence[nn.Module], shape: Sequence[int]) -> list[int]:

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from agents.network import MODELS, node_model, stack
+from agents.network import MODELS, ModelSpec, node_model, stack
 from envs.data import load_splits
 from envs.network import CONTENTS, supervised_losses
 from envs.routing import Minibatch, from_pixels, to_pixels
@@ -20,12 +20,16 @@ def big_splits(tmp_path):
     return load_splits("mnist", make_dataset(tmp_path / "data", n_train=600, n_test=60), download=False)
 
 
+SMALL_BN = ModelSpec(width=8, features=64, batch_norm=True)  # dcgan-bn's layers at dcgan-small's widths
+
+
+@pytest.mark.parametrize("spec", [MODELS["dcgan-small"], SMALL_BN], ids=["plain", "batch-norm"])
 @pytest.mark.parametrize("chunk_bytes", [1, 10 * 2**20])  # every node a chunk of its own; all nodes in one
 @pytest.mark.parametrize("kind", ["classifier", "vae", "bigan"])
-def test_stacked_parts_equal_each_node_alone(kind, chunk_bytes, monkeypatch):
+def test_stacked_parts_equal_each_node_alone(kind, chunk_bytes, spec, monkeypatch):
     monkeypatch.setattr("agents.network.CHUNK_BYTES", chunk_bytes)
     torch.manual_seed(0)
-    models = [node_model(kind, (3, 32, 32), MODELS["dcgan-small"]) for _ in range(3)]
+    models = [node_model(kind, (3, 32, 32), spec) for _ in range(3)]
     parts = stack(models)
     for name, first in models[0].items():
         grid = isinstance(first[0], torch.nn.Conv2d)
@@ -37,10 +41,37 @@ def test_stacked_parts_equal_each_node_alone(kind, chunk_bytes, monkeypatch):
         alone = [torch.autograd.grad(m[name](x[i]).square().sum(), list(m[name].parameters()))
                  for i, m in enumerate(models)]  # fmt: skip
         alone = [[*a[0::2], *a[1::2]] for a in alone]  # weights, then biases, as Stacked lists them
+        scale = max(1.0, *(g.abs().max().item() for g in grads))  # a bias before a batch norm has gradient 0:
         for j, g in enumerate(grads):  # each node's gradient, in the stacked layout (dim 0, node by node)
-            own = [a[j] for a in alone]
+            own = [a[j] for a in alone]  # float noise there is relative to the part's largest gradient
             expected = torch.stack([a.t() for a in own]).reshape(g.shape) if g.dim() == 3 else torch.cat(own)
-            torch.testing.assert_close(g, expected, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(g, expected, atol=1e-4 * scale, rtol=1e-4)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 10 * 2**20])
+def test_stacked_batch_norm_keeps_each_nodes_running_statistics_and_uses_them_in_eval_mode(chunk_bytes, monkeypatch):
+    monkeypatch.setattr("agents.network.CHUNK_BYTES", chunk_bytes)
+    torch.manual_seed(0)
+    models = [node_model("classifier", (3, 32, 32), SMALL_BN) for _ in range(3)]
+    parts = stack(models)
+    for _ in range(3):  # training steps' forwards update the running statistics
+        x = torch.rand(3, 4, 3, 32, 32)
+        parts["trunk"](x)
+        for i, m in enumerate(models):
+            m["trunk"](x[i])
+    norms = [j for j, layer in enumerate(models[0]["trunk"]) if isinstance(layer, torch.nn.BatchNorm2d)]
+    assert len(norms) == 2  # after the second and third convolutions, not the first
+    for j in norms:
+        for stat in ("running_mean", "running_var"):
+            expected = torch.cat([getattr(m["trunk"][j], stat) for m in models])
+            torch.testing.assert_close(getattr(parts["trunk"], f"{stat}{j}"), expected, atol=1e-6, rtol=1e-5)
+    parts.eval()
+    for m in models:
+        m.eval()
+    x = torch.rand(3, 2, 3, 32, 32)
+    expected = torch.stack([m["head"](m["trunk"](x[i])) for i, m in enumerate(models)])
+    torch.testing.assert_close(parts["head"](parts["trunk"](x)), expected, atol=1e-5, rtol=1e-4)
+    assert "trunk.running_mean3" in parts.state_dict()  # checkpoints and best weights carry them
 
 
 def test_chunks_of_nodes_change_the_speed_not_the_numbers(monkeypatch):

@@ -268,8 +268,13 @@ class NetworkTrainer(Trainer):
 
     @torch.no_grad()
     def on_shared(self, images: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor], chunk: int = 1000):
-        """``fn`` of every node here on the same images, in chunks: ``[nodes here, n, ...]``."""
-        return torch.cat([fn(every_node(x, self.n, self.splits.shape)) for x in images.split(chunk)], 1)
+        """``fn`` of every node here on the same images, in chunks: ``[nodes here, n, ...]``; in eval mode, so
+        batch norms read their running statistics (not the evaluation batch's) and leave them alone."""
+        self.parts.eval()
+        try:
+            return torch.cat([fn(every_node(x, self.n, self.splits.shape)) for x in images.split(chunk)], 1)
+        finally:
+            self.parts.train()
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Every node's predictive distribution ``[nodes here, n, classes]`` on shared images."""
