@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -185,6 +185,25 @@ CONTENTS: dict[str, Content] = {c.name: c for c in (Content(), Logits(), Labels(
 SUPERVISED_CONTENTS = tuple(CONTENTS)[:4]
 
 
+PAD = 4  # CIFAR-10's standard augmentation: a random 32x32 crop of the image padded by 4, and a flip
+
+
+def crop_and_flip(x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+    """Each image of ``x`` ``[N, B, C, H, W]`` cropped at a random offset from its zero-padded self and flipped
+    left-right with probability 1/2: node ``i``'s draws from ``generators[i]`` (on the CPU, so the same on
+    every device and whichever nodes train beside it)."""
+    n, b, _, h, w = x.shape
+    draws = torch.stack([torch.cat([torch.randint(0, 2 * PAD + 1, (b, 2), generator=g),
+                                    torch.randint(0, 2, (b, 1), generator=g)], 1) for g in generators])  # fmt: skip
+    draws = draws.view(n * b, 3).to(x.device)
+    rows = draws[:, :1] + torch.arange(h, device=x.device)  # [n*b, h]
+    cols = draws[:, 1:2] + torch.arange(w, device=x.device)
+    cols = torch.where(draws[:, 2:].bool(), cols.flip(1), cols)
+    padded = F.pad(x.flatten(0, 1), (PAD, PAD, PAD, PAD))
+    picked = padded[torch.arange(n * b, device=x.device)[:, None, None], :, rows[:, :, None], cols[:, None, :]]
+    return picked.permute(0, 3, 1, 2).reshape(x.shape)
+
+
 def supervised_losses(
     parts: Mapping[str, torch.nn.Module],
     labels: torch.Tensor,
@@ -193,11 +212,14 @@ def supervised_losses(
     shape: tuple[int, ...],
     temperature: float = 1.0,
     comm_weight: float = 1.0,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample losses ``[N, B]`` of stacked classifiers (``agents.network.stack``) on their minibatches (their
-    pixels): cross-entropy on local samples, ``comm_weight`` times the content's loss on received ones (a
-    received ``features`` sample carries no label). Returns ``(losses, logits, features, true labels)``."""
+    pixels, through ``augment`` if given): cross-entropy on local samples, ``comm_weight`` times the content's
+    loss on received ones (a received ``features`` sample carries no label). Returns ``(losses, logits, features,
+    true labels)``."""
     x = from_pixels(batch.pixels).view(*batch.index.shape, *shape)
+    x = augment(x) if augment else x
     features = parts["trunk"](x)
     logits = parts["head"](features)
     y = labels[batch.index]

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from agents.network import MODELS, ModelSpec, node_model, stack
 from envs.data import load_splits
-from envs.network import CONTENTS, supervised_losses
+from envs.network import CONTENTS, crop_and_flip, supervised_losses
 from envs.routing import Minibatch, from_pixels, to_pixels
 from tests.conftest import killed_and_resumed, make_dataset
 from trainers.network import NetworkConfig, NetworkTrainer
@@ -152,6 +152,26 @@ def test_same_seed_same_numbers_and_seeds_do_not_depend_on_their_neighbours(big_
     assert alone.val_collective == pytest.approx(a[1].val_collective, abs=1e-6)
 
 
+def test_crop_and_flip_takes_each_image_from_its_padding_at_its_own_draws():
+    x = torch.rand(2, 3, 1, 6, 5)
+    out = crop_and_flip(x, [torch.Generator().manual_seed(s) for s in (0, 1)])
+    for i, g in enumerate(torch.Generator().manual_seed(s) for s in (0, 1)):  # the same draws, one image at a time
+        draws = torch.cat([torch.randint(0, 9, (3, 2), generator=g), torch.randint(0, 2, (3, 1), generator=g)], 1)
+        for j, (dy, dx, flip) in enumerate(draws.tolist()):
+            expected = F.pad(x[i, j], (4, 4, 4, 4))[:, dy : dy + 6, dx : dx + 5]
+            torch.testing.assert_close(out[i, j], expected.flip(-1) if flip else expected, atol=0, rtol=0)
+    centre = crop_and_flip(x, [torch.Generator().manual_seed(0)] * 2)
+    assert centre.shape == x.shape and not torch.equal(centre, x)  # a draw moved or flipped some image
+
+
+def test_the_recipe_changes_the_numbers_and_keeps_them_reproducible(big_splits):
+    plain = NetworkConfig(nodes=2, content="labels", batch_size=8, steps=8, eval_every=4, model="dcgan-bn")
+    recipe = dataclasses.replace(plain, **RECIPE)
+    a, b = (NetworkTrainer(recipe, big_splits, [0]).fit()[0] for _ in range(2))
+    assert dataclasses.asdict(a) == dataclasses.asdict(b)
+    assert dataclasses.asdict(a) != dataclasses.asdict(NetworkTrainer(plain, big_splits, [0]).fit()[0])
+
+
 def test_trainer_learns_and_counts_traffic(big_splits):
     config = NetworkConfig(nodes=4, content="labels", batch_size=8, steps=80, eval_every=40)
     result = NetworkTrainer(config, big_splits, [0]).fit()[0]
@@ -190,16 +210,22 @@ def test_unsupervised_nodes_train_and_are_probed(big_splits, kind):
     assert all(not torch.equal(before[k], after[k]) for k in before)  # every part learned
 
 
-@pytest.mark.parametrize(("content", "unsupervised"), [("labels", None), ("features", "vae"), ("features", "bigan")])
-def test_a_killed_network_resumes_bit_for_bit(big_splits, tmp_path, content, unsupervised):
-    config = NetworkConfig(nodes=3, content=content, unsupervised=unsupervised, batch_size=8, steps=12, eval_every=4)
+RECIPE = {"model": "dcgan-bn", "augment": True, "lr_schedule": "cosine"}  # batch norm, augmentation, a schedule
+
+
+@pytest.mark.parametrize(("content", "unsupervised", "recipe"), [
+    ("labels", None, {}), ("features", "vae", {}), ("features", "bigan", {}), ("labels", None, RECIPE)])  # fmt: skip
+def test_a_killed_network_resumes_bit_for_bit(big_splits, tmp_path, content, unsupervised, recipe):
+    config = NetworkConfig(nodes=3, content=content, unsupervised=unsupervised, batch_size=8, steps=12, eval_every=4,
+                           **recipe)  # fmt: skip
     whole = NetworkTrainer(config, big_splits, [0, 1])
     results = whole.fit()
     resumed, again = killed_and_resumed(lambda: NetworkTrainer(config, big_splits, [0, 1]), 7, tmp_path / "c.pt")
     assert [dataclasses.asdict(r) for r in again] == [dataclasses.asdict(r) for r in results]
     for r in (0, 1):
         assert all(torch.equal(v, resumed.best_weights(r)[k]) for k, v in whole.best_weights(r).items())
-    assert whole.best_weights(0)["trunk.weights.0" if unsupervised is None else "encoder.weights.0"].shape[0] == 3 * 8
+    first = whole.best_weights(0)["trunk.weights.0" if unsupervised is None else "encoder.weights.0"]
+    assert first.shape[0] == 3 * MODELS[config.model].width
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ import torch
 from envs.base import check_type
 from trainers.group import Group
 
+SCHEDULES = ("constant", "cosine", "linear")  # a learning rate constant, or decayed to 0 over the budget
 CHECKPOINT_SECONDS = 60.0  # between checkpoints after the first: saving every evaluation costs seconds
 
 
@@ -38,6 +39,13 @@ def option(default: Any, help: str, **metadata: Any) -> Any:
         value = default
         return field(default_factory=lambda: value, metadata={"help": help, **metadata})
     return field(default=default, metadata={"help": help, **metadata})
+
+
+def lr_factor(schedule: str, progress: float) -> float:
+    """The learning rate's multiplier at ``progress`` (0 to 1) of the step budget: 1, a cosine or a line to 0."""
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return max(0.0, 1 - progress) if schedule == "linear" else 1.0
 
 
 def check_fields(config: Any) -> None:

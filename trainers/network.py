@@ -19,6 +19,7 @@ fills the rest of its minibatch from its shard, takes one step on it, and with p
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -27,9 +28,17 @@ import torch
 
 from agents.network import MODELS, seeded_models, stack
 from envs.data import Split, Splits
-from envs.network import CONTENTS, SUPERVISED_CONTENTS, decide, decision_sums, every_node, supervised_losses
+from envs.network import (
+    CONTENTS,
+    SUPERVISED_CONTENTS,
+    crop_and_flip,
+    decide,
+    decision_sums,
+    every_node,
+    supervised_losses,
+)
 from envs.routing import INIT, Minibatch, Network, from_pixels, links, node_seed, pack, placement, to_pixels, unpack
-from trainers.base import Trainer, adam, check_fields, option, run_rows
+from trainers.base import SCHEDULES, Trainer, adam, check_fields, lr_factor, option, run_rows
 from trainers.group import Group
 from trainers.network_objectives import UNSUPERVISED, NodeProbes, bigan_step, vae_losses
 
@@ -52,6 +61,11 @@ class NetworkConfig:
                                     default_text="the training set split evenly")  # fmt: skip
     batch_size: int = option(32, "minibatch size of every node")
     lr: float = option(1e-3, "Adam learning rate (Adam's default, as in the thesis)")
+    lr_schedule: str = option("constant", "the learning rate over the steps: constant, or decayed to 0 by a cosine "
+                              "or a line", choices=SCHEDULES)  # fmt: skip
+    augment: bool = option(False, "classifiers: each training image randomly cropped from its 4-pixel zero "
+                           "padding and flipped left-right (CIFAR-10's standard augmentation), from each node's "
+                           "own stream")  # fmt: skip
     steps: int = option(5000, "training steps per node")
     eval_every: int = option(250, "steps between evaluations", default_text="250; 1000 with --unsupervised, "
                              "where each evaluation trains linear probes")  # fmt: skip
@@ -223,11 +237,15 @@ class NetworkTrainer(Trainer):
             if c.unsupervised == "vae":
                 losses, payload = vae_losses(self.parts, x, self.noise, batch, content, c.comm_weight)
             else:
+                augment = functools.partial(crop_and_flip, generators=self._streams()) if c.augment else None
                 losses, logits, features, y = supervised_losses(
-                    self.parts, train.labels, batch, self.content, self.splits.shape, c.temperature, c.comm_weight
+                    self.parts, train.labels, batch, self.content, self.splits.shape, c.temperature, c.comm_weight,
+                    augment,
                 )
                 payload = self.content.send(logits, features, y)
             loss = losses.mean(1).sum()  # summed over nodes: every node gets its own gradient
+            for group in self.optimizers["nodes"].param_groups:
+                group["lr"] = c.lr * lr_factor(c.lr_schedule, self.step / c.steps)
             self.optimizers["nodes"].zero_grad(set_to_none=True)
             loss.backward()
             self.optimizers["nodes"].step()

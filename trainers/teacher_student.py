@@ -26,7 +26,7 @@ from agents.teacher_student import mlp
 from envs.base import at_least
 from envs.data import Split, Splits
 from envs.teacher_student import MEASURES, TARGETS, EpochStacks, Rule, Stack, target_loss
-from trainers.base import Trainer, adam, check_fields, generator, option, restore_generators
+from trainers.base import SCHEDULES, Trainer, adam, check_fields, generator, lr_factor, option, restore_generators
 from trainers.population import Population
 from trainers.probe import accuracy
 
@@ -74,7 +74,6 @@ class Selection:
         return MEASURES[self.measure].reads_teacher or self.target == "soft"
 
 
-SCHEDULES = ("constant", "cosine", "linear")  # the student's learning rate: constant, or decayed to 0 over the budget
 NAME = re.compile(r"stack(\d+)-(.+)-(soft|true)(?:-rank([\d.e+]+))?(?:-anneal(\d+))?(?:-floor([\d.e-]+))?"
                   r"(?:-(cosine|linear))?")  # fmt: skip
 
@@ -91,13 +90,6 @@ def selection_of(name: str) -> Selection:
     size, measure, target, pressure, anneal, floor, schedule = match.groups()
     return Selection(int(size), measure, target, float(pressure) if pressure else math.inf, int(anneal or 0),
                      float(floor or 0), schedule or "constant")  # fmt: skip
-
-
-def lr_factor(schedule: str, progress: float) -> float:
-    """The learning rate's multiplier at ``progress`` (0 to 1) of the step budget: 1, a cosine or a line to 0."""
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return max(0.0, 1 - progress) if schedule == "linear" else 1.0
 
 
 @dataclass(frozen=True)
