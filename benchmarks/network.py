@@ -91,7 +91,8 @@ def build_parser() -> ArgumentParser:
     p.option("--baseline", None, "also train a baseline: ddp = one DistributedDataParallel replica per process on "
              "the union of its nodes' shards", default_text="none", choices=["ddp"])  # fmt: skip
     p.option("--exchange", "p2p", "how posts travel between processes: p2p (batch_isend_irecv with each peer) or "
-             "all_to_all (all_to_all_single with every process)", choices=list(EXCHANGES))  # fmt: skip
+             "all_to_all (all_to_all_single with every process)", choices=list(EXCHANGES),
+             read_with={"distributed": (True,)})  # fmt: skip
     p.option("--backend", "auto", "torch.distributed backend: auto is nccl when every process has a GPU of its "
              "own, else gloo", choices=["auto", "gloo", "nccl"])  # fmt: skip
     p.option("--threads", 0, "torch threads of each process (--distributed): 0 is this machine's cores over its "
@@ -146,8 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--target-accuracy is a percentage in (0, 100], got {args.target_accuracy}")
     if args.val_samples < 0:
         raise UsageError(f"--val-samples must be >= 0, got {args.val_samples}")
-    if args.timeout <= 0 or args.threads < 0:
-        raise UsageError(f"--timeout must be > 0 seconds and --threads >= 0, got {args.timeout} and {args.threads}")
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    if args.threads < 0:
+        raise UsageError(f"--threads must be >= 0, got {args.threads}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.distributed:
         raise UsageError(f"torchrun started {os.environ['WORLD_SIZE']} processes but --distributed is off: each "
                          "would train every node; add --distributed")  # fmt: skip

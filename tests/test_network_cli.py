@@ -69,6 +69,10 @@ def test_custom_grid_unsupervised_and_rerun_skips_finished_configs(cli, capsys, 
         (["--nodes", "200", "--content", "labels"], "fewer than a minibatch"),
         (["--nodes", "10", "--content", "labels", "--shard-size", "100"], "10 nodes of 100 images each need 1,000"),
         (["--shard-size", "2"], "--shard-size must hold a minibatch of 4, got 2"),
+        (["--lr", "0"], "--lr must be > 0, got 0.0"),
+        (["--capacity", "0"], "--capacity must be >= 1, got 0"),
+        (["--threads", "-1"], "--threads must be >= 0, got -1"),
+        (["--exchange", "all_to_all"], "--exchange does nothing with --distributed False"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(cli, capsys, extra, message):

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from agents.network import MODELS, seeded_models, stack
+from envs.base import at_least
 from envs.data import Split, Splits
 from envs.network import (
     CONTENTS,
@@ -93,11 +94,12 @@ class NetworkConfig:
             raise ValueError(f"unknown node model {self.model!r}; choose from {', '.join(MODELS)}")
         if self.unsupervised and not MODELS[self.model].width:
             raise ValueError(f"--model {self.model} is a classifier; --unsupervised nodes need a DCGAN model")
-        for name in ("batch_size", "steps", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.temperature <= 0 or self.lr <= 0 or (self.capacity is not None and self.capacity < 1):
-            raise ValueError("--temperature and --lr must be > 0 and --capacity >= 1")
+        at_least(1, **{n: getattr(self, n) for n in ("batch_size", "steps", "eval_every")})
+        for name in ("temperature", "lr"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.capacity is not None:
+            at_least(1, capacity=self.capacity)
         if self.shard_size is not None and self.shard_size < self.batch_size:
             raise ValueError(f"--shard-size must hold a minibatch of {self.batch_size}, got {self.shard_size}")
 
