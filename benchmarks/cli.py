@@ -217,9 +217,12 @@ class ArgumentParser(argparse.ArgumentParser):
         rejects is a one-line ``UsageError``."""
         kwargs = {}
         hints = typing.get_type_hints(cls)
+        excluded = {n for c, p, names in self.configs if c is cls and p.replace("-", "_") == prefix for n in names}
         for f in dataclasses.fields(cls):
             if f.name in overrides:
                 kwargs[f.name] = overrides[f.name]
+                continue
+            if f.name in excluded:  # no flag of its own: a flag of the same name belongs to the benchmark
                 continue
             dest = f"{prefix}{f.name}".replace("-", "_")
             if dataclasses.is_dataclass(_parse_type(hints[f.name])):

@@ -50,7 +50,7 @@ from trainers.base import Events
 from trainers.ddp import DDPBaseline
 from trainers.distributed import EXCHANGES
 from trainers.group import Group
-from trainers.network import NetworkConfig, NetworkResult, NetworkTrainer
+from trainers.network import AVERAGING, NetworkConfig, NetworkResult, NetworkTrainer
 
 # Thesis Table 2.2 (CIFAR-10, 5,000 steps): config -> (average, collective) test accuracy (%), and the
 # steps to 85% of its second part; Table 2.3: (average, collective) of the linear probes.
@@ -73,9 +73,12 @@ UNSUPERVISED_TABLE = [(1, "none"), (10, "none"), (10, "features")]
 QUICK = {"steps": 40, "eval_every": 20, "seeds": [0]}
 
 
+BASELINES = ("ddp", *AVERAGING)  # the rivals of codistillation (--baseline)
+
+
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m benchmarks.network", description=__doc__.split("\n")[0])
-    p.config(NetworkConfig, exclude=("nodes", "neighbours", "content"))
+    p.config(NetworkConfig, exclude=("nodes", "neighbours", "content", "average", "average_every"))
     p.option("--nodes", None, "comma-separated node counts (with --content: every combination)",
              default_text="the thesis' configurations")  # fmt: skip
     p.option("--content", None, f"comma-separated contents from {','.join(SUPERVISED_CONTENTS)}",
@@ -88,8 +91,13 @@ def build_parser() -> ArgumentParser:
              "it retrains nothing)", type=finite_float)  # fmt: skip
     p.option("--distributed", False, "spread each configuration's nodes over the processes torchrun starts "
              "(alone: a world of one)", action="store_true")  # fmt: skip
-    p.option("--baseline", None, "also train a baseline: ddp = one DistributedDataParallel replica per process on "
-             "the union of its nodes' shards", default_text="none", choices=["ddp"])  # fmt: skip
+    p.option("--baseline", None, "comma-separated rivals of codistillation, each trained beside every node count "
+             "above 1: ddp = one DistributedDataParallel replica per process on the union of its nodes' shards; "
+             "gossip = each node averages its parameters with its 2 ring neighbours' (and, as a second row, with "
+             "all N-1 others'); local-sgd = every node's parameters averaged by one all-reduce",
+             default_text="none")  # fmt: skip
+    p.option("--average-every", "1", "comma-separated periods (steps) of gossip and local-sgd: a row per value",
+             read_with={"baseline": None})  # fmt: skip
     p.option("--exchange", "p2p", "how posts travel between processes: p2p (batch_isend_irecv with each peer) or "
              "all_to_all (all_to_all_single with every process)", choices=list(EXCHANGES),
              read_with={"distributed": (True,)})  # fmt: skip
@@ -115,10 +123,23 @@ def configs(parser: ArgumentParser, args) -> list[NetworkConfig]:
         contents = parse_list(args.content, allowed, "content") if args.content else ["none"]
         table = [(n, c if n > 1 else "none") for n in parse_ints(args.nodes or "10", "--nodes") for c in contents]
         table = list(dict.fromkeys(table))
-    return [config_of(parser, args, nodes, content) for nodes, content in table]
+    rows = [config_of(parser, args, nodes, content) for nodes, content in table]
+    averaging = [b for b in baselines(args) if b in AVERAGING]
+    periods = parse_ints(args.average_every, "--average-every") if averaging else []
+    for n in sorted({c.nodes for c in rows if c.nodes > 1}):
+        for average in averaging:
+            for k in dict.fromkeys([min(2, n - 1), n - 1]) if average == "gossip" else [n - 1]:
+                rows += [config_of(parser, args, n, "none", average=average, average_every=h, neighbours=k)
+                         for h in periods]  # fmt: skip
+    return rows
 
 
-def config_of(parser: ArgumentParser, args, nodes: int, content: str) -> NetworkConfig:
+def baselines(args) -> list[str]:
+    """The rivals of ``--baseline``."""
+    return parse_list(args.baseline, BASELINES, "--baseline") if args.baseline else []
+
+
+def config_of(parser: ArgumentParser, args, nodes: int, content: str, **extra) -> NetworkConfig:
     """One configuration; defaults that depend on other flags (model, evaluation interval) filled here."""
     derived = {}
     if "model" not in args.given:
@@ -126,12 +147,19 @@ def config_of(parser: ArgumentParser, args, nodes: int, content: str) -> Network
     if "eval_every" not in args.given and not args.quick and args.unsupervised:
         derived["eval_every"] = 1000  # each evaluation trains linear probes
     k = args.neighbours if nodes > 1 else 0  # NetworkConfig checks it against nodes
-    return parser.build(NetworkConfig, args, nodes=nodes, neighbours=k, content=content, **derived)
+    return parser.build(NetworkConfig, args, **{"nodes": nodes, "neighbours": k, "content": content, **derived,
+                                                **extra})  # fmt: skip
 
 
 def _cell_config(parser: ArgumentParser, args, cell: str) -> NetworkConfig:
     """The configuration of a cell name (``10nodes-labels``, ``vae-1node``...), for a resumed job."""
-    match = re.fullmatch(r"(?:(?:vae|bigan)-)?(?:1node|(\d+)nodes-(\w+))|ddp-(\d+)nodes", cell.rsplit("/", 1)[-1])
+    name = cell.rsplit("/", 1)[-1]
+    averaged = re.fullmatch(r"(\d+)nodes-(gossip|local-sgd)(?:-k(\d+))?-every(\d+)", name)
+    if averaged:
+        n = int(averaged[1])
+        return config_of(parser, args, n, "none", average=averaged[2], average_every=int(averaged[4]),
+                         neighbours=int(averaged[3] or n - 1))  # fmt: skip
+    match = re.fullmatch(r"(?:(?:vae|bigan)-)?(?:1node|(\d+)nodes-(\w+))|ddp-(\d+)nodes", name)
     if match is None:
         raise UsageError(f"cannot resume the unfinished run of cell {cell!r}; delete the checkpoint to restart")
     if match[3]:
@@ -168,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _group(args, chosen: list) -> Group:
     """This process alone, or its place among the processes torchrun started (``--distributed``, ``--baseline``)."""
-    if not (args.distributed or args.baseline):
+    if not (args.distributed or "ddp" in baselines(args)):
         return Group()
     from trainers.distributed import DistributedGroup
 
@@ -249,7 +277,7 @@ def _run(parser: ArgumentParser, args, seeds: list[int], device, chosen: list, g
 
 def _ddp_nodes(args, chosen: list[NetworkConfig]) -> list[int]:
     """The node counts that get a DDP row (one replica per process; a single node is already one model)."""
-    return sorted({c.nodes for c in chosen if c.nodes > 1}) if args.baseline else []
+    return sorted({c.nodes for c in chosen if c.nodes > 1 and not c.average}) if "ddp" in baselines(args) else []
 
 
 def _train(parser: ArgumentParser, args, job: list[tuple[str, int]], splits, device, group: Group,

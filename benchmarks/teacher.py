@@ -233,8 +233,6 @@ def main(argv: list[str] | None = None) -> int:
         if policy and holdout_size < policy.reward_samples:
             raise UsageError(f"the learned teachers' reward reads {policy.reward_samples} --holdout images; "
                              f"give --holdout >= {policy.reward_samples} or fewer --policy-reward-samples")
-        check_memory(lambda c=student_config: StudentTrainer(c, splits, [(Selection(), seeds[0])], device=device),
-                     len(configs) * len(seeds), device, f"{len(configs)} cells x --seeds {len(seeds)}")  # fmt: skip
         largest = max(c.stack_size for c in configs) * student_config.batch_size
         if largest > n or teacher_config.batch_size > n:
             raise UsageError(f"a stack of {largest} samples (batch size x stack size) or a teacher batch of "
@@ -253,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         for label, v, configs, student_config, teacher_config, policy in chosen:
             at = prefix(label)
             for job in store.jobs(label, [c.name for c in configs], seeds):
+                one = lambda c=student_config: StudentTrainer(c, splits, [(Selection(), seeds[0])], device=device)  # noqa: E731
+                cells, ks = {c for c, _ in job}, {k for _, k in job}
+                check_memory(one, len(job), device, f"{len(cells)} cells x {len(ks)} seeds")
                 runs = [(_selection(cell.rsplit("/", 1)[-1]), k) for cell, k in job]
                 teachers = load_or_train_teachers(splits, sorted({k for _, k in runs}), teacher_config,
                                                   Path(args.teacher_cache), args.retrain_teacher,

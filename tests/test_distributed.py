@@ -135,6 +135,21 @@ def test_routing_is_the_simulators_and_losses_agree_on_any_number_of_processes(r
     torch.testing.assert_close(spread["sums"], sums, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("average", ["gossip", "local-sgd"])
+def test_parameter_averaging_across_processes_equals_one_process(root, tmp_path, average):
+    """The rivals of codistillation on 3 processes: the nodes' rows meet in one all-reduce (in float64), and
+    the accuracies and logical bytes are those of one process; the wire bytes are what the all-reduce took."""
+    config = dataclasses.replace(CONFIG, content="none", average=average, average_every=3)
+    assert spawn(_train, 3, "p2p", root, tmp_path / "spread.pt", config) == [0] * 3
+    spread = torch.load(tmp_path / "spread.pt")
+    alone = NetworkTrainer(config, load_splits("mnist", root, download=False), [0, 1]).fit()
+    for got, want in zip(spread["results"], map(dataclasses.asdict, alone), strict=True):
+        assert got["bytes_sent_per_node_step"] == want["bytes_sent_per_node_step"] > 0
+        assert got["wire_bytes_per_node_step"] > 0 == want["wire_bytes_per_node_step"]
+        torch.testing.assert_close(got["test_nodes"], want["test_nodes"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(got["val_average"], want["val_average"], atol=1e-5, rtol=0)
+
+
 def test_a_nodes_draws_and_shard_do_not_depend_on_which_process_holds_it():
     pixels = torch.zeros(300, 2, dtype=torch.uint8)
     whole, part = Network(pixels, 6, 2, 4, 1, 8, seed=3), Network(pixels, 6, 2, 4, 1, 8, seed=3, owned=range(4, 6))

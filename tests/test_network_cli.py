@@ -155,3 +155,19 @@ def test_more_local_processes_than_cores_are_called_oversubscribed(monkeypatch):
     assert bench.oversubscribed() == " (5 of them on this machine's 2 cores: oversubscribed)"
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert bench.oversubscribed() == ""
+
+
+def test_gossip_and_local_sgd_rows_sit_in_the_table_with_their_bytes(cli, capsys):
+    argv, out, _ = cli
+    grid = [*argv, "--nodes", "4", "--content", "labels", "--baseline", "gossip,local-sgd", "--average-every", "1,4"]
+    assert exit_code(bench.main, grid) == 0
+    cells = json.loads(out.read_text())["cells"]
+    assert list(cells) == ["4nodes-labels", "4nodes-gossip-k2-every1", "4nodes-gossip-k2-every4",
+                           "4nodes-gossip-k3-every1", "4nodes-gossip-k3-every4", "4nodes-local-sgd-every1",
+                           "4nodes-local-sgd-every4"]  # fmt: skip
+    sent = {c: e["runs"]["0"]["bytes_sent_per_node_step"] for c, e in cells.items()}
+    assert sent["4nodes-gossip-k2-every1"] == 4 * sent["4nodes-gossip-k2-every4"] == 2 * sent[
+        "4nodes-local-sgd-every1"] > 100 * sent["4nodes-labels"]  # fmt: skip
+    assert "4nodes-gossip-k3-every4" in capsys.readouterr().out
+    assert exit_code(bench.main, [*argv, "--average-every", "2"]) == 2
+    assert "--average-every does nothing without --baseline" in capsys.readouterr().err

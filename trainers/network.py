@@ -38,12 +38,25 @@ from envs.network import (
     every_node,
     supervised_losses,
 )
-from envs.routing import INIT, Minibatch, Network, from_pixels, links, node_seed, pack, placement, to_pixels, unpack
+from envs.routing import (
+    INIT,
+    Minibatch,
+    Network,
+    from_pixels,
+    links,
+    node_seed,
+    pack,
+    placement,
+    ring_neighbours,
+    to_pixels,
+    unpack,
+)
 from trainers.base import SCHEDULES, Trainer, adam, check_fields, lr_factor, option, run_rows
 from trainers.group import Group
 from trainers.network_objectives import UNSUPERVISED, NodeProbes, bigan_step, vae_losses
 
 CONTENT_NAMES = ("none", "logits", "labels", "features")
+AVERAGING = ("gossip", "local-sgd")  # parameter averaging: with ring neighbours, or with every node
 
 
 @dataclass(frozen=True)
@@ -74,6 +87,11 @@ class NetworkConfig:
                         default_text="dcgan for cifar10, else dcgan-small")  # fmt: skip
     unsupervised: str | None = option(None, "Table 2.3 with VAE or BiGAN nodes", choices=UNSUPERVISED,
                                       default_text="classifiers")  # fmt: skip
+    average: str | None = option(None, "the rivals of codistillation, with --content none: every --average-every "
+                                 "steps each node's parameters are averaged with its ring neighbours' (gossip, "
+                                 "k = --neighbours) or with every node's (local-sgd, one all-reduce)",
+                                 choices=AVERAGING, default_text="none")  # fmt: skip
+    average_every: int = option(1, "steps between parameter averagings (--average)", read_with={"average": None})
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -100,6 +118,10 @@ class NetworkConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.capacity is not None:
             at_least(1, capacity=self.capacity)
+        if self.average is not None and (self.content != "none" or self.unsupervised):
+            raise ValueError(f"--average {self.average} averages classifiers' parameters instead of sending "
+                             f"content: give --content none, not {self.content}, and no --unsupervised")  # fmt: skip
+        at_least(1, average_every=self.average_every)
         if self.shard_size is not None and self.shard_size < self.batch_size:
             raise ValueError(f"--shard-size must hold a minibatch of {self.batch_size}, got {self.shard_size}")
 
@@ -125,6 +147,9 @@ class NetworkConfig:
     @property
     def name(self) -> str:
         base = "1node" if self.nodes == 1 else f"{self.nodes}nodes-{self.content}"
+        if self.average is not None and self.nodes > 1:
+            ring = f"-k{self.k}" if self.average == "gossip" else ""
+            base = f"{self.nodes}nodes-{self.average}{ring}-every{self.average_every}"
         return f"{self.unsupervised}-{base}" if self.unsupervised else base
 
 
@@ -193,6 +218,10 @@ class NetworkTrainer(Trainer):
         self.sources = sorted(p for p, q in edges if q == self.group.rank)
         self.wire = torch.zeros(len(self.seeds), dtype=torch.float64)  # bytes this process handed over, per seed
         self.probes = NodeProbes(self) if c.unsupervised else None
+        mixing = torch.eye(c.nodes, dtype=torch.float64)  # gossip: node i averages itself and its ring neighbours
+        mixing.scatter_(1, ring_neighbours(c.nodes, c.k), 1.0)
+        self.mixing = (mixing / mixing.sum(1, keepdim=True))[self.owned.start : self.owned.stop]
+        self.averaged_bytes = sum(t.numel() * t.element_size() for t in self._averaged()) / self.n  # one node's
         self.history = [NetworkResult() for _ in self.seeds]
         self.best: list[dict[str, torch.Tensor]] = [{} for _ in self.seeds]
         self.step = 0
@@ -253,9 +282,36 @@ class NetworkTrainer(Trainer):
             self.optimizers["nodes"].step()
             metrics = {"train/loss": self._per_seed(losses.mean(1))}
         data = self._broadcast(routed, payload.cpu()) if c.communicates else torch.zeros(len(self.seeds))
+        if c.average and (self.step + 1) % c.average_every == 0:
+            self._average()
         self.wire += data + (self.group.handed - handed - data.sum()) / len(self.seeds)  # byte counts and sums: shared
         self.step += 1
         return metrics
+
+    def _averaged(self) -> list[torch.Tensor]:
+        """What parameter averaging averages: every parameter and batch-norm statistic (Adam's moments stay each
+        node's own, as in local SGD)."""
+        return [*self.parts.parameters(), *self.parts.buffers()]
+
+    @torch.no_grad()
+    def _average(self) -> None:
+        """Gossip (each node's tensors become the mean of its own and its ring neighbours') or local SGD (every
+        node's become the mean of all). Across processes the nodes' rows meet in one all-reduce (``Group.sum``),
+        in float64 so the sum is the same whatever the placement."""
+        c, seeds, here = self.config, len(self.seeds), len(self.owned)
+        tensors = self._averaged()
+        rows = torch.cat([t.reshape(seeds, here, -1).double().cpu() for t in tensors], -1)  # [seeds, here, P]
+        if c.average == "local-sgd":
+            mixed = (self.group.sum(rows.sum(1)) / c.nodes).unsqueeze(1).expand_as(rows)
+        else:
+            every = torch.zeros(seeds, c.nodes, rows.shape[-1], dtype=torch.float64)
+            every[:, self.owned.start : self.owned.stop] = rows
+            mixed = self.mixing @ self.group.sum(every)
+        start = 0
+        for t in tensors:
+            size = t.numel() // (seeds * here)
+            t.copy_(mixed[..., start : start + size].reshape(t.shape))
+            start += size
 
     def _broadcast(self, routed: Minibatch, payload: torch.Tensor) -> torch.Tensor:
         """Every node that draws a broadcast sends its minibatch; posts to other processes travel as bytes (their
@@ -360,6 +416,10 @@ class NetworkTrainer(Trainer):
         res.samples_sent, res.dropped = sent, dropped
         steps = c.nodes * max(self.step, 1)
         res.bytes_sent_per_node_step = sent * self.wire_bytes / steps
+        if c.average:  # a node hands its tensors to each ring neighbour (gossip) or once to the all-reduce
+            fanout = c.k if c.average == "gossip" else 1
+            res.bytes_sent_per_node_step = self.averaged_bytes * fanout * (self.step // c.average_every) / max(
+                self.step, 1)  # fmt: skip
         res.wire_bytes_per_node_step = self.group.sum(self.wire[run : run + 1]).item() / steps
         res.consumed_from_inbox = received / (received + local) if received + local else 0.0
         digests = torch.zeros(c.nodes, dtype=torch.long)
