@@ -61,7 +61,9 @@ def preflight(folders: Sequence[tuple[Path, str]]) -> None:
             with tempfile.NamedTemporaryFile(dir=folder, prefix=".commchannels-write-test."):
                 pass
         except OSError as e:
-            raise UsageError(f"cannot write to {folder} ({e.strerror or e}); pass another {flag}") from None
+            blocker = next((p for p in (folder, *folder.parents) if p.is_file()), None)
+            why = f"{blocker} is a file, not a folder" if blocker else e.strerror or str(e)
+            raise UsageError(f"cannot write to {folder} ({why}); pass another {flag}") from None
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
