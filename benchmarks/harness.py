@@ -251,6 +251,34 @@ def plot_panels(
     plt.close(fig)
 
 
+def plot_frontier(path: Path, points: dict[str, tuple[float, list[float]]], xlabel: str, ylabel: str,
+                  title: str) -> None:  # fmt: skip
+    """Accuracy against what it cost to send: one point per row at ``(bytes, mean of the seeds' values)`` with
+    ±1 std error bars, on a log x axis; rows that send nothing sit at the left edge, hollow, labelled so."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sending = [b for b, _ in points.values() if b > 0]
+    edge = min(sending) / 10 if sending else 1.0
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if len(points) > 10:
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
+    for label, (sent, values) in points.items():
+        mean, std = mean_std(values)
+        silent = sent <= 0
+        ax.errorbar(edge if silent else sent, mean, yerr=std, fmt="o", capsize=3, mfc="none" if silent else None,
+                    label=f"{label} (sends nothing)" if silent else label)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="x-small")
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    plt.close(fig)
+
+
 def plot_sweep(
     path: Path,
     flag: str,

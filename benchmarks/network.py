@@ -37,6 +37,7 @@ from benchmarks.harness import (
     format_table,
     parse_ints,
     parse_list,
+    plot_frontier,
     plot_panels,
     plot_sweep,
     run_cli,
@@ -354,6 +355,10 @@ def _report(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int]
     _steps_table(store, at, chosen, seeds, target)
     png = root / at / (f"figure_table_2_3_{unsupervised}.png" if unsupervised else "figure_table_2_2.png")
     plot_panels(png, list(panels.items()), "steps per node", "validation accuracy (%)")
+    points = {c.name: (mean_std([r.bytes_sent_per_node_step for r in _runs(store, at + c.name, seeds)])[0],
+                       [r.test_collective for r in _runs(store, at + c.name, seeds)]) for c in chosen}  # fmt: skip
+    plot_frontier(root / at / "accuracy_vs_bytes.png", points, "logical bytes sent per node per step (log)",
+                  "collective test accuracy (%)", f"what each row sends and what it reaches ({seed_text(seeds)})")
 
 
 def _steps_table(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int], thesis_target: float) -> None:

@@ -169,5 +169,6 @@ def test_gossip_and_local_sgd_rows_sit_in_the_table_with_their_bytes(cli, capsys
     assert sent["4nodes-gossip-k2-every1"] == 4 * sent["4nodes-gossip-k2-every4"] == 2 * sent[
         "4nodes-local-sgd-every1"] > 100 * sent["4nodes-labels"]  # fmt: skip
     assert "4nodes-gossip-k3-every4" in capsys.readouterr().out
+    assert (out.parent / "runs" / "network" / "accuracy_vs_bytes.png").stat().st_size > 1000
     assert exit_code(bench.main, [*argv, "--average-every", "2"]) == 2
     assert "--average-every does nothing without --baseline" in capsys.readouterr().err
