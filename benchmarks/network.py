@@ -95,7 +95,8 @@ def build_parser() -> ArgumentParser:
     p.option("--baseline", None, "comma-separated rivals of codistillation, each trained beside every node count "
              "above 1: ddp = one DistributedDataParallel replica per process on the union of its nodes' shards; "
              "gossip = each node averages its parameters with its 2 ring neighbours' (and, as a second row, with "
-             "all N-1 others'); local-sgd = every node's parameters averaged by one all-reduce",
+             "all N-1 others'); local-sgd = every node's parameters averaged by one all-reduce; allreduce = the "
+             "gradients of all nodes averaged every step, replicas started equal (DDP with a replica per node)",
              default_text="none")  # fmt: skip
     p.option("--average-every", "1", "comma-separated periods (steps) of gossip and local-sgd: a row per value",
              read_with={"baseline": None})  # fmt: skip
@@ -131,7 +132,7 @@ def configs(parser: ArgumentParser, args) -> list[NetworkConfig]:
         for average in averaging:
             for k in dict.fromkeys([min(2, n - 1), n - 1]) if average == "gossip" else [n - 1]:
                 rows += [config_of(parser, args, n, "none", average=average, average_every=h, neighbours=k)
-                         for h in periods]  # fmt: skip
+                         for h in ([1] if average == "allreduce" else periods)]  # fmt: skip
     return rows
 
 
@@ -155,10 +156,10 @@ def config_of(parser: ArgumentParser, args, nodes: int, content: str, **extra) -
 def _cell_config(parser: ArgumentParser, args, cell: str) -> NetworkConfig:
     """The configuration of a cell name (``10nodes-labels``, ``vae-1node``...), for a resumed job."""
     name = cell.rsplit("/", 1)[-1]
-    averaged = re.fullmatch(r"(\d+)nodes-(gossip|local-sgd)(?:-k(\d+))?-every(\d+)", name)
+    averaged = re.fullmatch(r"(\d+)nodes-(gossip|local-sgd|allreduce)(?:-k(\d+))?(?:-every(\d+))?", name)
     if averaged:
         n = int(averaged[1])
-        return config_of(parser, args, n, "none", average=averaged[2], average_every=int(averaged[4]),
+        return config_of(parser, args, n, "none", average=averaged[2], average_every=int(averaged[4] or 1),
                          neighbours=int(averaged[3] or n - 1))  # fmt: skip
     match = re.fullmatch(r"(?:(?:vae|bigan)-)?(?:1node|(\d+)nodes-(\w+))|ddp-(\d+)nodes", name)
     if match is None:

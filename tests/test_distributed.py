@@ -135,11 +135,12 @@ def test_routing_is_the_simulators_and_losses_agree_on_any_number_of_processes(r
     torch.testing.assert_close(spread["sums"], sums, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("average", ["gossip", "local-sgd"])
+@pytest.mark.parametrize("average", ["gossip", "local-sgd", "allreduce"])
 def test_parameter_averaging_across_processes_equals_one_process(root, tmp_path, average):
     """The rivals of codistillation on 3 processes: the nodes' rows meet in one all-reduce (in float64), and
     the accuracies and logical bytes are those of one process; the wire bytes are what the all-reduce took."""
-    config = dataclasses.replace(CONFIG, content="none", average=average, average_every=3)
+    config = dataclasses.replace(CONFIG, content="none", average=average, average_every=1 if average == "allreduce"
+                                 else 3)  # fmt: skip
     assert spawn(_train, 3, "p2p", root, tmp_path / "spread.pt", config) == [0] * 3
     spread = torch.load(tmp_path / "spread.pt")
     alone = NetworkTrainer(config, load_splits("mnist", root, download=False), [0, 1]).fit()

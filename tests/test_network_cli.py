@@ -159,15 +159,16 @@ def test_more_local_processes_than_cores_are_called_oversubscribed(monkeypatch):
 
 def test_gossip_and_local_sgd_rows_sit_in_the_table_with_their_bytes(cli, capsys):
     argv, out, _ = cli
-    grid = [*argv, "--nodes", "4", "--content", "labels", "--baseline", "gossip,local-sgd", "--average-every", "1,4"]
+    grid = [*argv, "--nodes", "4", "--content", "labels", "--baseline", "gossip,local-sgd,allreduce", "--average-every",
+            "1,4"]  # fmt: skip
     assert exit_code(bench.main, grid) == 0
     cells = json.loads(out.read_text())["cells"]
     assert list(cells) == ["4nodes-labels", "4nodes-gossip-k2-every1", "4nodes-gossip-k2-every4",
                            "4nodes-gossip-k3-every1", "4nodes-gossip-k3-every4", "4nodes-local-sgd-every1",
-                           "4nodes-local-sgd-every4"]  # fmt: skip
+                           "4nodes-local-sgd-every4", "4nodes-allreduce"]  # fmt: skip
     sent = {c: e["runs"]["0"]["bytes_sent_per_node_step"] for c, e in cells.items()}
     assert sent["4nodes-gossip-k2-every1"] == 4 * sent["4nodes-gossip-k2-every4"] == 2 * sent[
-        "4nodes-local-sgd-every1"] > 100 * sent["4nodes-labels"]  # fmt: skip
+        "4nodes-local-sgd-every1"] == 2 * sent["4nodes-allreduce"] > 100 * sent["4nodes-labels"]  # fmt: skip
     assert "4nodes-gossip-k3-every4" in capsys.readouterr().out
     assert (out.parent / "runs" / "network" / "accuracy_vs_bytes.png").stat().st_size > 1000
     assert exit_code(bench.main, [*argv, "--average-every", "2"]) == 2

@@ -240,6 +240,7 @@ def test_a_killed_network_resumes_bit_for_bit(big_splits, tmp_path, content, uns
         ({"shard_size": 16, "batch_size": 32}, "--shard-size must hold a minibatch of 32, got 16"),
         ({"average": "gossip"}, "--average gossip averages classifiers' parameters instead of sending content"),
         ({"average": "local-sgd", "content": "none", "average_every": 0}, "average_every must be >= 1, got 0"),
+        ({"average": "allreduce", "content": "none", "average_every": 2}, "--average-every must be 1, not 2"),
     ],
 )
 def test_bad_configs_are_named(kw, message):
@@ -256,7 +257,7 @@ def test_gossip_averages_each_node_with_its_ring_neighbours_on_a_hand_case(big_s
         for t in tensors:  # node i of seed s holds the value 10 s + i everywhere
             value = (10 * torch.arange(2.0)[:, None] + torch.arange(4.0)).reshape(8, 1)  # seed by seed, node by node
             t.copy_(value.expand(8, t.numel() // 8).reshape(t.shape))
-    trainer._average()
+    trainer._mix(tensors, "ring")
     expected = [[(0 + 1 + 3) / 3, (1 + 0 + 2) / 3, (2 + 3 + 1) / 3, (3 + 0 + 2) / 3]]  # itself, i+1, i-1
     expected.append([10 + v for v in expected[0]])
     for t in tensors:
@@ -274,6 +275,13 @@ def test_local_sgd_makes_every_node_equal_and_counts_the_bytes_it_hands_over(big
     params = sum(p.numel() for p in trainer._averaged()) // 3  # one node's, float32
     assert result.bytes_sent_per_node_step == pytest.approx(4 * params * 3 / 6)  # averaged at steps 2, 4, 6
     assert result.test_average == pytest.approx(result.test_nodes[0]) and config.name == "3nodes-local-sgd-every2"
+    replicas = dataclasses.replace(config, average="allreduce", average_every=1)
+    trainer = NetworkTrainer(replicas, big_splits, [0])
+    result = trainer.fit()[0]
+    for t in trainer._averaged():  # started as node 0, the same averaged gradient every step: equal throughout, to
+        rows = t.view(3, -1)  # the rounding of the fused Adam kernel (its vector lanes round by memory position)
+        torch.testing.assert_close(rows, rows[:1].expand_as(rows), atol=1e-7, rtol=1e-6)
+    assert result.bytes_sent_per_node_step == pytest.approx(4 * params) and replicas.name == "3nodes-allreduce"
     gossip = dataclasses.replace(config, average="gossip", neighbours=2)
     assert NetworkTrainer(gossip, big_splits, [0]).fit()[0].bytes_sent_per_node_step == pytest.approx(
         4 * params * 2 * 3 / 6)  # fmt: skip

@@ -56,7 +56,7 @@ from trainers.group import Group
 from trainers.network_objectives import UNSUPERVISED, NodeProbes, bigan_step, vae_losses
 
 CONTENT_NAMES = ("none", "logits", "labels", "features")
-AVERAGING = ("gossip", "local-sgd")  # parameter averaging: with ring neighbours, or with every node
+AVERAGING = ("gossip", "local-sgd", "allreduce")  # parameters averaged with ring neighbours or every node; gradients
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,8 @@ class NetworkConfig:
                                       default_text="classifiers")  # fmt: skip
     average: str | None = option(None, "the rivals of codistillation, with --content none: every --average-every "
                                  "steps each node's parameters are averaged with its ring neighbours' (gossip, "
-                                 "k = --neighbours) or with every node's (local-sgd, one all-reduce)",
+                                 "k = --neighbours) or with every node's (local-sgd, one all-reduce); allreduce: "
+                                 "every step the gradients of all nodes, started equal (DDP with a replica per node)",
                                  choices=AVERAGING, default_text="none")  # fmt: skip
     average_every: int = option(1, "steps between parameter averagings (--average)", read_with={"average": None})
 
@@ -122,6 +123,9 @@ class NetworkConfig:
             raise ValueError(f"--average {self.average} averages classifiers' parameters instead of sending "
                              f"content: give --content none, not {self.content}, and no --unsupervised")  # fmt: skip
         at_least(1, average_every=self.average_every)
+        if self.average == "allreduce" and self.average_every != 1:
+            raise ValueError(f"--average allreduce averages gradients every step; --average-every must be 1, not "
+                             f"{self.average_every}")  # fmt: skip
         if self.shard_size is not None and self.shard_size < self.batch_size:
             raise ValueError(f"--shard-size must hold a minibatch of {self.batch_size}, got {self.shard_size}")
 
@@ -149,7 +153,8 @@ class NetworkConfig:
         base = "1node" if self.nodes == 1 else f"{self.nodes}nodes-{self.content}"
         if self.average is not None and self.nodes > 1:
             ring = f"-k{self.k}" if self.average == "gossip" else ""
-            base = f"{self.nodes}nodes-{self.average}{ring}-every{self.average_every}"
+            every = "" if self.average == "allreduce" else f"-every{self.average_every}"
+            base = f"{self.nodes}nodes-{self.average}{ring}{every}"
         return f"{self.unsupervised}-{base}" if self.unsupervised else base
 
 
@@ -222,6 +227,8 @@ class NetworkTrainer(Trainer):
         mixing.scatter_(1, ring_neighbours(c.nodes, c.k), 1.0)
         self.mixing = (mixing / mixing.sum(1, keepdim=True))[self.owned.start : self.owned.stop]
         self.averaged_bytes = sum(t.numel() * t.element_size() for t in self._averaged()) / self.n  # one node's
+        if c.average == "allreduce":
+            self._mix(self._averaged(), "first")  # every replica starts as node 0, as DDP broadcasts rank 0's
         self.history = [NetworkResult() for _ in self.seeds]
         self.best: list[dict[str, torch.Tensor]] = [{} for _ in self.seeds]
         self.step = 0
@@ -279,11 +286,15 @@ class NetworkTrainer(Trainer):
                 group["lr"] = c.lr * lr_factor(c.lr_schedule, self.step / c.steps)
             self.optimizers["nodes"].zero_grad(set_to_none=True)
             loss.backward()
+            if c.average == "allreduce":
+                self._mix([p.grad for p in self.parts.parameters()], "all")
             self.optimizers["nodes"].step()
             metrics = {"train/loss": self._per_seed(losses.mean(1))}
         data = self._broadcast(routed, payload.cpu()) if c.communicates else torch.zeros(len(self.seeds))
-        if c.average and (self.step + 1) % c.average_every == 0:
-            self._average()
+        if c.average in ("gossip", "local-sgd") and (self.step + 1) % c.average_every == 0:
+            self._mix(self._averaged(), "ring" if c.average == "gossip" else "all")
+        elif c.average == "allreduce":
+            self._mix(list(self.parts.buffers()), "all")  # batch-norm statistics, like DDP's buffers: one for all
         self.wire += data + (self.group.handed - handed - data.sum()) / len(self.seeds)  # byte counts and sums: shared
         self.step += 1
         return metrics
@@ -294,19 +305,22 @@ class NetworkTrainer(Trainer):
         return [*self.parts.parameters(), *self.parts.buffers()]
 
     @torch.no_grad()
-    def _average(self) -> None:
-        """Gossip (each node's tensors become the mean of its own and its ring neighbours') or local SGD (every
-        node's become the mean of all). Across processes the nodes' rows meet in one all-reduce (``Group.sum``),
-        in float64 so the sum is the same whatever the placement."""
+    def _mix(self, tensors: list[torch.Tensor], how: str) -> None:
+        """Each node's rows of ``tensors`` become the mean of its own and its ring neighbours' (``ring``: gossip),
+        the mean of every node's (``all``: local SGD, and gradients under allreduce) or node 0's (``first``). Across
+        processes the rows meet in one all-reduce (``Group.sum``), in float64 so the sum is the same whatever the
+        placement."""
+        if not tensors:
+            return
         c, seeds, here = self.config, len(self.seeds), len(self.owned)
-        tensors = self._averaged()
         rows = torch.cat([t.reshape(seeds, here, -1).double().cpu() for t in tensors], -1)  # [seeds, here, P]
-        if c.average == "local-sgd":
+        if how == "all":
             mixed = (self.group.sum(rows.sum(1)) / c.nodes).unsqueeze(1).expand_as(rows)
         else:
             every = torch.zeros(seeds, c.nodes, rows.shape[-1], dtype=torch.float64)
             every[:, self.owned.start : self.owned.stop] = rows
-            mixed = self.mixing @ self.group.sum(every)
+            every = self.group.sum(every)
+            mixed = self.mixing @ every if how == "ring" else every[:, :1].expand_as(rows)
         start = 0
         for t in tensors:
             size = t.numel() // (seeds * here)
@@ -417,7 +431,7 @@ class NetworkTrainer(Trainer):
         steps = c.nodes * max(self.step, 1)
         res.bytes_sent_per_node_step = sent * self.wire_bytes / steps
         if c.average:  # a node hands its tensors to each ring neighbour (gossip) or once to the all-reduce
-            fanout = c.k if c.average == "gossip" else 1
+            fanout = c.k if c.average == "gossip" else 1  # allreduce: every step, gradients the size of parameters
             res.bytes_sent_per_node_step = self.averaged_bytes * fanout * (self.step // c.average_every) / max(
                 self.step, 1)  # fmt: skip
         res.wire_bytes_per_node_step = self.group.sum(self.wire[run : run + 1]).item() / steps
