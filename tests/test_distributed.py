@@ -280,11 +280,13 @@ def test_the_benchmark_on_two_processes_writes_only_on_rank_0_and_refuses_too_fe
     assert said[0] == ["2", "error: 2 processes cannot share configurations of 1 node(s): every process needs a node; "
                        "run fewer processes or pass --nodes of at least 2"] and said[1] == ["2"]  # fmt: skip
     assert not (tmp_path / "r.json").exists()
-    grid = [*argv, "--nodes", "3", "--content", "labels", "--baseline", "ddp"]
+    grid = [*argv, "--nodes", "3", "--content", "labels", "--baseline", "ddp,gossip,local-sgd,allreduce"]
     assert spawn(_cli, 2, "p2p", grid, tmp_path) == [0, 0]
     assert [(tmp_path / f"cli{r}.txt").read_text().splitlines()[0] for r in (0, 1)] == ["0", "0"]
     data = json.loads((tmp_path / "r.json").read_text())
-    assert list(data["cells"]) == ["3nodes-labels", "ddp-3nodes"] and data["config"]["processes"] == 2
+    assert list(data["cells"]) == ["3nodes-labels", "3nodes-gossip-k2-every1", "3nodes-local-sgd-every1",
+                                   "3nodes-allreduce", "ddp-3nodes"] and data["config"]["processes"] == 2  # fmt: skip
     assert data["cells"]["ddp-3nodes"]["runs"]["0"]["hook_bytes_per_step"] > 0
+    assert data["cells"]["3nodes-allreduce"]["runs"]["0"]["wire_bytes_per_node_step"] > 0
     assert data["cells"]["3nodes-labels"]["runs"]["0"]["wire_bytes_per_node_step"] > 0
     assert sorted(p.name for p in tmp_path.iterdir() if "ckpt" in p.name) == []  # every rank removed its checkpoint
