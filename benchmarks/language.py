@@ -142,10 +142,6 @@ def main(argv: list[str] | None = None) -> int:
                 "reference_epochs": args.reference_epochs}  # fmt: skip
     root = Path(args.logdir) / out.stem
     preflight([(root, "--logdir")])
-    for _, config, speaker_cls, _ in chosen:
-        check_memory(lambda c=config, s=speaker_cls: LanguageTrainer(c, splits, [(levels[0], seeds[0])], s,
-                                                                     device=device),
-                     len(levels) * len(seeds), device, f"{len(levels)} levels x --seeds {len(seeds)}")  # fmt: skip
     with Store(out, "language", identity, swept) as store:
         started = time.time()
         for label, config, speaker_cls, v in chosen:
@@ -161,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
 def _benchmark(store, label, config, speaker_cls, levels, seeds, splits, args, device, root) -> None:
     """Reference probes, then every pending (level, seed) run of one variant, in as few jobs as resume allows."""
     at = prefix(label)
+    pending = [(level, k) for level in levels for k in seeds if not store.done(at + level, k)]
+    if pending:  # before the reference probes, which train for every pending seed at once
+        check_memory(lambda: LanguageTrainer(config, splits, pending[:1], speaker_cls, device=device), len(pending),
+                     device, f"{len({lv for lv, _ in pending})} levels x {len({k for _, k in pending})} seeds")
     missing = [k for k in seeds
                if any(str(k) not in store.data["references"].get(at + name, {}) for name in REFERENCES)]  # fmt: skip
     if missing:

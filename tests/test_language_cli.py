@@ -68,13 +68,13 @@ def test_rerun_skips_finished_runs_and_trains_only_new_ones(cli, monkeypatch):
     assert run([*argv, "--seeds", "1", "--levels", "none"]) == 0
     first = json.loads(out.read_text())
     trained = []
-    real = bench.LanguageTrainer
+    real = bench.LanguageTrainer.fit
 
-    def recording(config, splits, runs, speaker_cls=None, device="cpu"):
-        trained.append(list(runs))
-        return real(config, splits, runs, speaker_cls, device)
+    def recording(self, *args, **kwargs):
+        trained.append(list(self.runs))
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(bench, "LanguageTrainer", recording)
+    monkeypatch.setattr(bench.LanguageTrainer, "fit", recording)
     assert run([*argv, "--seeds", "1", "--levels", "none"]) == 0
     assert trained == []  # nothing left to do
     assert run([*argv, "--seeds", "1", "--levels", "none,receive"]) == 0
@@ -214,13 +214,13 @@ def test_a_sweep_keeps_finished_values_when_more_are_added(cli, monkeypatch):
     argv, out, logdir = cli
     assert run([*argv, "--seeds", "1", "--levels", "none", "--sweep", "ce-weight=0.01,0.1"]) == 0
     trained = []
-    real = bench.LanguageTrainer
+    real = bench.LanguageTrainer.fit
 
-    def recording(config, splits, runs, speaker_cls=None, device="cpu"):
-        trained.append((config.ce_weight, list(runs)))
-        return real(config, splits, runs, speaker_cls, device)
+    def recording(self, *args, **kwargs):
+        trained.append((self.config.ce_weight, list(self.runs)))
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(bench, "LanguageTrainer", recording)
+    monkeypatch.setattr(bench.LanguageTrainer, "fit", recording)
     assert run([*argv, "--seeds", "1", "--levels", "none", "--sweep", "ce-weight=0.01,0.1,0.5"]) == 0
     assert trained == [(0.5, [("none", 0)])]
     data = json.loads(out.read_text())
@@ -376,5 +376,5 @@ def test_a_job_that_cannot_fit_in_memory_is_refused_before_anything_is_allocated
     monkeypatch.setattr(harness, "available_memory", lambda device: (10 * 2**20, "available host memory"))
     assert run([*argv, "--seeds", "100", "--levels", "none,both"]) == 2
     err = capsys.readouterr().err
-    assert "2 levels x --seeds 100 = 200 runs in one job need at least" in err and "is 0.0 GiB" in err
+    assert "2 levels x 100 seeds = 200 runs in one job need at least" in err and "is 0.0 GiB" in err
     assert err.count("\n") == 1 and not out.exists()
