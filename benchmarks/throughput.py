@@ -36,7 +36,7 @@ from benchmarks.store import Lock, commit, now, preflight, save_json, version
 from envs.data import Split, Splits
 from trainers.base import adam
 
-SHAPES = {"dcgan-small": (1, 28, 28), "dcgan": (3, 32, 32), "mlp": (1, 28, 28)}  # what each model is for
+SHAPES = {"dcgan-small": (1, 28, 28), "dcgan": (3, 32, 32), "dcgan-bn": (3, 32, 32), "mlp": (1, 28, 28)}  # their data
 REPEATS = 3  # timings per row; the best counts
 DEFAULT = "dcgan-small"  # the network benchmark's model on the 28x28 datasets measured here
 
@@ -44,7 +44,7 @@ DEFAULT = "dcgan-small"  # the network benchmark's model on the 28x28 datasets m
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.split("\n")[0])
     p.option("--nodes", "1,10,20", "comma-separated node counts")
-    p.option("--models", "dcgan-small,dcgan", f"comma-separated node models from {','.join(MODELS)}")
+    p.option("--models", "dcgan-small,dcgan", f"comma-separated node models from {','.join(SHAPES)}")
     p.option("--runs", "1,4,20", "comma-separated language population sizes (empty: no language rows)")
     p.option("--scale", "", "comma-separated node counts of whole network steps, e.g. 10,100,1000 (ring k = 2; "
              "dcgan-small and mlp)", default_text="none")  # fmt: skip
@@ -270,7 +270,7 @@ def _grid(args) -> tuple[list[str], list[int], list[int], list[int]]:
         if getattr(args, flag) < 1:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     optional = lambda text, flag: parse_ints(text, flag) if text.strip() else []  # noqa: E731 (empty: no rows)
-    return (parse_list(args.models, MODELS, "--models"), parse_ints(args.nodes, "--nodes"),
+    return (parse_list(args.models, SHAPES, "--models"), parse_ints(args.nodes, "--nodes"),
             optional(args.runs, "--runs"), optional(args.scale, "--scale"))  # fmt: skip
 
 

@@ -157,6 +157,12 @@ def test_more_local_processes_than_cores_are_called_oversubscribed(monkeypatch):
     assert bench.oversubscribed() == ""
 
 
+def test_the_throughput_benchmark_knows_every_node_model():
+    from agents.network import MODELS
+
+    assert set(throughput.SHAPES) == set(MODELS)  # it times any model the network benchmark trains
+
+
 def test_gossip_and_local_sgd_rows_sit_in_the_table_with_their_bytes(cli, capsys):
     argv, out, _ = cli
     grid = [*argv, "--nodes", "4", "--content", "labels", "--baseline", "gossip,local-sgd,allreduce", "--average-every",

@@ -76,15 +76,16 @@ class NetworkConfig:
     batch_size: int = option(32, "minibatch size of every node")
     lr: float = option(1e-3, "Adam learning rate (Adam's default, as in the thesis)")
     lr_schedule: str = option("constant", "the learning rate over the steps: constant, or decayed to 0 by a cosine "
-                              "or a line", choices=SCHEDULES)  # fmt: skip
+                              "or a line", choices=SCHEDULES, default_text="cosine for cifar10 classifiers, else "
+                              "constant")  # fmt: skip
     augment: bool = option(False, "classifiers: each training image randomly cropped from its 4-pixel zero "
                            "padding and flipped left-right (CIFAR-10's standard augmentation), from each node's "
-                           "own stream")  # fmt: skip
-    steps: int = option(5000, "training steps per node")
-    eval_every: int = option(250, "steps between evaluations", default_text="250; 1000 with --unsupervised, "
-                             "where each evaluation trains linear probes")  # fmt: skip
+                           "own stream", default_text="on for cifar10 classifiers, else off")  # fmt: skip
+    steps: int = option(5000, "training steps per node", default_text="30,000 for cifar10 classifiers, else 5,000")
+    eval_every: int = option(250, "steps between evaluations", default_text="250; 500 for cifar10 classifiers; "
+                             "1000 with --unsupervised, where each evaluation trains linear probes")  # fmt: skip
     model: str = option("dcgan-small", "node model", choices=tuple(MODELS),
-                        default_text="dcgan for cifar10, else dcgan-small")  # fmt: skip
+                        default_text="dcgan-bn for cifar10, else dcgan-small")  # fmt: skip
     unsupervised: str | None = option(None, "Table 2.3 with VAE or BiGAN nodes", choices=UNSUPERVISED,
                                       default_text="classifiers")  # fmt: skip
     average: str | None = option(None, "the rivals of codistillation, with --content none: every --average-every "
