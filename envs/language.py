@@ -37,6 +37,7 @@ import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -207,7 +208,7 @@ class parallel_env(TruncatingParallelEnv):
         diversity_weight: float = 1.0,
         seed: int = 0,
         dataset: str = "mnist",
-        data_dir: str | None = None,
+        data_dir: str | Path | None = None,
         images: torch.Tensor | None = None,
         render_mode: str | None = None,
         max_steps: int | None = None,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -261,7 +262,7 @@ class parallel_env(TruncatingParallelEnv):
         render_mode: str | None = None,
         max_steps: int | None = None,
         dataset: str = "mnist",
-        data_dir: str | None = None,
+        data_dir: str | Path | None = None,
         shard_size: int | None = None,  # training images per node (None: the training set split evenly)
     ):
         """Images are flat ``[n, C*H*W]`` in [0, 1] (``envs.data.load_splits`` gives them and ``shape``);

@@ -50,6 +50,7 @@ import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -302,7 +303,7 @@ class parallel_env(TruncatingParallelEnv):
         render_mode: str | None = None,
         max_steps: int | None = None,
         dataset: str = "mnist",
-        data_dir: str | None = None,
+        data_dir: str | Path | None = None,
         warmup: int = 0,
         reward: str = "drop",
     ):
