@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 import re
 import tempfile
@@ -178,3 +179,5 @@ class DistributedGroup(Group):
             with contextlib.suppress(PeerLost):
                 self.barrier()
         dist.destroy_process_group()
+        gc.collect()  # gloo's finished works and their tensors go now, not at interpreter exit, where freeing them
+        # can abort the process (PyTorch's own diagnosis of that SIGABRT; seen here once more on 3 processes)
