@@ -234,8 +234,8 @@ class ArgumentParser(argparse.ArgumentParser):
         except ValueError as e:  # a message that starts with a field's name names its flag instead
             name, _, rest = str(e).partition(" ")
             named = name in {f.name for f in dataclasses.fields(cls)} and hasattr(args, f"{prefix}{name}")
-            raise UsageError(f"--{prefix}{name} {rest}".replace("_", "-", name.count("_") + prefix.count("_"))
-                             if named else str(e)) from None  # fmt: skip
+            flag = "--" + f"{prefix}{name}".replace("_", "-")
+            raise UsageError(f"{flag} {rest}" if named else str(e)) from None
 
     def sweep_flag(self, spec: str | None) -> tuple[str, str, list[tuple[str, Any]]] | None:
         """``--sweep FLAG=v1,v2`` -> (flag, dest, [(text, value)]); values split on ``;`` when any contains
@@ -256,9 +256,10 @@ class ArgumentParser(argparse.ArgumentParser):
         action = actions[name]
         parse = boolean if isinstance(action, argparse.BooleanOptionalAction) else (action.type or str)
         values = []
-        items = [v.strip() for v in text.split(";")] if ";" in text else split_items(text, f"--sweep {name}")
+        items = [v.strip() for v in text.split(";" if ";" in text else ",")]
         if not all(items):
-            raise UsageError(f"--sweep {name} has an empty value in {text!r}")
+            raise UsageError(f"--sweep {name} has an empty item in {text!r}; separate the values with single commas "
+                             f"(or semicolons)")  # fmt: skip
         for item in items:
             try:
                 value = parse(item)

@@ -89,10 +89,9 @@ def parse_list(text: str, allowed: Iterable[str], what: str) -> list[str]:
 
 def parse_ints(text: str, what: str) -> list[int]:
     """Comma-separated integers >= 1, sorted and without duplicates."""
+    items = split_items(text, what)
     try:
-        values = sorted({int(x) for x in split_items(text, what)})
-    except UsageError:
-        raise
+        values = sorted({int(x) for x in items})
     except ValueError:
         raise UsageError(f"{what} must be comma-separated integers, got {text!r}") from None
     if not values or values[0] < 1:

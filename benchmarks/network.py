@@ -330,7 +330,7 @@ def _report(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int]
             processes: int) -> None:  # fmt: skip
     """Table 2.2 or 2.3, the steps-to-target table and the curves; ``processes`` > 0 (distributed) adds the bytes
     handed to torch.distributed and each configuration's wall time."""
-    rows, panels = [], {"node average": {}, "collective decision": {}}
+    rows, panels, points = [], {"node average": {}, "collective decision": {}}, {}
     for c in chosen:
         cell = store.data["cells"][at + c.name]
         runs = _runs(store, at + c.name, seeds)
@@ -348,6 +348,7 @@ def _report(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int]
         longest = max(runs, key=lambda r: len(r.steps))
         panels["node average"][c.name] = (longest.steps, [r.val_average for r in runs])
         panels["collective decision"][c.name] = (longest.steps, [r.val_collective for r in runs])
+        points[c.name] = (sent, [r.test_collective for r in runs])
     unsupervised = chosen[0].unsupervised
     what = f"linear probes on {unsupervised} features, at the best validation stage" if unsupervised else (
         f"after {chosen[0].steps:,} steps per node")  # fmt: skip
@@ -362,8 +363,6 @@ def _report(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int]
     _steps_table(store, at, chosen, seeds, target)
     png = root / at / (f"figure_table_2_3_{unsupervised}.png" if unsupervised else "figure_table_2_2.png")
     plot_panels(png, list(panels.items()), "steps per node", "validation accuracy (%)")
-    points = {c.name: (mean_std([r.bytes_sent_per_node_step for r in _runs(store, at + c.name, seeds)])[0],
-                       [r.test_collective for r in _runs(store, at + c.name, seeds)]) for c in chosen}  # fmt: skip
     plot_frontier(root / at / "accuracy_vs_bytes.png", points, "logical bytes sent per node per step (log)",
                   "collective test accuracy (%)", f"what each row sends and what it reaches ({seed_text(seeds)})")
 

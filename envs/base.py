@@ -78,6 +78,13 @@ def at_least(low: float, **values: float) -> None:
             raise ValueError(f"{name} must be >= {low:g}, got {value}")
 
 
+def above(low: float, **values: float) -> None:
+    """Each of ``values`` is > ``low``: the first that is not is named, with its value."""
+    for name, value in values.items():
+        if value <= low:
+            raise ValueError(f"{name} must be > {low:g}, got {value}")
+
+
 def checked_arguments(function: Callable) -> Callable:
     """``function`` whose arguments are checked against their annotations (``check_type``) at every call."""
     signature = inspect.signature(function)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from envs.base import at_least
+from envs.base import above, at_least
 from trainers.base import check_fields, option
 
 
@@ -46,9 +46,7 @@ class TemperatureSchedule:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        for name in ("start", "floor"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"temperature {name} must be > 0, got {getattr(self, name)}")
+        above(0, temperature_start=self.start, temperature_floor=self.floor)
         if not 0 < self.factor <= 1:
             raise ValueError(f"temperature factor must be in (0, 1], got {self.factor}")
         at_least(1, temperature_every=self.every)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from agents.language import Critic, LinearProbe, Speaker
-from envs.base import at_least
+from envs.base import above, at_least
 from envs.data import Split, Splits
 from envs.language import AGENTS, OVERLAPS, VIEWS, View, communication_loss, exchange, fixed_uniform, views
 from trainers.base import Trainer, adam, check_fields, generator, option, restore_generators
@@ -115,12 +115,8 @@ class LanguageConfig:
         at_least(1, **{n: getattr(self, n) for n in ("message_length", "batch_size", "steps", "eval_every",
                                                      "log_every", "critic_hidden")})  # fmt: skip
         at_least(2, vocab_size=self.vocab_size)
-        for name in ("lr", "probe_lr"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        above(0, lr=self.lr, probe_lr=self.probe_lr)
         at_least(0, ce_weight=self.ce_weight, ce_weight_two_way=self.ce_weight_two_way)
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"unknown estimator {self.estimator!r}; choose from {', '.join(ESTIMATORS)}")
         Reinforce(self.entropy_weight, self.baseline_decay)  # checks its settings
 
     def partial_view(self) -> View:

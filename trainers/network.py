@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from agents.network import MODELS, seeded_models, stack
-from envs.base import at_least
+from envs.base import above, at_least
 from envs.data import Split, Splits
 from envs.network import (
     CONTENTS,
@@ -108,16 +108,10 @@ class NetworkConfig:
         allowed = ("none", "features") if self.unsupervised else SUPERVISED_CONTENTS
         if self.content not in allowed:
             raise ValueError(f"unknown content {self.content!r}; choose from {', '.join(allowed)}")
-        if self.unsupervised not in (None, *UNSUPERVISED):
-            raise ValueError(f"unknown unsupervised model {self.unsupervised!r}; choose from {', '.join(UNSUPERVISED)}")
-        if self.model not in MODELS:
-            raise ValueError(f"unknown node model {self.model!r}; choose from {', '.join(MODELS)}")
         if self.unsupervised and not MODELS[self.model].width:
             raise ValueError(f"--model {self.model} is a classifier; --unsupervised nodes need a DCGAN model")
         at_least(1, **{n: getattr(self, n) for n in ("batch_size", "steps", "eval_every")})
-        for name in ("temperature", "lr"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        above(0, temperature=self.temperature, lr=self.lr)
         if self.capacity is not None:
             at_least(1, capacity=self.capacity)
         if self.average is not None and (self.content != "none" or self.unsupervised):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from agents.teacher_student import mlp
-from envs.base import at_least
+from envs.base import above, at_least
 from envs.data import Split, Splits
 from envs.teacher_student import MEASURES, TARGETS, EpochStacks, Rule, Stack, target_loss
 from trainers.base import SCHEDULES, Trainer, adam, check_fields, generator, lr_factor, option, restore_generators
@@ -107,8 +107,7 @@ class StudentConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         at_least(1, **{n: getattr(self, n) for n in ("batch_size", "patience", "max_epochs", "eval_every")})
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        above(0, temperature=self.temperature)
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
