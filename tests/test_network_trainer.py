@@ -264,6 +264,16 @@ def test_gossip_averages_each_node_with_its_ring_neighbours_on_a_hand_case(big_s
         torch.testing.assert_close(t.view(2, 4, -1).mean(-1), torch.tensor(expected), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("average", ["gossip", "local-sgd", "allreduce"])
+def test_every_rival_starts_its_nodes_equal_and_each_seed_differently(big_splits, average):
+    config = NetworkConfig(nodes=3, neighbours=2, content="none", average=average, batch_size=8, steps=4,
+                           model="mlp")  # fmt: skip
+    for t in NetworkTrainer(config, big_splits, [0, 1])._averaged():
+        rows = t.view(2, 3, -1)  # seed by seed, node by node
+        torch.testing.assert_close(rows, rows[:, :1].expand_as(rows), atol=0, rtol=0)
+        assert not torch.equal(rows[0], rows[1])  # seeds stay independent
+
+
 def test_local_sgd_makes_every_node_equal_and_counts_the_bytes_it_hands_over(big_splits):
     config = NetworkConfig(nodes=3, content="none", average="local-sgd", average_every=2, batch_size=8, steps=6,
                            eval_every=3, model="mlp")  # fmt: skip

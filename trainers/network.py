@@ -88,10 +88,11 @@ class NetworkConfig:
                         default_text="dcgan-bn for cifar10, else dcgan-small")  # fmt: skip
     unsupervised: str | None = option(None, "Table 2.3 with VAE or BiGAN nodes", choices=UNSUPERVISED,
                                       default_text="classifiers")  # fmt: skip
-    average: str | None = option(None, "the rivals of codistillation, with --content none: every --average-every "
-                                 "steps each node's parameters are averaged with its ring neighbours' (gossip, "
-                                 "k = --neighbours) or with every node's (local-sgd, one all-reduce); allreduce: "
-                                 "every step the gradients of all nodes, started equal (DDP with a replica per node)",
+    average: str | None = option(None, "the rivals of codistillation, with --content none, every node started "
+                                 "equal: every --average-every steps each node's parameters are averaged with its "
+                                 "ring neighbours' (gossip, k = --neighbours) or with every node's (local-sgd, one "
+                                 "all-reduce); allreduce: every step the gradients of all nodes (DDP with a replica "
+                                 "per node)",
                                  choices=AVERAGING, default_text="none")  # fmt: skip
     average_every: int = option(1, "steps between parameter averagings (--average)", read_with={"average": None})
 
@@ -222,8 +223,8 @@ class NetworkTrainer(Trainer):
         mixing.scatter_(1, ring_neighbours(c.nodes, c.k), 1.0)
         self.mixing = (mixing / mixing.sum(1, keepdim=True))[self.owned.start : self.owned.stop]
         self.averaged_bytes = sum(t.numel() * t.element_size() for t in self._averaged()) / self.n  # one node's
-        if c.average == "allreduce":
-            self._mix(self._averaged(), "first")  # every replica starts as node 0, as DDP broadcasts rank 0's
+        if c.average:  # every node starts as node 0, as DDP broadcasts rank 0's and FedAvg its global model:
+            self._mix(self._averaged(), "first")  # averaging unrelated initialisations mixes unmatched units
         self.history = [NetworkResult() for _ in self.seeds]
         self.best: list[dict[str, torch.Tensor]] = [{} for _ in self.seeds]
         self.step = 0
