@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import socket
@@ -255,6 +256,32 @@ def test_the_ddp_hook_hands_over_every_parameter_byte_each_step_and_replicas_sta
     first, second = (torch.load(tmp_path / f"ddp{r}.pt") for r in (0, 1))
     assert first["hook"] == [first["params"] / 2] * 2  # two seeds' replicas, float32 gradients of each
     assert torch.equal(first["weights"], second["weights"])
+
+
+def _ddp_recipe(rank: int, world: int, group, root: Path, out: Path) -> None:
+    from trainers.ddp import DDPBaseline
+
+    splits = load_splits("mnist", root, download=False)
+    config = dataclasses.replace(CONFIG, content="none", steps=4, eval_every=2, model="dcgan-bn", augment=True,
+                                 lr_schedule="cosine")  # fmt: skip
+    baseline = DDPBaseline(config, splits, [0], group=group)
+    baseline.fit()
+    buffers = [b.clone() for b in baseline.model.module.buffers()]
+    accuracies = [baseline.accuracy(splits.val) for _ in range(2)]
+    plain, augmented = (DDPBaseline(dataclasses.replace(config, augment=a), splits, [0], group=group).train_step()
+                        for a in (False, True))  # fmt: skip
+    torch.save({"accuracies": accuracies, "lr": baseline.optimizer.param_groups[0]["lr"], "losses": [plain, augmented],
+                "kept": all(torch.equal(a, b) for a, b in zip(buffers, baseline.model.module.buffers(), strict=True))},
+               out / "recipe.pt")  # fmt: skip
+
+
+def test_ddp_follows_the_recipe_and_evaluates_batch_norm_on_its_running_statistics(root, tmp_path):
+    assert spawn(_ddp_recipe, 1, "p2p", root, tmp_path) == [0]
+    got = torch.load(tmp_path / "recipe.pt")
+    assert got["kept"] and got["accuracies"][0] == got["accuracies"][1]  # evaluation leaves the statistics alone
+    assert got["lr"] == pytest.approx(1e-3 * (1 + math.cos(math.pi * 3 / 4)) / 2)  # cosine, set before step 4
+    plain, augmented = (loss["train/loss"] for loss in got["losses"])
+    assert not torch.equal(plain, augmented)  # the same replica and minibatch, cropped and flipped
 
 
 def _cli(rank: int, world: int, group, argv: list[str], out: Path) -> None:

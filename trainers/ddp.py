@@ -21,9 +21,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 from agents.network import MODELS, seeded_models, stack
 from envs.data import Split, Splits
-from envs.network import every_node
+from envs.network import crop_and_flip, every_node
 from envs.routing import INIT, from_pixels, node_seed, placement, shards, to_pixels
-from trainers.base import Trainer, adam, run_rows
+from trainers.base import Trainer, adam, lr_factor, run_rows
 from trainers.distributed import DistributedGroup
 from trainers.network import NetworkConfig, NetworkResult
 
@@ -100,10 +100,13 @@ class DDPBaseline(Trainer):
     def train_step(self) -> dict[str, torch.Tensor]:
         index = self._minibatch()
         x = from_pixels(self.pixels[index]).to(self.device).view(*index.shape, *self.splits.shape)
+        x = crop_and_flip(x, self.generators) if self.config.augment else x
         y = self.splits.train.labels[index.to(self.device)]
         before = self.counter.bytes
         logits = self.model(x)
         losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view_as(y).mean(1)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr * lr_factor(self.config.lr_schedule, self.step / self.config.steps)
         self.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()  # DDP averages each gradient over the processes here
         self.optimizer.step()
@@ -116,11 +119,16 @@ class DDPBaseline(Trainer):
 
     @torch.no_grad()
     def accuracy(self, split: Split) -> list[float]:
-        """Each seed's replica's accuracy (%) on ``split`` (the replicas are equal on every process)."""
+        """Each seed's replica's accuracy (%) on ``split`` (the replicas are equal on every process), in eval mode
+        as the nodes are evaluated: batch norms read their running statistics."""
         correct = torch.zeros(len(self.seeds), device=self.device)
-        for x, y in zip(split.images.split(1000), split.labels.split(1000), strict=True):
-            logits = self.model.module(every_node(x, len(self.seeds), self.splits.shape))
-            correct += (logits.argmax(-1) == y).float().sum(1)
+        self.model.module.eval()
+        try:
+            for x, y in zip(split.images.split(1000), split.labels.split(1000), strict=True):
+                logits = self.model.module(every_node(x, len(self.seeds), self.splits.shape))
+                correct += (logits.argmax(-1) == y).float().sum(1)
+        finally:
+            self.model.module.train()
         return (100.0 * correct / len(split.labels)).tolist()
 
     def evaluate(self, split: Split) -> dict[str, torch.Tensor]:
