@@ -4,6 +4,7 @@ from setuptools import find_packages, setup
 
 RL = ["stable-baselines3>=2.3", "supersuit>=3.9"]
 TORCHRL = ["torchrl>=0.14"]  # PettingZooWrapper and collectors on our envs (tests/test_torchrl.py)
+DOCS = ["mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"]  # the docs site (mkdocs build --strict in CI)
 
 setup(
     name="commchannels",
@@ -39,6 +40,7 @@ setup(
         "rl": RL,
         "torchrl": TORCHRL,
         "vision": ["torchvision"],
-        "dev": ["pytest", "ruff", *RL, *TORCHRL],  # the tests train SB3 and run torchrl's collector on every env
+        "docs": DOCS,
+        "dev": ["pytest", "ruff", *RL, *TORCHRL, *DOCS],  # the tests train SB3 and run torchrl's collector on every env
     },
 )

@@ -74,7 +74,7 @@ UNSUPERVISED_TABLE = [(1, "none"), (10, "none"), (10, "features")]
 QUICK = {"steps": 40, "eval_every": 20, "seeds": [0]}
 # CIFAR-10's classifiers: dcgan-bn with augmentation and a cosine schedule over 30,000 steps, chosen on the
 # validation accuracy of one node, tuning seed 0, among DCGAN with and without batch norm, augmentation and
-# cosine budgets of 10k/20k/30k steps (README, chapter 2); evaluated every 500 steps
+# cosine budgets of 10k/20k/30k steps (docs/network.md); evaluated every 500 steps
 CIFAR_RECIPE = {"augment": True, "lr_schedule": "cosine", "steps": 30_000, "eval_every": 500}
 
 

@@ -117,7 +117,7 @@ def _train(rank: int, world: int, group, root: Path, out: Path, config: NetworkC
 
 @pytest.mark.parametrize("world", [2, 3])
 def test_routing_is_the_simulators_and_losses_agree_on_any_number_of_processes(root, tmp_path, world):
-    """What is identical across placements, at the tolerance the README states: routing, logical bytes, per-node
+    """What is identical across placements, at the tolerance docs/network.md states: routing, logical bytes, per-node
     losses and accuracies bit for bit on CPU with gloo; the collective decision's sums (reduced across
     processes in another order) within 1e-5; only the wire bytes differ, by design."""
     assert spawn(_train, world, "p2p", root, tmp_path / "spread.pt", CONFIG) == [0] * world

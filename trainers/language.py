@@ -74,7 +74,7 @@ THESIS_LEVELS = ("none", "receive", "feedback", "both")
 
 @dataclass(frozen=True)
 class LanguageConfig:
-    """Hyper-parameters; values the thesis lost in extraction are our choices (see README)."""
+    """Hyper-parameters; values the thesis lost in extraction are our choices (docs/language.md)."""
 
     view: str = option("invert", "how each agent sees the image (envs.language.View)", choices=VIEWS)
     noise: float = option(
