@@ -164,6 +164,7 @@ def _benchmark(store, label, config, speaker_cls, levels, seeds, splits, args, d
     missing = [k for k in seeds
                if any(str(k) not in store.data["references"].get(at + name, {}) for name in REFERENCES)]  # fmt: skip
     if missing:
+        store.lacks(f"the reference probes of seed(s) {', '.join(map(str, missing))}")
         values_of = references(splits, config, missing, speaker_cls, args.reference_epochs)
         for k, values in zip(missing, values_of, strict=True):
             for name, value in values.items():
@@ -188,6 +189,7 @@ def _analyse(store, label, config, speaker_cls, levels, seeds, splits, epochs) -
         pending = [level for level in levels if "analysis" not in store.runs(at + level)[k]]
         if not pending:
             continue
+        store.lacks(f"the language analysis of seed {k} ({', '.join(pending)})")
         seen, runs = split_views(splits, view.masks(pixels, k), view, k), []
         for level in pending:
             file = store.path.parent / store.runs(at + level)[k]["weights"]

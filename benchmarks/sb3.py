@@ -132,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             for k in seeds:
                 cell = prefix(label) + v.algo
                 if not store.done(cell, k):
+                    store.lacks(f"run {cell} seed {k}")
                     _train(rl, v, k, device, store, cell, save, root)
+                _run_table(rl, v, cell, k, store.runs(cell)[k])
                 final[(label, k)] = store.runs(cell)[k]["final_reward"]
         store.save()
     if len(final) > 1:
@@ -145,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _train(rl, args, seed: int, device, store: Store, cell: str, save: Path, root: Path) -> None:
     """One run (a cell and seed): its TensorBoard folder starts empty, its model and rows are written when it
-    ends, and its table is printed."""
+    ends."""
     env = make_env(args, seed)
     agents = len(env.possible_agents)
     if args.algo in ON_POLICY:
@@ -164,11 +166,15 @@ def _train(rl, args, seed: int, device, store: Store, cell: str, save: Path, roo
     store.add(cell, seed, {"agents": agents, "device": str(device), "timesteps": model.num_timesteps,
                            "wall_time_s": time.time() - started, "final_reward": rewards[-1] if rewards else None,
                            "model": str(model_file), "rows": rows})  # fmt: skip
+
+
+def _run_table(rl, args, cell: str, seed: int, run: dict) -> None:
+    """A run's rollouts, each with the losses of the update that followed it, from its record."""
     keys = ("time/total_timesteps", "rollout/ep_rew_mean", *rl.COLUMNS[args.algo])
-    table = [[f"{r[k]:.4g}" if k in r else "-" for k in keys] for r in rl.updates(rows, args.algo)]  # -: no update yet
-    print(f"\n{args.algo.upper()} on {args.env} ({agents} agent(s) sharing one policy), seed {seed}"
+    rows = [[f"{r[k]:.4g}" if k in r else "-" for k in keys] for r in rl.updates(run["rows"], args.algo)]  # -: none
+    print(f"\n{args.algo.upper()} on {args.env} ({run['agents']} agent(s) sharing one policy), seed {seed}"
           f"{', ' + cell.rsplit('/', 1)[0] if '/' in cell else ''}")  # fmt: skip
-    print(format_table(keys, table))
+    print(format_table(keys, rows))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,10 @@ the training time of every invocation together; each invocation appends where it
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import fcntl
+import gzip
 import json
 import math
 import os
@@ -41,6 +44,17 @@ from benchmarks.cli import UsageError
 from trainers.base import save_atomic, write_atomic
 
 SCHEMA = 2
+READ_ONLY = contextvars.ContextVar("read_only", default=False)  # set by benchmarks.report: print, never train
+
+
+@contextlib.contextmanager
+def read_only() -> Iterator[None]:
+    """Every ``Store`` opened inside reads its file and never writes it; a run it lacks is an error, not a job."""
+    token = READ_ONLY.set(True)
+    try:
+        yield
+    finally:
+        READ_ONLY.reset(token)
 
 
 def save_json(path: Path, data: dict) -> None:
@@ -160,6 +174,10 @@ class Store:
         if sweep:
             config = {**{k: v for k, v in config.items() if k != sweep[1]}, "sweep": sweep[0]}
         self.path, self.weights_dir = path, path.with_name(path.stem + ".weights")
+        self.read_only, self.trained, self.resumed = READ_ONLY.get(), 0, 0
+        if self.read_only:  # the file as it is, whoever wrote it: the command that reads it is the one recorded
+            self.data = self._read(path, None, {})
+            return
         preflight([(path.parent, "--out")])
         self.lock = Lock(path)
         try:
@@ -168,20 +186,22 @@ class Store:
         except BaseException:
             self.lock.release()
             raise
-        self.started, self.trained, self.resumed = time.time(), 0, 0
+        self.started = time.time()
         self.invocation = {"argv": sys.argv, "version": version(), "commit": commit(), "started": now(),
                            "runs_read": sum(len(c["runs"]) for c in self.data["cells"].values())}  # fmt: skip
 
     @staticmethod
-    def _read(path: Path, benchmark: str, config: dict) -> dict[str, Any]:
+    def _read(path: Path, benchmark: str | None, config: dict) -> dict[str, Any]:
+        """The file's results (``benchmark`` None: any benchmark's, any config, a ``.gz`` too; it must exist)."""
         fresh = {"benchmark": benchmark, "schema": SCHEMA, "config": config, "cells": {}, "references": {},
                  "wall_time_s": 0.0}  # fmt: skip
-        if not path.exists():
+        if not path.exists() and benchmark is not None:
             return fresh
         fix = "move it away or pass another --out"
         try:
-            old = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raw = path.read_bytes()
+            old = json.loads(gzip.decompress(raw) if path.suffix == ".gz" else raw)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, gzip.BadGzipFile) as e:
             raise UsageError(f"{path} is not a readable results file ({e}); {fix}") from None
         if not isinstance(old, dict) or "benchmark" not in old:
             raise UsageError(f"{path} is not a commchannels results file; {fix}")
@@ -192,6 +212,8 @@ class Store:
             not isinstance(c, dict) or not isinstance(c.get("runs"), dict) for c in old["cells"].values()
         ):
             raise UsageError(f"{path} has a damaged shape (cells/references missing or not tables); {fix}")
+        if benchmark is None:
+            return old
         written = old.get("config") or {}  # a field added since, at its default None, is absent there: the same
         diff = sorted(k for k in set(config) | set(written) if written.get(k) != config.get(k))
         if old["benchmark"] != benchmark or diff:
@@ -204,6 +226,8 @@ class Store:
 
     def __exit__(self, kind: type | None, *exc: object) -> None:
         """Append this invocation to the file (when there is one) and say what it did."""
+        if self.read_only:
+            return
         try:
             status = "finished" if kind is None else "interrupted" if kind is KeyboardInterrupt else "failed"
             elapsed = time.time() - self.started
@@ -225,6 +249,11 @@ class Store:
 
     def done(self, cell: str, seed: int) -> bool:
         return seed in self.runs(cell)
+
+    def lacks(self, what: str) -> None:
+        """Refuse to compute ``what`` when only reading (``read_only``); nothing otherwise."""
+        if self.read_only:
+            raise UsageError(f"{self.path} lacks {what}; run the command that wrote it to finish it")
 
     def add(self, cell: str, seed: int, result: dict, weights: dict[str, torch.Tensor] | None = None) -> None:
         """Record a finished run (and its best-validation weights) and save at once."""
@@ -255,7 +284,7 @@ class Store:
         at, checkpoint = prefix(label), self.checkpoint(label)
         job_file = checkpoint.with_suffix(".json")
         job: list[tuple[str, int]] = []
-        if checkpoint.exists() and job_file.exists():
+        if checkpoint.exists() and job_file.exists() and not self.read_only:
             try:
                 job = [(str(c), int(k)) for c, k in json.loads(job_file.read_text())]
             except (OSError, ValueError, TypeError) as e:
@@ -265,6 +294,10 @@ class Store:
             for k in seeds:
                 if not self.done(at + cell, k) and (at + cell, k) not in job:
                     groups.setdefault(cell if per_cell else None, []).append((at + cell, k))
+        pending = [run for runs in groups.values() for run in runs]
+        if pending and self.read_only:
+            cells = sorted({c for c, _ in pending})
+            self.lacks(f"{len(pending)} runs ({', '.join(cells[:3])}{' ...' if len(cells) > 3 else ''})")
         self.resumed += len(job)
         for runs in ([job] if job else []) + list(groups.values()):
             save_json(job_file, runs)  # rewritten before each job
@@ -301,4 +334,5 @@ class Store:
         self.data["wall_time_s"] = self.data.get("wall_time_s", 0.0) + seconds
 
     def save(self) -> None:
-        save_json(self.path, self.data)
+        if not self.read_only:
+            save_json(self.path, self.data)
