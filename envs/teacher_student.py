@@ -272,15 +272,23 @@ AGENTS = ("teacher", "student")
 REWARDS = ("drop", "advantage")  # the validation-loss drop, or its excess over an update on a random minibatch
 
 
-def _default_data(dataset: str, data_dir: str | None) -> tuple[torch.Tensor, ...]:
-    """``dataset``'s training and validation splits and a small cached teacher's logits on the training set."""
-    from envs.data import load_splits, user_cache
-    from trainers.teacher import QUICK_TEACHER, load_or_train_teachers, predict
+ORACLE_MARGIN = 10.0  # the oracle teacher's logit of the true class over the others: 0.9996 among 10 classes
+
+
+def oracle_logits(labels: torch.Tensor, classes: int) -> torch.Tensor:
+    """The logits of a teacher that knows every label: what the env uses when it is given no teacher (a
+    trained one is the trainer floor's job: ``trainers.teacher.load_or_train_teachers`` and ``predict``)."""
+    return ORACLE_MARGIN * torch.nn.functional.one_hot(labels, classes).float()
+
+
+def _default_data(dataset: str, data_dir: str | Path | None) -> tuple[torch.Tensor, ...]:
+    """``dataset``'s training and validation splits, and the oracle teacher's logits on the training set."""
+    from envs.data import load_splits
 
     splits = load_splits(dataset, data_dir)
-    teacher = load_or_train_teachers(splits, [0], QUICK_TEACHER, user_cache() / "teachers")[0]
     train = splits.train
-    return train.images, train.labels, predict(teacher, train.images), splits.val.images, splits.val.labels
+    logits = oracle_logits(train.labels, int(train.labels.max()) + 1)
+    return train.images, train.labels, logits, splits.val.images, splits.val.labels
 
 
 class parallel_env(TruncatingParallelEnv):
@@ -308,10 +316,10 @@ class parallel_env(TruncatingParallelEnv):
         reward: str = "drop",
     ):
         """``images``/``labels``/``teacher_logits``: the training set and the frozen teacher's logits on it
-        (``trainers.teacher.load_or_train_teachers`` + ``predict`` make them); validation images for the
-        reward. Without them the env reads ``dataset`` (as ``envs.data.load_splits``) and uses a small
-        seed-0 teacher (``trainers.teacher.QUICK_TEACHER``: 784-256-256-10, one epoch), trained once in
-        seconds and cached under the per-user cache's ``teachers/``; pass your own logits for the full one."""
+        (``trainers.teacher.load_or_train_teachers`` + ``predict`` make a trained one); validation images for
+        the reward. Without them the env reads ``dataset`` (as ``envs.data.load_splits``) with the oracle
+        teacher (``oracle_logits``: it predicts every true label), so building it trains nothing; pass a
+        trained teacher's logits for the thesis' setting."""
         max_steps = episode_length(max_cycles, max_steps)
         data = {"images": images, "labels": labels, "teacher_logits": teacher_logits, "val_images": val_images,
                 "val_labels": val_labels}  # fmt: skip

@@ -1,6 +1,7 @@
 """Every env module works with no arguments (PettingZoo's convention): data from $COMMCHANNELS_DATA, the
-teacher/student env's small teacher trained once and cached; PettingZoo's own tests on the defaults."""
+teacher/student env's oracle teacher (nothing trains); PettingZoo's own tests on the defaults."""
 
+import math
 import os
 import time
 
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.skipif(not os.environ.get("COMMCHANNELS_DATA"), reason=
 
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the default teacher's cache
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # nothing of ours may land in the user's cache
 
 
 @pytest.mark.parametrize("module", [language, network, teacher_student], ids=lambda m: m.__name__)
@@ -31,12 +32,9 @@ def test_pettingzoo_tests_pass_on_the_defaults(module, tmp_path):
     print(f"{module.__name__}: PettingZoo tests on the defaults in {time.time() - started:.0f} s")
 
 
-def test_the_default_teacher_is_cached(tmp_path, monkeypatch):
-    first = time.time()
-    a = teacher_student.parallel_env()
-    trained = time.time() - first
-    assert list((tmp_path / "cache" / "commchannels" / "teachers").iterdir())
-    monkeypatch.setattr("trainers.teacher.StudentTrainer.fit", lambda *_: pytest.fail("trained again"))
-    b = teacher_student.parallel_env()
-    assert (a.teacher_logits == b.teacher_logits).all()
-    print(f"default teacher: {trained:.1f} s to train, then loaded from the cache")
+def test_the_default_teacher_is_the_oracle_and_nothing_trains(tmp_path, monkeypatch):
+    monkeypatch.setattr("trainers.teacher.StudentTrainer.fit", lambda *_: pytest.fail("the default env trained"))
+    env = teacher_student.parallel_env()
+    assert (env.teacher_probs.argmax(-1) == env.labels).all()
+    assert env.teacher_probs.max(-1).values.min().item() == pytest.approx(1 / (1 + 9 * math.exp(-10)))
+    assert not (tmp_path / "cache" / "commchannels" / "teachers").exists()
