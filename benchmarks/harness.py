@@ -16,8 +16,9 @@ import torch
 from benchmarks.cli import UsageError, split_items
 from benchmarks.store import Store, mean_std
 from envs.data import DataError
-from trainers.base import CheckpointError, Diverged, Events, resolve_device, write_atomic
+from trainers.base import Diverged, Events, resolve_device
 from trainers.distributed import PeerLost
+from trainers.files import CheckpointError, write_atomic
 
 RESUMABLE = ("finished runs are saved and unfinished ones resume from their last checkpoint; re-run the same "
              "command to continue")

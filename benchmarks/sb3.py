@@ -23,7 +23,7 @@ from benchmarks.cli import ArgumentParser, UsageError, add_common, add_data, var
 from benchmarks.harness import Progress, device_of, format_table, run_cli
 from benchmarks.store import Store, prefix, preflight
 from envs.data import DATASETS, load_splits
-from trainers.base import write_atomic
+from trainers.files import write_atomic
 
 ENVS = ("language", "teacher_student", "network")
 DEFAULT_DATASET = {"language": "mnist", "teacher_student": "mnist", "network": "fashion-mnist"}

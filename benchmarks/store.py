@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 from benchmarks.cli import UsageError
-from trainers.base import save_atomic, write_atomic
+from trainers.files import save_atomic, write_atomic
 
 SCHEMA = 2
 READ_ONLY = contextvars.ContextVar("read_only", default=False)  # set by benchmarks.report: print, never train

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from envs.data import DataError, user_cache
+from envs.cache import DataError, user_cache
 
 BINARY_FOLDER = "cifar-10-batches-bin"
 OFFICIAL = "cifar-10-binary.tar.gz"

@@ -19,14 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from envs.cache import DataError, user_cache
+from envs.cifar import read_cifar
+
+__all__ = ["DATASETS", "DataError", "DatasetSpec", "Split", "Splits", "default_root", "load_splits", "read_idx",
+           "user_cache"]  # fmt: skip
+
 ENV_VAR = "COMMCHANNELS_DATA"
 
 # IDX element types (the third magic byte) -> numpy dtype, big-endian as the format requires.
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-class DataError(ValueError):
-    """A dataset is missing, truncated or not what its name says; the message says how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -92,13 +94,6 @@ class Splits:
         """The same splits on ``device`` (a trainer keeps its data where it computes)."""
         moved = (Split(s.images.to(device), s.labels.to(device)) for s in (self.train, self.val, self.test))
         return Splits(*moved, shape=self.shape, source=self.source)
-
-
-def user_cache() -> Path:
-    """The per-user cache that pooch would choose (datasets, the envs' default teacher)."""
-    import pooch
-
-    return Path(pooch.os_cache("commchannels"))
 
 
 def default_root() -> Path:
@@ -211,8 +206,6 @@ def load_splits(name: str = "mnist", root: str | Path | None = None, download: b
         )
     source = ""
     if name == "cifar10":
-        from envs.cifar import read_cifar
-
         arrays, source = read_cifar(root, download, lambda names, to: _fetch(spec, to, names))
         train_x, train_y, test_x, test_y = arrays
     else:

@@ -7,7 +7,7 @@ import torch
 from agents.language import Critic
 from envs.language import AGENTS
 from tests.conftest import killed_and_resumed
-from trainers.base import CheckpointError, save_atomic
+from trainers.files import CheckpointError, save_atomic
 from trainers.gumbel import TemperatureSchedule, gumbel_softmax, hard_message
 from trainers.language import LEVELS, LanguageConfig, LanguageTrainer, mi_loss
 

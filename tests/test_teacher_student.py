@@ -19,7 +19,7 @@ from envs.teacher_student import (
     target_loss,
 )
 from tests.conftest import killed_and_resumed
-from trainers.base import CheckpointError
+from trainers.files import CheckpointError
 from trainers.teacher import TeacherConfig, carve_holdout, load_or_train_teachers, predict
 from trainers.teacher_student import (
     Selection,

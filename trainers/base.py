@@ -11,15 +11,13 @@ bit-identical results. A non-finite loss or weight stops training with one line 
 from __future__ import annotations
 
 import math
-import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import field, fields
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from typing import Any
 import torch
 
 from envs.base import check_type
+from trainers.files import CheckpointError, load_checked
 from trainers.group import Group
 
 SCHEDULES = ("constant", "cosine", "linear")  # a learning rate constant, or decayed to 0 over the budget
@@ -91,10 +90,6 @@ class Diverged(ValueError):
     """A run produced a non-finite loss or weight; shown as one line, exit code 2."""
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read or belongs to other runs; shown as one line, exit code 2."""
-
-
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto``: CUDA when available, else the CPU; an unavailable device is one-line ``ValueError``."""
     if name == "auto":
@@ -126,40 +121,6 @@ def restore_generators(generators: Sequence[torch.Generator], states: Sequence[t
     for g, state in zip(generators, states, strict=True):
         if g.get_state().shape == state.shape:
             g.set_state(state.cpu())
-
-
-def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file
-    (results, checkpoints, weights and figures all go through here)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide results from collaborators
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_atomic(path: Path, state: dict) -> None:
-    """``torch.save`` through ``write_atomic``: a kill never leaves half a checkpoint."""
-    write_atomic(path, lambda tmp: torch.save(state, tmp))
-
-
-def load_checked(path: Path, what: str, fix: str) -> dict:
-    """``torch.load`` (tensors only) or a one-line ``CheckpointError`` naming the file and the fix."""
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as e:  # a truncated zip, a pickle of code, a text file: all mean "not ours"
-        first = (str(e).splitlines() or [""])[0][:120]
-        raise CheckpointError(f"{path} is not a readable {what} ({type(e).__name__}: {first}); {fix}") from None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path} is not a {what} (it holds a {type(state).__name__}); {fix}")
-    return state
 
 
 class Trainer(ABC):

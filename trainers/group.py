@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from trainers.files import save_atomic
+
 
 class Group:
     """This process alone: every reduction is the identity and nothing is exchanged."""
@@ -53,7 +55,6 @@ class Group:
 
     def save(self, path: Path, state: dict) -> None:
         """Write this process's checkpoint atomically (every process at the same step)."""
-        from trainers.base import save_atomic
 
         save_atomic(path, state)
 

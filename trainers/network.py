@@ -53,7 +53,7 @@ from envs.routing import (
 )
 from trainers.base import SCHEDULES, Trainer, adam, check_fields, lr_factor, option, run_rows
 from trainers.group import Group
-from trainers.network_objectives import UNSUPERVISED, NodeProbes, bigan_step, vae_losses
+from trainers.network_objectives import PROBE, UNSUPERVISED, bigan_step, node_probes, vae_losses
 
 CONTENT_NAMES = ("none", "logits", "labels", "features")
 AVERAGING = ("gossip", "local-sgd", "allreduce")  # parameters averaged with ring neighbours or every node; gradients
@@ -218,7 +218,6 @@ class NetworkTrainer(Trainer):
         self.destinations = sorted(q for p, q in edges if p == self.group.rank)
         self.sources = sorted(p for p, q in edges if q == self.group.rank)
         self.wire = torch.zeros(len(self.seeds), dtype=torch.float64)  # bytes this process handed over, per seed
-        self.probes = NodeProbes(self) if c.unsupervised else None
         mixing = torch.eye(c.nodes, dtype=torch.float64)  # gossip: node i averages itself and its ring neighbours
         mixing.scatter_(1, ring_neighbours(c.nodes, c.k), 1.0)
         self.mixing = (mixing / mixing.sum(1, keepdim=True))[self.owned.start : self.owned.stop]
@@ -362,6 +361,17 @@ class NetworkTrainer(Trainer):
         finally:
             self.parts.train()
 
+    def _probe_accuracies(self) -> tuple[list, list]:
+        """Unsupervised nodes: a linear probe per node on its features (the VAE's mean, the BiGAN's encoding),
+        each started from its node's own stream at this step; per seed ``(average, collective, per node)``."""
+        vae, encoder, step = self.config.unsupervised == "vae", self.parts["encoder"], self.step
+        encode = (lambda x: encoder(x).chunk(2, -1)[0]) if vae else encoder
+        features = lambda images: self.on_shared(images, encode)  # noqa: E731
+        inits = [torch.Generator().manual_seed(node_seed(s, i, PROBE, step)) for s in self.seeds for i in self.owned]
+        order = torch.Generator().manual_seed(node_seed(self.seeds[0], self.config.nodes, PROBE, self.step))
+        val, test = node_probes(features, self.splits, inits, order, self.group.any)
+        return self.accuracies(val, self.splits.val.labels), self.accuracies(test, self.splits.test.labels)
+
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Every node's predictive distribution ``[nodes here, n, classes]`` on shared images."""
         return self.on_shared(images, lambda x: torch.softmax(self.parts["head"](self.parts["trunk"](x)), -1))
@@ -396,18 +406,19 @@ class NetworkTrainer(Trainer):
         """Validation curves; classifiers are tested after the last step, unsupervised nodes at the stage
         whose linear probes were best on validation (their weights then are the ones kept)."""
         final = self.step >= self.config.steps
-        if self.probes is None:
+        probed = self.config.unsupervised is not None
+        if not probed:
             val = self.accuracies(self.predict(self.splits.val.images), self.splits.val.labels)
             test = self.accuracies(self.predict(self.splits.test.images), self.splits.test.labels) if final else None
         else:
-            val, test = self.probes.evaluate()
+            val, test = self._probe_accuracies()
         for r, (average, collective, _) in enumerate(val):
             res = self.history[r]
             res.steps.append(self.step)
             res.val_average.append(average)
             res.val_collective.append(collective)
-            best = self.probes is not None and collective > max(res.val_collective[:-1], default=-1.0)
-            if best or (self.probes is None and final):
+            best = probed and collective > max(res.val_collective[:-1], default=-1.0)
+            if best or (not probed and final):
                 res.best_step = self.step
                 res.test_average, res.test_collective, res.test_nodes = test[r]
                 self.best[r] = self._seed_weights(r)

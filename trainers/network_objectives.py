@@ -11,17 +11,14 @@ on the full training set with early stopping on validation; the collective decis
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from envs.data import Splits
 from envs.network import Content
-from envs.routing import Minibatch, node_seed
-
-if TYPE_CHECKING:
-    from trainers.network import NetworkTrainer
+from envs.routing import Minibatch
 
 UNSUPERVISED = ("vae", "bigan")
 PROBE = 2  # node_seed(seed, node, PROBE, step): the stream of a node's probe at an evaluation
@@ -74,50 +71,39 @@ def bigan_step(parts: nn.ModuleDict, x: torch.Tensor, noise: Noise, batch: Minib
     return critic_losses.detach(), players_losses.detach(), encoded.detach()
 
 
-class NodeProbes:
-    """One linear classifier per node on its frozen features, all trained at once (batched matmuls); each
-    starts from its node's own stream and all share one minibatch order, so placement changes nothing."""
-
-    def __init__(self, trainer: NetworkTrainer, max_epochs: int = 30, patience: int = 3, batch_size: int = 256):
-        self.t, self.max_epochs, self.patience, self.batch_size = trainer, max_epochs, patience, batch_size
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Every node's features ``[nodes, n, dim]``: the VAE's mean, the BiGAN's encoding."""
-        vae = self.t.config.unsupervised == "vae"
-        encoder = self.t.parts["encoder"]
-        return self.t.on_shared(images, lambda x: encoder(x).chunk(2, -1)[0] if vae else encoder(x))
-
-    def evaluate(self) -> tuple[list, list]:
-        """Train the probes; per seed ``(average, collective, per node)`` accuracies on validation and test."""
-        t, s = self.t, self.t.splits
-        train, val, test = (self.features(split.images) for split in (s.train, s.val, s.test))
-        mean, std = train.mean(1, keepdim=True), train.std(1, keepdim=True).clamp_min(1e-6)
-        train, val, test = ((f - mean) / std for f in (train, val, test))
-        dim = train.shape[-1]
-        inits = [torch.Generator().manual_seed(node_seed(s, i, PROBE, t.step)) for s in t.seeds for i in t.owned]
-        weight = torch.stack([torch.randn(dim, t.classes, generator=g) for g in inits]) / dim**0.5
-        weight = weight.to(t.device).requires_grad_()
-        generator = torch.Generator().manual_seed(node_seed(t.seeds[0], t.config.nodes, PROBE, t.step))  # the order
-        bias = torch.zeros(t.n, 1, t.classes, requires_grad=True, device=t.device)
-        optimizer = torch.optim.Adam([weight, bias], lr=1e-3)
-        best = torch.full((t.n,), -1.0, device=t.device)
-        best_w, best_b = weight.detach().clone(), bias.detach().clone()
-        waited = torch.zeros(t.n, device=t.device)
-        for _ in range(self.max_epochs):
-            for idx in torch.randperm(train.shape[1], generator=generator).split(self.batch_size):
-                logits = torch.baddbmm(bias, train[:, idx], weight)
-                loss = F.cross_entropy(logits.flatten(0, 1), s.train.labels[idx].repeat(t.n), reduction="sum")
-                optimizer.zero_grad(set_to_none=True)
-                (loss / len(idx)).backward()
-                optimizer.step()
-            with torch.no_grad():
-                accuracy = (torch.baddbmm(bias, val, weight).argmax(-1) == s.val.labels).float().mean(1)
-                better = accuracy > best
-                best = torch.where(better, accuracy, best)
-                best_w[better], best_b[better] = weight[better], bias[better]
-                waited = torch.where(better, 0.0, waited + 1)
-            if not t.group.any(bool((waited < self.patience).any())):  # every node of every process is done
-                break
+def node_probes(features: Callable[[torch.Tensor], torch.Tensor], splits: Splits, inits: list[torch.Generator],
+                order: torch.Generator, any_waiting: Callable[[bool], bool], max_epochs: int = 30, patience: int = 3,
+                batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """One linear classifier per node on its frozen ``features`` (``images -> [nodes, n, dim]``), all trained at
+    once (batched matmuls) from each node's ``inits`` stream in one minibatch ``order``, with early stopping on
+    validation; ``any_waiting`` asks every process whether one of its nodes still improves. Returns each node's
+    predictive distributions on validation and test."""
+    train, val, test = (features(split.images) for split in (splits.train, splits.val, splits.test))
+    mean, std = train.mean(1, keepdim=True), train.std(1, keepdim=True).clamp_min(1e-6)
+    train, val, test = ((f - mean) / std for f in (train, val, test))
+    nodes, dim, classes = train.shape[0], train.shape[-1], int(splits.train.labels.max()) + 1
+    weight = torch.stack([torch.randn(dim, classes, generator=g) for g in inits]) / dim**0.5
+    weight = weight.to(train.device).requires_grad_()
+    bias = torch.zeros(nodes, 1, classes, requires_grad=True, device=train.device)
+    optimizer = torch.optim.Adam([weight, bias], lr=1e-3)
+    best = torch.full((nodes,), -1.0, device=train.device)
+    best_w, best_b = weight.detach().clone(), bias.detach().clone()
+    waited = torch.zeros(nodes, device=train.device)
+    for _ in range(max_epochs):
+        for idx in torch.randperm(train.shape[1], generator=order).split(batch_size):
+            logits = torch.baddbmm(bias, train[:, idx], weight)
+            loss = F.cross_entropy(logits.flatten(0, 1), splits.train.labels[idx].repeat(nodes), reduction="sum")
+            optimizer.zero_grad(set_to_none=True)
+            (loss / len(idx)).backward()
+            optimizer.step()
         with torch.no_grad():
-            probs = [torch.softmax(torch.baddbmm(best_b, f, best_w), -1) for f in (val, test)]
-        return t.accuracies(probs[0], s.val.labels), t.accuracies(probs[1], s.test.labels)
+            accuracy = (torch.baddbmm(bias, val, weight).argmax(-1) == splits.val.labels).float().mean(1)
+            better = accuracy > best
+            best = torch.where(better, accuracy, best)
+            best_w[better], best_b[better] = weight[better], bias[better]
+            waited = torch.where(better, 0.0, waited + 1)
+        if not any_waiting(bool((waited < patience).any())):  # every node of every process is done
+            break
+    with torch.no_grad():
+        val_probs, test_probs = (torch.softmax(torch.baddbmm(best_b, f, best_w), -1) for f in (val, test))
+    return val_probs, test_probs

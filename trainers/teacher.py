@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from agents.teacher_student import teacher
 from envs.base import at_least
 from envs.data import Split, Splits
-from trainers.base import CheckpointError, Events, check_fields, load_checked, option, save_atomic, write_atomic
+from trainers.base import Events, check_fields, option
+from trainers.files import CheckpointError, load_checked, save_atomic, write_atomic
 from trainers.teacher_student import Selection, StudentConfig, StudentTrainer
 
 VERSION = "seeded-dropout-1"  # in the cache key: teachers trained before their dropout was seeded differ
