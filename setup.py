@@ -41,6 +41,7 @@ setup(
         "torchrl": TORCHRL,
         "vision": ["torchvision"],
         "docs": DOCS,
-        "dev": ["pytest", "ruff", *RL, *TORCHRL, *DOCS],  # the tests train SB3 and run torchrl's collector on every env
+        # the tests train SB3 and run torchrl's collector on every env; CI checks the import contract and the docs
+        "dev": ["pytest", "ruff", "import-linter", *RL, *TORCHRL, *DOCS],
     },
 )
