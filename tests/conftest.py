@@ -59,7 +59,7 @@ def exit_code(main, argv: list[str]) -> int:
 
 
 def check_pettingzoo(make) -> None:
-    """The three PettingZoo checks (DESIGN.md: 1.27's parallel tests alone miss bounds and seeding)."""
+    """The three PettingZoo checks (PettingZoo 1.27's parallel tests alone miss bounds and seeding)."""
     from pettingzoo.test import api_test, parallel_api_test, parallel_seed_test, seed_test
     from pettingzoo.utils.conversions import parallel_to_aec
 

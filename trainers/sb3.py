@@ -1,7 +1,7 @@
 """Stable-Baselines3 on our PettingZoo envs through SuperSuit: one policy shared by every exposed agent.
 
 SuperSuit turns a parallel env whose agents share their spaces into a vector env with one slot per
-agent. Its SB3 adapter lacks ``seed()``, which SB3 calls with the algorithm's seed (DESIGN.md), so
+agent. Its SB3 adapter lacks ``seed()``, which SB3 calls with the algorithm's seed, so
 ``SeededVecEnv`` keeps that seed and hands it to the next reset: the same seed gives the same run.
 Needs the ``rl`` extra: ``pip install -e ".[rl]"``.
 """
