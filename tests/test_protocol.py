@@ -8,7 +8,7 @@ import pytest
 from benchmarks.cli import seed_list
 from benchmarks.protocol import choose, crossing, held, held_target, paired_difference, paired_ratio, t975
 from benchmarks.store import Store
-from benchmarks.teacher import _summarise, chosen_on_validation, one_off_costs
+from benchmarks.teacher_report import chosen_on_validation, one_off_costs, summarise
 from trainers.teacher import TeacherConfig
 from trainers.teacher_policy import register
 from trainers.teacher_student import Selection, StudentConfig, forward_inclusive, per_step_counters, selection_of
@@ -88,7 +88,7 @@ def test_shifting_every_test_accuracy_leaves_the_targets_and_the_chosen_rows_unc
     seen = []
     for shift in (0.0, -7.5):
         with _table(tmp_path / f"t{shift}.json", shift) as store:
-            _summarise(store, "", configs, [0, 1], [], None)
+            summarise(store, "", configs, [0, 1], [], None)
             cells = store.data["cells"]
             seen.append((cells["baseline"]["target_accuracy"], chosen_on_validation(store, "", configs),
                          {c: e["backward_passes"] for c, e in cells.items()}))  # fmt: skip
@@ -110,7 +110,7 @@ def test_learned_teachers_of_one_policy_are_candidates_whatever_their_reward_and
     }
     configs = [selection_of(name) for name in ("baseline", *candidates)]
     with _table(tmp_path / "t.json", candidates=candidates) as store:
-        _summarise(store, "", configs, [0, 1], [0, 1], None)
+        summarise(store, "", configs, [0, 1], [0, 1], None)
         # the seed-1 policy reaches on both tuning seeds, the seed-0 policy's faster crossing on one does not count
         assert chosen_on_validation(store, "", configs) == {
             (5, "reinforce", "true", "constant"): "stack5-learned_reinforce_drop_s1-true"}

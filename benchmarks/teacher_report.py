@@ -1,0 +1,218 @@
+"""Table 3.1's report: per cell and seed the validation crossings of the targets and the compute to them, the
+rule chosen on validation, one-off costs, the table, Figure 3.1 and the speedup-vs-pressure figures, all read
+from the results store (``benchmarks.teacher`` calls it after training; ``benchmarks.report`` from a file)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+from pathlib import Path
+
+from benchmarks.harness import format_counts, format_table, plot_panels, plot_sweep
+from benchmarks.protocol import SUSTAIN, choose, crossing, held_target, paired_ratio, reached
+from benchmarks.store import Store, format_summary, seed_text
+from envs.teacher_student import MEASURES
+from trainers.teacher import IRREDUCIBLE, TeacherConfig, forward_cost
+from trainers.teacher_student import Selection, StudentConfig, forward_inclusive, per_step_counters
+
+# Table 3.1: (stack size, measure, target) -> (test accuracy %, backward passes to the baseline's accuracy)
+THESIS = {
+    Selection(): (96.4, 39_000),
+    Selection(2, "cross_entropy", "soft"): (96.9, 25_000),
+    Selection(2, "cross_entropy", "true"): (96.5, 18_700),
+    Selection(2, "euclidean", "soft"): (96.8, 18_700),
+    Selection(2, "random", "soft"): (96.7, 32_800),
+    Selection(5, "cross_entropy", "soft"): (96.8, 13_700),
+    Selection(5, "cross_entropy", "true"): (96.8, 9_100),
+}
+THESIS_TARGET = 96.4  # the thesis' baseline accuracy (Table 3.1): a second target beside the baseline's own
+FIGURE_ZOOM = (94.0, 98.0)  # Figure 3.1's validation accuracy range: where the rules part
+TARGETS_OF = {"": "the target", "_thesis_target": f"{THESIS_TARGET}%"}  # key suffix -> what it is
+
+
+def _cost_units(student: StudentConfig, model: TeacherConfig, pixels: int) -> float:
+    """One forward pass of ``model`` in forward passes of the student (multiply-adds per image)."""
+    return forward_cost(pixels, model.hidden) / forward_cost(pixels, student.hidden)
+
+
+def report_seeds(seeds: list[int], tuning: list[int]) -> list[int]:
+    """The seeds a table reports: all but the tuning seeds (all of them when none tune)."""
+    return [k for k in seeds if k not in tuning] or seeds
+
+
+def summarise(store: Store, at: str, configs: list[Selection], seeds: list[int], tuning: list[int],
+               target: float | None) -> None:  # fmt: skip
+    """Per cell and seed, the validation crossings of the target and of the thesis' 96.4% (``benchmarks.protocol``)
+    and the compute to each. The target (``--target-accuracy``, else the highest validation accuracy the baseline
+    holds on every reported seed) goes under the baseline's cell, with the tuning seeds' own."""
+    data = store.data
+    store.summarise([at + c.name for c in configs], seeds, ["test_accuracy", "best_val_accuracy", "best_step"])
+    runs = {c.name: store.runs(at + c.name) for c in configs}
+    curves = lambda ks: [runs["baseline"][k]["val_accuracy"] for k in ks]  # noqa: E731
+    reported = report_seeds(seeds, tuning)
+    targets = {"": target if target is not None else held_target(curves(reported)), "_thesis_target": THESIS_TARGET}
+    tuning_target = target if target is not None else held_target(curves(tuning)) if tuning else targets[""]
+    data["cells"][at + "baseline"].update(target_accuracy=targets[""], tuning_target_accuracy=tuning_target)
+    for c in configs:
+        entry, per_step = data["cells"][at + c.name], per_step_counters(c)
+        levels = [*((key, level, seeds) for key, level in targets.items()), ("_tuning", tuning_target, tuning or seeds)]
+        for key, level, ks in levels:
+            mine = runs[c.name]
+            passes = {str(k): crossing(mine[k]["steps"], mine[k]["val_accuracy"], level) for k in ks}
+            entry[f"backward_passes{key}"] = passes
+            if key != "_tuning":  # the choice reads passes only
+                entry[f"compute{key}"] = {k: None if n is None else forward_inclusive({m: v * n for m, v in
+                                                                                      per_step.items()})
+                                          for k, n in passes.items()}  # fmt: skip
+        entry["thesis"] = dict(zip(("accuracy", "backward_passes"), THESIS.get(c, (None, None)), strict=True))
+    store.save()
+
+
+def chosen_on_validation(store: Store, at: str, configs: list[Selection]) -> dict[tuple, str]:
+    """Per rule family (stack size, measure, target, schedule) with several candidates (pressure, annealing,
+    floor; a learned teacher's reward and seed), the one chosen on the tuning seeds' validation crossings
+    (``benchmarks.protocol.choose``): ``{family: cell name}``."""
+    cells, members = store.data["cells"], {}
+    for c in configs:
+        if c.name != "baseline":
+            members.setdefault(_family(c), []).append(c.name)
+    control = cells[at + "baseline"]["backward_passes_tuning"]
+    seeds = list(control)
+    per_seed = lambda name: [cells[at + name]["backward_passes_tuning"][k] for k in seeds]  # noqa: E731
+    return {family: choose({n: per_seed(n) for n in names}, per_seed("baseline"))
+            for family, names in members.items() if len(names) > 1}  # fmt: skip
+
+
+def one_off_costs(references: dict, at: str, c: Selection, seeds: list[int], student: StudentConfig,
+                  teacher: TeacherConfig, pixels: int, n_train: int) -> float:  # fmt: skip
+    """What a row pays once, before any student trains, in student minibatch forwards (mean over ``seeds``):
+    training the teacher (forward + 2 x backward of every image it trained on) and its logits on every
+    training image, where the row uses the teacher; the same for the irreducible-loss model and its losses,
+    where the row reads them. ``references`` holds the images each model trained on, per seed."""
+    parts = [(teacher, "teacher")] if c.uses_teacher else []
+    parts += [(IRREDUCIBLE, "irreducible")] if MEASURES[c.measure].reads_irreducible else []
+    total = 0.0
+    for model, kind in parts:
+        unit = _cost_units(student, model, pixels) / student.batch_size  # one image's forward
+        trained = [references.get(f"{at}{kind}_training_images", {}).get(str(k)) for k in seeds]
+        trained = [3 * images * unit for images in trained if images is not None]
+        total += (statistics.fmean(trained) if trained else 0.0) + n_train * unit
+    return total
+
+
+def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tuning: list[int], root: Path,
+            student: StudentConfig, teacher: TeacherConfig, pixels: int, n_train: int) -> None:  # fmt: skip
+    cells = store.data["cells"]
+    base = cells[at + "baseline"]
+    reported = report_seeds(seeds, tuning)
+    chosen = set(chosen_on_validation(store, at, configs).values())
+    column = lambda entry, key: [entry[key][str(k)] for k in reported]  # noqa: E731
+    base_compute = column(base, "compute")
+    rows = []
+    for c in configs:
+        e = cells[at + c.name]
+        runs = store.runs(at + c.name)
+        passes, compute = column(e, "backward_passes"), column(e, "compute")
+        thesis_passes = column(e, "backward_passes_thesis_target")
+        one_off = one_off_costs(store.data["references"], at, c, reported, student, teacher, pixels, n_train)
+        saving = [b - r for b, r in zip(base_compute, compute, strict=True) if b is not None and r is not None]
+        payback = "-" if not one_off else (f"{one_off / statistics.fmean(saving):,.1f} runs"
+                                           if saving and statistics.fmean(saving) > 0 else "never")  # fmt: skip
+        e["one_off_compute"] = one_off
+        rows.append([
+            c.name + (" *" if c.name in chosen else ""),
+            format_summary([runs[k]["test_accuracy"] for k in reported], 2),
+            e["thesis"]["accuracy"] or "-", reached(passes), format_counts(passes),
+            _ratio(column(base, "backward_passes"), passes), format_counts(compute), _ratio(base_compute, compute),
+            f"{one_off:,.0f}" if one_off else "-", payback, reached(thesis_passes), format_counts(thesis_passes),
+            _ratio(column(base, "backward_passes_thesis_target"), thesis_passes),
+            f"{e['thesis']['backward_passes']:,}" if e["thesis"]["backward_passes"] else "-",
+        ])  # fmt: skip
+    store.save()
+    tuned = f"tuning seeds {', '.join(map(str, tuning))}" if tuning else "the same seeds (no --tuning-seeds)"
+    print(f"\nTable 3.1{', ' + at[:-1] if at else ''}: student test accuracy (%) at best validation over "
+          f"{seed_text(reported)}, and the first sustained crossing ({SUSTAIN} evaluations in a row, every "
+          f"{student.eval_every} passes) of the validation curve at the target, {base['target_accuracy']:.2f}% (the "
+          f"highest the baseline holds on every seed), and at the thesis' {THESIS_TARGET}%")  # fmt: skip
+    print(format_table(["config", "test acc", "thesis", "reached", "backward to target", "speedup", "compute to target",
+                        "speedup", "one-off", "pays back after", f"reached {THESIS_TARGET}",
+                        f"backward to {THESIS_TARGET}", "speedup", "thesis backward"], rows))  # fmt: skip
+    unit = _cost_units(student, teacher, pixels)
+    print(f"backward/compute to target: mean over the seeds that reached (k/n). speedup: baseline / row, paired "
+          f"by seed over the seeds where both reached, geometric mean [95% t-interval]. compute = student "
+          f"forwards (training, and on the stack where the measure reads them) + 2 x backward, in student "
+          f"minibatch forwards. one-off: the teacher's training and its logits on every training image (computed "
+          f"once, looked up per stack: a teacher scoring each stack would add {unit:.1f} x stack size per update "
+          f"instead), and the irreducible-loss model's training and losses, where the row uses them; pays back "
+          f"after: one-off / the per-run compute saved against the baseline. * = the rule's parameters chosen on "
+          f"validation on {tuned} (most seeds reaching the target, then the largest paired speedup).")  # fmt: skip
+    for key, what in TARGETS_OF.items():
+        _pressure_figure(store, at, configs, key, reported, root, what)
+    sizes = sorted({c.stack_size for c in configs} - {1})
+    panels = []
+    for size in sizes:
+        curves = {}
+        for c in configs:
+            if c.stack_size not in (1, size):
+                continue
+            rs = [store.runs(at + c.name)[k] for k in reported]
+            longest = max(rs, key=lambda r: len(r["steps"]))
+            curves[c.name] = (longest["steps"], [r["val_accuracy"] for r in rs])
+        panels.append((f"stack of {size} minibatches", curves))
+    plot_panels(root / at / "figure_3_1.png", panels or [("baseline", {})], "student backward passes",
+                "validation accuracy (%)", zoom=FIGURE_ZOOM)  # fmt: skip
+    teachers = store.data["references"].get(f"{at}teacher_test_accuracy", {})
+    if teachers:
+        print(f"teachers' test accuracy: {', '.join(f'seed {k}: {v:.2f}%' for k, v in sorted(teachers.items()))}")
+
+
+def _ratio(control: list, row: list) -> str:
+    speedup = paired_ratio(control, row)
+    return speedup.format(2, ratio=True) + f" (n={speedup.n})" if speedup else "-"
+
+
+def _pressure_figure(store: Store, at: str, configs: list[Selection], key: str, seeds: list[int], root: Path,
+                     what: str) -> None:  # fmt: skip
+    """Paired speedup to ``what`` (``backward_passes<key>``) against the (finite) selection pressure, a line per
+    rule run at every one, and the same rule sending the hardest (pressure inf) as a dashed reference; per seed
+    where both the rule and the baseline reached."""
+    cells = store.data["cells"]
+    base = [cells[at + "baseline"][f"backward_passes{key}"][str(k)] for k in seeds]
+    pressures = sorted({c.pressure for c in configs if c.name != "baseline" and math.isfinite(c.pressure)})
+    lines: dict[str, dict[float, list[float]]] = {}
+    for c in configs:
+        if c.name.startswith("baseline"):
+            continue
+        row = [cells[at + c.name][f"backward_passes{key}"][str(k)] for k in seeds]
+        per_seed = [b / r for b, r in zip(base, row, strict=True) if b is not None and r is not None]
+        rule = dataclasses.replace(c, pressure=math.inf, anneal=0, floor=0.0).name
+        rule += (f" anneal {c.anneal}" if c.anneal else "") + (f" floor {c.floor:g}" if c.floor else "")
+        lines.setdefault(rule, {})[c.pressure] = per_seed
+    sampled = {k: [v[p] for p in pressures] for k, v in lines.items() if all(v.get(p) for p in pressures)}
+    hardest = {f"{k} (hardest)": [v[math.inf]] * len(pressures) for k, v in lines.items() if k in sampled
+               and v.get(math.inf)}  # fmt: skip
+    if len(pressures) > 1 and sampled:
+        plot_sweep(root / at / f"speedup_vs_pressure{key}.png", "selection pressure", [f"{p:g}" for p in pressures],
+                   sampled, f"speedup to {what}", references=hardest)  # fmt: skip
+
+
+
+
+def _family(c: Selection) -> tuple:
+    """The rule a candidate belongs to: its stack, measure (a learned teacher's policy, whatever its reward and
+    seed), target and schedule."""
+    measure = c.measure.split("_")[1] if c.measure.startswith("learned_") else c.measure
+    return c.stack_size, measure, c.target, c.lr_schedule
+
+
+def sweep_report(store: Store, swept, configs: list[Selection], seeds: list[int], root: Path) -> None:
+    """Each selection's test accuracy against the swept value."""
+    name, _, values = swept
+    texts = [t for t, _ in values]
+    lines = {c.name: [[store.runs(f"{name}={t}/{c.name}")[k]["test_accuracy"] for k in seeds]
+                      for t in texts] for c in configs}  # fmt: skip
+    print(f"\nSweep over {name}: student test accuracy (%), mean ± std over {seed_text(seeds)}")
+    print(format_table([name, *lines], [[t, *(format_summary(lines[c][i], 2) for c in lines)]
+                                        for i, t in enumerate(texts)]))  # fmt: skip
+    plot_sweep(root / f"sweep_{name}.png", name, texts, lines, "student test accuracy (%)")
