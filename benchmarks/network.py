@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import os
 import re
 import time
@@ -33,17 +32,12 @@ from benchmarks.harness import (
     check_memory,
     device_of,
     flat_hparams,
-    format_counts,
-    format_table,
     parse_ints,
     parse_list,
-    plot_frontier,
-    plot_panels,
-    plot_sweep,
     run_cli,
 )
-from benchmarks.protocol import SUSTAIN, crossing, held_target, paired_ratio
-from benchmarks.store import Store, checkpoint_of, format_summary, mean_std, prefix, preflight, seed_text
+from benchmarks.network_report import report, sweep_report
+from benchmarks.store import Store, checkpoint_of, prefix, preflight
 from envs.data import DATASETS, Split, load_splits
 from envs.network import SUPERVISED_CONTENTS
 from envs.routing import check_shard_size
@@ -53,22 +47,6 @@ from trainers.distributed import EXCHANGES
 from trainers.group import Group
 from trainers.network import AVERAGING, NetworkConfig, NetworkResult, NetworkTrainer
 
-# Thesis Table 2.2 (CIFAR-10, 5,000 steps): config -> (average, collective) test accuracy (%), and the
-# steps to 85% of its second part; Table 2.3: (average, collective) of the linear probes.
-THESIS = {
-    "1node": (84.5, None, 5_900),
-    "10nodes-none": (71.1, 72.9, None),
-    "10nodes-logits": (79.0, 84.8, 5_300),
-    "10nodes-labels": (81.8, 86.8, None),
-    "10nodes-features": (72.0, 80.1, None),
-    "20nodes-labels": (None, 87.7, 2_700),
-    "vae-1node": (41.8, None, None),
-    "vae-10nodes-none": (41.6, 45.2, None),
-    "vae-10nodes-features": (41.5, 42.7, None),
-    "bigan-1node": (46.9, None, None),
-    "bigan-10nodes-none": (44.5, 49.9, None),
-    "bigan-10nodes-features": (44.3, 46.2, None),
-}
 SUPERVISED_TABLE = [(1, "none"), (10, "none"), (10, "logits"), (10, "labels"), (10, "features"), (20, "labels")]
 UNSUPERVISED_TABLE = [(1, "none"), (10, "none"), (10, "features")]
 QUICK = {"steps": 40, "eval_every": 20, "seeds": [0]}
@@ -270,11 +248,9 @@ def _run(parser: ArgumentParser, args, seeds: list[int], device, chosen: list, g
             at = prefix(label)
             ddp = [f"{at}ddp-{n}nodes" for n in _ddp_nodes(args, cs)]
             store.summarise([at + c.name for c in cs] + ddp, seeds, ["test_average", "test_collective"])
-            _report(store, at, cs, seeds, args.target_accuracy, root, group.world if args.distributed else 0)
-            if ddp:
-                _ddp_report(store, ddp, seeds, group.world)
+            report(store, at, cs, seeds, args.target_accuracy, root, group.world if args.distributed else 0, ddp)
         if swept:
-            _sweep_report(store, swept, chosen, seeds, root)
+            sweep_report(store, swept, chosen, seeds, root)
         if splits.source:
             from envs.cifar import SOURCES
 
@@ -319,126 +295,6 @@ def ring_estimate(config: NetworkConfig, shape: tuple[int, ...], classes: int) -
     kind = config.unsupervised or "classifier"
     params = sum(p.numel() for p in node_model(kind, shape, MODELS[config.model], classes).parameters())
     return 2 * (config.nodes - 1) / config.nodes * 4 * params
-
-
-def _runs(store: Store, cell: str, seeds: list[int]) -> list[NetworkResult]:
-    fields = {f.name for f in dataclasses.fields(NetworkResult)}
-    return [NetworkResult(**{k: v for k, v in store.runs(cell)[k].items() if k in fields}) for k in seeds]
-
-
-def _report(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int], target: float, root: Path,
-            processes: int) -> None:  # fmt: skip
-    """Table 2.2 or 2.3, the steps-to-target table and the curves; ``processes`` > 0 (distributed) adds the bytes
-    handed to torch.distributed and each configuration's wall time."""
-    rows, panels, points = [], {"node average": {}, "collective decision": {}}, {}
-    for c in chosen:
-        cell = store.data["cells"][at + c.name]
-        runs = _runs(store, at + c.name, seeds)
-        thesis = THESIS.get(c.name, (None, None, None))
-        show = lambda v: "-" if v is None else f"{v}"  # noqa: E731
-        sent = mean_std([r.bytes_sent_per_node_step for r in runs])[0]
-        wire = mean_std([r.wire_bytes_per_node_step for r in runs])[0]
-        rows.append([
-            c.name, format_summary([r.test_average for r in runs]), format_summary([r.test_collective for r in runs]),
-            show(thesis[0]), show(thesis[1]), f"{sent:,.0f}",
-            *([f"{wire:,.0f}", f"{cell.get('wall_time_s', 0):,.0f}"] if processes else []),
-            f"{cell['ring_allreduce_estimate_per_node_step']:,.0f}",
-            f"{mean_std([r.consumed_from_inbox for r in runs])[0]:.2f}", routing_digest(runs),
-        ])  # fmt: skip
-        longest = max(runs, key=lambda r: len(r.steps))
-        panels["node average"][c.name] = (longest.steps, [r.val_average for r in runs])
-        panels["collective decision"][c.name] = (longest.steps, [r.val_collective for r in runs])
-        points[c.name] = (sent, [r.test_collective for r in runs])
-    unsupervised = chosen[0].unsupervised
-    what = f"linear probes on {unsupervised} features, at the best validation stage" if unsupervised else (
-        f"after {chosen[0].steps:,} steps per node")  # fmt: skip
-    table = "2.3" if unsupervised else "2.2"
-    where = f"; nodes spread over {processes} processes{oversubscribed()}" if processes else ""
-    print(f"\nTable {table}{', ' + at[:-1] if at else ''}: test accuracy (%), {what}; mean ± std over "
-          f"{seed_text(seeds)}{where}; thesis: CIFAR-10")  # fmt: skip
-    print(format_table(["config", "average", "collective", "thesis avg", "thesis coll", "bytes sent/node/step",
-                        *(["wire bytes/node/step", "wall time (s)"] if processes else []),
-                        "ring all-reduce of N replicas (estimate)/node/step", "from inbox", "routing"],
-                       rows))  # fmt: skip
-    _steps_table(store, at, chosen, seeds, target)
-    png = root / at / (f"figure_table_2_3_{unsupervised}.png" if unsupervised else "figure_table_2_2.png")
-    plot_panels(png, list(panels.items()), "steps per node", "validation accuracy (%)")
-    plot_frontier(root / at / "accuracy_vs_bytes.png", points, "logical bytes sent per node per step (log)",
-                  "collective test accuracy (%)", f"what each row sends and what it reaches ({seed_text(seeds)})")
-
-
-def _steps_table(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int], thesis_target: float) -> None:
-    """Steps per node to the first sustained validation crossing (``benchmarks.protocol``) of the headline
-    targets (the highest node-average and collective accuracy the row without communication holds on every
-    seed), with paired speedups over that row, and of ``--target-accuracy`` (the thesis' 85%)."""
-    runs = {c.name: _runs(store, at + c.name, seeds) for c in chosen}
-    control = next((c.name for c in sorted(chosen, key=lambda c: -c.nodes) if c.content == "none" and c.nodes > 1),
-                   None)  # fmt: skip
-    curves = {"average": lambda r: r.val_average, "collective": lambda r: r.val_collective}
-    targets = {m: held_target([curve(r) for r in runs[control]]) for m, curve in curves.items()} if control else {}
-    base = {m: [crossing(r.steps, curves[m](r), t) for r in runs[control]] for m, t in targets.items()}
-    rows = []
-    for c in chosen:
-        row = [c.name]
-        for measure, curve in curves.items():
-            if measure not in targets:
-                row += ["-", "-"]
-                continue
-            passes = [crossing(r.steps, curve(r), targets[measure]) for r in runs[c.name]]
-            speedup = paired_ratio(base[measure], passes)
-            row += [format_counts(passes), speedup.format(2, ratio=True) if speedup else "-"]
-        row += [format_counts([crossing(r.steps, curve(r), thesis_target) for r in runs[c.name]])
-                for curve in curves.values()]  # fmt: skip
-        rows.append([*row, f"{THESIS[c.name][2]:,}" if THESIS.get(c.name, (0, 0, 0))[2] else "-"])
-    heads = {m: f"{t:.2f}%" for m, t in targets.items()} or dict.fromkeys(curves, "-")
-    print(f"\nsteps per node to the first sustained validation crossing ({SUSTAIN} evaluations in a row) of the "
-          f"targets {control or 'no row without communication'} holds on every seed (node average "
-          f"{heads['average']}, collective {heads['collective']}), speedups paired by seed over it [95% t-interval]; "
-          f"and of {thesis_target:g}% (thesis: 85% on CIFAR-10, test)")  # fmt: skip
-    print(format_table(["config", "average", "speedup", "collective", "speedup", f"average to {thesis_target:g}%",
-                        f"collective to {thesis_target:g}%", "thesis"], rows))  # fmt: skip
-
-
-def oversubscribed() -> str:
-    """A note when this machine runs more of the group's processes than it has cores: its wall times then include
-    the processes' wait for a core."""
-    local, cores = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), len(os.sched_getaffinity(0))
-    return f" ({local} of them on this machine's {cores} cores: oversubscribed)" if local > cores else ""
-
-
-def routing_digest(runs: list[NetworkResult]) -> str:
-    """Eight hex digits for the routing of every seed (who sent what to whom, what each node trained on): the
-    same in the simulator and on any number of processes."""
-    return hashlib.blake2b("".join(r.routing for r in runs).encode(), digest_size=4).hexdigest()
-
-
-def _ddp_report(store: Store, cells: list[str], seeds: list[int], processes: int) -> None:
-    """The DDP baseline: accuracy, what its hook handed to all-reduce, the ring's wire estimate, wall time."""
-    rows = []
-    for cell in cells:
-        runs = _runs(store, cell, seeds)
-        hook = mean_std([r.hook_bytes_per_step for r in runs])[0]
-        rows.append([cell, format_summary([r.test_average for r in runs]), f"{hook:,.0f}",
-                     f"{2 * (processes - 1) / processes * hook:,.0f}",
-                     f"{store.data['cells'][cell].get('wall_time_s', 0):,.0f}"])  # fmt: skip
-    print(f"\nBaseline: one DDP replica per process ({processes}){oversubscribed()}, each on the union of its "
-          f"nodes' shards; test accuracy (%), mean ± std over {seed_text(seeds)}")  # fmt: skip
-    print(format_table(["config", "accuracy", "handed to all-reduce (hook) bytes/process/step",
-                        "ring all-reduce wire 2(P-1)/P x hook bytes/process/step", "wall time (s)"], rows))  # fmt: skip
-
-
-def _sweep_report(store: Store, swept, chosen, seeds: list[int], root: Path) -> None:
-    """The collective and the node-average test accuracy of every configuration against the swept value."""
-    name, _, values = swept
-    texts = [t for t, _ in values]
-    names = [c.name for c in chosen[0][2]]  # the baseline's rows are left out of the sweep
-    for metric, what, suffix in (("test_collective", "collective", ""), ("test_average", "node-average", "_average")):
-        lines = {n: [[getattr(r, metric) for r in _runs(store, f"{name}={t}/{n}", seeds)] for t in texts]
-                 for n in names}  # fmt: skip
-        print(f"\nSweep over {name}: {what} test accuracy (%), mean ± std over {seed_text(seeds)}")
-        print(format_table([name, *names], [[t, *(format_summary(lines[n][i]) for n in names)]
-                                            for i, t in enumerate(texts)]))  # fmt: skip
-        plot_sweep(root / f"sweep_{name}{suffix}.png", name, texts, lines, f"{what} test accuracy (%)")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import pytest
 
 import trainers.network as trainer_module
 from benchmarks import network as bench
-from benchmarks import throughput
+from benchmarks import network_report, throughput
 from tests.conftest import exit_code, make_dataset
 
 SMALL = ["--batch-size", "4", "--steps", "8", "--eval-every", "4", "--val-samples", "0"]
@@ -152,9 +152,9 @@ def test_quick_network_benchmark_on_real_fashion_mnist(tmp_path, capsys):
 def test_more_local_processes_than_cores_are_called_oversubscribed(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1})
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "5")
-    assert bench.oversubscribed() == " (5 of them on this machine's 2 cores: oversubscribed)"
+    assert network_report.oversubscribed() == " (5 of them on this machine's 2 cores: oversubscribed)"
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert bench.oversubscribed() == ""
+    assert network_report.oversubscribed() == ""
 
 
 def test_the_throughput_benchmark_knows_every_node_model():
