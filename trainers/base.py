@@ -126,17 +126,23 @@ def restore_generators(generators: Sequence[torch.Generator], states: Sequence[t
 class Trainer(ABC):
     """The protocol of every trainer: ``train_step``, ``evaluate``, ``fit``, ``state_dict``, ``to``.
 
-    Subclasses set ``runs`` (one label per run), ``step``, ``eval_every``, ``log_every`` and ``_args``
-    (their constructor's arguments but ``device``) and implement the abstract methods; ``fit`` is
-    written once, here. A trainer spread over processes (the network's nodes) sets ``group``: each
-    process then keeps its own checkpoint, and they save and resume at the same step.
+    A subclass calls ``Trainer.__init__`` with its constructor's arguments (``to`` rebuilds from them) and
+    implements the abstract methods; ``fit`` is written once, here. A trainer spread over processes (the
+    network's nodes) passes its ``group``: each process then keeps its own checkpoint, and they save and
+    resume at the same step.
     """
 
-    runs: list
-    group: Group = Group()
-    step: int = 0
-    eval_every: int = 1
-    log_every: int = 1
+    def __init__(self, args: tuple, runs: Sequence, device: torch.device | str, eval_every: int,
+                 log_every: int | None = None, group: Group | None = None):  # fmt: skip
+        """The state every trainer shares: its runs (one label each), device, evaluation and logging intervals,
+        process group, step, and which runs (indices into ``runs``) still train and which have finished."""
+        self._args, self._group_given = args, group is not None
+        self.runs, self.device = list(runs), torch.device(device)
+        self.eval_every, self.log_every = eval_every, log_every or eval_every
+        self.group = group or Group()
+        self.step = 0
+        self._alive = list(range(len(self.runs)))
+        self._finished: set[int] = set()
 
     @abstractmethod
     def train_step(self) -> dict[str, torch.Tensor]:
@@ -169,14 +175,14 @@ class Trainer(ABC):
         """What a checkpoint must match to be resumed by this trainer."""
         return {"trainer": type(self).__name__, "runs": [repr(r) for r in self.runs], "config": repr(self.config)}
 
-    # Runs still training, by position in the batch; trainers that stop runs early shrink it.
     @property
     def alive(self) -> list[int]:
-        return getattr(self, "_alive", list(range(len(self.runs))))
+        """Runs still training, by position in the batch; trainers that stop runs early shrink it."""
+        return self._alive
 
     def done(self) -> bool:
         """At the step budget, or every run finished (runs that stop together are not dropped)."""
-        return self.step >= self.total_steps() or len(getattr(self, "_finished", ())) == len(self.runs)
+        return self.step >= self.total_steps() or len(self._finished) == len(self.runs)
 
     def stopping(self) -> list[int]:
         """Runs (indices into ``runs``) that stop after this evaluation; default: none until the end."""
@@ -195,7 +201,7 @@ class Trainer(ABC):
 
     def state_dict(self) -> dict:
         return {"header": self.header(), "step": self.step, "alive": self.alive,
-                "finished": sorted(getattr(self, "_finished", ())), **self._state()}  # fmt: skip
+                "finished": sorted(self._finished), **self._state()}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self._finished = state["step"], set(state["finished"])
@@ -212,7 +218,7 @@ class Trainer(ABC):
 
     def _build(self, device: torch.device) -> None:
         """Construct again on ``device`` from the arguments it was made with (``self._args``)."""
-        self.__init__(*self._args, device=device, **({"group": self.group} if "group" in vars(self) else {}))
+        self.__init__(*self._args, device=device, **({"group": self.group} if self._group_given else {}))
 
     def fit(self, events: Events | None = None, checkpoint: Path | None = None) -> list:
         """Train until done; every result goes to ``events.finished`` and is returned, in ``runs`` order.
@@ -220,7 +226,6 @@ class Trainer(ABC):
         With ``checkpoint``, training resumes from it if it exists and saves it after the first
         evaluation and then at most once a minute (atomically); the caller deletes it when done."""
         events = events or Events()
-        self._finished: set[int] = getattr(self, "_finished", set())
         if checkpoint is not None:
             self._resume(checkpoint)
         events.begin(self.total_steps(), self.step)

@@ -58,12 +58,8 @@ class DDPBaseline(Trainer):
 
     def __init__(self, config: NetworkConfig, splits: Splits, seeds: Sequence[int], device: torch.device | str = "cpu",
                  group: DistributedGroup | None = None):  # fmt: skip
-        self._args = (config, splits, seeds)
-        self.group = group or DistributedGroup()
-        self.device = torch.device(device)
+        super().__init__((config, splits, seeds), seeds, device, config.eval_every, group=group or DistributedGroup())
         self.config, self.splits, self.seeds = config, splits.to(device), list(seeds)
-        self.runs = self.seeds
-        self.eval_every = self.log_every = config.eval_every
         self.classes = int(splits.train.labels.max()) + 1
         owned = placement(config.nodes, self.group.world)[self.group.rank]
         self.pixels = to_pixels(splits.train.images)
@@ -82,7 +78,6 @@ class DDPBaseline(Trainer):
         self.optimizer = adam(self.model.parameters(), device, lr=config.lr)
         self.history = [NetworkResult() for _ in self.seeds]
         self.hook_bytes = 0.0  # what the hook counted, over the whole run (resumes with it)
-        self.step = 0
 
     def header(self) -> dict:
         return {**super().header(), "rank": self.group.rank, "processes": self.group.world}

@@ -212,10 +212,8 @@ class LanguageTrainer(Trainer):
             raise ValueError(f"unknown level(s) {', '.join(unknown)}; choose from {', '.join(LEVELS)}")
         if not runs:
             raise ValueError("no runs to train")
-        self._args = (config, splits, runs, speaker_cls)
-        self.device = torch.device(device)
-        self.config, self.splits, self.runs = config, splits.to(device), list(runs)
-        self.eval_every, self.log_every = config.eval_every, config.log_every
+        super().__init__((config, splits, runs, speaker_cls), runs, device, config.eval_every, config.log_every)
+        self.config, self.splits = config, splits.to(device)
         pixels = splits.train.images.shape[1]
         self.view = config.partial_view()
         self.masks = torch.stack([self.view.masks(pixels, seed) for _, seed in runs]).to(device)
@@ -244,7 +242,6 @@ class LanguageTrainer(Trainer):
         }
         self.feedback = self._column([lv.feedback for lv in levels]).view(-1, 1, 1, 1)
         self.decides = self._column([lv.decides for lv in levels]).view(-1, 1, 1)
-        self.step = 0
         self.history: dict[str, list] = {"steps": [], "val": [], "test": []}
         self.best: list[dict[str, torch.Tensor]] = [{} for _ in runs]
 

@@ -185,12 +185,8 @@ class NetworkTrainer(Trainer):
                  group: Group | None = None):  # fmt: skip
         if not splits.shape:
             raise ValueError("the node models need image shapes; load the data with envs.data.load_splits")
-        self._args = (config, splits, seeds)
-        self.group = group or Group()
-        self.device = torch.device(device)
+        super().__init__((config, splits, seeds), seeds, device, config.eval_every, group=group)
         self.config, self.splits, self.seeds = config, splits.to(device), list(seeds)
-        self.runs = self.seeds
-        self.eval_every = self.log_every = config.eval_every
         self.classes = int(splits.train.labels.max()) + 1
         c = config
         self.processes = placement(c.nodes, self.group.world)
@@ -226,7 +222,6 @@ class NetworkTrainer(Trainer):
             self._mix(self._averaged(), "first")  # averaging unrelated initialisations mixes unmatched units
         self.history = [NetworkResult() for _ in self.seeds]
         self.best: list[dict[str, torch.Tensor]] = [{} for _ in self.seeds]
-        self.step = 0
 
     def header(self) -> dict:
         """A checkpoint resumes only on the same placement (and after the per-node streams of routing 2)."""

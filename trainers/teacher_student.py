@@ -163,10 +163,8 @@ class StudentTrainer(Trainer):
             raise ValueError("selections that use the teacher need its logits")
         if irreducible is None and any(MEASURES[sel.measure].reads_irreducible for sel, _ in runs):
             raise ValueError("reducible_holdout needs the irreducible-loss model's losses (irreducible=...)")
-        self._args = (config, splits, runs, teacher_logits, irreducible)
-        self.device = torch.device(device)
-        self.config, self.splits, self.runs = config, splits.to(device), list(runs)
-        self.eval_every = self.log_every = config.eval_every
+        super().__init__((config, splits, runs, teacher_logits, irreducible), runs, device, config.eval_every)
+        self.config, self.splits = config, splits.to(device)
         self.epoch = n // config.batch_size
         pixels = splits.train.images.shape[1]
         models = []
@@ -189,9 +187,7 @@ class StudentTrainer(Trainer):
         self.stacks = [EpochStacks(n, g) for g in self.data_generators]
         self.history = [StudentResult(float("nan"), -1.0, 0, 0) for _ in runs]
         self.best: list[dict[str, torch.Tensor]] = [{} for _ in runs]
-        self._alive = list(range(len(runs)))
         self._index_runs()
-        self.step = 0
 
     def _adam(self) -> torch.optim.Optimizer:
         return adam(self.students.parameters(), self.device, lr=self.config.lr)
