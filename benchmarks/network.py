@@ -39,7 +39,7 @@ from benchmarks.harness import (
 from benchmarks.network_report import report, sweep_report
 from benchmarks.store import Store, checkpoint_of, prefix, preflight
 from envs.data import DATASETS, Split, load_splits
-from envs.network import SUPERVISED_CONTENTS
+from envs.network import SUPERVISED_CONTENTS, UNSUPERVISED_CONTENTS
 from envs.routing import check_shard_size
 from trainers.base import Events
 from trainers.ddp import DDPBaseline
@@ -103,7 +103,7 @@ def configs(parser: ArgumentParser, args) -> list[NetworkConfig]:
     if args.nodes is None and args.content is None:
         table = UNSUPERVISED_TABLE if args.unsupervised else SUPERVISED_TABLE
     else:
-        allowed = ("none", "features") if args.unsupervised else SUPERVISED_CONTENTS
+        allowed = UNSUPERVISED_CONTENTS if args.unsupervised else SUPERVISED_CONTENTS
         contents = parse_list(args.content, allowed, "content") if args.content else ["none"]
         table = [(n, c if n > 1 else "none") for n in parse_ints(args.nodes or "10", "--nodes") for c in contents]
         table = list(dict.fromkeys(table))

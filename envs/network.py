@@ -86,6 +86,7 @@ class Content:
 
     name = "none"
     reads = ""
+    chosen = True  # a content a node can be configured to send (False: only how another one travels)
 
     def size(self, classes: int, features: int) -> int:
         """Floats stored per sample in an inbox."""
@@ -114,7 +115,7 @@ class Content:
     def loss(self, own: torch.Tensor, payload: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """Per-sample loss of the receiver's ``own`` output against what came with the sample."""
         raise ValueError(f"content {self.name!r} carries no training signal; choose from "
-                         f"{', '.join(list(CONTENTS)[1:])}")  # fmt: skip
+                         f"{', '.join(n for n in SUPERVISED_CONTENTS if CONTENTS[n].reads)}")  # fmt: skip
 
 
 class Logits(Content):
@@ -172,6 +173,7 @@ class Gaussian(Features):
     """A VAE's code as ``[mean, log-variance]``; the receiver's ``KL(sender || receiver)``."""
 
     name = "gaussian"
+    chosen = False  # how a VAE node's "features" travel
 
     def size(self, classes: int, features: int) -> int:
         return 2 * features
@@ -183,7 +185,8 @@ class Gaussian(Features):
 
 
 CONTENTS: dict[str, Content] = {c.name: c for c in (Content(), Logits(), Labels(), Features(), Gaussian())}
-SUPERVISED_CONTENTS = tuple(CONTENTS)[:4]
+SUPERVISED_CONTENTS = tuple(name for name, c in CONTENTS.items() if c.chosen)  # what a classifier node sends
+UNSUPERVISED_CONTENTS = tuple(n for n in SUPERVISED_CONTENTS if CONTENTS[n].reads != "logits")  # no logits there
 
 
 PAD = 4  # CIFAR-10's standard augmentation: a random 32x32 crop of the image padded by 4, and a flip

@@ -32,6 +32,7 @@ from envs.data import Split, Splits
 from envs.network import (
     CONTENTS,
     SUPERVISED_CONTENTS,
+    UNSUPERVISED_CONTENTS,
     crop_and_flip,
     decide,
     decision_sums,
@@ -55,7 +56,6 @@ from trainers.base import SCHEDULES, Trainer, adam, check_fields, lr_factor, opt
 from trainers.group import Group
 from trainers.network_objectives import PROBE, UNSUPERVISED, bigan_step, node_probes, vae_losses
 
-CONTENT_NAMES = ("none", "logits", "labels", "features")
 AVERAGING = ("gossip", "local-sgd", "allreduce")  # parameters averaged with ring neighbours or every node; gradients
 
 
@@ -64,7 +64,7 @@ class NetworkConfig:
     nodes: int = option(10, "nodes of the network")
     neighbours: int | None = option(None, "k nearest nodes on the ring each node broadcasts to",
                                     default_text="all others")  # fmt: skip
-    content: str = option("labels", "what travels with an image", choices=CONTENT_NAMES)
+    content: str = option("labels", "what travels with an image", choices=SUPERVISED_CONTENTS)
     p_broadcast: float | None = option(None, "probability that a node broadcasts its minibatch",
                                        default_text="p-consume / neighbours: balanced inboxes")  # fmt: skip
     p_consume: float = option(0.5, "expected fraction of a minibatch taken from the inbox")
@@ -106,7 +106,7 @@ class NetworkConfig:
             value = getattr(self, name)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"--{name.replace('_', '-')} is a probability in [0, 1], got {value}")
-        allowed = ("none", "features") if self.unsupervised else SUPERVISED_CONTENTS
+        allowed = UNSUPERVISED_CONTENTS if self.unsupervised else SUPERVISED_CONTENTS
         if self.content not in allowed:
             raise ValueError(f"unknown content {self.content!r}; choose from {', '.join(allowed)}")
         if self.unsupervised and not MODELS[self.model].width:

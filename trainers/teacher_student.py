@@ -15,6 +15,7 @@ teacher's predictions on the stack, where the measure or the target needs them).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -53,8 +54,9 @@ class Selection:
             raise ValueError(f"unknown target {self.target!r}; choose from {', '.join(TARGETS)}")
         self.rule  # noqa: B018 (validates the measure, pressure, anneal and floor)
 
-    @property
+    @functools.cached_property
     def rule(self) -> Rule:
+        """Built once per selection (the trainer asks for it at every step)."""
         return Rule(self.measure, self.pressure, self.anneal, self.floor)
 
     @property
