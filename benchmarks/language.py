@@ -246,7 +246,7 @@ def _report(store: Store, chosen, levels: list[str], seeds: list[int], root: Pat
                          *(paired[name].format() if name in paired else "" for name in against)])  # fmt: skip
         for name, text in REFERENCES.items():
             rows.append([text, format_summary(refs[name]), "-", "", "", "", ""])
-        print(f"\nTable 4.1, {label + ', ' if label else ''}{_setting(config)}, {config.estimator}: student's "
+        print(f"\nTable 4.1, {label + ', ' if label else ''}{config.partial_view()}, {config.estimator}: student's "
               f"linear probe, test accuracy (%) at best validation, mean ± std over {seed_text(seeds)}")  # fmt: skip
         print(format_table(["level", "ours", "thesis", "vs none", "vs alone", "vs read", "vs both"], rows))
         print("vs X: paired difference with the same seed, mean [95% t-interval]. alone: the larger of the two 'alone' "
@@ -262,7 +262,7 @@ def _report(store: Store, chosen, levels: list[str], seeds: list[int], root: Pat
             runs = [store.runs(at + level)[k] for k in seeds]
             curves[level] = (runs[0]["steps"], [r["val_accuracy"] for r in runs])
         plot_curves(root / at / "val_accuracy.png", curves, "training step", "validation accuracy (%)",
-                    f"Student's linear probe, {label or _setting(config)}")  # fmt: skip
+                    f"Student's linear probe, {label or config.partial_view()}")  # fmt: skip
     if swept:
         name, _, values = swept
         texts = [t for t, _ in values]
@@ -281,12 +281,6 @@ def _report(store: Store, chosen, levels: list[str], seeds: list[int], root: Pat
 def _gap(values: list[float], control: list[float] | None) -> str:
     """``values - control`` paired by seed, mean [95% interval]; empty without a control."""
     return paired_difference(values, control).format() if control else ""
-
-
-def _setting(config: LanguageConfig) -> str:
-    if config.view == "occlude":
-        return f"occlude {config.visible:g} {config.overlap}"
-    return f"{config.view} noise {config.noise:g}"
 
 
 def _analysis_table(store: Store, at: str, levels: list[str], seeds: list[int], alone: list[float]) -> None:

@@ -51,8 +51,14 @@ AGENTS = ("teacher", "student")
 
 
 # ----------------------------------------------------------------------------------- torch core
-VIEWS = ("invert", "occlude", "resample")
 OVERLAPS = ("independent", "complementary", "rows")
+READS = {"invert": ("noise",), "occlude": ("visible", "overlap"), "resample": ("noise",)}  # the settings each reads
+VIEWS = tuple(READS)
+
+
+def reading(setting: str) -> tuple[str, ...]:
+    """The views that read ``setting`` (a flag given with another view is refused rather than ignored)."""
+    return tuple(kind for kind, settings in READS.items() if setting in settings)
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,12 @@ class View:
             raise ValueError(f"visible must be a fraction of the pixels in (0, 1], got {self.visible}")
         if self.kind == "occlude" and self.overlap == "complementary" and self.visible > 0.5:
             raise ValueError(f"complementary views need visible <= 0.5 (disjoint halves at most), got {self.visible}")
+
+    def __str__(self) -> str:
+        """The view and the settings it reads, as tables name it: ``invert noise 0.1``, ``occlude 0.4 rows``."""
+        if self.kind == "occlude":
+            return f"occlude {self.visible:g} {self.overlap}"
+        return f"{self.kind} noise {self.noise:g}"
 
     @property
     def resamples(self) -> bool:

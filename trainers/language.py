@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from agents.language import Critic, LinearProbe, Speaker
 from envs.base import above, at_least
 from envs.data import Split, Splits
-from envs.language import AGENTS, OVERLAPS, VIEWS, View, communication_loss, exchange, fixed_uniform, views
+from envs.language import AGENTS, OVERLAPS, VIEWS, View, communication_loss, exchange, fixed_uniform, reading, views
 from trainers.base import Trainer, adam, check_fields, generator, option, restore_generators
 from trainers.gumbel import TemperatureSchedule, gumbel_softmax, hard_message, sampled_message
 from trainers.population import Population
@@ -81,14 +81,16 @@ class LanguageConfig:
         0.1,
         "invert: pixel inversion probability of each agent's mask; resample: "
         "probability that a pixel is replaced by 0 or 1, redrawn every step",
-        read_with={"view": ("invert", "resample")},
+        read_with={"view": reading("noise")},
     )
-    visible: float = option(0.5, "occlude: fraction of the pixels each agent sees", read_with={"view": ("occlude",)})
+    visible: float = option(
+        0.5, "occlude: fraction of the pixels each agent sees", read_with={"view": reading("visible")}
+    )
     overlap: str = option(
         "independent",
         "occlude: the agents' pixel subsets drawn independently, disjoint, or the top and bottom rows",
         choices=OVERLAPS,
-        read_with={"view": ("occlude",)},
+        read_with={"view": reading("overlap")},
     )
     message_length: int = option(32, "tokens per message")
     vocab_size: int = option(2, "symbols per token (2: a 32-bit message)")
