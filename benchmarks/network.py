@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-import re
 import time
 from pathlib import Path
 
@@ -137,22 +136,6 @@ def config_of(parser: ArgumentParser, args, nodes: int, content: str, **extra) -
                                                 **extra})  # fmt: skip
 
 
-def _cell_config(parser: ArgumentParser, args, cell: str) -> NetworkConfig:
-    """The configuration of a cell name (``10nodes-labels``, ``vae-1node``...), for a resumed job."""
-    name = cell.rsplit("/", 1)[-1]
-    averaged = re.fullmatch(r"(\d+)nodes-(gossip|local-sgd|allreduce)(?:-k(\d+))?(?:-every(\d+))?", name)
-    if averaged:
-        n = int(averaged[1])
-        return config_of(parser, args, n, "none", average=averaged[2], average_every=int(averaged[4] or 1),
-                         neighbours=int(averaged[3] or n - 1))  # fmt: skip
-    match = re.fullmatch(r"(?:(?:vae|bigan)-)?(?:1node|(\d+)nodes-(\w+))|ddp-(\d+)nodes", name)
-    if match is None:
-        raise UsageError(f"cannot resume the unfinished run of cell {cell!r}; delete the checkpoint to restart")
-    if match[3]:
-        return config_of(parser, args, int(match[3]), "none")
-    return config_of(parser, args, int(match[1] or 1), match[2] or "none")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse(argv, QUICK)
@@ -233,10 +216,12 @@ def _run(parser: ArgumentParser, args, seeds: list[int], device, chosen: list, g
         started = time.time()
         for label, v, cs in chosen:
             at = prefix(label)
-            cells = [c.name for c in cs] + [f"ddp-{n}nodes" for n in _ddp_nodes(args, cs)]
-            jobs = store.jobs(label, cells, seeds, per_cell=True) if group.leader else None
-            while (job := group.broadcast(next(jobs, None) if jobs else None)) is not None:
-                _train(parser, v, job, splits, device, group, store, root, checkpoint_of(out, label, group.rank))
+            specs = {c.name: dataclasses.asdict(c) for c in cs}
+            ddp = {f"ddp-{n}nodes": config_of(parser, v, n, "none") for n in _ddp_nodes(args, cs)}
+            specs |= {cell: dataclasses.asdict(c) for cell, c in ddp.items()}
+            jobs = store.jobs(label, list(specs), seeds, per_cell=True, specs=specs) if group.leader else None
+            while (job := group.broadcast(_with_spec(store, next(jobs, None)) if jobs else None)) is not None:
+                _train(v, *job, splits, device, group, store, root, checkpoint_of(out, label, group.rank))
             if group.leader:
                 for c in cs:
                     store.data["cells"][at + c.name]["ring_allreduce_estimate_per_node_step"] = ring_estimate(
@@ -264,11 +249,22 @@ def _ddp_nodes(args, chosen: list[NetworkConfig]) -> list[int]:
     return sorted({c.nodes for c in chosen if c.nodes > 1 and not c.average}) if "ddp" in baselines(args) else []
 
 
-def _train(parser: ArgumentParser, args, job: list[tuple[str, int]], splits, device, group: Group,
-           store: Store | None, root: Path, checkpoint: Path) -> None:  # fmt: skip
+def _with_spec(store: Store, job: list[tuple[str, int]] | None) -> tuple[list[tuple[str, int]], dict] | None:
+    """A job (one cell's runs) and its cell's configuration, as rank 0 tells every process."""
+    if job is None:
+        return None
+    spec = store.specs.get(job[0][0])
+    if spec is None:
+        raise UsageError(f"cannot resume the unfinished runs of cell {job[0][0]!r} (its checkpoint predates the "
+                         f"configurations kept beside it); delete the checkpoint beside {store.path} to restart")
+    return job, spec
+
+
+def _train(args, job: list[tuple[str, int]], spec: dict, splits, device, group: Group, store: Store | None,
+           root: Path, checkpoint: Path) -> None:  # fmt: skip
     """One job on every process; rank 0 records its runs (and its wall time, per cell), the others only train."""
     cell = job[0][0]
-    config = _cell_config(parser, args, cell)
+    config = NetworkConfig(**spec)
     ddp = cell.rsplit("/", 1)[-1].startswith("ddp-")
     trainer = (DDPBaseline if ddp else NetworkTrainer)(config, splits, [k for _, k in job], device=device, group=group)
     started = time.time()

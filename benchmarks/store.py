@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -274,20 +274,25 @@ class Store:
         """Where the trainer of a variant (``flag=value`` under ``--sweep``) keeps its checkpoint."""
         return checkpoint_of(self.path, label)
 
-    def jobs(self, label: str, cells: Sequence[str], seeds: Sequence[int],
-             per_cell: bool = False) -> Iterator[list[tuple[str, int]]]:  # fmt: skip
+    def jobs(self, label: str, cells: Sequence[str], seeds: Sequence[int], per_cell: bool = False,
+             specs: Mapping[str, Any] | None = None) -> Iterator[list[tuple[str, int]]]:  # fmt: skip
         """The trainings still to run of a variant's ``cells`` times ``seeds``: a job that a kill
         interrupted comes first, as it was (its checkpoint, ``checkpoint(label)``, resumes it even if
         ``--seeds`` or the cells changed since), then the rest: one job, or one per cell. Each job's
-        runs (``(prefix(label) + cell, seed)``) are written beside its checkpoint when it starts; both
-        go when it ends."""
+        runs (``(prefix(label) + cell, seed)``) and its cells' ``specs`` (a cell's configuration, JSON) are
+        written beside its checkpoint when it starts, and ``self.specs`` holds them while it runs: what a
+        resumed cell is, without reading it back from its name. Both files go when the job ends."""
         at, checkpoint = prefix(label), self.checkpoint(label)
         job_file = checkpoint.with_suffix(".json")
         job: list[tuple[str, int]] = []
+        given = {at + cell: spec for cell, spec in (specs or {}).items()}
+        saved: dict[str, Any] = {}
         if checkpoint.exists() and job_file.exists() and not self.read_only:
             try:
-                job = [(str(c), int(k)) for c, k in json.loads(job_file.read_text())]
-            except (OSError, ValueError, TypeError) as e:
+                record = json.loads(job_file.read_text())
+                record = {"runs": record, "specs": {}} if isinstance(record, list) else record  # before specs
+                job, saved = [(str(c), int(k)) for c, k in record["runs"]], dict(record["specs"])
+            except (OSError, ValueError, TypeError, KeyError) as e:
                 raise UsageError(f"{job_file} is damaged ({e}); delete it and {checkpoint} to restart") from None
         groups: dict[str | None, list[tuple[str, int]]] = {}
         for cell in cells:
@@ -300,7 +305,9 @@ class Store:
             self.lacks(f"{len(pending)} runs ({', '.join(cells[:3])}{' ...' if len(cells) > 3 else ''})")
         self.resumed += len(job)
         for runs in ([job] if job else []) + list(groups.values()):
-            save_json(job_file, runs)  # rewritten before each job
+            source = {**given, **saved} if runs is job else given  # a resumed cell: as it was when it started
+            self.specs = {c: source[c] for c, _ in runs if c in source}
+            save_json(job_file, {"runs": runs, "specs": self.specs})  # rewritten before each job
             try:
                 yield runs
             finally:  # a job that stopped before its first checkpoint (an error, a divergence) leaves nothing

@@ -56,7 +56,6 @@ from trainers.teacher_student import (
     StudentConfig,
     StudentResult,
     StudentTrainer,
-    selection_of,
 )
 
 # Rules beyond the thesis, kept in the default table: the pressure curve of its best rule (stack 5, CE, true),
@@ -224,11 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         started = time.time()
         for label, v, configs, student_config, teacher_config, policy in chosen:
             at = prefix(label)
-            for job in store.jobs(label, [c.name for c in configs], seeds):
+            specs = {c.name: dataclasses.asdict(c) for c in configs}
+            for job in store.jobs(label, list(specs), seeds, specs=specs):
                 one = lambda c=student_config: StudentTrainer(c, splits, [(Selection(), seeds[0])], device=device)  # noqa: E731
                 cells, ks = {c for c, _ in job}, {k for _, k in job}
                 check_memory(one, len(job), device, f"{len(cells)} cells x {len(ks)} seeds")
-                runs = [(_selection(cell.rsplit("/", 1)[-1]), k) for cell, k in job]
+                runs = [(_selection(store.specs.get(cell)), k) for cell, k in job]
                 teachers = load_or_train_teachers(splits, sorted({k for _, k in runs}), teacher_config,
                                                   Path(args.teacher_cache), args.retrain_teacher,
                                                   Progress("teachers"), device)  # fmt: skip
@@ -273,11 +273,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _selection(name: str) -> Selection:
-    try:
-        return selection_of(name)
-    except ValueError:
-        raise UsageError(f"cannot resume cell {name!r}; delete its checkpoint to restart") from None
+def _selection(spec: dict | None) -> Selection:
+    """A job's selection: as this command configured it, or as the interrupted job that is resumed had it."""
+    if spec is None:
+        raise UsageError("cannot resume the unfinished runs of a cell whose checkpoint predates the configurations "
+                         "kept beside it; delete the checkpoint beside the results file to restart them")  # fmt: skip
+    return Selection(**spec)
 
 
 def _variant(parser: ArgumentParser, label: str, v) -> tuple:

@@ -11,7 +11,7 @@ from benchmarks.store import Store
 from benchmarks.teacher_report import chosen_on_validation, one_off_costs, summarise
 from trainers.teacher import TeacherConfig
 from trainers.teacher_policy import register
-from trainers.teacher_student import Selection, StudentConfig, forward_inclusive, per_step_counters, selection_of
+from trainers.teacher_student import Selection, StudentConfig, forward_inclusive, per_step_counters
 
 STEPS = [100, 200, 300, 400, 500, 600, 700]
 
@@ -83,8 +83,7 @@ def _table(path, shift: float = 0.0, candidates: dict | None = None) -> Store:
 
 
 def test_shifting_every_test_accuracy_leaves_the_targets_and_the_chosen_rows_unchanged(tmp_path):
-    configs = [selection_of(name) for name in ("baseline", "stack5-cross_entropy-true",
-                                               "stack5-cross_entropy-true-rank30", "stack5-cross_entropy-true-rank300")]
+    configs = [Selection(), *(Selection(5, "cross_entropy", "true", p) for p in (math.inf, 30, 300))]
     seen = []
     for shift in (0.0, -7.5):
         with _table(tmp_path / f"t{shift}.json", shift) as store:
@@ -108,7 +107,9 @@ def test_learned_teachers_of_one_policy_are_candidates_whatever_their_reward_and
         "stack5-learned_reinforce_drop_s1-true": [[93, 94, 95, 96, 96, 96], [93, 95, 96, 96, 96, 96]],
         "stack5-learned_ppo_advantage_s0-true": [[90, 91, 92, 93, 93, 93], [90, 91, 92, 93, 93, 93]],  # alone
     }
-    configs = [selection_of(name) for name in ("baseline", *candidates)]
+    configs = [Selection(), *(Selection(5, f"learned_{name}", "true") for name in
+                              ("reinforce_advantage_s0", "reinforce_drop_s1", "ppo_advantage_s0"))]  # fmt: skip
+    assert [c.name for c in configs[1:]] == list(candidates)
     with _table(tmp_path / "t.json", candidates=candidates) as store:
         summarise(store, "", configs, [0, 1], [0, 1], None)
         # the seed-1 policy reaches on both tuning seeds, the seed-0 policy's faster crossing on one does not count

@@ -159,3 +159,16 @@ def test_a_run_holding_a_wrong_type_is_one_line_naming_it(tmp_path):
         store.add("none", 0, {"test_accuracy": "abc"})
         with pytest.raises(UsageError, match=r"run none seed 0 holds test_accuracy = 'abc', not a number"):
             store.summarise(["none"], [0], ["test_accuracy"])
+
+
+def test_an_interrupted_job_resumes_with_the_cells_as_they_were_configured(tmp_path):
+    path = tmp_path / "r.json"
+    with Store(path, "network", {}) as store:
+        jobs = store.jobs("", ["a", "b"], [0], per_cell=True, specs={"a": {"lr": 1}, "b": {"lr": 2}})
+        assert next(jobs) == [("a", 0)] and store.specs == {"a": {"lr": 1}}
+        store.checkpoint().write_bytes(b"killed here")  # the job's checkpoint: a kill leaves it and the job
+    with Store(path, "network", {}) as store:  # the command changed: a's configuration and a new cell c
+        jobs = store.jobs("", ["a", "c"], [0], per_cell=True, specs={"a": {"lr": 9}, "c": {"lr": 3}})
+        assert next(jobs) == [("a", 0)] and store.specs == {"a": {"lr": 1}}  # finished as it started
+        assert next(jobs) == [("c", 0)] and store.specs == {"c": {"lr": 3}}
+        assert next(jobs, None) is None and not store.checkpoint().exists()

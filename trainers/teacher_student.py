@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -63,7 +62,7 @@ class Selection:
     def name(self) -> str:
         """``baseline``, or ``stack<S>-<measure>-<target>`` with ``-rank<pressure>``, ``-anneal<passes>`` and
         ``-floor<floor>`` for sampled selection; ``-cosine`` or ``-linear`` for a decayed learning rate
-        (``selection_of`` reads it back)."""
+        (the results' cell; the job beside a checkpoint keeps the selection itself)."""
         schedule = "" if self.lr_schedule == "constant" else f"-{self.lr_schedule}"
         if dataclasses.replace(self, lr_schedule="constant") == Selection():
             return "baseline" + schedule
@@ -74,24 +73,6 @@ class Selection:
     @property
     def uses_teacher(self) -> bool:
         return MEASURES[self.measure].reads_teacher or self.target == "soft"
-
-
-NAME = re.compile(r"stack(\d+)-(.+)-(soft|true)(?:-rank([\d.e+]+))?(?:-anneal(\d+))?(?:-floor([\d.e-]+))?"
-                  r"(?:-(cosine|linear))?")  # fmt: skip
-
-
-def selection_of(name: str) -> Selection:
-    """The selection a cell name stands for (``baseline``, ``baseline-cosine``, ``stack5-cross_entropy-soft-rank100``
-    ...)."""
-    base, _, schedule = name.partition("-")
-    if base == "baseline" and (schedule in SCHEDULES[1:] or not schedule):
-        return Selection(lr_schedule=schedule or "constant")
-    match = NAME.fullmatch(name)
-    if match is None:
-        raise ValueError(f"{name!r} names no selection")
-    size, measure, target, pressure, anneal, floor, schedule = match.groups()
-    return Selection(int(size), measure, target, float(pressure) if pressure else math.inf, int(anneal or 0),
-                     float(floor or 0), schedule or "constant")  # fmt: skip
 
 
 @dataclass(frozen=True)
