@@ -11,7 +11,7 @@ Speaker protocol (what ``--agent package.module:ClassName`` must provide):
 
 The trainer runs many copies at once with ``torch.func.vmap``; a class vmap cannot batch (``nn.GRU``,
 ``.item()``, Python branching on data) runs one copy at a time instead, slower
-(``trainers.speaker_check``). Examples: ``agents/speakers.py``.
+(``trainers.language.speaker_check``). Examples: ``agents/speakers.py``.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ helps: ``python -m benchmarks.language --preset channel``.
 
 Trains every (communication level, seed) run as one batched model, prints test accuracy of the
 student's linear probe (at its best validation accuracy) beside the thesis, with two reference rows
-measured in the same run, then what the messages say (``trainers.language_analysis``, on each run's
+measured in the same run, then what the messages say (``trainers.language.analysis``, on each run's
 best weights), writes ``--out`` atomically, TensorBoard runs under
 ``<logdir>/<out name>/<level>/seed<k>`` and a PNG of the validation curves beside them, and keeps
 each run's best-validation weights in ``<out name>.weights/``. A re-run of the same command skips
@@ -36,7 +36,9 @@ from benchmarks.protocol import paired_difference
 from benchmarks.store import Store, format_summary, mean_std, prefix, preflight, seed_text, summary
 from envs.data import DATASETS, Split, Splits, load_splits
 from envs.language import AGENTS, split_views
-from trainers.language import (
+from trainers.language.analysis import analyse
+from trainers.language.speaker_check import check_speaker
+from trainers.language.trainer import (
     ESTIMATORS,
     LEVELS,
     STUDENT,
@@ -47,9 +49,7 @@ from trainers.language import (
     default_speaker,
     run_modules,
 )
-from trainers.language_analysis import analyse
 from trainers.probe import fit_linear_probes, map_splits
-from trainers.speaker_check import check_speaker
 
 THESIS = {"none": 64.4, "receive": 65.7, "feedback": 69.4, "both": 71.4}  # Table 4.1, noise 0.1
 QUICK = {"steps": 150, "eval_every": 50, "log_every": 25, "seeds": [0], "reference_epochs": 1}
@@ -78,7 +78,7 @@ def build_parser() -> ArgumentParser:
         add_data(p, "mnist", "dataset of the views", choices=list(DATASETS))
     p.option("--agent", None, "speaker class as package.module:ClassName", default_text="the thesis' speaker")
     p.option("--reference-epochs", 30, "epochs of the reference and analysis probes (1 with --quick)", type=int)
-    p.option("--analysis", True, "analyse every run's messages (trainers.language_analysis)",
+    p.option("--analysis", True, "analyse every run's messages (trainers.language.analysis)",
              action=argparse.BooleanOptionalAction)  # fmt: skip
     add_preset(p, PRESETS, "a setting where talking helps")
     p.fixed = {"levels", "dataset"}

@@ -75,7 +75,7 @@ def make_env(args, seed: int):
                             shape=splits.shape, nodes=args.nodes, max_cycles=args.episode_steps)  # fmt: skip
     from envs.base import Scripted
     from envs.teacher_student import parallel_env
-    from trainers.teacher import QUICK_TEACHER, TeacherConfig, load_or_train_teachers, predict
+    from trainers.teacher_student.teachers import QUICK_TEACHER, TeacherConfig, load_or_train_teachers, predict
 
     config = QUICK_TEACHER if args.quick_teacher else TeacherConfig()
     with Progress(f"teacher (seed {seed}, trained once, cached in {args.teacher_cache})") as progress:

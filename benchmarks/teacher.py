@@ -38,7 +38,15 @@ from benchmarks.teacher_report import THESIS, report, summarise, sweep_report
 from envs.data import DATASETS, load_splits
 from envs.teacher_student import MEASURES, REWARDS, TARGETS
 from trainers.probe import accuracy
-from trainers.teacher import (
+from trainers.teacher_student.policy import POLICIES, PolicyConfig, ppo_scorer, register, train_ppo, train_reinforce
+from trainers.teacher_student.student import (
+    SCHEDULES,
+    Selection,
+    StudentConfig,
+    StudentResult,
+    StudentTrainer,
+)
+from trainers.teacher_student.teachers import (
     QUICK_TEACHER,
     TeacherConfig,
     cache_path,
@@ -48,14 +56,6 @@ from trainers.teacher import (
     load_or_train_teachers,
     predict,
     training_cost,
-)
-from trainers.teacher_policy import POLICIES, PolicyConfig, ppo_scorer, register, train_ppo, train_reinforce
-from trainers.teacher_student import (
-    SCHEDULES,
-    Selection,
-    StudentConfig,
-    StudentResult,
-    StudentTrainer,
 )
 
 # Rules beyond the thesis, kept in the default table: the pressure curve of its best rule (stack 5, CE, true),

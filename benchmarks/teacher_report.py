@@ -13,8 +13,8 @@ from benchmarks.harness import format_counts, format_table, plot_panels, plot_sw
 from benchmarks.protocol import SUSTAIN, choose, crossing, held_target, paired_ratio, reached
 from benchmarks.store import Store, format_summary, seed_text
 from envs.teacher_student import MEASURES
-from trainers.teacher import IRREDUCIBLE, TeacherConfig, forward_cost
-from trainers.teacher_student import Selection, StudentConfig, forward_inclusive, per_step_counters
+from trainers.teacher_student.student import Selection, StudentConfig, forward_inclusive, per_step_counters
+from trainers.teacher_student.teachers import IRREDUCIBLE, TeacherConfig, forward_cost
 
 # Table 3.1: (stack size, measure, target) -> (test accuracy %, backward passes to the baseline's accuracy)
 THESIS = {

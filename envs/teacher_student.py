@@ -277,7 +277,7 @@ ORACLE_MARGIN = 10.0  # the oracle teacher's logit of the true class over the ot
 
 def oracle_logits(labels: torch.Tensor, classes: int) -> torch.Tensor:
     """The logits of a teacher that knows every label: what the env uses when it is given no teacher (a
-    trained one is the trainer floor's job: ``trainers.teacher.load_or_train_teachers`` and ``predict``)."""
+    trained one is the trainer floor's job: ``trainers.teacher_student.load_or_train_teachers`` and ``predict``)."""
     return ORACLE_MARGIN * torch.nn.functional.one_hot(labels, classes).float()
 
 
@@ -316,7 +316,7 @@ class parallel_env(TruncatingParallelEnv):
         reward: str = "drop",
     ):
         """``images``/``labels``/``teacher_logits``: the training set and the frozen teacher's logits on it
-        (``trainers.teacher.load_or_train_teachers`` + ``predict`` make a trained one); validation images for
+        (``trainers.teacher_student.load_or_train_teachers`` + ``predict`` make a trained one); validation images for
         the reward. Without them the env reads ``dataset`` (as ``envs.data.load_splits``) with the oracle
         teacher (``oracle_logits``: it predicts every true label), so building it trains nothing; pass a
         trained teacher's logits for the thesis' setting."""

@@ -22,7 +22,7 @@ from envs.network import CONTENTS
 from envs.routing import Minibatch, Network, pack, placement, unpack
 from tests.conftest import KillAt, make_dataset
 from trainers.base import Events
-from trainers.network import NetworkConfig, NetworkTrainer
+from trainers.network.trainer import NetworkConfig, NetworkTrainer
 
 CONFIG = NetworkConfig(nodes=5, neighbours=2, content="labels", batch_size=8, steps=20, eval_every=10)
 
@@ -240,7 +240,7 @@ def test_ctrl_c_on_rank_0_checkpoints_every_rank_at_the_next_evaluation_and_resu
 
 
 def _ddp(rank: int, world: int, group, root: Path, out: Path) -> None:
-    from trainers.ddp import DDPBaseline
+    from trainers.network.ddp import DDPBaseline
 
     baseline = DDPBaseline(dataclasses.replace(CONFIG, content="none", steps=6, eval_every=3),
                            load_splits("mnist", root, download=False), [0, 1], group=group)  # fmt: skip
@@ -259,7 +259,7 @@ def test_the_ddp_hook_hands_over_every_parameter_byte_each_step_and_replicas_sta
 
 
 def _ddp_recipe(rank: int, world: int, group, root: Path, out: Path) -> None:
-    from trainers.ddp import DDPBaseline
+    from trainers.network.ddp import DDPBaseline
 
     splits = load_splits("mnist", root, download=False)
     config = dataclasses.replace(CONFIG, content="none", steps=4, eval_every=2, model="dcgan-bn", augment=True,

@@ -33,7 +33,7 @@ def test_pettingzoo_tests_pass_on_the_defaults(module, tmp_path):
 
 
 def test_the_default_teacher_is_the_oracle_and_nothing_trains(tmp_path, monkeypatch):
-    monkeypatch.setattr("trainers.teacher.StudentTrainer.fit", lambda *_: pytest.fail("the default env trained"))
+    monkeypatch.setattr("trainers.teacher_student.StudentTrainer.fit", lambda *_: pytest.fail("trained"))
     env = teacher_student.parallel_env()
     assert (env.teacher_probs.argmax(-1) == env.labels).all()
     assert env.teacher_probs.max(-1).values.min().item() == pytest.approx(1 / (1 + 9 * math.exp(-10)))

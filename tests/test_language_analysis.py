@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from envs.data import Split, Splits
-from trainers.language_analysis import (
+from trainers.language.analysis import (
     analyse,
     bit_entropy,
     distinct_fraction,

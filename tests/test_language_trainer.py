@@ -9,7 +9,7 @@ from envs.language import AGENTS
 from tests.conftest import killed_and_resumed
 from trainers.files import CheckpointError, save_atomic
 from trainers.gumbel import TemperatureSchedule, gumbel_softmax, hard_message
-from trainers.language import LEVELS, LanguageConfig, LanguageTrainer, mi_loss
+from trainers.language.trainer import LEVELS, LanguageConfig, LanguageTrainer, mi_loss
 
 TINY = LanguageConfig(
     message_length=4, hidden=(16,), critic_hidden=16, batch_size=8, steps=6, eval_every=3, log_every=2
@@ -308,7 +308,7 @@ def test_evaluation_runs_plugged_in_speakers_in_eval_mode(splits):
 
 
 def test_marginal_pairs_never_pair_an_image_with_its_own_message():
-    from trainers.language import _derangement
+    from trainers.language.trainer import _derangement
 
     g = torch.Generator().manual_seed(0)
     for n in (2, 3, 64):

@@ -6,7 +6,7 @@ import torch
 from envs import language
 from envs.data import Split, Splits
 from envs.language import AGENTS, View, fixed_views, split_views, views
-from trainers.language import LanguageConfig, LanguageTrainer
+from trainers.language.trainer import LanguageConfig, LanguageTrainer
 
 
 @pytest.mark.parametrize(("pixels", "visible"), [(784, 0.1), (784, 0.3), (64, 0.5), (65, 0.25)])
@@ -126,7 +126,7 @@ def test_resample_training_draws_new_noise_every_step(splits, monkeypatch):
     trainer.splits = Splits(Split(one_image, splits.train.labels), splits.val, splits.test)
     seen = []
     real = language.views
-    monkeypatch.setattr("trainers.language.views", lambda *a: seen.append(real(*a)) or seen[-1])
+    monkeypatch.setattr("trainers.language.trainer.views", lambda *a: seen.append(real(*a)) or seen[-1])
     trainer.train_step()
     trainer.train_step()
     assert not torch.equal(seen[0]["student"], seen[1]["student"])  # the same image, new noise

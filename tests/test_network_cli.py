@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-import trainers.network as trainer_module
+import trainers.network.trainer as trainer_module
 from benchmarks import network as bench
 from benchmarks import network_report, throughput
 from tests.conftest import exit_code, make_dataset

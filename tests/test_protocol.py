@@ -9,9 +9,9 @@ from benchmarks.cli import seed_list
 from benchmarks.protocol import choose, crossing, held, held_target, paired_difference, paired_ratio, t975
 from benchmarks.store import Store
 from benchmarks.teacher_report import chosen_on_validation, one_off_costs, summarise
-from trainers.teacher import TeacherConfig
-from trainers.teacher_policy import register
-from trainers.teacher_student import Selection, StudentConfig, forward_inclusive, per_step_counters
+from trainers.teacher_student.policy import register
+from trainers.teacher_student.student import Selection, StudentConfig, forward_inclusive, per_step_counters
+from trainers.teacher_student.teachers import TeacherConfig
 
 STEPS = [100, 200, 300, 400, 500, 600, 700]
 

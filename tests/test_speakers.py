@@ -5,9 +5,9 @@ import torch
 
 from agents.speakers import ConvSpeaker, GRUSpeaker, MLPSpeaker
 from tests.test_language_trainer import TINY
-from trainers.language import LanguageTrainer
+from trainers.language.speaker_check import check_speaker
+from trainers.language.trainer import LanguageTrainer
 from trainers.population import Population
-from trainers.speaker_check import check_speaker
 
 
 @pytest.mark.parametrize(("speaker", "batched"), [(MLPSpeaker, True), (ConvSpeaker, True), (GRUSpeaker, False)])

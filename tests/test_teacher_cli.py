@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-import trainers.teacher as teacher_module
+import trainers.teacher_student.teachers as teacher_module
 from benchmarks import teacher as bench
 from benchmarks.protocol import held_target
 from envs.data import load_splits

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from envs.teacher_student import MEASURES
-from trainers.teacher_policy import (
+from trainers.teacher_student.policy import (
     PolicyConfig,
     plackett_luce,
     ppo_scorer,
@@ -16,7 +16,7 @@ from trainers.teacher_policy import (
     train_reinforce,
     windowed_returns,
 )
-from trainers.teacher_student import Selection, StudentConfig, StudentTrainer
+from trainers.teacher_student.student import Selection, StudentConfig, StudentTrainer
 
 
 def test_plackett_luce_log_probability_is_exact():

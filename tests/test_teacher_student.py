@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-import trainers.teacher as teacher_module
+import trainers.teacher_student.teachers as teacher_module
 from benchmarks.protocol import crossing
 from envs.teacher_student import (
     MEASURES,
@@ -20,14 +20,14 @@ from envs.teacher_student import (
 )
 from tests.conftest import killed_and_resumed
 from trainers.files import CheckpointError
-from trainers.teacher import TeacherConfig, carve_holdout, load_or_train_teachers, predict
-from trainers.teacher_student import (
+from trainers.teacher_student.student import (
     Selection,
     StudentConfig,
     StudentTrainer,
     lr_factor,
     per_step_counters,
 )
+from trainers.teacher_student.teachers import TeacherConfig, carve_holdout, load_or_train_teachers, predict
 
 G = torch.Generator().manual_seed(0)
 

@@ -24,7 +24,7 @@ from envs.base import at_least
 from envs.data import Split, Splits
 from trainers.base import Events, check_fields, option
 from trainers.files import CheckpointError, load_checked, save_atomic, write_atomic
-from trainers.teacher_student import Selection, StudentConfig, StudentTrainer
+from trainers.teacher_student.student import Selection, StudentConfig, StudentTrainer
 
 VERSION = "seeded-dropout-1"  # in the cache key: teachers trained before their dropout was seeded differ
 

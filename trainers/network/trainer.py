@@ -54,7 +54,7 @@ from envs.routing import (
 )
 from trainers.base import SCHEDULES, Trainer, adam, check_fields, lr_factor, option, run_rows
 from trainers.group import Group
-from trainers.network_objectives import PROBE, UNSUPERVISED, bigan_step, node_probes, vae_losses
+from trainers.network.objectives import PROBE, UNSUPERVISED, bigan_step, node_probes, vae_losses
 
 AVERAGING = ("gossip", "local-sgd", "allreduce")  # parameters averaged with ring neighbours or every node; gradients
 

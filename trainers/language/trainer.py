@@ -42,9 +42,9 @@ from envs.data import Split, Splits
 from envs.language import AGENTS, OVERLAPS, VIEWS, View, communication_loss, exchange, fixed_uniform, reading, views
 from trainers.base import Trainer, adam, check_fields, generator, option, restore_generators
 from trainers.gumbel import TemperatureSchedule, gumbel_softmax, hard_message, sampled_message
+from trainers.language.speaker_check import check_speaker
 from trainers.population import Population
 from trainers.reinforce import Reinforce
-from trainers.speaker_check import check_speaker
 
 TEACHER, STUDENT = AGENTS
 ESTIMATORS = ("gumbel", "reinforce")

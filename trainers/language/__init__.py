@@ -1,0 +1,6 @@
+"""Chapter 4's trainers: the language channel's batched Gumbel-Softmax/REINFORCE trainer (``trainer``), the
+check of a plug-in speaker (``speaker_check``) and the language analysis of trained messages (``analysis``)."""
+
+from trainers.language.trainer import LEVELS, THESIS_LEVELS, LanguageConfig, LanguageTrainer, RunResult
+
+__all__ = ["LEVELS", "THESIS_LEVELS", "LanguageConfig", "LanguageTrainer", "RunResult"]
