@@ -37,18 +37,9 @@ from benchmarks.store import Store, format_summary, mean_std, prefix, preflight,
 from envs.data import DATASETS, Split, Splits, load_splits
 from envs.language import AGENTS, split_views
 from trainers.language.analysis import analyse
+from trainers.language.config import ESTIMATORS, LEVELS, THESIS_LEVELS, LanguageConfig
 from trainers.language.speaker_check import check_speaker
-from trainers.language.trainer import (
-    ESTIMATORS,
-    LEVELS,
-    STUDENT,
-    TEACHER,
-    THESIS_LEVELS,
-    LanguageConfig,
-    LanguageTrainer,
-    default_speaker,
-    run_modules,
-)
+from trainers.language.trainer import STUDENT, TEACHER, LanguageTrainer, default_speaker, run_modules
 from trainers.probe import fit_linear_probes, map_splits
 
 THESIS = {"none": 64.4, "receive": 65.7, "feedback": 69.4, "both": 71.4}  # Table 4.1, noise 0.1

@@ -43,8 +43,8 @@ from envs.routing import check_shard_size
 from trainers.base import Events
 from trainers.distributed import EXCHANGES
 from trainers.group import Group
+from trainers.network import AVERAGING, NetworkConfig, NetworkResult, NetworkTrainer
 from trainers.network.ddp import DDPBaseline
-from trainers.network.trainer import AVERAGING, NetworkConfig, NetworkResult, NetworkTrainer
 
 SUPERVISED_TABLE = [(1, "none"), (10, "none"), (10, "logits"), (10, "labels"), (10, "features"), (20, "labels")]
 UNSUPERVISED_TABLE = [(1, "none"), (10, "none"), (10, "features")]

@@ -12,7 +12,7 @@ from pathlib import Path
 from benchmarks.harness import format_counts, format_table, plot_frontier, plot_panels, plot_sweep
 from benchmarks.protocol import SUSTAIN, crossing, held_target, paired_ratio
 from benchmarks.store import Store, format_summary, mean_std, seed_text
-from trainers.network.trainer import NetworkConfig, NetworkResult
+from trainers.network.config import NetworkConfig, NetworkResult
 
 # Thesis Table 2.2 (CIFAR-10, 5,000 steps): config -> (average, collective) test accuracy (%), and the
 # steps to 85% of its second part; Table 2.3: (average, collective) of the linear probes.

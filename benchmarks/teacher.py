@@ -36,7 +36,8 @@ from benchmarks.harness import (
 from benchmarks.store import Store, prefix, preflight
 from benchmarks.teacher_report import THESIS, report, summarise, sweep_report
 from envs.data import DATASETS, load_splits
-from envs.teacher_student import MEASURES, REWARDS, TARGETS
+from envs.selection import MEASURES, TARGETS
+from envs.teacher_student import REWARDS
 from trainers.probe import accuracy
 from trainers.teacher_student.policy import POLICIES, PolicyConfig, ppo_scorer, register, train_ppo, train_reinforce
 from trainers.teacher_student.student import (

@@ -12,7 +12,7 @@ from pathlib import Path
 from benchmarks.harness import format_counts, format_table, plot_panels, plot_sweep
 from benchmarks.protocol import SUSTAIN, choose, crossing, held_target, paired_ratio, reached
 from benchmarks.store import Store, format_summary, seed_text
-from envs.teacher_student import MEASURES
+from envs.selection import MEASURES
 from trainers.teacher_student.student import Selection, StudentConfig, forward_inclusive, per_step_counters
 from trainers.teacher_student.teachers import IRREDUCIBLE, TeacherConfig, forward_cost
 

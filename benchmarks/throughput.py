@@ -143,7 +143,7 @@ def bandwidth(device: torch.device, mib: int = 256) -> float:
 
 def language_stepper(runs: int, device: torch.device) -> Callable[[], None]:
     """One training step of a language population of ``runs`` runs (level both) on random 784-pixel views."""
-    from trainers.language.trainer import LanguageConfig, LanguageTrainer
+    from trainers.language import LanguageConfig, LanguageTrainer
 
     generator = torch.Generator().manual_seed(0)
 
@@ -157,7 +157,7 @@ def language_stepper(runs: int, device: torch.device) -> Callable[[], None]:
 
 def scale_row(model: str, nodes: int, batch_size: int, steps: int, device: torch.device) -> dict:
     """Seconds per whole network step (routing included) of ``nodes`` nodes on a ring (k = 2), and memory."""
-    from trainers.network.trainer import NetworkConfig, NetworkTrainer
+    from trainers.network import NetworkConfig, NetworkTrainer
 
     generator = torch.Generator().manual_seed(0)
     n = max(6_000, 2 * nodes * batch_size)  # a step's cost does not depend on the shard sizes

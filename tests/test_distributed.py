@@ -22,7 +22,7 @@ from envs.network import CONTENTS
 from envs.routing import Minibatch, Network, pack, placement, unpack
 from tests.conftest import KillAt, make_dataset
 from trainers.base import Events
-from trainers.network.trainer import NetworkConfig, NetworkTrainer
+from trainers.network import NetworkConfig, NetworkTrainer
 
 CONFIG = NetworkConfig(nodes=5, neighbours=2, content="labels", batch_size=8, steps=20, eval_every=10)
 

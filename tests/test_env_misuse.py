@@ -139,8 +139,8 @@ def test_constructor_arguments_of_the_wrong_type_are_one_line():
     ("NetworkConfig(nodes='4')", "nodes must be a whole number, got '4'"),
 ])  # fmt: skip
 def test_configs_check_their_fields_on_construction(make, said):
-    from trainers.language.trainer import LanguageConfig  # noqa: F401
-    from trainers.network.trainer import NetworkConfig  # noqa: F401
+    from trainers.language.config import LanguageConfig  # noqa: F401
+    from trainers.network.config import NetworkConfig  # noqa: F401
     from trainers.teacher_student.policy import PolicyConfig  # noqa: F401
     from trainers.teacher_student.student import StudentConfig  # noqa: F401
     from trainers.teacher_student.teachers import TeacherConfig  # noqa: F401

@@ -9,7 +9,8 @@ from envs.language import AGENTS
 from tests.conftest import killed_and_resumed
 from trainers.files import CheckpointError, save_atomic
 from trainers.gumbel import TemperatureSchedule, gumbel_softmax, hard_message
-from trainers.language.trainer import LEVELS, LanguageConfig, LanguageTrainer, mi_loss
+from trainers.language.config import LEVELS, LanguageConfig
+from trainers.language.trainer import LanguageTrainer, mi_loss
 
 TINY = LanguageConfig(
     message_length=4, hidden=(16,), critic_hidden=16, batch_size=8, steps=6, eval_every=3, log_every=2
@@ -167,144 +168,6 @@ def test_checkpoint_of_other_runs_is_refused(splits, tmp_path):
 def test_unknown_level_is_rejected(splits):
     with pytest.raises(ValueError, match="unknown level"):
         LanguageTrainer(TINY, splits, [("shout", 0)])
-
-
-class TinySpeaker(torch.nn.Module):
-    """A plug-in speaker defined only here: a single linear layer with tanh features."""
-
-    def __init__(self, view_dim: int, message_length: int, vocab_size: int):
-        super().__init__()
-        self.features = torch.nn.Linear(view_dim, 5)
-        self.heads = torch.nn.Linear(5, message_length * vocab_size)
-        self.shape = (message_length, vocab_size)
-
-    def forward(self, view):
-        h = torch.tanh(self.features(view))
-        return self.heads(h).unflatten(-1, self.shape), h
-
-
-def test_a_plugged_in_speaker_trains_through_the_python_api(splits):
-    trainer = LanguageTrainer(TINY, splits, [("both", 0)], speaker_cls=TinySpeaker)
-    before = trainer.speakers["student"].parameters()[0].clone()
-    results = trainer.fit()
-    assert trainer.probe.params["linear.weight"].shape[-1] == 5  # the probe reads the plug-in's 5 features
-    assert not torch.equal(before, trainer.speakers["student"].parameters()[0])
-    assert 0.0 <= results[0].test_accuracy <= 100.0
-
-
-class LogitsOnly(TinySpeaker):
-    def forward(self, view):
-        return super().forward(view)[0]
-
-
-class WrongWidth(TinySpeaker):
-    def forward(self, view):
-        logits, h = super().forward(view)
-        return logits[..., :1], h
-
-
-class NeedsMore(TinySpeaker):
-    def __init__(self, view_dim: int, message_length: int, vocab_size: int, depth: int):
-        super().__init__(view_dim, message_length, vocab_size)
-
-
-class ChangesView(TinySpeaker):
-    def forward(self, view):
-        return super().forward(view.clamp_(0, 0.5))
-
-
-class ChangesWeights(TinySpeaker):
-    def forward(self, view):
-        with torch.no_grad():
-            self.heads.bias.add_(1.0)
-        return super().forward(view)
-
-
-class Detached(TinySpeaker):
-    def forward(self, view):
-        logits, h = super().forward(view)
-        return logits.detach(), h
-
-
-class Noisy(TinySpeaker):
-    def forward(self, view):
-        logits, h = super().forward(view)
-        return logits + torch.randn_like(logits), h
-
-
-class NaNs(TinySpeaker):
-    def forward(self, view):
-        logits, h = super().forward(view)
-        return logits * float("nan"), h
-
-
-class Huge(TinySpeaker):
-    def forward(self, view):
-        logits, h = super().forward(view)
-        return logits * 1e38, h
-
-
-class Parameterless(torch.nn.Module):
-    def __init__(self, view_dim: int, message_length: int, vocab_size: int):
-        super().__init__()
-        self.shape = (message_length, vocab_size)
-
-    def forward(self, view):
-        return view[..., :8].unflatten(-1, self.shape), view
-
-
-class Crashes(TinySpeaker):
-    def forward(self, view):
-        return super().forward(view[..., :3])
-
-
-@pytest.mark.parametrize(
-    ("speaker", "message"),
-    [
-        (LogitsOnly, "LogitsOnly.forward must return a pair (logits [B, 4, 2], features [B, H]), got Tensor"),
-        (WrongWidth, "WrongWidth must return logits [B, 4, 2] and features [B, H], got (3, 4, 1) and (3, 5)"),
-        (NeedsMore, "speaker NeedsMore(view_dim=64, message_length=4, vocab_size=2) cannot be built "
-                    "(agents/language.py): TypeError"),
-        (ChangesView, "speaker ChangesView.forward changes its input view in place"),
-        (ChangesWeights, "speaker ChangesWeights.forward changes 'heads.bias' in place"),
-        (Detached, "speaker Detached's logits do not depend on its parameters"),
-        (Noisy, "speaker Noisy.forward is random in eval mode"),
-        (NaNs, "speaker NaNs returns non-finite logits or features (NaN or inf) on views in [0, 1]"),
-        (Huge, "speaker Huge returns logits as large as"),
-        (Parameterless, "speaker Parameterless has no trainable parameters"),
-        (Crashes, "speaker Crashes.forward fails on views [B, 64]: RuntimeError: mat1 and mat2 shapes"),
-        (int, "speaker int must be a torch.nn.Module subclass"),
-    ],
-)  # fmt: skip
-def test_a_wrong_plug_in_is_one_line_from_the_python_api_before_training(splits, speaker, message):
-    with pytest.raises(ValueError) as error:
-        LanguageTrainer(TINY, splits, [("both", 0)], speaker_cls=speaker)
-    assert message in str(error.value) and "\n" not in str(error.value)
-
-
-class NormSpeaker(torch.nn.Module):
-    """A plug-in with batch norm: evaluation must not use batch statistics nor update running ones."""
-
-    def __init__(self, view_dim: int, message_length: int, vocab_size: int):
-        super().__init__()
-        self.body = torch.nn.Sequential(torch.nn.Linear(view_dim, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU())
-        self.heads = torch.nn.Linear(6, message_length * vocab_size)
-        self.shape = (message_length, vocab_size)
-
-    def forward(self, view):
-        h = self.body(view)
-        return self.heads(h).unflatten(-1, self.shape), h
-
-
-def test_evaluation_runs_plugged_in_speakers_in_eval_mode(splits):
-    trainer = LanguageTrainer(TINY, splits, [("none", 0), ("both", 1)], speaker_cls=NormSpeaker)
-    trainer.train_step()
-    running = {k: v.clone() for k, v in trainer.speakers["student"].buffers.items()}
-    first = trainer.evaluate(splits.val)["accuracy"]
-    assert all(torch.equal(running[k], v) for k, v in trainer.speakers["student"].buffers.items())
-    assert torch.equal(first, trainer.evaluate(splits.val, chunk=7)["accuracy"])  # no batch statistics
-    trainer.train_step()
-    assert not torch.equal(running["body.1.running_mean"], trainer.speakers["student"].buffers["body.1.running_mean"])
 
 
 def test_marginal_pairs_never_pair_an_image_with_its_own_message():

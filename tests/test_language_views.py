@@ -6,7 +6,7 @@ import torch
 from envs import language
 from envs.data import Split, Splits
 from envs.language import AGENTS, View, fixed_views, split_views, views
-from trainers.language.trainer import LanguageConfig, LanguageTrainer
+from trainers.language import LanguageConfig, LanguageTrainer
 
 
 @pytest.mark.parametrize(("pixels", "visible"), [(784, 0.1), (784, 0.3), (64, 0.5), (65, 0.25)])

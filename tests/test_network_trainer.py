@@ -10,7 +10,7 @@ from envs.data import load_splits
 from envs.network import CONTENTS, crop_and_flip, supervised_losses
 from envs.routing import Minibatch, from_pixels, to_pixels
 from tests.conftest import killed_and_resumed, make_dataset
-from trainers.network.trainer import NetworkConfig, NetworkTrainer
+from trainers.network import NetworkConfig, NetworkTrainer
 
 SHAPE = (1, 8, 8)
 

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 import torch
 
-from envs.teacher_student import MEASURES
+from envs.selection import MEASURES
 from trainers.teacher_student.policy import (
     PolicyConfig,
     plackett_luce,

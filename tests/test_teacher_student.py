@@ -6,7 +6,7 @@ import torch
 
 import trainers.teacher_student.teachers as teacher_module
 from benchmarks.protocol import crossing
-from envs.teacher_student import (
+from envs.selection import (
     MEASURES,
     TARGETS,
     Rule,

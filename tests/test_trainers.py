@@ -8,8 +8,8 @@ import torch
 
 from tests.conftest import KillAt
 from trainers.base import Diverged, Events, Trainer, resolve_device
-from trainers.language.trainer import LanguageConfig, LanguageTrainer
-from trainers.network.trainer import NetworkConfig, NetworkTrainer
+from trainers.language import LanguageConfig, LanguageTrainer
+from trainers.network import NetworkConfig, NetworkTrainer
 from trainers.teacher_student.student import Selection, StudentConfig, StudentTrainer
 
 LANGUAGE = LanguageConfig(message_length=4, hidden=(16,), critic_hidden=16, batch_size=8, steps=6, eval_every=3)

@@ -2,6 +2,7 @@
 objectives and probes (``objectives``), and the DDP baseline (``ddp``, imported on its own: it needs
 torch.distributed)."""
 
-from trainers.network.trainer import AVERAGING, NetworkConfig, NetworkResult, NetworkTrainer
+from trainers.network.config import AVERAGING, NetworkConfig, NetworkResult
+from trainers.network.trainer import NetworkTrainer
 
 __all__ = ["AVERAGING", "NetworkConfig", "NetworkResult", "NetworkTrainer"]

@@ -25,7 +25,7 @@ from envs.network import crop_and_flip, every_node
 from envs.routing import INIT, from_pixels, node_seed, placement, shards, to_pixels
 from trainers.base import Trainer, adam, lr_factor, run_rows
 from trainers.distributed import DistributedGroup
-from trainers.network.trainer import NetworkConfig, NetworkResult
+from trainers.network.config import NetworkConfig, NetworkResult
 
 
 class Classifier(nn.Module):

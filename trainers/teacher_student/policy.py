@@ -29,7 +29,8 @@ import torch
 
 from agents.teacher_student import TeacherPolicy
 from envs.base import at_least
-from envs.teacher_student import MEASURES, REWARDS, Measure, Stack, features, parallel_env
+from envs.selection import MEASURES, Measure, Stack
+from envs.teacher_student import REWARDS, features, parallel_env
 from trainers.base import check_fields, option
 from trainers.gumbel import gumbel_noise
 from trainers.reinforce import Reinforce

@@ -25,7 +25,7 @@ import torch
 from agents.teacher_student import mlp
 from envs.base import above, at_least
 from envs.data import Split, Splits
-from envs.teacher_student import MEASURES, TARGETS, EpochStacks, Rule, Stack, target_loss
+from envs.selection import MEASURES, TARGETS, EpochStacks, Rule, Stack, target_loss
 from trainers.base import SCHEDULES, Trainer, adam, check_fields, generator, lr_factor, option, restore_generators
 from trainers.population import Population
 from trainers.probe import accuracy
@@ -33,7 +33,7 @@ from trainers.probe import accuracy
 
 @dataclass(frozen=True)
 class Selection:
-    """How the teacher picks the student's minibatch: the stack size, the rule (``envs.teacher_student.Rule``:
+    """How the teacher picks the student's minibatch: the stack size, the rule (``envs.selection.Rule``:
     a measure, and the hardest or a draw by rank with a pressure, annealing and a floor) and the target."""
 
     stack_size: int = 1
