@@ -111,7 +111,7 @@ def node_model(kind: str, shape: Sequence[int], spec: ModelSpec, classes: int = 
             "generator": _deconvs(shape, spec),
             "critic_x": nn.Sequential(*critic_convs),
             "critic": nn.Sequential(nn.Linear(flat + z, spec.features), nn.LeakyReLU(0.2), nn.Linear(spec.features, 1)),
-        })  # fmt: skip
+        })
     raise ValueError(f"unknown node model kind {kind!r}; choose from {', '.join(KINDS)}")
 
 
@@ -158,14 +158,14 @@ class Stacked(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: ``[N, batch, C, H, W]`` or ``[N, batch, D]``; the output keeps the leading ``[N, batch]``."""
         params = dict(zip((i for i, layer in enumerate(self.layers) if _weighted(layer)),
-                          zip(self.weights, self.biases, strict=True), strict=True))  # fmt: skip
+                          zip(self.weights, self.biases, strict=True), strict=True))
         i = 0
         while i < len(self.layers):
             if x.dim() == 5 and isinstance(self.layers[i], nn.Flatten):  # an MLP: images in, no convolution
                 x, i = x.flatten(2), i + 1
             elif x.dim() == 5 or isinstance(self.layers[i], nn.Unflatten):  # convolutions, up to a Flatten
                 end = next((j + 1 for j in range(i, len(self.layers)) if isinstance(self.layers[j], nn.Flatten)),
-                           len(self.layers))  # fmt: skip
+                           len(self.layers))
                 x, i = self._grid(x, i, end, params), end
             else:
                 layer = self.layers[i]
@@ -192,7 +192,7 @@ class Stacked(nn.Module):
     def _statistics(self, i: int) -> tuple[torch.Tensor, ...]:
         """Layer ``i``'s running mean and variance (a batch norm), else nothing."""
         return (getattr(self, f"running_mean{i}"), getattr(self, f"running_var{i}")) if isinstance(
-            self.layers[i], nn.BatchNorm2d) else ()  # fmt: skip
+            self.layers[i], nn.BatchNorm2d) else ()
 
     def _run(self, x: torch.Tensor, start: int, end: int, params: dict) -> torch.Tensor:
         """Layers ``start:end`` on one chunk of nodes: grouped channels-last convolutions."""

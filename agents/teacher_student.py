@@ -57,4 +57,4 @@ def class_blind(observed: torch.Tensor, classes: int) -> torch.Tensor:
         return -(p * torch.log(p.clamp_min(1e-12))).sum(-1, keepdim=True)
 
     return torch.cat([t.gather(-1, t_top), s.gather(-1, s_top), s.gather(-1, t_top), t.gather(-1, s_top),
-                      (t_top == s_top).float(), entropy(t), entropy(s), rest], -1)  # fmt: skip
+                      (t_top == s_top).float(), entropy(t), entropy(s), rest], -1)

@@ -4,4 +4,4 @@ flags from configs (``cli``), the results file (``store``), the measurement prot
 figures and the event sink (``harness``)."""
 
 __all__ = ["cli", "harness", "language", "network", "network_report", "protocol", "report", "sb3", "store",
-           "teacher", "teacher_report", "throughput"]  # fmt: skip
+           "teacher", "teacher_report", "throughput"]

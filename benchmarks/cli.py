@@ -76,7 +76,7 @@ def seed_list(text: str) -> list[int]:
             seeds += range(low, high + 1)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a count (5), a range (100-104) or seeds (100,101) of whole "
-                                         f"numbers >= 0, got {text!r}") from None  # fmt: skip
+                                         f"numbers >= 0, got {text!r}") from None
     if len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"seeds repeat in {text!r}")
     return seeds
@@ -125,7 +125,7 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
     def option(self, flag: str, default: Any, help: str, default_text: str | None = None,
-               read_with: dict[str, tuple | None] | None = None, **kwargs: Any) -> None:  # fmt: skip
+               read_with: dict[str, tuple | None] | None = None, **kwargs: Any) -> None:
         """A flag whose default is filled after parsing (``None``: derived, say how in ``default_text``).
         ``read_with`` ``{setting: values}``: the flag is read only when ``--setting`` is one of ``values`` (``None``:
         when ``--setting`` is given); given otherwise, it is refused rather than ignored."""
@@ -137,7 +137,7 @@ class ArgumentParser(argparse.ArgumentParser):
         if kwargs.get("type") is int_tuple and isinstance(default, tuple):
             shown = ",".join(map(str, default))
         self._target.add_argument(flag, dest=dest, default=argparse.SUPPRESS, help=f"{help} (default: {shown})",
-                                  **kwargs)  # fmt: skip
+                                  **kwargs)
 
     @contextlib.contextmanager
     def group(self, title: str) -> Iterator[None]:
@@ -149,7 +149,7 @@ class ArgumentParser(argparse.ArgumentParser):
             self._target = previous
 
     def config(self, cls: type, prefix: str = "", exclude: tuple[str, ...] = (),
-               read_with: dict[str, tuple | None] | None = None) -> None:  # fmt: skip
+               read_with: dict[str, tuple | None] | None = None) -> None:
         """One flag per field of the dataclass ``cls`` (nested dataclasses: prefixed flags), in a section of
         ``--help`` of its own. A field's ``read_with`` metadata names settings of the same config (``option``);
         ``read_with`` here applies to every field (a config that only one setting reads)."""
@@ -186,7 +186,7 @@ class ArgumentParser(argparse.ArgumentParser):
         for dest, value in vars(args).items():
             if isinstance(value, str) and not value.strip() and dest not in self.empty_ok:
                 raise UsageError(f"--{dest.replace('_', '-')} is empty; give a value or leave the flag out for its "
-                                 f"default")  # fmt: skip
+                                 f"default")
         fill = quick if getattr(args, "quick", False) else {}
         preset = self.presets.get(getattr(args, "preset", None), {})
         for dest, default in {**self.defaults, **preset, **(fill or {})}.items():
@@ -210,7 +210,7 @@ class ArgumentParser(argparse.ArgumentParser):
                 if values is None:
                     raise UsageError(f"{flag} does nothing without {where}; give {where} or drop {flag}")
                 raise UsageError(f"{flag} does nothing with {where} {'/'.join(map(str, chosen))}; it is read with "
-                                 f"{where} {'|'.join(map(str, values))}")  # fmt: skip
+                                 f"{where} {'|'.join(map(str, values))}")
 
     def build(self, cls: type, args: argparse.Namespace, prefix: str = "", **overrides: Any) -> Any:
         """The config ``cls`` from the parsed flags (``prefix`` as given to ``config``); a value the config
@@ -245,10 +245,10 @@ class ArgumentParser(argparse.ArgumentParser):
         name, _, text = spec.partition("=")
         name = name.strip().lstrip("-")
         actions = {next(o for o in a.option_strings if o.startswith("--"))[2:]: a for a in self._actions
-                   if a.option_strings}  # fmt: skip
+                   if a.option_strings}
         if name in self.fixed:
             raise UsageError(f"--sweep cannot vary --{name}: it picks this benchmark's data or its cells (give "
-                             f"several in one run, or one --out per value)")  # fmt: skip
+                             f"several in one run, or one --out per value)")
         if name not in actions or name in NOT_SWEPT or not text:
             skip = NOT_SWEPT | self.fixed
             allowed = ", ".join(sorted(n for n in actions if n not in skip and not n.startswith("no-")))
@@ -259,7 +259,7 @@ class ArgumentParser(argparse.ArgumentParser):
         items = [v.strip() for v in text.split(";" if ";" in text else ",")]
         if not all(items):
             raise UsageError(f"--sweep {name} has an empty item in {text!r}; separate the values with single commas "
-                             f"(or semicolons)")  # fmt: skip
+                             f"(or semicolons)")
         for item in items:
             try:
                 value = parse(item)
@@ -295,16 +295,16 @@ def add_preset(parser: ArgumentParser, presets: dict[str, dict[str, Any]], why: 
         for name, values in presets.items()
     )
     parser.option("--preset", None, f"{why}: {listed}; explicit flags win", default_text="none",
-                  choices=list(presets))  # fmt: skip
+                  choices=list(presets))
 
 
 def add_sweep(parser: ArgumentParser) -> None:
     parser.option("--sweep", None, "one variant per value of any flag, e.g. ce-weight=0.01,0.1 (values with commas: "
-                  "separate them with ';')", default_text="no sweep")  # fmt: skip
+                  "separate them with ';')", default_text="no sweep")
 
 
 def add_data(parser: ArgumentParser, default: str | None, help: str = "dataset", default_text: str | None = None,
-             choices: list[str] | None = None) -> None:  # fmt: skip
+             choices: list[str] | None = None) -> None:
     """``--dataset`` and ``--data-dir``, spelled once (inside ``parser.group("data")``)."""
     parser.option("--dataset", default, help, default_text, choices=choices)
     parser.option("--data-dir", None, "dataset root", default_text="$COMMCHANNELS_DATA, else a per-user cache")

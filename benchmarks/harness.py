@@ -25,7 +25,7 @@ RESUMABLE = ("finished runs are saved and unfinished ones resume from their last
 
 
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None,
-            interrupted: str = RESUMABLE) -> NoReturn:  # fmt: skip
+            interrupted: str = RESUMABLE) -> NoReturn:
     """Call ``main``; input problems, divergence and unreadable checkpoints become one line on stderr
     and exit 2; Ctrl-C says ``interrupted`` (what was kept), true for the benchmark that calls it."""
     try:
@@ -75,7 +75,7 @@ def check_memory(one_run: Callable[[], Any], runs: int, device: torch.device, wh
     if per_run * runs > free:
         raise UsageError(f"{what} = {runs:,} runs in one job need at least {per_run * runs / 2**30:,.1f} GiB "
                          f"({per_run / 2**20:,.1f} MiB a run) but the {where} is {free / 2**30:,.1f} GiB; "
-                         f"pass fewer --seeds (or cells)")  # fmt: skip
+                         f"pass fewer --seeds (or cells)")
 
 
 def parse_list(text: str, allowed: Iterable[str], what: str) -> list[str]:
@@ -167,7 +167,7 @@ class Sink(Progress):
     on is recorded with each run."""
 
     def __init__(self, store: Store, runs: Sequence[tuple[str, int]], root: Path, hparams: dict[str, Any],
-                 headline: Callable[[Any], dict[str, float]], desc: str, device: torch.device):  # fmt: skip
+                 headline: Callable[[Any], dict[str, float]], desc: str, device: torch.device):
         super().__init__(desc)
         self.store, self.runs, self.root, self.hparams, self.headline = store, list(runs), root, hparams, headline
         self.device = str(device)
@@ -252,7 +252,7 @@ def plot_panels(
 
 
 def plot_frontier(path: Path, points: dict[str, tuple[float, list[float]]], xlabel: str, ylabel: str,
-                  title: str) -> None:  # fmt: skip
+                  title: str) -> None:
     """Accuracy against what it cost to send: one point per row at ``(bytes, mean of the seeds' values)`` with
     ±1 std error bars, on a log x axis; rows that send nothing sit at the left edge, hollow, labelled so."""
     import matplotlib
@@ -269,7 +269,7 @@ def plot_frontier(path: Path, points: dict[str, tuple[float, list[float]]], xlab
         mean, std = mean_std(values)
         silent = sent <= 0
         ax.errorbar(edge if silent else sent, mean, yerr=std, fmt="o", capsize=3, mfc="none" if silent else None,
-                    label=f"{label} (sends nothing)" if silent else label)  # fmt: skip
+                    label=f"{label} (sends nothing)" if silent else label)
     ax.set_xscale("log")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)

@@ -47,7 +47,7 @@ QUICK = {"steps": 150, "eval_every": 50, "log_every": 25, "seeds": [0], "referen
 # reference rows: what the student learns alone, and upper bounds on what a channel could add
 REFERENCES = {"raw_view": "ref: probe on the raw view (alone)", "untrained_hidden": "ref: untrained speaker (alone)",
               "full_image": "upper: probe on the full clean image",
-              "both_features": "upper: both agents' untrained features"}  # fmt: skip
+              "both_features": "upper: both agents' untrained features"}
 ALONE = ("raw_view", "untrained_hidden")  # the best the student reaches alone: the larger of these, per seed
 # Chosen on validation with tuning seed 0 (docs: "When does talking help"): of the rows visible 0.3-0.6, 0.4 gave
 # the largest mean validation gain of receive, feedback and both over none; explicit flags win.
@@ -55,26 +55,26 @@ PRESETS = {"channel": {"view": "occlude", "overlap": "rows", "visible": 0.4, "ce
                        "ce_weight_two_way": 0.015}}
 INVERTIBLE = ("the inversion view x' = x + m(1 - 2x) is an invertible map of the image, so each agent's own view "
               "already holds all the class information the other's does: talking can only regularise (try "
-              "--preset channel, or --view occlude|resample)")  # fmt: skip
+              "--preset channel, or --view occlude|resample)")
 
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m benchmarks.language", description=__doc__.split("\n")[0])
     p.config(LanguageConfig, exclude=("estimator",))
     p.option("--estimator", "gumbel", "speakers' gradients: Gumbel-Softmax relaxation, REINFORCE on sampled "
-             "messages, or both (a sweep over the two)", choices=[*ESTIMATORS, "both"])  # fmt: skip
+             "messages, or both (a sweep over the two)", choices=[*ESTIMATORS, "both"])
     p.option("--levels", None, "comma-separated communication levels", default_text=f"{','.join(THESIS_LEVELS)}, "
-             "and read, decide with --view occlude|resample")  # fmt: skip
+             "and read, decide with --view occlude|resample")
     with p.group("data"):
         add_data(p, "mnist", "dataset of the views", choices=list(DATASETS))
     p.option("--agent", None, "speaker class as package.module:ClassName", default_text="the thesis' speaker")
     p.option("--reference-epochs", 30, "epochs of the reference and analysis probes (1 with --quick)", type=int)
     p.option("--analysis", True, "analyse every run's messages (trainers.language.analysis)",
-             action=argparse.BooleanOptionalAction)  # fmt: skip
+             action=argparse.BooleanOptionalAction)
     add_preset(p, PRESETS, "a setting where talking helps")
     p.fixed = {"levels", "dataset"}
     add_common(p, out="results/language[-<preset>][-reinforce|-both][-quick].json",
-               quick="5 (1 with --quick)|every level, one seed, 150 steps")  # fmt: skip
+               quick="5 (1 with --quick)|every level, one seed, 150 steps")
     return p
 
 
@@ -94,7 +94,7 @@ def references(splits, config: LanguageConfig, seeds: list[int], speaker_cls: ty
         features["untrained_hidden"].append(hidden[STUDENT])
         features["full_image"].append(splits)
         features["both_features"].append(Splits(*(Split(torch.cat([t.images, s.images], -1), s.labels)
-                                                  for t, s in pairs)))  # fmt: skip
+                                                  for t, s in pairs)))
     values = {name: fit_linear_probes(f, seeds, epochs, lr=config.probe_lr) for name, f in features.items()}
     return [{name: v[i] for name, v in values.items()} for i in range(len(seeds))]
 
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     suffix += {"gumbel": ""}.get(args.estimator, f"-{args.estimator}") + ("-quick" if args.quick else "")
     out = Path(args.out or f"results/language{suffix}.json")
     identity = {**chosen[0][1].to_dict(), "dataset": args.dataset, "agent": args.agent,
-                "reference_epochs": args.reference_epochs}  # fmt: skip
+                "reference_epochs": args.reference_epochs}
     root = Path(args.logdir) / out.stem
     preflight([(root, "--logdir")])
     with Store(out, "language", identity, swept) as store:
@@ -153,7 +153,7 @@ def _benchmark(store, label, config, speaker_cls, levels, seeds, splits, args, d
         check_memory(lambda: LanguageTrainer(config, splits, pending[:1], speaker_cls, device=device), len(pending),
                      device, f"{len({lv for lv, _ in pending})} levels x {len({k for _, k in pending})} seeds")
     missing = [k for k in seeds
-               if any(str(k) not in store.data["references"].get(at + name, {}) for name in REFERENCES)]  # fmt: skip
+               if any(str(k) not in store.data["references"].get(at + name, {}) for name in REFERENCES)]
     if missing:
         store.lacks(f"the reference probes of seed(s) {', '.join(map(str, missing))}")
         values_of = references(splits, config, missing, speaker_cls, args.reference_epochs)
@@ -163,7 +163,7 @@ def _benchmark(store, label, config, speaker_cls, levels, seeds, splits, args, d
     hparams = {**flat_hparams(config), "dataset": args.dataset, "agent": args.agent or "thesis"}
     for job in store.jobs(label, levels, seeds):
         trainer = LanguageTrainer(config, splits, [(cell.rsplit("/", 1)[-1], k) for cell, k in job], speaker_cls,
-                                  device=device)  # fmt: skip
+                                  device=device)
         with Sink(
             store, job, root, hparams, _headline, desc=f"{label or 'language'}: {len(job)} runs", device=device
         ) as sink:
@@ -194,7 +194,7 @@ def _analyse(store, label, config, speaker_cls, levels, seeds, splits, epochs) -
             runs.append((speakers, seen, k))
         print(f"{label or 'language'}: analysing the messages of seed {k} ({len(runs)} runs)", flush=True)
         for level, result in zip(pending, analyse(runs, splits.test.images, shape, epochs, config.probe_lr),
-                                 strict=True):  # fmt: skip
+                                 strict=True):
             store.annotate(at + level, k, "analysis", result)
 
 
@@ -230,20 +230,20 @@ def _report(store: Store, chosen, levels: list[str], seeds: list[int], root: Pat
         rows = []
         for level in levels:
             against = {"none": accuracy.get("none") if level != "none" else None, "alone": alone,
-                       **{c: accuracy.get(c) if level == "decide" else None for c in ("read", "both")}}  # fmt: skip
+                       **{c: accuracy.get(c) if level == "decide" else None for c in ("read", "both")}}
             paired = {name: paired_difference(accuracy[level], c) for name, c in against.items() if c}
             store.data["cells"][at + level]["summary"]["paired"] = {n: asdict(v) for n, v in paired.items()}
             rows.append([level, format_summary(accuracy[level]), f"{THESIS[level]:.1f}" if level in THESIS else "-",
-                         *(paired[name].format() if name in paired else "" for name in against)])  # fmt: skip
+                         *(paired[name].format() if name in paired else "" for name in against)])
         for name, text in REFERENCES.items():
             rows.append([text, format_summary(refs[name]), "-", "", "", "", ""])
         print(f"\nTable 4.1, {label + ', ' if label else ''}{config.partial_view()}, {config.estimator}: student's "
-              f"linear probe, test accuracy (%) at best validation, mean ± std over {seed_text(seeds)}")  # fmt: skip
+              f"linear probe, test accuracy (%) at best validation, mean ± std over {seed_text(seeds)}")
         print(format_table(["level", "ours", "thesis", "vs none", "vs alone", "vs read", "vs both"], rows))
         print("vs X: paired difference with the same seed, mean [95% t-interval]. alone: the larger of the two 'alone' "
               "references per seed, the best the student reaches without a channel (online probe here; the analysis "
               "below has the converged one). decide - read: what training the channel adds to reading it; decide - "
-              "both: what reading the message adds to the same training.")  # fmt: skip
+              "both: what reading the message adds to the same training.")
         if config.view == "invert":
             print(f"why the levels sit close: {INVERTIBLE}")
         if analysis:
@@ -253,18 +253,18 @@ def _report(store: Store, chosen, levels: list[str], seeds: list[int], root: Pat
             runs = [store.runs(at + level)[k] for k in seeds]
             curves[level] = (runs[0]["steps"], [r["val_accuracy"] for r in runs])
         plot_curves(root / at / "val_accuracy.png", curves, "training step", "validation accuracy (%)",
-                    f"Student's linear probe, {label or config.partial_view()}")  # fmt: skip
+                    f"Student's linear probe, {label or config.partial_view()}")
     if swept:
         name, _, values = swept
         texts = [t for t, _ in values]
         lines = {lv: [[store.runs(f"{name}={t}/{lv}")[k]["test_accuracy"] for k in seeds] for t in texts]
-                 for lv in levels}  # fmt: skip
+                 for lv in levels}
         refs = {text: [[data["references"][f"{name}={t}/{ref}"][str(k)] for k in seeds] for t in texts]
-                for ref, text in REFERENCES.items()}  # fmt: skip
+                for ref, text in REFERENCES.items()}
         print(f"\nSweep over {name}: test accuracy (%), mean ± std over {seed_text(seeds)}")
         columns = {**lines, **refs}
         print(format_table([name, *columns], [[t, *(format_summary(v[i]) for v in columns.values())]
-                                              for i, t in enumerate(texts)]))  # fmt: skip
+                                              for i, t in enumerate(texts)]))
         plot_sweep(root / f"sweep_{name}.png", name, texts, lines, "test accuracy (%)", references=refs)
     print(f"\nresults: {store.path}   curves: {root}   TensorBoard: tensorboard --logdir {root}")
 

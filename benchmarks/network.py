@@ -62,38 +62,38 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m benchmarks.network", description=__doc__.split("\n")[0])
     p.config(NetworkConfig, exclude=("nodes", "neighbours", "content", "average", "average_every"))
     p.option("--nodes", None, "comma-separated node counts (with --content: every combination)",
-             default_text="the thesis' configurations")  # fmt: skip
+             default_text="the thesis' configurations")
     p.option("--content", None, f"comma-separated contents from {','.join(SUPERVISED_CONTENTS)}",
-             default_text="the thesis' configurations")  # fmt: skip
+             default_text="the thesis' configurations")
     p.option("--neighbours", None, "k nearest nodes on the ring", default_text="all others", type=int)
     with p.group("data"):
         add_data(p, "cifar10", "dataset (cifar10 as in the thesis)", choices=list(DATASETS))
         p.option("--val-samples", 5000, "validation images of the curves (0: all)", type=int)
     p.option("--target-accuracy", 85.0, "validation accuracy (%%) whose first crossing is counted (changing "
-             "it retrains nothing)", type=finite_float)  # fmt: skip
+             "it retrains nothing)", type=finite_float)
     p.option("--distributed", False, "spread each configuration's nodes over the processes torchrun starts "
-             "(alone: a world of one)", action="store_true")  # fmt: skip
+             "(alone: a world of one)", action="store_true")
     p.option("--baseline", None, "comma-separated rivals of codistillation, each trained beside every node count "
              "above 1: ddp = one DistributedDataParallel replica per process on the union of its nodes' shards; "
              "gossip = each node averages its parameters with its 2 ring neighbours' (and, as a second row, with "
              "all N-1 others'); local-sgd = every node's parameters averaged by one all-reduce; allreduce = the "
              "gradients of all nodes averaged every step, replicas started equal (DDP with a replica per node)",
-             default_text="none")  # fmt: skip
+             default_text="none")
     p.option("--average-every", "1", "comma-separated periods (steps) of gossip and local-sgd: a row per value",
-             read_with={"baseline": None})  # fmt: skip
+             read_with={"baseline": None})
     p.option("--exchange", "p2p", "how posts travel between processes: p2p (batch_isend_irecv with each peer) or "
              "all_to_all (all_to_all_single with every process)", choices=list(EXCHANGES),
-             read_with={"distributed": (True,)})  # fmt: skip
+             read_with={"distributed": (True,)})
     p.option("--backend", "auto", "torch.distributed backend: auto is nccl when every process has a GPU of its "
-             "own, else gloo", choices=["auto", "gloo", "nccl"])  # fmt: skip
+             "own, else gloo", choices=["auto", "gloo", "nccl"])
     p.option("--threads", 0, "torch threads of each process (--distributed): 0 is this machine's cores over its "
              "processes; equal threads give equal float sums, e.g. across --nnodes launches on one machine", type=int)
     p.option("--timeout", 120.0, "seconds a process waits for a silent peer before it stops with one line",
-             type=finite_float)  # fmt: skip
+             type=finite_float)
     p.fixed = {"nodes", "content", "unsupervised", "dataset", "val-samples", "target-accuracy", "distributed",
-               "baseline", "exchange", "backend", "timeout", "threads"}  # fmt: skip
+               "baseline", "exchange", "backend", "timeout", "threads"}
     add_common(p, out="results/network[-vae|-bigan][-quick].json", quick="3 (1 with --quick)|every "
-               "configuration, one seed, 40 steps")  # fmt: skip
+               "configuration, one seed, 40 steps")
     return p
 
 
@@ -113,7 +113,7 @@ def configs(parser: ArgumentParser, args) -> list[NetworkConfig]:
         for average in averaging:
             for k in dict.fromkeys([min(2, n - 1), n - 1]) if average == "gossip" else [n - 1]:
                 rows += [config_of(parser, args, n, "none", average=average, average_every=h, neighbours=k)
-                         for h in ([1] if average == "allreduce" else periods)]  # fmt: skip
+                         for h in ([1] if average == "allreduce" else periods)]
     return rows
 
 
@@ -133,7 +133,7 @@ def config_of(parser: ArgumentParser, args, nodes: int, content: str, **extra) -
         derived["eval_every"] = 1000  # each evaluation trains linear probes
     k = args.neighbours if nodes > 1 else 0  # NetworkConfig checks it against nodes
     return parser.build(NetworkConfig, args, **{"nodes": nodes, "neighbours": k, "content": content, **derived,
-                                                **extra})  # fmt: skip
+                                                **extra})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--threads must be >= 0, got {args.threads}")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not args.distributed:
         raise UsageError(f"torchrun started {os.environ['WORLD_SIZE']} processes but --distributed is off: each "
-                         "would train every node; add --distributed")  # fmt: skip
+                         "would train every node; add --distributed")
     device = device_of(args)
     chosen = [(label, v, configs(parser, v)) for label, v in variants(parser, args)]
     group = _group(args, chosen)
@@ -175,7 +175,7 @@ def _group(args, chosen: list) -> Group:
         group.close(settled=False)
         raise UsageError(f"{group.world} processes cannot share configurations of {', '.join(map(str, few))} "
                          "node(s): every process needs a node; run fewer processes or pass --nodes of at least "
-                         f"{group.world}")  # fmt: skip
+                         f"{group.world}")
     return group
 
 
@@ -184,7 +184,7 @@ def _run(parser: ArgumentParser, args, seeds: list[int], device, chosen: list, g
     splits = load_splits(args.dataset, args.data_dir)
     if args.val_samples:
         splits = dataclasses.replace(splits, val=Split(splits.val.images[: args.val_samples],
-                                                       splits.val.labels[: args.val_samples]))  # fmt: skip
+                                                       splits.val.labels[: args.val_samples]))
     for c in (c for _, _, cs in chosen for c in cs):
         per_node = len(splits.train.images) // c.nodes
         try:
@@ -193,17 +193,17 @@ def _run(parser: ArgumentParser, args, seeds: list[int], device, chosen: list, g
             raise UsageError(str(e)) from None
         if per_node < c.batch_size:
             raise UsageError(f"{c.nodes} nodes get {per_node} training images each, fewer than a minibatch of "
-                             f"{c.batch_size}; use fewer nodes or a smaller --batch-size")  # fmt: skip
+                             f"{c.batch_size}; use fewer nodes or a smaller --batch-size")
         if group.world == 1:  # a process group's processes share the nodes: each checks its own part on start
             check_memory(lambda c=c: NetworkTrainer(c, splits, seeds[:1], device=device), len(seeds), device,
-                         f"{c.name} x --seeds {len(seeds)}")  # fmt: skip
+                         f"{c.name} x --seeds {len(seeds)}")
     suffix = (f"-{args.unsupervised}" if args.unsupervised else "") + ("-quick" if args.quick else "")
     suffix += f"-distributed-p{group.world}" if args.distributed else ""
     out = Path(args.out or f"results/network{suffix}.json")
     first = chosen[0][2][0]
     shared = {k: v for k, v in dataclasses.asdict(first).items() if k not in ("nodes", "neighbours", "content")}
     identity = {"dataset": args.dataset, "val_samples": args.val_samples, **shared, "neighbours": args.neighbours,
-                "routing": 2}  # fmt: skip
+                "routing": 2}
     if args.distributed:
         identity.update(processes=group.world, exchange=args.exchange)
     if splits.source:
@@ -225,7 +225,7 @@ def _run(parser: ArgumentParser, args, seeds: list[int], device, chosen: list, g
             if group.leader:
                 for c in cs:
                     store.data["cells"][at + c.name]["ring_allreduce_estimate_per_node_step"] = ring_estimate(
-                        c, splits.shape, int(splits.train.labels.max()) + 1)  # fmt: skip
+                        c, splits.shape, int(splits.train.labels.max()) + 1)
         if not group.leader:
             return 0
         store.add_time(time.time() - started)
@@ -261,7 +261,7 @@ def _with_spec(store: Store, job: list[tuple[str, int]] | None) -> tuple[list[tu
 
 
 def _train(args, job: list[tuple[str, int]], spec: dict, splits, device, group: Group, store: Store | None,
-           root: Path, checkpoint: Path) -> None:  # fmt: skip
+           root: Path, checkpoint: Path) -> None:
     """One job on every process; rank 0 records its runs (and its wall time, per cell), the others only train."""
     cell = job[0][0]
     config = NetworkConfig(**spec)

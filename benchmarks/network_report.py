@@ -37,7 +37,7 @@ def runs_of(store: Store, cell: str, seeds: list[int]) -> list[NetworkResult]:
 
 
 def report(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int], target: float, root: Path,
-           processes: int, ddp: list[str]) -> None:  # fmt: skip
+           processes: int, ddp: list[str]) -> None:
     """Table 2.2 or 2.3, the steps-to-target table, the DDP rows (``ddp``: their cells) and the figures: the
     curves and accuracy against bytes; ``processes`` > 0 (distributed) adds the bytes handed to
     torch.distributed and each configuration's wall time."""
@@ -55,29 +55,29 @@ def report(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int],
             *([f"{wire:,.0f}", f"{cell.get('wall_time_s', 0):,.0f}"] if processes else []),
             f"{cell['ring_allreduce_estimate_per_node_step']:,.0f}",
             f"{mean_std([r.consumed_from_inbox for r in runs])[0]:.2f}", routing_digest(runs),
-        ])  # fmt: skip
+        ])
         longest = max(runs, key=lambda r: len(r.steps))
         panels["node average"][c.name] = (longest.steps, [r.val_average for r in runs])
         panels["collective decision"][c.name] = (longest.steps, [r.val_collective for r in runs])
         points[c.name] = (sent, [r.test_collective for r in runs])
     unsupervised = chosen[0].unsupervised
     what = f"linear probes on {unsupervised} features, at the best validation stage" if unsupervised else (
-        f"after {chosen[0].steps:,} steps per node")  # fmt: skip
+        f"after {chosen[0].steps:,} steps per node")
     table = "2.3" if unsupervised else "2.2"
     where = f"; nodes spread over {processes} processes{oversubscribed()}" if processes else ""
     print(f"\nTable {table}{', ' + at[:-1] if at else ''}: test accuracy (%), {what}; mean ± std over "
-          f"{seed_text(seeds)}{where}; thesis: CIFAR-10")  # fmt: skip
+          f"{seed_text(seeds)}{where}; thesis: CIFAR-10")
     print(format_table(["config", "average", "collective", "thesis avg", "thesis coll", "bytes sent/node/step",
                         *(["wire bytes/node/step", "wall time (s)"] if processes else []),
                         "ring all-reduce of N replicas (estimate)/node/step", "from inbox", "routing"],
-                       rows))  # fmt: skip
+                       rows))
     _steps_table(store, at, chosen, seeds, target)
     if ddp:
         ddp_report(store, ddp, seeds, max(processes, 1))
     for cell in ddp:  # what a DDP replica hands to all-reduce each step: its float32 gradients
         replicas = runs_of(store, cell, seeds)
         points[cell.rsplit("/", 1)[-1]] = (mean_std([r.hook_bytes_per_step for r in replicas])[0],
-                                           [r.test_collective for r in replicas])  # fmt: skip
+                                           [r.test_collective for r in replicas])
     png = root / at / (f"figure_table_2_3_{unsupervised}.png" if unsupervised else "figure_table_2_2.png")
     plot_panels(png, list(panels.items()), "steps per node", "validation accuracy (%)")
     plot_frontier(root / at / "accuracy_vs_bytes.png", points, "logical bytes sent per node per step (log)",
@@ -90,7 +90,7 @@ def _steps_table(store: Store, at: str, chosen: list[NetworkConfig], seeds: list
     seed), with paired speedups over that row, and of ``--target-accuracy`` (the thesis' 85%)."""
     runs = {c.name: runs_of(store, at + c.name, seeds) for c in chosen}
     control = next((c.name for c in sorted(chosen, key=lambda c: -c.nodes) if c.content == "none" and c.nodes > 1),
-                   None)  # fmt: skip
+                   None)
     curves = {"average": lambda r: r.val_average, "collective": lambda r: r.val_collective}
     targets = {m: held_target([curve(r) for r in runs[control]]) for m, curve in curves.items()} if control else {}
     base = {m: [crossing(r.steps, curves[m](r), t) for r in runs[control]] for m, t in targets.items()}
@@ -105,15 +105,15 @@ def _steps_table(store: Store, at: str, chosen: list[NetworkConfig], seeds: list
             speedup = paired_ratio(base[measure], passes)
             row += [format_counts(passes), speedup.format(2, ratio=True) if speedup else "-"]
         row += [format_counts([crossing(r.steps, curve(r), thesis_target) for r in runs[c.name]])
-                for curve in curves.values()]  # fmt: skip
+                for curve in curves.values()]
         rows.append([*row, f"{THESIS[c.name][2]:,}" if THESIS.get(c.name, (0, 0, 0))[2] else "-"])
     heads = {m: f"{t:.2f}%" for m, t in targets.items()} or dict.fromkeys(curves, "-")
     print(f"\nsteps per node to the first sustained validation crossing ({SUSTAIN} evaluations in a row) of the "
           f"targets {control or 'no row without communication'} holds on every seed (node average "
           f"{heads['average']}, collective {heads['collective']}), speedups paired by seed over it [95% t-interval]; "
-          f"and of {thesis_target:g}% (thesis: 85% on CIFAR-10, test)")  # fmt: skip
+          f"and of {thesis_target:g}% (thesis: 85% on CIFAR-10, test)")
     print(format_table(["config", "average", "speedup", "collective", "speedup", f"average to {thesis_target:g}%",
-                        f"collective to {thesis_target:g}%", "thesis"], rows))  # fmt: skip
+                        f"collective to {thesis_target:g}%", "thesis"], rows))
 
 
 def oversubscribed() -> str:
@@ -137,11 +137,11 @@ def ddp_report(store: Store, cells: list[str], seeds: list[int], processes: int)
         hook = mean_std([r.hook_bytes_per_step for r in runs])[0]
         rows.append([cell, format_summary([r.test_average for r in runs]), f"{hook:,.0f}",
                      f"{2 * (processes - 1) / processes * hook:,.0f}",
-                     f"{store.data['cells'][cell].get('wall_time_s', 0):,.0f}"])  # fmt: skip
+                     f"{store.data['cells'][cell].get('wall_time_s', 0):,.0f}"])
     print(f"\nBaseline: one DDP replica per process ({processes}){oversubscribed()}, each on the union of its "
-          f"nodes' shards; test accuracy (%), mean ± std over {seed_text(seeds)}")  # fmt: skip
+          f"nodes' shards; test accuracy (%), mean ± std over {seed_text(seeds)}")
     print(format_table(["config", "accuracy", "handed to all-reduce (hook) bytes/process/step",
-                        "ring all-reduce wire 2(P-1)/P x hook bytes/process/step", "wall time (s)"], rows))  # fmt: skip
+                        "ring all-reduce wire 2(P-1)/P x hook bytes/process/step", "wall time (s)"], rows))
 
 
 def sweep_report(store: Store, swept, chosen, seeds: list[int], root: Path) -> None:
@@ -151,8 +151,8 @@ def sweep_report(store: Store, swept, chosen, seeds: list[int], root: Path) -> N
     names = [c.name for c in chosen[0][2]]  # the baseline's rows are left out of the sweep
     for metric, what, suffix in (("test_collective", "collective", ""), ("test_average", "node-average", "_average")):
         lines = {n: [[getattr(r, metric) for r in runs_of(store, f"{name}={t}/{n}", seeds)] for t in texts]
-                 for n in names}  # fmt: skip
+                 for n in names}
         print(f"\nSweep over {name}: {what} test accuracy (%), mean ± std over {seed_text(seeds)}")
         print(format_table([name, *names], [[t, *(format_summary(lines[n][i]) for n in names)]
-                                            for i, t in enumerate(texts)]))  # fmt: skip
+                                            for i, t in enumerate(texts)]))
         plot_sweep(root / f"sweep_{name}{suffix}.png", name, texts, lines, f"{what} test accuracy (%)")

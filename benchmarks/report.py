@@ -113,7 +113,7 @@ def build_parser() -> ArgumentParser:
     p.option("--summary", None, "write RESULTS without its weights' paths, gzipped, to this file")
     p.option("--docs", None, "rewrite the generated blocks of every page under this folder (e.g. docs)")
     p.option("--check", False, "with --docs: change nothing, fail if a page differs from its summary",
-             action="store_true")  # fmt: skip
+             action="store_true")
     return p
 
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         stale = docs(Path(args.docs), args.check)
         if stale and args.check:
             print(f"generated blocks out of date in {', '.join(map(str, stale))}; run python -m benchmarks.report "
-                  f"--docs {args.docs}", file=sys.stderr)  # fmt: skip
+                  f"--docs {args.docs}", file=sys.stderr)
             return 1
         print(f"{len(stale)} page(s) {'differ' if args.check else 'rewritten'}")
         return 0

@@ -29,34 +29,34 @@ ENVS = ("language", "teacher_student", "network")
 DEFAULT_DATASET = {"language": "mnist", "teacher_student": "mnist", "network": "fashion-mnist"}
 ON_POLICY, OFF_POLICY = ("ppo", "a2c"), ("sac", "td3")  # SAC and TD3 need a Box action: the teacher's scores
 QUICK = {"timesteps": 256, "n_steps": 32, "batch_size": 32, "learning_starts": 32, "episode_steps": 16,
-         "quick_teacher": True, "seeds": [0]}  # fmt: skip
+         "quick_teacher": True, "seeds": [0]}
 
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m benchmarks.sb3", description=__doc__.split("\n")[0])
     p.add_argument("--env", required=True, choices=ENVS, help="which of our envs (required)")
     p.option("--algo", "ppo", "SB3 algorithm (sac and td3 need a Box action: --env teacher_student)",
-             choices=(*ON_POLICY, *OFF_POLICY))  # fmt: skip
+             choices=(*ON_POLICY, *OFF_POLICY))
     p.option("--timesteps", 20_000, "agent-steps (all exposed agents count)", type=int)
     p.option("--n-steps", 256, "PPO/A2C: rollout length per agent between updates", type=int,
-             read_with={"algo": ON_POLICY})  # fmt: skip
+             read_with={"algo": ON_POLICY})
     p.option("--batch-size", 64, "PPO's minibatch (a divisor of n-steps x agents); SAC/TD3's", type=int,
-             read_with={"algo": ("ppo", *OFF_POLICY)})  # fmt: skip
+             read_with={"algo": ("ppo", *OFF_POLICY)})
     p.option("--learning-starts", 100, "SAC/TD3: random steps before the first update", type=int,
-             read_with={"algo": OFF_POLICY})  # fmt: skip
+             read_with={"algo": OFF_POLICY})
     p.option("--episode-steps", 100, "env steps per episode", type=int)
     p.option("--nodes", 4, "network env: nodes (agents)", type=int, read_with={"env": ("network",)})
     with p.group("data"):
         add_data(p, None, default_text="mnist; fashion-mnist for network", choices=list(DATASETS))
     p.option("--teacher-cache", "checkpoints/teachers", "teacher_student: cached teachers",
-             read_with={"env": ("teacher_student",)})  # fmt: skip
+             read_with={"env": ("teacher_student",)})
     p.option("--quick-teacher", False, "teacher_student: a one-epoch teacher if none cached", action="store_true",
-             read_with={"env": ("teacher_student",)})  # fmt: skip
+             read_with={"env": ("teacher_student",)})
     p.option("--save", None, "folder of the trained models: <save>/[<flag>=<value>/]<algo>/seed<k>.zip",
-             default_text="checkpoints/sb3/<out name>")  # fmt: skip
+             default_text="checkpoints/sb3/<out name>")
     p.fixed = {"env", "algo", "dataset", "teacher-cache", "quick-teacher", "save"}
     add_common(p, out="results/sb3-<env>-<algo>[-quick].json", quick="1 (seed 0)|256 agent-steps, rollouts of 32, "
-               "a one-epoch teacher")  # fmt: skip
+               "a one-epoch teacher")
     return p
 
 
@@ -72,7 +72,7 @@ def make_env(args, seed: int):
         from envs.network import parallel_env
 
         return parallel_env(splits.train.images, splits.train.labels, splits.val.images, splits.val.labels,
-                            shape=splits.shape, nodes=args.nodes, max_cycles=args.episode_steps)  # fmt: skip
+                            shape=splits.shape, nodes=args.nodes, max_cycles=args.episode_steps)
     from envs.base import Scripted
     from envs.teacher_student import parallel_env
     from trainers.teacher_student.teachers import QUICK_TEACHER, TeacherConfig, load_or_train_teachers, predict
@@ -81,25 +81,25 @@ def make_env(args, seed: int):
     with Progress(f"teacher (seed {seed}, trained once, cached in {args.teacher_cache})") as progress:
         teachers = load_or_train_teachers(splits, [seed], config, Path(args.teacher_cache), events=progress)
     env = parallel_env(splits.train.images, splits.train.labels, predict(teachers[seed], splits.train.images),
-                       splits.val.images, splits.val.labels, max_cycles=args.episode_steps)  # fmt: skip
+                       splits.val.images, splits.val.labels, max_cycles=args.episode_steps)
     return Scripted(env, {"student": lambda observation: 1})
 
 
 def _check(v, seeds: list[int]) -> None:
     """Every value checked before anything trains, each naming its flag."""
     for flag, low in (("timesteps", 1), ("episode_steps", 1), ("batch_size", 1), ("n_steps", 2),
-                      ("learning_starts", 0), ("nodes", 2)):  # fmt: skip
+                      ("learning_starts", 0), ("nodes", 2)):
         if getattr(v, flag) < low:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= {low}, got {getattr(v, flag)}")
     if v.algo in OFF_POLICY and v.env != "teacher_student":
         raise UsageError(f"--algo {v.algo} on --env {v.env}: {v.algo.upper()} needs a Box action space; this env's "
-                         f"actions are discrete: use {' or '.join(ON_POLICY)}")  # fmt: skip
+                         f"actions are discrete: use {' or '.join(ON_POLICY)}")
     if max(seeds) >= 2**32:
         raise UsageError(f"--seeds must be below 2**32 (SB3 seeds numpy with them), got {max(seeds)}")
     agents = {"network": v.nodes, "language": 2, "teacher_student": 1}[v.env]
     if v.algo == "ppo" and (v.n_steps * agents) % v.batch_size:
         raise UsageError(f"--batch-size {v.batch_size} must divide --n-steps x agents = {v.n_steps} x {agents} "
-                         f"(PPO's minibatches split each rollout)")  # fmt: skip
+                         f"(PPO's minibatches split each rollout)")
 
 
 def _identity(args) -> dict:
@@ -154,7 +154,7 @@ def _train(rl, args, seed: int, device, store: Store, cell: str, save: Path, roo
         kwargs = {"n_steps": args.n_steps, **({"batch_size": args.batch_size} if args.algo == "ppo" else {})}
     else:  # the replay buffer holds the whole run, no more
         kwargs = {"batch_size": args.batch_size, "learning_starts": args.learning_starts,
-                  "buffer_size": min(args.timesteps, 1_000_000)}  # fmt: skip
+                  "buffer_size": min(args.timesteps, 1_000_000)}
     logdir = root / cell / f"seed{seed}"
     shutil.rmtree(logdir, ignore_errors=True)  # an interrupted run's curves: the run restarts from step 0
     started = time.time()
@@ -165,7 +165,7 @@ def _train(rl, args, seed: int, device, store: Store, cell: str, save: Path, roo
     rewards = [r["rollout/ep_rew_mean"] for r in rows if "rollout/ep_rew_mean" in r]
     store.add(cell, seed, {"agents": agents, "device": str(device), "timesteps": model.num_timesteps,
                            "wall_time_s": time.time() - started, "final_reward": rewards[-1] if rewards else None,
-                           "model": str(model_file), "rows": rows})  # fmt: skip
+                           "model": str(model_file), "rows": rows})
 
 
 def _run_table(rl, args, cell: str, seed: int, run: dict) -> None:
@@ -173,10 +173,10 @@ def _run_table(rl, args, cell: str, seed: int, run: dict) -> None:
     keys = ("time/total_timesteps", "rollout/ep_rew_mean", *rl.COLUMNS[args.algo])
     rows = [[f"{r[k]:.4g}" if k in r else "-" for k in keys] for r in rl.updates(run["rows"], args.algo)]  # -: none
     print(f"\n{args.algo.upper()} on {args.env} ({run['agents']} agent(s) sharing one policy), seed {seed}"
-          f"{', ' + cell.rsplit('/', 1)[0] if '/' in cell else ''}")  # fmt: skip
+          f"{', ' + cell.rsplit('/', 1)[0] if '/' in cell else ''}")
     print(format_table(keys, rows))
 
 
 if __name__ == "__main__":
     run_cli(main, interrupted="finished runs are kept in --out; the interrupted run restarts from its first step "
-            "when you run the command again")  # fmt: skip
+            "when you run the command again")

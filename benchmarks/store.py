@@ -129,7 +129,7 @@ class Lock:
             except BlockingIOError:
                 os.close(self.fd)
                 raise UsageError(f"another process is writing {path} (it holds {self.path}); wait for it to "
-                                 "finish or pass another --out") from None  # fmt: skip
+                                 "finish or pass another --out") from None
             try:
                 if os.stat(self.path).st_ino == os.fstat(self.fd).st_ino:
                     return  # still the file on disk, not one a finishing process just removed
@@ -148,7 +148,7 @@ def commit() -> str | None:
     try:
         sha = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)  # fmt: skip
+                               capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return None
     return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if sha.returncode == 0 else None
@@ -188,13 +188,13 @@ class Store:
             raise
         self.started = time.time()
         self.invocation = {"argv": sys.argv, "version": version(), "commit": commit(), "started": now(),
-                           "runs_read": sum(len(c["runs"]) for c in self.data["cells"].values())}  # fmt: skip
+                           "runs_read": sum(len(c["runs"]) for c in self.data["cells"].values())}
 
     @staticmethod
     def _read(path: Path, benchmark: str | None, config: dict) -> dict[str, Any]:
         """The file's results (``benchmark`` None: any benchmark's, any config, a ``.gz`` too; it must exist)."""
         fresh = {"benchmark": benchmark, "schema": SCHEMA, "config": config, "cells": {}, "references": {},
-                 "wall_time_s": 0.0}  # fmt: skip
+                 "wall_time_s": 0.0}
         if not path.exists() and benchmark is not None:
             return fresh
         fix = "move it away or pass another --out"
@@ -207,7 +207,7 @@ class Store:
             raise UsageError(f"{path} is not a commchannels results file; {fix}")
         if old.get("schema") != SCHEMA:
             raise UsageError(f"{path} was written by an earlier commchannels (results schema "
-                             f"{old.get('schema', 1)}, this one reads {SCHEMA}); {fix} to rerun")  # fmt: skip
+                             f"{old.get('schema', 1)}, this one reads {SCHEMA}); {fix} to rerun")
         if not isinstance(old.get("cells"), dict) or not isinstance(old.get("references"), dict) or any(
             not isinstance(c, dict) or not isinstance(c.get("runs"), dict) for c in old["cells"].values()
         ):
@@ -218,7 +218,7 @@ class Store:
         diff = sorted(k for k in set(config) | set(written) if written.get(k) != config.get(k))
         if old["benchmark"] != benchmark or diff:
             raise UsageError(f"{path} holds results of another configuration (differs in: "
-                             f"{', '.join(diff) or 'benchmark'}); pass another --out or delete it")  # fmt: skip
+                             f"{', '.join(diff) or 'benchmark'}); pass another --out or delete it")
         return old
 
     def __enter__(self) -> Store:
@@ -232,7 +232,7 @@ class Store:
             status = "finished" if kind is None else "interrupted" if kind is KeyboardInterrupt else "failed"
             elapsed = time.time() - self.started
             self.invocation.update(ended=now(), status=status, runs_trained=self.trained, runs_resumed=self.resumed,
-                                   wall_time_s=elapsed)  # fmt: skip
+                                   wall_time_s=elapsed)
             if self.trained or self.path.exists():
                 self.data.setdefault("invocations", []).append(self.invocation)
                 self.save()
@@ -275,7 +275,7 @@ class Store:
         return checkpoint_of(self.path, label)
 
     def jobs(self, label: str, cells: Sequence[str], seeds: Sequence[int], per_cell: bool = False,
-             specs: Mapping[str, Any] | None = None) -> Iterator[list[tuple[str, int]]]:  # fmt: skip
+             specs: Mapping[str, Any] | None = None) -> Iterator[list[tuple[str, int]]]:
         """The trainings still to run of a variant's ``cells`` times ``seeds``: a job that a kill
         interrupted comes first, as it was (its checkpoint, ``checkpoint(label)``, resumes it even if
         ``--seeds`` or the cells changed since), then the rest: one job, or one per cell. Each job's
@@ -331,7 +331,7 @@ class Store:
                     value = runs[k].get(m)
                     if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
                         raise UsageError(f"{self.path}: run {cell} seed {k} holds {m} = {value!r}, not a number; the "
-                                         f"file is damaged: move it away or pass another --out")  # fmt: skip
+                                         f"file is damaged: move it away or pass another --out")
             self.data["cells"][cell]["summary"] = {
                 m: summary([runs[k][m] for k in seeds if runs[k].get(m) is not None]) for m in metrics
             }

@@ -74,7 +74,7 @@ BEYOND = [
 # reaches the baseline's accuracy on every seed soonest; the teacher-as-IL reducible loss reaches 96.4% soonest)
 RIVALS = (Selection(5, "cross_entropy", "true", 300, floor=0.3), Selection(5, "reducible", "true"))
 QUICK = {"max_epochs": 2, "patience": 1, "eval_every": 200, "seeds": [0], "policy_episodes": 2, "policy_steps": 50,
-         **{f"teacher_{k}": getattr(QUICK_TEACHER, k) for k in ("hidden", "max_epochs", "patience")}}  # fmt: skip
+         **{f"teacher_{k}": getattr(QUICK_TEACHER, k) for k in ("hidden", "max_epochs", "patience")}}
 
 
 def build_parser() -> ArgumentParser:
@@ -86,7 +86,7 @@ def build_parser() -> ArgumentParser:
     p.config(PolicyConfig, prefix="policy-", exclude=("batch_size", "seed", "reward"), read_with=policies)
     p.option("--stack-sizes", None, "comma-separated stack sizes (with --measures/--targets: the baseline plus every "
              "combination)",
-             default_text="the thesis' seven configs, baseline-cosine and nine rules beyond them")  # fmt: skip
+             default_text="the thesis' seven configs, baseline-cosine and nine rules beyond them")
     p.option("--measures", None, f"difficulty measures from {','.join(MEASURES)}", default_text="all")
     p.option("--targets", None, f"targets from {','.join(TARGETS)}", default_text="all")
     p.option("--pressures", None, "comma-separated selection pressures: samples drawn by rank, the hardest "
@@ -94,38 +94,38 @@ def build_parser() -> ArgumentParser:
     p.option("--anneal", None, "comma-separated backward passes over which the pressure falls to 1 (uniform); 0: "
              "constant", default_text="0")
     p.option("--floors", None, "comma-separated floors: every stack sample keeps a probability >= floor / stack "
-             "samples", default_text="0")  # fmt: skip
+             "samples", default_text="0")
     p.option("--teacher-cache", "checkpoints/teachers", "folder of the trained teachers (one file per seed)")
     p.option("--retrain-teacher", False, "ignore cached teachers and train new ones", action="store_true")
     with p.group("data"):
         add_data(p, "mnist", choices=list(DATASETS))
     p.option("--target-accuracy", None, "validation accuracy (%%) whose first sustained crossing is counted "
              "(changing it retrains nothing)", default_text="the highest the baseline holds on every seed",
-             type=finite_float)  # fmt: skip
+             type=finite_float)
     p.option("--lr-schedule", None, "comma-separated student learning-rate schedules from "
              f"{','.join(SCHEDULES)} (decayed to 0 over max-epochs): each combination once per schedule",
-             default_text="constant; the default table adds baseline-cosine")  # fmt: skip
+             default_text="constant; the default table adds baseline-cosine")
     p.option("--holdout", None, "training images set apart (the last ones) for the irreducible-loss model and the "
              "learned teachers' reward; every row trains on the rest", type=int,
-             default_text="a tenth of the training split: 5,000 on MNIST")  # fmt: skip
+             default_text="a tenth of the training split: 5,000 on MNIST")
     p.option("--tuning-seeds", None, "seeds (a subset of --seeds) on whose validation curves the * rows are chosen; "
              "the table reports the others", default_text="none: chosen on the reported seeds, said so",
-             type=seed_list)  # fmt: skip
+             type=seed_list)
     p.option("--policies", None, "learned teachers to compare with the CE heuristic, Table 3.1's best rules and "
              f"random selection at the policies' stack size: comma-separated from {','.join(POLICIES)}",
-             default_text="none")  # fmt: skip
+             default_text="none")
     p.option("--policy-seeds", [0], "the learned teachers' training seeds (initial weights, draws, episodes' "
              "students), written as --seeds: each seed and reward trains one candidate policy, and the * row is "
              "chosen on validation of --tuning-seeds", default_text="0", type=seed_list,
-             read_with=policies)  # fmt: skip
+             read_with=policies)
     p.option("--policy-rewards", "advantage", f"comma-separated env rewards from {','.join(REWARDS)}: the "
              "validation-loss drop, or its advantage over an update on a random minibatch of the same stack from "
-             "the same state", read_with=policies)  # fmt: skip
+             "the same state", read_with=policies)
     p.fixed = {"stack-sizes", "measures", "targets", "pressures", "anneal", "floors", "policies", "dataset",
                "target-accuracy", "teacher-cache", "retrain-teacher", "lr-schedule", "holdout", "tuning-seeds",
-               "policy-seeds", "policy-rewards"}  # fmt: skip
+               "policy-seeds", "policy-rewards"}
     add_common(p, out="results/teacher[-policies][-quick].json", quick="3 (1 with --quick)|every config, one "
-               "seed, 2 epochs, a small teacher")  # fmt: skip
+               "seed, 2 epochs, a small teacher")
     return p
 
 
@@ -139,9 +139,9 @@ def selections(args, policy: PolicyConfig | None = None) -> list[Selection]:
         learned = [Selection(size, f"learned_{name}", target) for name in candidates(args)]
         rivals = [dataclasses.replace(r, stack_size=size, target=target) for r in RIVALS]
         return [Selection(), Selection(size, "cross_entropy", target), *rivals, Selection(size, "random", target),
-                *learned]  # fmt: skip
+                *learned]
     flags = (args.stack_sizes, args.measures, args.targets, args.pressures, args.anneal, args.floors,
-             args.lr_schedule)  # fmt: skip
+             args.lr_schedule)
     if all(f is None for f in flags):
         return [*THESIS, Selection(lr_schedule="cosine"), *BEYOND]
     sizes = parse_ints(args.stack_sizes, "--stack-sizes") if args.stack_sizes else [2, 5]
@@ -149,12 +149,12 @@ def selections(args, policy: PolicyConfig | None = None) -> list[Selection]:
     targets = parse_list(args.targets, TARGETS, "target(s)") if args.targets else list(TARGETS)
     pressures = _numbers(args.pressures or "inf", "--pressures", lambda x: x >= 1, ">= 1 (or inf)")
     anneals = [int(x) for x in _numbers(args.anneal or "0", "--anneal", lambda x: x >= 0 and x == int(x),
-                                        "whole numbers >= 0")]  # fmt: skip
+                                        "whole numbers >= 0")]
     floors = _numbers(args.floors or "0", "--floors", lambda x: 0 <= x < 1, "in [0, 1)")
     schedules = parse_list(args.lr_schedule, SCHEDULES, "learning-rate schedule(s)") if args.lr_schedule else [
-        "constant"]  # fmt: skip
+        "constant"]
     chosen = [Selection(s, m, t, p, a, f, lr) for s in sizes for m in measures for t in targets for p in pressures
-              for a in anneals for f in floors for lr in schedules if not (math.isinf(p) and (a or f))]  # fmt: skip
+              for a in anneals for f in floors for lr in schedules if not (math.isinf(p) and (a or f))]
     baselines = [Selection(lr_schedule=lr) for lr in dict.fromkeys(["constant", *schedules])]
     return [*baselines, *[c for c in chosen if c not in baselines]]
 
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     tuning = args.tuning_seeds or []
     if set(tuning) - set(seeds) or (tuning and len(tuning) == len(seeds)):
         raise UsageError(f"--tuning-seeds {','.join(map(str, tuning))} must be some, not all, of --seeds "
-                         f"{','.join(map(str, seeds))}")  # fmt: skip
+                         f"{','.join(map(str, seeds))}")
     if args.target_accuracy is not None and not 0 < args.target_accuracy <= 100:
         raise UsageError(f"--target-accuracy is a percentage in (0, 100], got {args.target_accuracy}")
     device = device_of(args)
@@ -203,14 +203,14 @@ def main(argv: list[str] | None = None) -> int:
     for _, _, configs, student_config, teacher_config, policy in chosen:
         if any(MEASURES[c.measure].reads_irreducible for c in configs) and holdout_size < 2:
             raise UsageError(f"reducible_holdout trains its model on the --holdout images: give >= 2, not "
-                             f"{holdout_size}")  # fmt: skip
+                             f"{holdout_size}")
         if policy and holdout_size < policy.reward_samples:
             raise UsageError(f"the learned teachers' reward reads {policy.reward_samples} --holdout images; "
                              f"give --holdout >= {policy.reward_samples} or fewer --policy-reward-samples")
         largest = max(c.stack_size for c in configs) * student_config.batch_size
         if largest > n or teacher_config.batch_size > n:
             raise UsageError(f"a stack of {largest} samples (batch size x stack size) or a teacher batch of "
-                             f"{teacher_config.batch_size} does not fit in the {n} training images")  # fmt: skip
+                             f"{teacher_config.batch_size} does not fit in the {n} training images")
     _, _, _, student_config, teacher_config, policy = chosen[0]
     name = "teacher" + ("-policies" if policy else "") + ("-quick" if args.quick else "")
     out = Path(args.out or f"results/{name}.json")
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     preflight([(Path(args.teacher_cache), "--teacher-cache"), (Path(args.logdir), "--logdir")])
     identity = {**student_config.__dict__, **{f"teacher_{k}": v for k, v in teacher_config.__dict__.items()},
                 **{f"policy_{k}": v for k, v in (policy.__dict__ if policy else {}).items()
-                   if k not in ("seed", "reward")}, "dataset": args.dataset, "holdout": holdout_size}  # fmt: skip
+                   if k not in ("seed", "reward")}, "dataset": args.dataset, "holdout": holdout_size}
     swept = parser.sweep_flag(args.sweep)
     with Store(out, "teacher", identity, swept) as store:
         started = time.time()
@@ -232,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                 runs = [(_selection(store.specs.get(cell)), k) for cell, k in job]
                 teachers = load_or_train_teachers(splits, sorted({k for _, k in runs}), teacher_config,
                                                   Path(args.teacher_cache), args.retrain_teacher,
-                                                  Progress("teachers"), device)  # fmt: skip
+                                                  Progress("teachers"), device)
                 cache = Path(args.teacher_cache)
                 for k, m in teachers.items():
                     store.reference(f"{at}teacher_test_accuracy", k, accuracy(m, splits.test).item())
@@ -244,20 +244,20 @@ def main(argv: list[str] | None = None) -> int:
                 if any(MEASURES[s.measure].reads_irreducible for s, _ in runs):
                     irreducible = irreducible_losses(splits, holdout, sorted({k for _, k in runs}), cache,
                                                      args.retrain_teacher, Progress("irreducible-loss models"),
-                                                     device)  # fmt: skip
+                                                     device)
                     for k in irreducible:
                         cost = irreducible_training_cost(cache, holdout, k)[1]
                         if cost:
                             store.reference(f"{at}irreducible_training_images", k,
-                                            cost["backward_passes"] * cost["batch_size"])  # fmt: skip
+                                            cost["backward_passes"] * cost["batch_size"])
                 learned = sorted({s.measure.removeprefix("learned_") for s, _ in runs
-                                  if s.measure.startswith("learned_")})  # fmt: skip
+                                  if s.measure.startswith("learned_")})
                 if learned:
                     _train_policies(learned, policy, dataclasses.replace(splits, val=holdout), teacher_config, v,
-                                    store, root / at)  # fmt: skip
+                                    store, root / at)
                 trainer = StudentTrainer(student_config, splits, runs, logits, irreducible, device=device)
                 hparams = {**flat_hparams(student_config), **flat_hparams(teacher_config, "teacher."),
-                           "dataset": args.dataset}  # fmt: skip
+                           "dataset": args.dataset}
                 with Sink(store, job, root, hparams, _headline, desc=f"{at}{len(job)} students",
                       device=device) as sink:
                     trainer.fit(sink, store.checkpoint(label))
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             at = prefix(label)
             summarise(store, at, configs, seeds, tuning, args.target_accuracy)
             report(store, at, configs, seeds, tuning, root, student_config, teacher_config,
-                    splits.train.images.shape[1], n)  # fmt: skip
+                    splits.train.images.shape[1], n)
         store.save()
         if swept:
             sweep_report(store, swept, chosen[0][2], seeds, root)
@@ -278,7 +278,7 @@ def _selection(spec: dict | None) -> Selection:
     """A job's selection: as this command configured it, or as the interrupted job that is resumed had it."""
     if spec is None:
         raise UsageError("cannot resume the unfinished runs of a cell whose checkpoint predates the configurations "
-                         "kept beside it; delete the checkpoint beside the results file to restart them")  # fmt: skip
+                         "kept beside it; delete the checkpoint beside the results file to restart them")
     return Selection(**spec)
 
 
@@ -301,7 +301,7 @@ def _unfit(observed):
 
 
 def _train_policies(names: list[str], policy: PolicyConfig, splits, teacher_config, args, store: Store,
-                    root: Path) -> None:  # fmt: skip
+                    root: Path) -> None:
     """Train each learned teacher once, in the env with seed 0's teacher (its inputs are predictive
     distributions, so one policy serves every student seed), and register it as a measure. ``splits.val`` is
     the holdout carved from the training data: the reward never reads the students' validation images."""

@@ -42,7 +42,7 @@ def report_seeds(seeds: list[int], tuning: list[int]) -> list[int]:
 
 
 def summarise(store: Store, at: str, configs: list[Selection], seeds: list[int], tuning: list[int],
-               target: float | None) -> None:  # fmt: skip
+               target: float | None) -> None:
     """Per cell and seed, the validation crossings of the target and of the thesis' 96.4% (``benchmarks.protocol``)
     and the compute to each. The target (``--target-accuracy``, else the highest validation accuracy the baseline
     holds on every reported seed) goes under the baseline's cell, with the tuning seeds' own."""
@@ -64,7 +64,7 @@ def summarise(store: Store, at: str, configs: list[Selection], seeds: list[int],
             if key != "_tuning":  # the choice reads passes only
                 entry[f"compute{key}"] = {k: None if n is None else forward_inclusive({m: v * n for m, v in
                                                                                       per_step.items()})
-                                          for k, n in passes.items()}  # fmt: skip
+                                          for k, n in passes.items()}
         entry["thesis"] = dict(zip(("accuracy", "backward_passes"), THESIS.get(c, (None, None)), strict=True))
     store.save()
 
@@ -81,11 +81,11 @@ def chosen_on_validation(store: Store, at: str, configs: list[Selection]) -> dic
     seeds = list(control)
     per_seed = lambda name: [cells[at + name]["backward_passes_tuning"][k] for k in seeds]  # noqa: E731
     return {family: choose({n: per_seed(n) for n in names}, per_seed("baseline"))
-            for family, names in members.items() if len(names) > 1}  # fmt: skip
+            for family, names in members.items() if len(names) > 1}
 
 
 def one_off_costs(references: dict, at: str, c: Selection, seeds: list[int], student: StudentConfig,
-                  teacher: TeacherConfig, pixels: int, n_train: int) -> float:  # fmt: skip
+                  teacher: TeacherConfig, pixels: int, n_train: int) -> float:
     """What a row pays once, before any student trains, in student minibatch forwards (mean over ``seeds``):
     training the teacher (forward + 2 x backward of every image it trained on) and its logits on every
     training image, where the row uses the teacher; the same for the irreducible-loss model and its losses,
@@ -102,7 +102,7 @@ def one_off_costs(references: dict, at: str, c: Selection, seeds: list[int], stu
 
 
 def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tuning: list[int], root: Path,
-            student: StudentConfig, teacher: TeacherConfig, pixels: int, n_train: int) -> None:  # fmt: skip
+            student: StudentConfig, teacher: TeacherConfig, pixels: int, n_train: int) -> None:
     cells = store.data["cells"]
     base = cells[at + "baseline"]
     reported = report_seeds(seeds, tuning)
@@ -118,7 +118,7 @@ def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tu
         one_off = one_off_costs(store.data["references"], at, c, reported, student, teacher, pixels, n_train)
         saving = [b - r for b, r in zip(base_compute, compute, strict=True) if b is not None and r is not None]
         payback = "-" if not one_off else (f"{one_off / statistics.fmean(saving):,.1f} runs"
-                                           if saving and statistics.fmean(saving) > 0 else "never")  # fmt: skip
+                                           if saving and statistics.fmean(saving) > 0 else "never")
         e["one_off_compute"] = one_off
         rows.append([
             c.name + (" *" if c.name in chosen else ""),
@@ -128,16 +128,16 @@ def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tu
             f"{one_off:,.0f}" if one_off else "-", payback, reached(thesis_passes), format_counts(thesis_passes),
             _ratio(column(base, "backward_passes_thesis_target"), thesis_passes),
             f"{e['thesis']['backward_passes']:,}" if e["thesis"]["backward_passes"] else "-",
-        ])  # fmt: skip
+        ])
     store.save()
     tuned = f"tuning seeds {', '.join(map(str, tuning))}" if tuning else "the same seeds (no --tuning-seeds)"
     print(f"\nTable 3.1{', ' + at[:-1] if at else ''}: student test accuracy (%) at best validation over "
           f"{seed_text(reported)}, and the first sustained crossing ({SUSTAIN} evaluations in a row, every "
           f"{student.eval_every} passes) of the validation curve at the target, {base['target_accuracy']:.2f}% (the "
-          f"highest the baseline holds on every seed), and at the thesis' {THESIS_TARGET}%")  # fmt: skip
+          f"highest the baseline holds on every seed), and at the thesis' {THESIS_TARGET}%")
     print(format_table(["config", "test acc", "thesis", "reached", "backward to target", "speedup", "compute to target",
                         "speedup", "one-off", "pays back after", f"reached {THESIS_TARGET}",
-                        f"backward to {THESIS_TARGET}", "speedup", "thesis backward"], rows))  # fmt: skip
+                        f"backward to {THESIS_TARGET}", "speedup", "thesis backward"], rows))
     unit = _cost_units(student, teacher, pixels)
     print(f"backward/compute to target: mean over the seeds that reached (k/n). speedup: baseline / row, paired "
           f"by seed over the seeds where both reached, geometric mean [95% t-interval]. compute = student "
@@ -146,7 +146,7 @@ def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tu
           f"once, looked up per stack: a teacher scoring each stack would add {unit:.1f} x stack size per update "
           f"instead), and the irreducible-loss model's training and losses, where the row uses them; pays back "
           f"after: one-off / the per-run compute saved against the baseline. * = the rule's parameters chosen on "
-          f"validation on {tuned} (most seeds reaching the target, then the largest paired speedup).")  # fmt: skip
+          f"validation on {tuned} (most seeds reaching the target, then the largest paired speedup).")
     for key, what in TARGETS_OF.items():
         _pressure_figure(store, at, configs, key, reported, root, what)
     sizes = sorted({c.stack_size for c in configs} - {1})
@@ -161,7 +161,7 @@ def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tu
             curves[c.name] = (longest["steps"], [r["val_accuracy"] for r in rs])
         panels.append((f"stack of {size} minibatches", curves))
     plot_panels(root / at / "figure_3_1.png", panels or [("baseline", {})], "student backward passes",
-                "validation accuracy (%)", zoom=FIGURE_ZOOM)  # fmt: skip
+                "validation accuracy (%)", zoom=FIGURE_ZOOM)
     teachers = store.data["references"].get(f"{at}teacher_test_accuracy", {})
     if teachers:
         print(f"teachers' test accuracy: {', '.join(f'seed {k}: {v:.2f}%' for k, v in sorted(teachers.items()))}")
@@ -173,7 +173,7 @@ def _ratio(control: list, row: list) -> str:
 
 
 def _pressure_figure(store: Store, at: str, configs: list[Selection], key: str, seeds: list[int], root: Path,
-                     what: str) -> None:  # fmt: skip
+                     what: str) -> None:
     """Paired speedup to ``what`` (``backward_passes<key>``) against the (finite) selection pressure, a line per
     rule run at every one, and the same rule sending the hardest (pressure inf) as a dashed reference; per seed
     where both the rule and the baseline reached."""
@@ -191,10 +191,10 @@ def _pressure_figure(store: Store, at: str, configs: list[Selection], key: str, 
         lines.setdefault(rule, {})[c.pressure] = per_seed
     sampled = {k: [v[p] for p in pressures] for k, v in lines.items() if all(v.get(p) for p in pressures)}
     hardest = {f"{k} (hardest)": [v[math.inf]] * len(pressures) for k, v in lines.items() if k in sampled
-               and v.get(math.inf)}  # fmt: skip
+               and v.get(math.inf)}
     if len(pressures) > 1 and sampled:
         plot_sweep(root / at / f"speedup_vs_pressure{key}.png", "selection pressure", [f"{p:g}" for p in pressures],
-                   sampled, f"speedup to {what}", references=hardest)  # fmt: skip
+                   sampled, f"speedup to {what}", references=hardest)
 
 
 
@@ -211,8 +211,8 @@ def sweep_report(store: Store, swept, configs: list[Selection], seeds: list[int]
     name, _, values = swept
     texts = [t for t, _ in values]
     lines = {c.name: [[store.runs(f"{name}={t}/{c.name}")[k]["test_accuracy"] for k in seeds]
-                      for t in texts] for c in configs}  # fmt: skip
+                      for t in texts] for c in configs}
     print(f"\nSweep over {name}: student test accuracy (%), mean ± std over {seed_text(seeds)}")
     print(format_table([name, *lines], [[t, *(format_summary(lines[c][i], 2) for c in lines)]
-                                        for i, t in enumerate(texts)]))  # fmt: skip
+                                        for i, t in enumerate(texts)]))
     plot_sweep(root / f"sweep_{name}.png", name, texts, lines, "student test accuracy (%)")

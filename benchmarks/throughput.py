@@ -47,19 +47,19 @@ def build_parser() -> ArgumentParser:
     p.option("--models", "dcgan-small,dcgan", f"comma-separated node models from {','.join(SHAPES)}")
     p.option("--runs", "1,4,20", "comma-separated language population sizes (empty: no language rows)")
     p.option("--scale", "", "comma-separated node counts of whole network steps, e.g. 10,100,1000 (ring k = 2; "
-             "dcgan-small and mlp)", default_text="none")  # fmt: skip
+             "dcgan-small and mlp)", default_text="none")
     p.option("--batch-size", 32, "minibatch of every node", type=int)
     p.option("--steps", 20, "timed steps per measurement (after 3 warm-up steps; best of 3)", type=int)
     p.empty_ok = {"runs", "scale"}
     p.option("--device", "auto", "where to measure: auto is cuda when available, else cpu",
-             choices=["auto", "cpu", "cuda", "mps"])  # fmt: skip
+             choices=["auto", "cpu", "cuda", "mps"])
     add_sweep(p)
     p.option("--out", "results/throughput.json", "results JSON")
     return p
 
 
 def steppers(model: str, nodes: int, batch_size: int, seed: int = 0,
-             device: torch.device | str = "cpu") -> tuple[Callable, Callable]:  # fmt: skip
+             device: torch.device | str = "cpu") -> tuple[Callable, Callable]:
     """(batched step, loop step) over the same ``nodes`` freshly initialised classifiers and minibatches."""
     shape = SHAPES[model]
     with torch.random.fork_rng(devices=[]):
@@ -122,7 +122,7 @@ def peak(device: torch.device, seconds: float = 1.0) -> dict[str, float]:
     w = torch.rand(128, 64, 3, 3, device=device).contiguous(memory_format=torch.channels_last)
     out = {}
     for name, fn, work in (("matmul", lambda: a @ b, 2 * 2048**3),
-                           ("conv", lambda: F.conv2d(x, w, padding=1), 2 * 64 * 128 * 32 * 32 * 64 * 9)):  # fmt: skip
+                           ("conv", lambda: F.conv2d(x, w, padding=1), 2 * 64 * 128 * 32 * 32 * 64 * 9)):
         rate, steps = 0.0, 2
         while True:  # enough calls for ``seconds``
             rate = per_s(fn, steps, device, REPEATS)
@@ -151,7 +151,7 @@ def language_stepper(runs: int, device: torch.device) -> Callable[[], None]:
         return Split(torch.rand(n, 784, generator=generator), torch.randint(0, 10, (n,), generator=generator))
 
     trainer = LanguageTrainer(LanguageConfig(), Splits(split(2000), split(200), split(200), shape=(1, 28, 28)),
-                              [("both", s) for s in range(runs)], device=device)  # fmt: skip
+                              [("both", s) for s in range(runs)], device=device)
     return trainer.train_step
 
 
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 def _measure(args, out: Path, device: torch.device, grids: list) -> None:
     machine, memory = peak(device), bandwidth(device)
     print(f"peak here: matmul {machine['matmul']:.1f} GFLOP/s, convolution {machine['conv']:.1f} GFLOP/s, memory "
-          f"{memory:.1f} GB/s ({torch.get_num_threads()} threads, {device})", flush=True)  # fmt: skip
+          f"{memory:.1f} GB/s ({torch.get_num_threads()} threads, {device})", flush=True)
     top = machine["matmul"]
     rows, language, scale = [], [], []
     for label, v, models, nodes, runs, scales in grids:
@@ -213,17 +213,17 @@ def _measure(args, out: Path, device: torch.device, grids: list) -> None:
                 rows.append({"variant": label, "model": model, "n_nodes": n, "batch_size": v.batch_size,
                              "batched_node_steps_per_s": a, "loop_node_steps_per_s": b, "ratio": a / b,
                              "gflop_per_node_step": work / 1e9, "batched_peak_fraction": a * work / 1e9 / top,
-                             "loop_peak_fraction": b * work / 1e9 / top, "default": model == DEFAULT})  # fmt: skip
+                             "loop_peak_fraction": b * work / 1e9 / top, "default": model == DEFAULT})
                 print(f"{label + ' ' if label else ''}{model} N={n}: batched {a:,.0f}, loop {b:,.0f} node-steps/s "
-                      f"({a / b:.2f}x; {rows[-1]['batched_peak_fraction']:.0%} of peak)", flush=True)  # fmt: skip
+                      f"({a / b:.2f}x; {rows[-1]['batched_peak_fraction']:.0%} of peak)", flush=True)
         if runs:
             work = flops(language_stepper(1, device))
         for r in runs:
             rate = r * per_s(language_stepper(r, device), max(3, v.steps // 2), device, REPEATS)
             language.append({"variant": label, "runs": r, "run_steps_per_s": rate, "gflop_per_run_step": work / 1e9,
-                             "peak_fraction": rate * work / 1e9 / top})  # fmt: skip
+                             "peak_fraction": rate * work / 1e9 / top})
             print(f"{label + ' ' if label else ''}language runs={r}: {rate:.1f} run-steps/s "
-                  f"({language[-1]['peak_fraction']:.0%} of peak)", flush=True)  # fmt: skip
+                  f"({language[-1]['peak_fraction']:.0%} of peak)", flush=True)
         for model in ("dcgan-small", "mlp") if scales else ():
             for n in scales:
                 scale.append({"variant": label, **scale_row(model, n, v.batch_size, 3, device)})
@@ -231,14 +231,14 @@ def _measure(args, out: Path, device: torch.device, grids: list) -> None:
     save_json(out, {"batch_size": args.batch_size, "threads": torch.get_num_threads(), "device": str(device),
                     "sweep": args.sweep, "peak_gflops": machine, "memory_gb_per_s": memory, "rows": rows,
                     "language": language, "scale": scale, "argv": sys.argv, "version": version(),
-                    "commit": commit(), "ended": now()})  # fmt: skip
+                    "commit": commit(), "ended": now()})
     _print(args, machine, memory, rows, language, scale)
 
 
 def _print(args, machine: dict, memory: float, rows: list, language: list, scale: list) -> None:
     tag = ["variant"] if args.sweep else []
     print(f"\npeak: matmul 2048^2 {machine['matmul']:.1f} GFLOP/s, convolution {machine['conv']:.1f} GFLOP/s, memory "
-          f"copy {memory:.1f} GB/s; fractions below are of the matmul peak")  # fmt: skip
+          f"copy {memory:.1f} GB/s; fractions below are of the matmul peak")
     print(format_table(
         [*tag, "model", "nodes", "GFLOP/node-step", "batched node-steps/s", "batched GFLOP/s", "of peak",
          "loop node-steps/s", "loop of peak", "ratio"],
@@ -246,21 +246,21 @@ def _print(args, machine: dict, memory: float, rows: list, language: list, scale
           f"{r['gflop_per_node_step']:.4f}", f"{r['batched_node_steps_per_s']:,.0f}",
           f"{r['batched_node_steps_per_s'] * r['gflop_per_node_step']:.1f}", f"{r['batched_peak_fraction']:.0%}",
           f"{r['loop_node_steps_per_s']:,.0f}", f"{r['loop_peak_fraction']:.0%}", f"{r['ratio']:.2f}x"] for r in rows],
-    ))  # fmt: skip
+    ))
     if language:
         print(f"\nlanguage population (level both, batch 64): {language[0]['gflop_per_run_step']:.3f} GFLOP per "
-              "run-step")  # fmt: skip
+              "run-step")
         print(format_table([*tag, "runs", "run-steps/s", "GFLOP/s", "of peak"],
                            [[*([r["variant"]] if args.sweep else []), r["runs"], f"{r['run_steps_per_s']:.1f}",
                              f"{r['run_steps_per_s'] * r['gflop_per_run_step']:.1f}", f"{r['peak_fraction']:.0%}"]
-                            for r in language]))  # fmt: skip
+                            for r in language]))
     if scale:
         print("\nwhole network steps (routing included), ring k = 2, labels")
         print(format_table([*tag, "model", "nodes", "s/step", "node-steps/s", "state MB", "peak RSS MB"],
                            [[*([r["variant"]] if args.sweep else []), r["model"], r["n_nodes"],
                              f"{r['s_per_step']:.3f}", f"{r['node_steps_per_s']:,.0f}", f"{r['state_mb']:,.0f}",
                              f"{r['peak_rss_mb']:,.0f}"]
-                            for r in scale]))  # fmt: skip
+                            for r in scale]))
     print(f"\nresults: {args.out}   (batch {args.batch_size}, {torch.get_num_threads()} threads)")
 
 
@@ -271,7 +271,7 @@ def _grid(args) -> tuple[list[str], list[int], list[int], list[int]]:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     optional = lambda text, flag: parse_ints(text, flag) if text.strip() else []  # noqa: E731 (empty: no rows)
     return (parse_list(args.models, SHAPES, "--models"), parse_ints(args.nodes, "--nodes"),
-            optional(args.runs, "--runs"), optional(args.scale, "--scale"))  # fmt: skip
+            optional(args.runs, "--runs"), optional(args.scale, "--scale"))
 
 
 if __name__ == "__main__":

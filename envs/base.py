@@ -158,7 +158,7 @@ class TruncatingParallelEnv(ParallelEnv):
                     ends = [f"{v:.4g}" if given.dtype.kind == "f" else f"{v}" for v in (given.min(), given.max())]
                     values = ", values {}..{}".format(*ends)
                 raise ValueError(f"{agent}'s action must be {self.action_text(agent)}; got {given.dtype} of shape "
-                                 f"{given.shape}{values}")  # fmt: skip
+                                 f"{given.shape}{values}")
             checked[agent] = action
         return checked
 

@@ -40,7 +40,7 @@ TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
 TEST = "test_batch.bin"
 RECORD = 1 + 3 * 32 * 32  # label byte, then the red, green and blue 32x32 planes
 SOURCES = {"binary": "the official CIFAR-10 binary release",
-           "jpeg": "the JPEG stand-in (quality 75; pixels differ from the official release)"}  # fmt: skip
+           "jpeg": "the JPEG stand-in (quality 75; pixels differ from the official release)"}
 
 
 def read_binary_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +51,7 @@ def read_binary_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"{path} is unreadable ({e}); delete it so it is fetched again") from e
     if raw.size == 0 or raw.size % RECORD:
         raise DataError(f"{path} holds {raw.size} bytes, not a whole number of {RECORD}-byte CIFAR-10 records; "
-                        "delete it so it is fetched again")  # fmt: skip
+                        "delete it so it is fetched again")
     records = raw.reshape(-1, RECORD)
     labels = records[:, 0]
     if labels.max() > 9:
@@ -80,11 +80,11 @@ def read_cifar(root: Path, download: bool, fetch) -> tuple[tuple[np.ndarray, ...
         missing = [n for n in (*TRAIN, TEST) if not (folder / n).exists()]
         if not download:
             raise DataError(f"missing {', '.join(missing)} in {folder} (and no {OFFICIAL} or {JPEG_FOLDER}/"
-                            f"{JPEG_ARCHIVE} in {root}); set --data-dir / $COMMCHANNELS_DATA")  # fmt: skip
+                            f"{JPEG_ARCHIVE} in {root}); set --data-dir / $COMMCHANNELS_DATA")
         fetch([OFFICIAL], root)
     elif file_hash(archive, "md5") != OFFICIAL_MD5:
         raise DataError(f"{archive} is not the official CIFAR-10 binary archive (md5 differs): it is damaged or "
-                        "another file; delete it so it is fetched again")  # fmt: skip
+                        "another file; delete it so it is fetched again")
     with _opened(archive) as tar:
         tar.extractall(root, filter="data")  # "data": no absolute paths, links or devices
     return _binary(folder), "binary"
@@ -118,7 +118,7 @@ def read_jpeg(archive: Path) -> tuple[np.ndarray, ...]:
     sha = file_hash(archive, "sha256")
     if sha != JPEG_SHA256:
         raise DataError(f"{archive} has sha256 {sha[:12]}..., not the CIFAR-10 JPEG stand-in's {JPEG_SHA256[:12]}...: "
-                        "it is damaged or another file; replace it")  # fmt: skip
+                        "it is damaged or another file; replace it")
     key = {"sha256": sha, "decoder": f"Pillow {PIL.__version__}"}
     for cache in _caches(archive):
         if cache.exists():
@@ -130,7 +130,7 @@ def read_jpeg(archive: Path) -> tuple[np.ndarray, ...]:
                 return tuple(state[k].numpy() for k in ("train_x", "train_y", "test_x", "test_y"))
     arrays = decode_jpeg(archive)
     state = {"key": key, **{k: torch.from_numpy(a) for k, a in zip(("train_x", "train_y", "test_x", "test_y"), arrays,
-                                                                   strict=True)}}  # fmt: skip
+                                                                   strict=True)}}
     for cache in _caches(archive):
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from envs.cache import DataError, user_cache
 from envs.cifar import read_cifar
 
 __all__ = ["DATASETS", "DataError", "DatasetSpec", "Split", "Splits", "default_root", "load_splits", "read_idx",
-           "user_cache"]  # fmt: skip
+           "user_cache"]
 
 ENV_VAR = "COMMCHANNELS_DATA"
 
@@ -142,7 +142,7 @@ def _read_idx_dataset(spec: DatasetSpec, root: Path, download: bool) -> tuple[np
         out += [x, y]
     if out[0].shape[1:] != out[2].shape[1:]:
         raise DataError(f"{raw_dir} holds {_size(out[0])} training but {_size(out[2])} test images: "
-                        "the two images files come from different datasets; replace the wrong one")  # fmt: skip
+                        "the two images files come from different datasets; replace the wrong one")
     return tuple(out)
 
 
@@ -158,7 +158,7 @@ def _check_idx_pair(spec: DatasetSpec, images: Path, x: np.ndarray, labels: Path
         raise DataError(f"{images} holds {len(x)} images but {labels} {len(y)} labels: replace the one that is cut")
     if not 0 <= int(y.min()) <= int(y.max()) < spec.classes:
         raise DataError(f"{labels} must hold classes 0..{spec.classes - 1}, found {int(y.min())}..{int(y.max())}: "
-                        "replace it")  # fmt: skip
+                        "replace it")
 
 
 def _size(x: np.ndarray) -> str:
@@ -198,7 +198,7 @@ def load_splits(name: str = "mnist", root: str | Path | None = None, download: b
     root = Path(root) if root is not None else default_root()
     if explicit and root.is_file():
         raise DataError(f"data dir {root} is a file; point --data-dir / ${ENV_VAR} at the folder that holds "
-                        f"{spec.folder}/raw/")  # fmt: skip
+                        f"{spec.folder}/raw/")
     if explicit and not root.is_dir():
         raise DataError(
             f"data dir {root} does not exist; create it (files are downloaded into it) or point "

@@ -115,7 +115,7 @@ class Content:
     def loss(self, own: torch.Tensor, payload: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """Per-sample loss of the receiver's ``own`` output against what came with the sample."""
         raise ValueError(f"content {self.name!r} carries no training signal; choose from "
-                         f"{', '.join(n for n in SUPERVISED_CONTENTS if CONTENTS[n].reads)}")  # fmt: skip
+                         f"{', '.join(n for n in SUPERVISED_CONTENTS if CONTENTS[n].reads)}")
 
 
 class Logits(Content):
@@ -198,7 +198,7 @@ def crop_and_flip(x: torch.Tensor, generators: Sequence[torch.Generator]) -> tor
     every device and whichever nodes train beside it)."""
     n, b, _, h, w = x.shape
     draws = torch.stack([torch.cat([torch.randint(0, 2 * PAD + 1, (b, 2), generator=g),
-                                    torch.randint(0, 2, (b, 1), generator=g)], 1) for g in generators])  # fmt: skip
+                                    torch.randint(0, 2, (b, 1), generator=g)], 1) for g in generators])
     draws = draws.view(n * b, 3).to(x.device)
     rows = draws[:, :1] + torch.arange(h, device=x.device)  # [n*b, h]
     cols = draws[:, 1:2] + torch.arange(w, device=x.device)

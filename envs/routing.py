@@ -36,7 +36,7 @@ def placement(nodes: int, processes: int) -> list[range]:
     """The nodes each process owns: contiguous blocks whose sizes differ by at most one."""
     if not 1 <= processes <= nodes:
         raise ValueError(f"{nodes} node(s) cannot be spread over {processes} processes: every process needs a node; "
-                         "run fewer processes or more nodes")  # fmt: skip
+                         "run fewer processes or more nodes")
     bounds = [p * nodes // processes for p in range(processes + 1)]
     return [range(a, b) for a, b in itertools.pairwise(bounds)]
 
@@ -54,7 +54,7 @@ def check_shard_size(n_samples: int, nodes: int, size: int | None) -> None:
     """A ``ValueError`` unless each of ``nodes`` can have ``size`` of the ``n_samples`` to itself (``None``: all)."""
     if size is not None and not 1 <= size <= n_samples // nodes:
         raise ValueError(f"{nodes} nodes of {size:,} images each need {size * nodes:,} training images, there are "
-                         f"{n_samples:,}: lower --shard-size or --nodes")  # fmt: skip
+                         f"{n_samples:,}: lower --shard-size or --nodes")
 
 
 def ring_neighbours(nodes: int, k: int) -> torch.Tensor:
@@ -212,7 +212,7 @@ class Network:
         smallest = min(len(s) for s in self.shards)
         if smallest < batch_size:
             raise ValueError(f"a node's shard holds {smallest} samples, fewer than a minibatch of {batch_size}; "
-                             "use fewer nodes or a smaller batch")  # fmt: skip
+                             "use fewer nodes or a smaller batch")
         self.generators = [torch.Generator().manual_seed(node_seed(seed, i)) for i in self.owned]
         n = len(self.owned)
         self.inbox = Inbox(n, capacity, payload_dim, pixels.shape[1])
@@ -268,7 +268,7 @@ class Network:
         return {"inbox": self.inbox.state_dict(), "order": self.order, "cursor": list(self.cursor),
                 "consumed_local": self.consumed_local, "consumed_received": self.consumed_received,
                 "sent": self.sent, "digest": self.digest,
-                "generators": [g.get_state() for g in self.generators]}  # fmt: skip
+                "generators": [g.get_state() for g in self.generators]}
 
     def load_state_dict(self, state: dict) -> None:
         self.inbox.load_state_dict(state["inbox"])
@@ -320,7 +320,7 @@ def pack(post: Post, encode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Te
 
 
 def unpack(raw: torch.Tensor, batch_size: int, pixel_dim: int, content_bytes: int,
-           decode: Callable[[torch.Tensor], torch.Tensor]) -> Post:  # fmt: skip
+           decode: Callable[[torch.Tensor], torch.Tensor]) -> Post:
     """``pack``'s inverse; ``decode`` turns ``[S, B, content_bytes]`` bytes back into payloads (``Content.decode``)."""
     b = batch_size
     widths = [4, 4 * b, b * pixel_dim, b * content_bytes]

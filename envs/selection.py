@@ -142,7 +142,7 @@ class Rule:
         return (1 - self.floor) * p + self.floor * valid / n
 
     def __call__(self, stack: Stack, batch_size: int, generator: torch.Generator,
-                 valid: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+                 valid: torch.Tensor | None = None) -> torch.Tensor:
         """Indices (along the stack) of the ``batch_size`` samples sent."""
         scores = MEASURES[self.measure](stack, generator)
         if math.isinf(self.pressure):

@@ -136,7 +136,7 @@ class parallel_env(TruncatingParallelEnv):
         trained teacher's logits for the thesis' setting."""
         max_steps = episode_length(max_cycles, max_steps)
         data = {"images": images, "labels": labels, "teacher_logits": teacher_logits, "val_images": val_images,
-                "val_labels": val_labels}  # fmt: skip
+                "val_labels": val_labels}
         if not given_whole(**data):
             images, labels, teacher_logits, val_images, val_labels = _default_data(dataset, data_dir)
         if stack_size < 1 or batch_size < 1 or stack_size * batch_size > len(images):
@@ -244,7 +244,7 @@ class parallel_env(TruncatingParallelEnv):
 
 
 def _adam_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor,
-               targets: torch.Tensor) -> None:  # fmt: skip
+               targets: torch.Tensor) -> None:
     loss = target_loss(model(images), targets).mean()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -36,7 +36,7 @@ def test_help_shows_every_flags_default(name, capsys):
     (network, ["--quick", "--eval-every", "5", "--seeds", "2"], {"eval_every": 5, "seeds": [0, 1]}, {"steps": 40}),
     (teacher, ["--quick", "--teacher-max-epochs", "3", "--patience", "4"], {"teacher_max_epochs": 3, "patience": 4},
      {"max_epochs": 2, "teacher_hidden": (256, 256)}),
-])  # fmt: skip
+])
 def test_explicit_flags_beat_quick(module, argv, given, filled):
     args = module.build_parser().parse(argv, module.QUICK)
     assert {k: getattr(args, k) for k in given} == given
@@ -64,7 +64,7 @@ def test_sweep_values_parse_as_their_flag_parses():
     assert parser.sweep_flag("hidden=64,64;32")[2] == [("64,64", (64, 64)), ("32", (32,))]
     assert parser.sweep_flag("straight-through=true,false")[2] == [("true", True), ("false", False)]
     for bad, message in (("colour=1,2", "FLAG one of"), ("seeds=1,2", "FLAG one of"), ("lr=1,x", "expected a number"),
-                         ("estimator=gumbel,adam", "not one of"), ("lr=1,1", "repeat")):  # fmt: skip
+                         ("estimator=gumbel,adam", "not one of"), ("lr=1,1", "repeat")):
         with pytest.raises(UsageError, match=message):
             parser.sweep_flag(bad)
     with pytest.raises(UsageError) as error:
@@ -73,7 +73,7 @@ def test_sweep_values_parse_as_their_flag_parses():
 
 
 @pytest.mark.parametrize(("module", "flag"), [(language, "levels"), (language, "dataset"), (network, "nodes"),
-                                            (network, "val-samples"), (teacher, "measures")])  # fmt: skip
+                                            (network, "val-samples"), (teacher, "measures")])
 def test_flags_that_pick_the_data_or_the_cells_are_not_swept(module, flag):
     with pytest.raises(UsageError, match=f"cannot vary --{flag}"):
         module.build_parser().sweep_flag(f"{flag}=1,2")
@@ -115,7 +115,7 @@ def test_every_flag_refuses_its_abbreviation(name, capsys):
     (["--out", " "], "--out is empty"),
     (["--sweep", "lr=0.1,,0.2"], "--sweep lr has an empty item"),
     (["--levels", "none,,both"], "has an empty item in 'none,,both'"),
-])  # fmt: skip
+])
 def test_empty_values_and_items_are_refused_not_dropped(argv, said, capsys):
     assert exit_code(language.main, argv) == 2
     assert said in capsys.readouterr().err

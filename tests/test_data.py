@@ -83,7 +83,7 @@ def test_labels_outside_the_classes_name_the_split_and_the_range(tmp_path):
     labels[7] = 200
     write_idx(root / "MNIST/raw/train-labels-idx1-ubyte.gz", labels.astype(np.uint8))
     with pytest.raises(DataError, match=r"MNIST/raw/train-labels-idx1-ubyte.gz must hold classes 0..9, found 0..200: "
-                                        "replace it"):  # fmt: skip
+                                        "replace it"):
         load_splits("mnist", root, download=False)
 
 
@@ -197,5 +197,5 @@ def test_cifar10_download_is_hash_checked_and_unpacked(tmp_path, monkeypatch):
     root.mkdir()
     splits = load_splits("cifar10", root)
     assert asked == {"url": "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
-                     "known_hash": "md5:c32a1d4ab5d03f1284b67883e8d87530"}  # fmt: skip
+                     "known_hash": "md5:c32a1d4ab5d03f1284b67883e8d87530"}
     assert len(splits.test.images) == 12 and splits.test.images.shape[1] == 3 * 32 * 32

@@ -47,7 +47,7 @@ def spawn(fn, world: int, *args) -> list[int | None]:
 
 def _enter(rank: int, fn, world: int, port: int, args: tuple) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))  # fmt: skip
+                      MASTER_PORT=str(port))
     from trainers.distributed import DistributedGroup
 
     group = DistributedGroup(timeout=20, exchange=args[0])
@@ -127,7 +127,7 @@ def test_routing_is_the_simulators_and_losses_agree_on_any_number_of_processes(r
     alone = [dataclasses.asdict(r) for r in simulator.fit(losses)]
     for got, want in zip(spread["results"], alone, strict=True):
         for key in ("routing", "samples_sent", "dropped", "consumed_from_inbox", "bytes_sent_per_node_step", "steps",
-                    "test_nodes", "val_average", "test_average"):  # fmt: skip
+                    "test_nodes", "val_average", "test_average"):
             assert got[key] == want[key], key
         assert got["wire_bytes_per_node_step"] > 0 and want["wire_bytes_per_node_step"] == 0
     assert len(spread["losses"]) == len(losses.values) == 2 * 20
@@ -141,7 +141,7 @@ def test_parameter_averaging_across_processes_equals_one_process(root, tmp_path,
     """The rivals of codistillation on 3 processes: the nodes' rows meet in one all-reduce (in float64), and
     the accuracies and logical bytes are those of one process; the wire bytes are what the all-reduce took."""
     config = dataclasses.replace(CONFIG, content="none", average=average, average_every=1 if average == "allreduce"
-                                 else 3)  # fmt: skip
+                                 else 3)
     assert spawn(_train, 3, "p2p", root, tmp_path / "spread.pt", config) == [0] * 3
     spread = torch.load(tmp_path / "spread.pt")
     alone = NetworkTrainer(config, load_splits("mnist", root, download=False), [0, 1]).fit()
@@ -161,14 +161,14 @@ def test_a_nodes_draws_and_shard_do_not_depend_on_which_process_holds_it():
         part.minibatch(torch.zeros(2, dtype=torch.long))
     assert torch.equal(whole.digest[4:], part.digest)
     assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(whole.generators[4:], part.generators,
-                                                                          strict=True))  # fmt: skip
+                                                                          strict=True))
 
 
 def _die(rank: int, world: int, group, root: Path, out: Path) -> None:
     from trainers.distributed import PeerLost
 
     trainer = NetworkTrainer(dataclasses.replace(CONFIG, steps=200), load_splits("mnist", root, download=False), [0],
-                             group=group)  # fmt: skip
+                             group=group)
 
     class Die(Events):
         def advance(self, steps: int = 1) -> None:
@@ -243,12 +243,12 @@ def _ddp(rank: int, world: int, group, root: Path, out: Path) -> None:
     from trainers.network.ddp import DDPBaseline
 
     baseline = DDPBaseline(dataclasses.replace(CONFIG, content="none", steps=6, eval_every=3),
-                           load_splits("mnist", root, download=False), [0, 1], group=group)  # fmt: skip
+                           load_splits("mnist", root, download=False), [0, 1], group=group)
     results = baseline.fit()
     params = sum(p.numel() * p.element_size() for p in baseline.model.parameters())
     weights = torch.cat([p.detach().flatten() for p in baseline.model.parameters()])
     torch.save({"hook": [r.hook_bytes_per_step for r in results], "params": params, "weights": weights},
-               out / f"ddp{rank}.pt")  # fmt: skip
+               out / f"ddp{rank}.pt")
 
 
 def test_the_ddp_hook_hands_over_every_parameter_byte_each_step_and_replicas_stay_equal(root, tmp_path):
@@ -263,16 +263,16 @@ def _ddp_recipe(rank: int, world: int, group, root: Path, out: Path) -> None:
 
     splits = load_splits("mnist", root, download=False)
     config = dataclasses.replace(CONFIG, content="none", steps=4, eval_every=2, model="dcgan-bn", augment=True,
-                                 lr_schedule="cosine")  # fmt: skip
+                                 lr_schedule="cosine")
     baseline = DDPBaseline(config, splits, [0], group=group)
     baseline.fit()
     buffers = [b.clone() for b in baseline.model.module.buffers()]
     accuracies = [baseline.accuracy(splits.val) for _ in range(2)]
     plain, augmented = (DDPBaseline(dataclasses.replace(config, augment=a), splits, [0], group=group).train_step()
-                        for a in (False, True))  # fmt: skip
+                        for a in (False, True))
     torch.save({"accuracies": accuracies, "lr": baseline.optimizer.param_groups[0]["lr"], "losses": [plain, augmented],
                 "kept": all(torch.equal(a, b) for a, b in zip(buffers, baseline.model.module.buffers(), strict=True))},
-               out / "recipe.pt")  # fmt: skip
+               out / "recipe.pt")
 
 
 def test_ddp_follows_the_recipe_and_evaluates_batch_norm_on_its_running_statistics(root, tmp_path):
@@ -301,18 +301,18 @@ def _cli(rank: int, world: int, group, argv: list[str], out: Path) -> None:
 def test_the_benchmark_on_two_processes_writes_only_on_rank_0_and_refuses_too_few_nodes(root, tmp_path):
     argv = ["--dataset", "mnist", "--data-dir", str(root), "--batch-size", "4", "--steps", "4", "--eval-every", "2",
             "--val-samples", "0", "--seeds", "1", "--distributed", "--out", str(tmp_path / "r.json"),
-            "--logdir", str(tmp_path / "runs")]  # fmt: skip
+            "--logdir", str(tmp_path / "runs")]
     assert spawn(_cli, 2, "p2p", argv, tmp_path) == [0, 0]  # the thesis' table has a 1-node configuration
     said = [(tmp_path / f"cli{r}.txt").read_text().splitlines() for r in (0, 1)]
     assert said[0] == ["2", "error: 2 processes cannot share configurations of 1 node(s): every process needs a node; "
-                       "run fewer processes or pass --nodes of at least 2"] and said[1] == ["2"]  # fmt: skip
+                       "run fewer processes or pass --nodes of at least 2"] and said[1] == ["2"]
     assert not (tmp_path / "r.json").exists()
     grid = [*argv, "--nodes", "3", "--content", "labels", "--baseline", "ddp,gossip,local-sgd,allreduce"]
     assert spawn(_cli, 2, "p2p", grid, tmp_path) == [0, 0]
     assert [(tmp_path / f"cli{r}.txt").read_text().splitlines()[0] for r in (0, 1)] == ["0", "0"]
     data = json.loads((tmp_path / "r.json").read_text())
     assert list(data["cells"]) == ["3nodes-labels", "3nodes-gossip-k2-every1", "3nodes-local-sgd-every1",
-                                   "3nodes-allreduce", "ddp-3nodes"] and data["config"]["processes"] == 2  # fmt: skip
+                                   "3nodes-allreduce", "ddp-3nodes"] and data["config"]["processes"] == 2
     assert data["cells"]["ddp-3nodes"]["runs"]["0"]["hook_bytes_per_step"] > 0
     assert data["cells"]["3nodes-allreduce"]["runs"]["0"]["wire_bytes_per_node_step"] > 0
     assert data["cells"]["3nodes-labels"]["runs"]["0"]["wire_bytes_per_node_step"] > 0

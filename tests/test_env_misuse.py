@@ -57,7 +57,7 @@ def test_a_missing_or_unknown_agent_is_named(name):
         ("teacher_student", "student", 0.5, "student's action must be 0 (skip the batch) or 1 (take the update); got "
          "float64 of shape ()"),
     ],
-)  # fmt: skip
+)
 def test_a_float_or_out_of_range_action_is_named(name, agent, bad, message):
     env = ENVS[name]()
     env.reset(seed=0)
@@ -137,7 +137,7 @@ def test_constructor_arguments_of_the_wrong_type_are_one_line():
     ("StudentConfig(eval_every=0)", "eval_every must be >= 1, got 0"),
     ("PolicyConfig(horizon=0)", "horizon must be >= 1, got 0"),
     ("NetworkConfig(nodes='4')", "nodes must be a whole number, got '4'"),
-])  # fmt: skip
+])
 def test_configs_check_their_fields_on_construction(make, said):
     from trainers.language.config import LanguageConfig  # noqa: F401
     from trainers.network.config import NetworkConfig  # noqa: F401

@@ -13,7 +13,7 @@ from tests.conftest import exit_code
 from trainers.base import resolve_device
 
 SMALL = ["--steps", "6", "--eval-every", "3", "--reference-epochs", "1", "--hidden", "16", "--critic-hidden", "16",
-         "--message-length", "4", "--batch-size", "8"]  # fmt: skip
+         "--message-length", "4", "--batch-size", "8"]
 
 
 def run(argv):
@@ -47,7 +47,7 @@ def test_smoke_run_writes_table_json_tensorboard_and_png(cli, capsys):
     assert set(data["references"]["raw_view"]) == {"0", "1"}
     paired = data["cells"]["both"]["summary"]["paired"]  # vs none and vs alone, mean and 95% interval
     gaps = [data["cells"]["both"]["runs"][k]["test_accuracy"] - data["cells"]["none"]["runs"][k]["test_accuracy"]
-            for k in ("0", "1")]  # fmt: skip
+            for k in ("0", "1")]
     assert set(paired) == {"none", "alone"} and paired["none"]["mean"] == pytest.approx(sum(gaps) / 2)
     assert paired["none"]["n"] == 2 and paired["none"]["low"] <= paired["none"]["mean"] <= paired["none"]["high"]
     assert data["wall_time_s"] > 0
@@ -60,7 +60,7 @@ def test_smoke_run_writes_table_json_tensorboard_and_png(cli, capsys):
     assert [e.step for e in events.Scalars("val/accuracy")] == [3, 6]
     assert (logdir / "language" / "val_accuracy.png").stat().st_size > 1000
     assert not list(out.parent.glob("*.ckpt.*")) and not list(out.parent.glob(".*")) and not list(
-        out.parent.glob("*.lock"))  # fmt: skip
+        out.parent.glob("*.lock"))
 
 
 def test_rerun_skips_finished_runs_and_trains_only_new_ones(cli, monkeypatch):
@@ -116,15 +116,15 @@ def test_agent_plugs_in_from_the_command_line(cli, agent):  # a test-only class,
 def test_an_agent_plugs_in_from_a_file_path_and_a_broken_file_is_one_line(cli, tmp_path, capsys):
     argv, out, _ = cli
     (tmp_path / "my_agents.py").write_text("from agents.speakers import MLPSpeaker\n\n\nclass Mine(MLPSpeaker):\n"
-                                           "    pass\n")  # fmt: skip
+                                           "    pass\n")
     assert run([*argv, "--seeds", "1", "--levels", "none", "--no-analysis", "--agent",
-                f"{tmp_path / 'my_agents.py'}:Mine"]) == 0  # fmt: skip
+                f"{tmp_path / 'my_agents.py'}:Mine"]) == 0
     assert json.loads(out.read_text())["config"]["agent"].endswith("my_agents.py:Mine")
     (tmp_path / "broken.py").write_text("class Mine(:\n")
     (tmp_path / "raising.py").write_text("raise RuntimeError('no GPU here')\n")
     for spec, said in ((f"{tmp_path / 'broken.py'}:Mine", "broken.py:1 has a syntax error"),
                        (f"{tmp_path / 'raising.py'}:Mine", "raised RuntimeError: no GPU here"),
-                       (f"{tmp_path / 'absent.py'}:Mine", "no file")):  # fmt: skip
+                       (f"{tmp_path / 'absent.py'}:Mine", "no file")):
         assert run([*argv, "--seeds", "1", "--agent", spec, "--out", str(tmp_path / "x.json")]) == 2
         err = capsys.readouterr().err
         assert said in err and err.count("\n") == 1, err
@@ -202,7 +202,7 @@ def test_both_estimators_are_a_sweep_in_one_file(cli, capsys, monkeypatch):
     assert set(data["cells"]) == {f"estimator={e}/{lv}" for e in ("gumbel", "reinforce") for lv in ("none", "feedback")}
     assert data["config"]["sweep"] == "estimator" and "estimator" not in data["config"]
     assert data["cells"]["estimator=reinforce/feedback"]["runs"]["0"]["test_accuracy"] == first["cells"]["feedback"][
-        "runs"]["0"]["test_accuracy"]  # fmt: skip
+        "runs"]["0"]["test_accuracy"]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(logdir / "both" / "estimator=reinforce" / "feedback" / "seed0")).Reload()
@@ -248,7 +248,7 @@ def test_a_killed_run_resumes_even_with_other_seeds_and_levels(cli, monkeypatch,
     data, reference = json.loads(out.read_text()), json.loads(whole.read_text())
     for level in ("none", "both"):
         assert data["cells"][level]["runs"]["0"]["val_accuracy"] == reference["cells"][level]["runs"]["0"][
-            "val_accuracy"]  # fmt: skip
+            "val_accuracy"]
     assert set(data["cells"]["none"]["runs"]) == {"0", "1"}
     assert not list(out.parent.glob("*.ckpt.*"))
 
@@ -258,7 +258,7 @@ def test_ctrl_c_saves_a_checkpoint_first_and_the_resumed_run_equals_an_uninterru
     what it resumes and ends with the uninterrupted run's numbers."""
     argv, out, _ = cli
     command = [sys.executable, "-m", "benchmarks.language", *argv, "--seeds", "1", "--levels", "none", "--steps",
-               "600", "--eval-every", "10", "--no-analysis"]  # fmt: skip
+               "600", "--eval-every", "10", "--no-analysis"]
     whole = out.with_name("whole.json")
     assert subprocess.run([*command, "--out", str(whole)], capture_output=True).returncode == 0
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
@@ -282,7 +282,7 @@ def test_a_diverging_run_stops_with_one_line_and_no_nan_in_results(cli, capsys):
     before = out.read_text()
     diverging = out.with_name("diverging.json")
     assert run([*argv, "--seeds", "1", "--levels", "none", "--lr", "1e30", "--probe-lr", "1e30", "--out",
-                str(diverging)]) == 2  # fmt: skip
+                str(diverging)]) == 2
     err = capsys.readouterr().err
     errors = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "diverged at step" in errors[0] and "none seed 0" in errors[0]
@@ -321,7 +321,7 @@ def test_a_visible_sweep_of_occluded_views_has_every_level_reference_and_analysi
     assert 0 <= run0["test_accuracy"] <= 100 and run0["analysis"]["joint_probe"] >= 0
     keys = {"teacher_message_probe", "teacher_message_bits", "teacher_distinct", "teacher_topsim",
             "teacher_topsim_view", "feature_probe",
-            "joint_probe", "joint_probe_other_message", "intervention_drop", "message_gain", "agreement"}  # fmt: skip
+            "joint_probe", "joint_probe_other_message", "intervention_drop", "message_gain", "agreement"}
     assert keys <= run0["analysis"].keys()
     assert data["cells"]["visible=0.25/none"]["summary"]["analysis"]["intervention_drop"]["n"] == 1
     assert data["config"]["view"] == "occlude"

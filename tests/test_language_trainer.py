@@ -148,7 +148,7 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(splits, tmp_path):
     again = LanguageTrainer(TINY, splits, runs)
     again.fit()
     assert all(torch.equal(again.best_weights(r)[k], resumed.best_weights(r)[k])
-               for r in range(2) for k in again.best_weights(r))  # fmt: skip
+               for r in range(2) for k in again.best_weights(r))
 
 
 def test_checkpoint_of_other_runs_is_refused(splits, tmp_path):
@@ -196,7 +196,7 @@ def test_population_fast_mlp_path_matches_vmap():
     assert torch.allclose(population(x), reference, atol=1e-6)
     assert torch.allclose(population.shared(x[0]), torch.stack([m(x[0]) for m in models]), atol=1e-6)
     assert torch.allclose(population.rows(torch.tensor([2, 0]), x[:2]), torch.stack([models[2](x[0]), models[0](x[1])]),
-                          atol=1e-6)  # fmt: skip
+                          atol=1e-6)
     assert Population([torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Dropout(0.5))])._layers is None
 
 
@@ -268,7 +268,7 @@ def test_reinforce_training_is_seeded_and_resumes_with_its_baseline(splits, tmp_
 
 @pytest.mark.parametrize(("level", "twin", "other"), [("decide", "both", "none"), ("read", "none", "both")])
 def test_a_level_that_reads_trains_as_its_twin_and_its_probe_also_reads_the_received_message(splits, level, twin,
-                                                                                            other):  # fmt: skip
+                                                                                            other):
     """decide trains as both and read (its control) as none; each one's probe also reads the hard message."""
     trainer = LanguageTrainer(TINY, splits, [(twin, 0), (level, 0), (other, 0)])
     initial = trainer.message_probe.state_dict()

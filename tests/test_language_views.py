@@ -86,7 +86,7 @@ def test_the_env_resamples_noise_every_step_from_its_seed():
     after = env.step(actions)[0]
     assert not (obs["teacher"][:, :16] == after["teacher"][:, :16]).all()  # the same image, new noise
     replay, _ = language.parallel_env(images=one_image, view="resample", noise=0.5, message_length=3,
-                                      batch_size=4).reset(seed=0)  # fmt: skip
+                                      batch_size=4).reset(seed=0)
     assert all((obs[a] == replay[a]).all() for a in AGENTS)  # seeded
     assert env.observation_space("teacher") == make_env().observation_space("teacher")
 
@@ -102,7 +102,7 @@ def test_the_env_occludes_with_its_fixed_masks():
 
 def test_resample_evaluation_noise_is_fixed_per_seed_and_split(splits):
     config = LanguageConfig(view="resample", noise=0.4, steps=2, eval_every=1, hidden=(8,), critic_hidden=8,
-                            message_length=4, batch_size=8)  # fmt: skip
+                            message_length=4, batch_size=8)
     trainer = LanguageTrainer(config, splits, [("none", 0), ("both", 0), ("none", 1)])
     images = splits.val.images[:20]
     first, again = trainer.eval_views(images, "val", 0), trainer.eval_views(images, "val", 0)
@@ -120,7 +120,7 @@ def test_resample_evaluation_noise_is_fixed_per_seed_and_split(splits):
 
 def test_resample_training_draws_new_noise_every_step(splits, monkeypatch):
     config = LanguageConfig(view="resample", noise=0.4, steps=2, hidden=(8,), critic_hidden=8, message_length=4,
-                            batch_size=8)  # fmt: skip
+                            batch_size=8)
     trainer = LanguageTrainer(config, splits, [("none", 0)])
     one_image = splits.train.images[:1].expand_as(splits.train.images).clone()
     trainer.splits = Splits(Split(one_image, splits.train.labels), splits.val, splits.test)

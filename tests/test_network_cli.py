@@ -16,7 +16,7 @@ def cli(tmp_path):
     root = make_dataset(tmp_path / "data", name="fashion-mnist", n_train=300, n_test=40)
     out, logdir = tmp_path / "network.json", tmp_path / "runs"
     return ["--dataset", "fashion-mnist", "--data-dir", str(root), "--out", str(out), "--logdir", str(logdir),
-            *SMALL], out, logdir  # fmt: skip
+            *SMALL], out, logdir
 
 
 def test_smoke_run_of_table_2_2_writes_tables_json_tensorboard_and_figure(cli, capsys):
@@ -97,7 +97,7 @@ def test_a_shard_size_sweep_has_a_cell_per_size_and_content_and_a_figure(cli, ca
 def test_throughput_writes_rows_with_ratios_and_fractions_of_peak(tmp_path, capsys):
     out = tmp_path / "t.json"
     assert exit_code(throughput.main, ["--nodes", "1,2", "--models", "dcgan-small", "--steps", "1", "--runs", "2",
-                                       "--scale", "3", "--batch-size", "2", "--out", str(out)]) == 0  # fmt: skip
+                                       "--scale", "3", "--batch-size", "2", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     rows, peak = data["rows"], data["peak_gflops"]
     assert [(r["model"], r["n_nodes"], r["default"]) for r in rows] == [("dcgan-small", n, True) for n in (1, 2)]
@@ -114,7 +114,7 @@ def test_throughput_writes_rows_with_ratios_and_fractions_of_peak(tmp_path, caps
     assert exit_code(throughput.main, ["--nodes", "0", "--out", str(out)]) == 2
     assert "--nodes must be >= 1, got '0'" in capsys.readouterr().err
     assert exit_code(throughput.main, ["--nodes", "2", "--models", "dcgan-small", "--steps", "1", "--out", str(out),
-                                       "--runs", "", "--sweep", "batch-size=2,3"]) == 0  # fmt: skip
+                                       "--runs", "", "--sweep", "batch-size=2,3"]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [(r["variant"], r["batch_size"]) for r in rows] == [("batch-size=2", 2), ("batch-size=3", 3)]
 
@@ -142,7 +142,7 @@ def test_a_killed_benchmark_keeps_finished_configs_and_a_rerun_finishes(cli, mon
 def test_quick_network_benchmark_on_real_fashion_mnist(tmp_path, capsys):
     out = tmp_path / "quick.json"
     assert exit_code(bench.main, ["--dataset", "fashion-mnist", "--quick", "--out", str(out),
-                                  "--logdir", str(tmp_path / "runs")]) == 0  # fmt: skip
+                                  "--logdir", str(tmp_path / "runs")]) == 0
     data = json.loads(out.read_text())
     assert len(data["cells"]) == 6
     assert all(e["runs"]["0"]["test_collective"] > 40 for e in data["cells"].values())  # 40 steps; chance is 10%
@@ -166,15 +166,15 @@ def test_the_throughput_benchmark_knows_every_node_model():
 def test_gossip_and_local_sgd_rows_sit_in_the_table_with_their_bytes(cli, capsys):
     argv, out, _ = cli
     grid = [*argv, "--nodes", "4", "--content", "labels", "--baseline", "gossip,local-sgd,allreduce", "--average-every",
-            "1,4"]  # fmt: skip
+            "1,4"]
     assert exit_code(bench.main, grid) == 0
     cells = json.loads(out.read_text())["cells"]
     assert list(cells) == ["4nodes-labels", "4nodes-gossip-k2-every1", "4nodes-gossip-k2-every4",
                            "4nodes-gossip-k3-every1", "4nodes-gossip-k3-every4", "4nodes-local-sgd-every1",
-                           "4nodes-local-sgd-every4", "4nodes-allreduce"]  # fmt: skip
+                           "4nodes-local-sgd-every4", "4nodes-allreduce"]
     sent = {c: e["runs"]["0"]["bytes_sent_per_node_step"] for c, e in cells.items()}
     assert sent["4nodes-gossip-k2-every1"] == 4 * sent["4nodes-gossip-k2-every4"] == 2 * sent[
-        "4nodes-local-sgd-every1"] == 2 * sent["4nodes-allreduce"] > 100 * sent["4nodes-labels"]  # fmt: skip
+        "4nodes-local-sgd-every1"] == 2 * sent["4nodes-allreduce"] > 100 * sent["4nodes-labels"]
     assert "4nodes-gossip-k3-every4" in capsys.readouterr().out
     assert (out.parent / "runs" / "network" / "accuracy_vs_bytes.png").stat().st_size > 1000
     assert exit_code(bench.main, [*argv, "--average-every", "2"]) == 2

@@ -75,7 +75,7 @@ def test_inbox_is_fifo_and_drops_the_oldest_on_overflow():
     assert taken.tolist() == [4, 1] and inbox.dropped.tolist() == [2, 0]
     assert index[0].tolist() == [12, 13, 14, 15] and index[1, 0] == 20
     assert payload[0, :, 0].tolist() == [12, 13, 14, 15] and pixels[0].tolist() == [[12, 12], [13, 13], [14, 14],
-                                                                                    [15, 15]]  # fmt: skip
+                                                                                    [15, 15]]
     push([0] * 9, list(range(9)))  # more than it holds
     assert inbox.pop(torch.tensor([4, 0]), 4)[0][0].tolist() == [5, 6, 7, 8]
 
@@ -122,7 +122,7 @@ def test_content_losses():
 def test_each_content_owns_its_size_bytes_and_message():
     logits, features, labels = torch.randn(2, 3, 10), torch.randn(2, 3, 64), torch.tensor([[1, 2, 3], [4, 5, 6]])
     for name, floats, wire in (("none", 0, 784), ("logits", 10, 784 + 40), ("labels", 10, 785),
-                               ("features", 64, 784 + 256), ("gaussian", 128, 784 + 512)):  # fmt: skip
+                               ("features", 64, 784 + 256), ("gaussian", 128, 784 + 512)):
         content = nw.CONTENTS[name]
         assert content.size(10, 64) == floats and content.wire_bytes(784, 10, 64) == wire
         if name != "gaussian":

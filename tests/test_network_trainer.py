@@ -39,7 +39,7 @@ def test_stacked_parts_equal_each_node_alone(kind, chunk_bytes, spec, monkeypatc
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)
         grads = torch.autograd.grad(out.square().sum(), list(parts[name].parameters()))
         alone = [torch.autograd.grad(m[name](x[i]).square().sum(), list(m[name].parameters()))
-                 for i, m in enumerate(models)]  # fmt: skip
+                 for i, m in enumerate(models)]
         alone = [[*a[0::2], *a[1::2]] for a in alone]  # weights, then biases, as Stacked lists them
         scale = max(1.0, *(g.abs().max().item() for g in grads))  # a bias before a batch norm has gradient 0:
         for j, g in enumerate(grads):  # each node's gradient, in the stacked layout (dim 0, node by node)
@@ -214,10 +214,10 @@ RECIPE = {"model": "dcgan-bn", "augment": True, "lr_schedule": "cosine"}  # batc
 
 
 @pytest.mark.parametrize(("content", "unsupervised", "recipe"), [
-    ("labels", None, {}), ("features", "vae", {}), ("features", "bigan", {}), ("labels", None, RECIPE)])  # fmt: skip
+    ("labels", None, {}), ("features", "vae", {}), ("features", "bigan", {}), ("labels", None, RECIPE)])
 def test_a_killed_network_resumes_bit_for_bit(big_splits, tmp_path, content, unsupervised, recipe):
     config = NetworkConfig(nodes=3, content=content, unsupervised=unsupervised, batch_size=8, steps=12, eval_every=4,
-                           **recipe)  # fmt: skip
+                           **recipe)
     whole = NetworkTrainer(config, big_splits, [0, 1])
     results = whole.fit()
     resumed, again = killed_and_resumed(lambda: NetworkTrainer(config, big_splits, [0, 1]), 7, tmp_path / "c.pt")
@@ -250,7 +250,7 @@ def test_bad_configs_are_named(kw, message):
 
 def test_gossip_averages_each_node_with_its_ring_neighbours_on_a_hand_case(big_splits):
     config = NetworkConfig(nodes=4, neighbours=2, content="none", average="gossip", batch_size=8, steps=4,
-                           eval_every=2, model="mlp")  # fmt: skip
+                           eval_every=2, model="mlp")
     trainer = NetworkTrainer(config, big_splits, [0, 1])
     tensors = trainer._averaged()
     with torch.no_grad():
@@ -267,7 +267,7 @@ def test_gossip_averages_each_node_with_its_ring_neighbours_on_a_hand_case(big_s
 @pytest.mark.parametrize("average", ["gossip", "local-sgd", "allreduce"])
 def test_every_rival_starts_its_nodes_equal_and_each_seed_differently(big_splits, average):
     config = NetworkConfig(nodes=3, neighbours=2, content="none", average=average, batch_size=8, steps=4,
-                           model="mlp")  # fmt: skip
+                           model="mlp")
     for t in NetworkTrainer(config, big_splits, [0, 1])._averaged():
         rows = t.view(2, 3, -1)  # seed by seed, node by node
         torch.testing.assert_close(rows, rows[:, :1].expand_as(rows), atol=0, rtol=0)
@@ -276,7 +276,7 @@ def test_every_rival_starts_its_nodes_equal_and_each_seed_differently(big_splits
 
 def test_local_sgd_makes_every_node_equal_and_counts_the_bytes_it_hands_over(big_splits):
     config = NetworkConfig(nodes=3, content="none", average="local-sgd", average_every=2, batch_size=8, steps=6,
-                           eval_every=3, model="mlp")  # fmt: skip
+                           eval_every=3, model="mlp")
     trainer = NetworkTrainer(config, big_splits, [0])
     result = trainer.fit()[0]
     for t in trainer._averaged():  # the last step (6) averaged: every node holds the mean
@@ -294,4 +294,4 @@ def test_local_sgd_makes_every_node_equal_and_counts_the_bytes_it_hands_over(big
     assert result.bytes_sent_per_node_step == pytest.approx(4 * params) and replicas.name == "3nodes-allreduce"
     gossip = dataclasses.replace(config, average="gossip", neighbours=2)
     assert NetworkTrainer(gossip, big_splits, [0]).fit()[0].bytes_sent_per_node_step == pytest.approx(
-        4 * params * 2 * 3 / 6)  # fmt: skip
+        4 * params * 2 * 3 / 6)

@@ -78,7 +78,7 @@ def _table(path, shift: float = 0.0, candidates: dict | None = None) -> Store:
     for cell, per_seed in curves.items():
         for k, val in enumerate(per_seed):
             store.add(cell, k, {"steps": steps, "val_accuracy": val, "test_accuracy": max(val) - 1 + shift,
-                                "best_val_accuracy": max(val), "best_step": 600})  # fmt: skip
+                                "best_val_accuracy": max(val), "best_step": 600})
     return store
 
 
@@ -90,7 +90,7 @@ def test_shifting_every_test_accuracy_leaves_the_targets_and_the_chosen_rows_unc
             summarise(store, "", configs, [0, 1], [], None)
             cells = store.data["cells"]
             seen.append((cells["baseline"]["target_accuracy"], chosen_on_validation(store, "", configs),
-                         {c: e["backward_passes"] for c, e in cells.items()}))  # fmt: skip
+                         {c: e["backward_passes"] for c, e in cells.items()}))
     assert seen[0] == seen[1]
     target, chosen, passes = seen[0]
     assert target == 95  # seed 0 holds 95 from 300, seed 1 from 200 (neither holds 96 three times in a row)
@@ -108,7 +108,7 @@ def test_learned_teachers_of_one_policy_are_candidates_whatever_their_reward_and
         "stack5-learned_ppo_advantage_s0-true": [[90, 91, 92, 93, 93, 93], [90, 91, 92, 93, 93, 93]],  # alone
     }
     configs = [Selection(), *(Selection(5, f"learned_{name}", "true") for name in
-                              ("reinforce_advantage_s0", "reinforce_drop_s1", "ppo_advantage_s0"))]  # fmt: skip
+                              ("reinforce_advantage_s0", "reinforce_drop_s1", "ppo_advantage_s0"))]
     assert [c.name for c in configs[1:]] == list(candidates)
     with _table(tmp_path / "t.json", candidates=candidates) as store:
         summarise(store, "", configs, [0, 1], [0, 1], None)

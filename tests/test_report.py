@@ -28,7 +28,7 @@ def trained(tmp_path, monkeypatch, capsys):
 def tables(printed: str) -> str:
     """From the first table on, without where this machine put files and what this invocation did."""
     kept = [line for line in printed[printed.index("Table 2.2") :].splitlines()
-            if not line.startswith(("results:", "this invocation:"))]  # fmt: skip
+            if not line.startswith(("results:", "this invocation:"))]
     return "\n".join(kept).strip()
 
 

@@ -25,13 +25,13 @@ def make_language():
 
 def make_network():
     return network.parallel_env(IMAGES, LABELS, IMAGES[:16], LABELS[:16], shape=(1, 8, 8), nodes=3, batch_size=4,
-                                max_steps=8, reward_samples=16)  # fmt: skip
+                                max_steps=8, reward_samples=16)
 
 
 def make_teacher_student():
     logits = 3 * torch.nn.functional.one_hot(LABELS, 10).float()
     env = teacher_student.parallel_env(IMAGES, LABELS, logits, IMAGES[:16], LABELS[:16], stack_size=2, batch_size=4,
-                                       hidden=(8,), reward_samples=16, max_steps=8)  # fmt: skip
+                                       hidden=(8,), reward_samples=16, max_steps=8)
     return Scripted(env, {"student": lambda obs: 1})
 
 
@@ -42,7 +42,7 @@ ENVS = {"language": make_language, "network": make_network, "teacher_student": m
 def test_ppo_runs_on_each_env_and_the_same_seed_gives_the_same_first_losses(name, tmp_path):
     def run(seed):
         _, rows = train(ENVS[name](), "ppo", timesteps=32, seed=seed, logdir=tmp_path / f"s{seed}-{len(rows_seen)}",
-                        n_steps=16, batch_size=16, n_epochs=1)  # fmt: skip
+                        n_steps=16, batch_size=16, n_epochs=1)
         rows_seen.append(rows)
         return [r for r in rows if "train/loss" in r]
 
@@ -92,7 +92,7 @@ def test_sb3_cli_sweeps_a_flag_with_a_cell_and_run_per_value_and_never_retrains(
     out = tmp_path / "rows.json"
     argv = ["--env", "network", "--data-dir", str(root), "--timesteps", "16", "--episode-steps", "4", "--algo",
             "a2c", "--logdir", str(tmp_path / "runs"), "--out", str(out), "--save", str(tmp_path / "m"), "--sweep",
-            "n-steps=4,8", "--seeds", "0,1"]  # fmt: skip
+            "n-steps=4,8", "--seeds", "0,1"]
     assert exit_code(sb3_cli.main, argv) == 0
     cells = json.loads(out.read_text())["cells"]
     assert set(cells) == {"n-steps=4/a2c", "n-steps=8/a2c"} and set(cells["n-steps=8/a2c"]["runs"]) == {"0", "1"}
@@ -118,7 +118,7 @@ def test_sb3_cli_sweeps_a_flag_with_a_cell_and_run_per_value_and_never_retrains(
     (["--quick-teacher"], "--quick-teacher does nothing with --env network"),
     (["--algo", "td3"], "--algo td3 on --env network: TD3 needs a Box action space"),
     (["--quick-teache"], "--quick-teache is not a flag (did you mean --quick-teacher?)"),
-])  # fmt: skip
+])
 def test_sb3_cli_bad_input_is_one_line_before_anything_trains(argv, said, tmp_path, capsys):
     out = tmp_path / "rows.json"
     assert exit_code(sb3_cli.main, ["--env", "network", "--out", str(out), *argv]) == 2
@@ -130,7 +130,7 @@ def test_sb3_cli_bad_input_is_one_line_before_anything_trains(argv, said, tmp_pa
 def test_sb3_cli_refuses_what_would_lose_results_before_training(tmp_path, capsys):
     root = make_dataset(tmp_path / "data", name="fashion-mnist", n_train=300)
     argv = ["--env", "network", "--data-dir", str(root), "--quick", "--timesteps", "16", "--logdir",
-            str(tmp_path / "runs"), "--save", str(tmp_path / "m")]  # fmt: skip
+            str(tmp_path / "runs"), "--save", str(tmp_path / "m")]
     out = tmp_path / "rows.json"
     assert exit_code(sb3_cli.main, [*argv, "--out", str(out)]) == 0
     kept = out.read_text()
@@ -141,7 +141,7 @@ def test_sb3_cli_refuses_what_would_lose_results_before_training(tmp_path, capsy
     assert "is not a readable results file" in capsys.readouterr().err
     (tmp_path / "file").write_text("")
     for flag, path in (("--out", tmp_path / "file" / "rows.json"), ("--save", tmp_path / "file" / "m"),
-                       ("--out", tmp_path)):  # fmt: skip
+                       ("--out", tmp_path)):
         assert exit_code(sb3_cli.main, [*argv, "--out", str(out), flag, str(path)]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and ("cannot write to" in err or "not a readable results file" in err), err
@@ -153,7 +153,7 @@ def test_two_sb3_runs_on_one_out_at_once_the_second_is_refused_and_the_first_kee
     out = tmp_path / "rows.json"
     command = [sys.executable, "-m", "benchmarks.sb3", "--env", "network", "--data-dir", str(root), "--timesteps",
                "2048", "--n-steps", "32", "--batch-size", "32", "--logdir", str(tmp_path / "runs"), "--save",
-               str(tmp_path / "m"), "--out", str(out)]  # fmt: skip
+               str(tmp_path / "m"), "--out", str(out)]
     first = subprocess.Popen([*command, "--seeds", "0-0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = out.with_name(out.name + ".lock")
     while not lock.exists():
@@ -169,7 +169,7 @@ def test_two_sb3_runs_on_one_out_at_once_the_second_is_refused_and_the_first_kee
 def test_off_policy_algorithms_train_the_teachers_box_action_reproducibly(algo, tmp_path):
     def run(seed):
         _, rows = train(make_teacher_student(), algo, timesteps=24, seed=seed, learning_starts=8, batch_size=8,
-                        buffer_size=24)  # fmt: skip
+                        buffer_size=24)
         return [r["train/critic_loss"] for r in rows if "train/critic_loss" in r]
 
     first, again, other = run(0), run(0), run(1)
@@ -191,7 +191,7 @@ def test_sb3_cli_sac_on_the_teacher(tmp_path, capsys):
     argv = ["--env", "teacher_student", "--data-dir", str(root), "--timesteps", "24", "--episode-steps", "4",
             "--batch-size", "8", "--learning-starts", "8", "--algo", "sac", "--logdir", str(tmp_path / "runs"),
             "--out", str(out), "--save", str(tmp_path / "m"), "--quick-teacher",
-            "--teacher-cache", str(tmp_path / "teachers")]  # fmt: skip
+            "--teacher-cache", str(tmp_path / "teachers")]
     assert exit_code(sb3_cli.main, argv) == 0
     rows = json.loads(out.read_text())["cells"]["sac"]["runs"]["0"]["rows"]
     assert any("train/actor_loss" in r and "time/total_timesteps" in r for r in rows)

@@ -149,7 +149,7 @@ class Crashes(TinySpeaker):
         (Crashes, "speaker Crashes.forward fails on views [B, 64]: RuntimeError: mat1 and mat2 shapes"),
         (int, "speaker int must be a torch.nn.Module subclass"),
     ],
-)  # fmt: skip
+)
 def test_a_wrong_plug_in_is_one_line_from_the_python_api_before_training(splits, speaker, message):
     with pytest.raises(ValueError) as error:
         LanguageTrainer(TINY, splits, [("both", 0)], speaker_cls=speaker)

@@ -41,7 +41,7 @@ def test_store_keeps_runs_weights_and_refuses_another_config(tmp_path):
         store.summarise(["none"], [0, 1], ["test_accuracy"])
     data = json.loads(path.read_text())
     assert data["schema"] == 2 and data["cells"]["none"]["summary"]["test_accuracy"] == {
-        "mean": 55.0, "std": pytest.approx(7.0710678), "n": 2}  # fmt: skip
+        "mean": 55.0, "std": pytest.approx(7.0710678), "n": 2}
     weights = tmp_path / data["cells"]["none"]["runs"]["0"]["weights"]
     assert torch.equal(torch.load(weights, weights_only=True)["w"], torch.ones(2))
     with Store(path, "language", {"noise": 0.1, "hidden": [4, 4]}) as again:
@@ -60,7 +60,7 @@ def test_store_keeps_runs_weights_and_refuses_another_config(tmp_path):
     ('{"benchmark": "language", "config": {}, "levels": {}}', "earlier commchannels"),
     ('{"benchmark": "language", "schema": 2, "config": {}, "cells": [], "references": {}}', "damaged shape"),
     ("[1, 2]", "not a commchannels results file"),
-])  # fmt: skip
+])
 def test_corrupt_old_or_wrong_shape_results_get_one_line(tmp_path, text, message):
     path = tmp_path / "r.json"
     path.write_text(text)
@@ -74,7 +74,7 @@ def test_a_second_process_on_the_same_out_is_refused(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from pathlib import Path; from benchmarks.store import Store\n"
         f"s = Store(Path({str(path)!r}), 'language', {{}}); print('held', flush=True); time.sleep(30)")],
-        stdout=subprocess.PIPE, text=True)  # fmt: skip
+        stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(UsageError, match="another process is writing"):

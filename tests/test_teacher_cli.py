@@ -11,7 +11,7 @@ from envs.data import load_splits
 from tests.conftest import exit_code
 
 SMALL = ["--batch-size", "4", "--teacher-batch-size", "10", "--teacher-patience", "1", "--max-epochs", "3",
-         "--patience", "1", "--eval-every", "10"]  # fmt: skip
+         "--patience", "1", "--eval-every", "10"]
 
 
 def run(argv):
@@ -22,7 +22,7 @@ def run(argv):
 def cli(data_root, tmp_path):
     out, logdir = tmp_path / "teacher.json", tmp_path / "runs"
     argv = ["--data-dir", str(data_root), "--out", str(out), "--logdir", str(logdir),
-            "--teacher-cache", str(tmp_path / "teachers"), *SMALL]  # fmt: skip
+            "--teacher-cache", str(tmp_path / "teachers"), *SMALL]
     return argv, out, logdir
 
 
@@ -35,7 +35,7 @@ def test_smoke_run_writes_table_json_tensorboard_and_figure(cli, capsys):
     assert "Table 3.1" in printed and "stack2-cross_entropy-soft" in printed and "96.9" in printed
     data = json.loads(out.read_text())
     assert data["benchmark"] == "teacher" and set(data["cells"]) == {
-        "baseline", "stack2-cross_entropy-soft", "stack2-cross_entropy-true"}  # fmt: skip
+        "baseline", "stack2-cross_entropy-soft", "stack2-cross_entropy-true"}
     entry = data["cells"]["stack2-cross_entropy-soft"]
     assert len(entry["runs"]) == 2 and entry["thesis"] == {"accuracy": 96.9, "backward_passes": 25_000}
     for key in ("backward_passes", "compute", "backward_passes_thesis_target", "compute_thesis_target"):
@@ -47,7 +47,7 @@ def test_smoke_run_writes_table_json_tensorboard_and_figure(cli, capsys):
     assert run0["counters"]["teacher_forward_passes"] == 2 * run0["stopped_step"]
     assert data["cells"]["baseline"]["runs"]["0"]["counters"]["teacher_forward_passes"] == 0
     assert entry["summary"]["test_accuracy"]["n"] == 2 and set(data["references"]["teacher_test_accuracy"]) == {
-        "0", "1"}  # fmt: skip
+        "0", "1"}
     assert (logdir / "teacher" / "figure_3_1.png").stat().st_size > 1000
     assert list((logdir / "teacher" / "baseline" / "seed1").glob("events.out.tfevents.*"))
 
@@ -64,7 +64,7 @@ def test_rerun_skips_finished_runs_and_reuses_cached_teachers(cli, monkeypatch):
     monkeypatch.setattr(teacher_module, "StudentTrainer", no_training)
     assert run([*argv, "--stack-sizes", "2", "--measures", "random", "--targets", "soft", "--seeds", "1"]) == 0
     assert {k: v["runs"] for k, v in json.loads(out.read_text())["cells"].items()} == {
-        k: v["runs"] for k, v in before.items()}  # fmt: skip
+        k: v["runs"] for k, v in before.items()}
 
 
 BAD_INPUTS = [
@@ -138,15 +138,15 @@ def test_a_killed_benchmark_keeps_the_students_that_had_finished(cli, monkeypatc
 def test_learned_policies_are_compared_with_the_heuristic_and_random(cli, capsys):
     argv, out, _ = cli
     policies = ["--policies", "reinforce,ppo", "--policy-episodes", "1", "--policy-steps", "10",
-                "--policy-stack-size", "2", "--policy-reward-samples", "10", "--seeds", "1"]  # fmt: skip
+                "--policy-stack-size", "2", "--policy-reward-samples", "10", "--seeds", "1"]
     assert run([*argv, *policies]) == 0
     data = json.loads(out.read_text())
     assert set(data["cells"]) == {"baseline", "stack2-cross_entropy-true", "stack2-random-true",
                                   "stack2-cross_entropy-true-rank300-floor0.3", "stack2-reducible-true",
                                   "stack2-learned_reinforce_advantage_s0-true",
-                                  "stack2-learned_ppo_advantage_s0-true"}  # fmt: skip
+                                  "stack2-learned_ppo_advantage_s0-true"}
     assert data["config"]["policy_steps"] == 10 and set(data["references"]["policy_training_s"]) == {
-        "reinforce_advantage_s0", "ppo_advantage_s0"}  # fmt: skip
+        "reinforce_advantage_s0", "ppo_advantage_s0"}
     run0 = data["cells"]["stack2-learned_ppo_advantage_s0-true"]["runs"]["0"]
     assert run0["counters"]["student_forward_passes"] == 3 * run0["stopped_step"]  # reads the student's stack
     assert "stack2-learned_reinforce_advantage_s0-true" in capsys.readouterr().out
@@ -166,11 +166,11 @@ def test_the_policy_seed_and_reward_reach_the_learned_teachers_training(cli, mon
 
     monkeypatch.setattr(bench, "train_reinforce", record)
     flags = ["--policies", "reinforce", "--policy-stack-size", "2", "--seeds", "1", "--policy-seeds", "3,5",
-             "--policy-reward-samples", "10"]  # fmt: skip
+             "--policy-reward-samples", "10"]
     assert run([*argv, *flags, "--policy-rewards", "drop", "--policy-horizon", "4"]) == 0
     assert seen == [(3, "drop", 4), (5, "drop", 4)]  # one candidate policy per seed
     assert {"stack2-learned_reinforce_drop_s3-true", "stack2-learned_reinforce_drop_s5-true"} <= set(
-        json.loads(out.read_text())["cells"])  # fmt: skip
+        json.loads(out.read_text())["cells"])
     # the reward reads the holdout carved from the training split (its last tenth), not the validation images
     train = load_splits("mnist", argv[1], download=False).train
     assert torch.equal(reward_images[0], train.images[90:])
@@ -181,7 +181,7 @@ def test_the_policy_seed_and_reward_reach_the_learned_teachers_training(cli, mon
 def test_a_sweep_trains_each_value_with_its_own_cells_and_figure(cli, capsys):
     argv, out, logdir = cli
     grid = [*argv, "--stack-sizes", "2", "--measures", "random", "--targets", "true", "--seeds", "1",
-            "--teacher-hidden", "16", "--sweep", "lr=0.001,0.01"]  # fmt: skip
+            "--teacher-hidden", "16", "--sweep", "lr=0.001,0.01"]
     assert run(grid) == 0
     printed = capsys.readouterr().out
     assert "Table 3.1, lr=0.001" in printed and "Table 3.1, lr=0.01" in printed and "Sweep over lr" in printed
@@ -198,12 +198,12 @@ def test_a_sweep_trains_each_value_with_its_own_cells_and_figure(cli, capsys):
 def test_sampled_rules_are_crossed_with_pressures_schedules_and_floors_and_one_is_chosen_on_validation(cli, capsys):
     argv, out, _ = cli
     grid = [*argv, "--stack-sizes", "3", "--measures", "cross_entropy,reducible_holdout", "--targets", "true",
-            "--pressures", "10,100,inf", "--anneal", "0,30", "--floors", "0,0.2", "--seeds", "1"]  # fmt: skip
+            "--pressures", "10,100,inf", "--anneal", "0,30", "--floors", "0,0.2", "--seeds", "1"]
     assert run(grid) == 0
     data = json.loads(out.read_text())
     sampled = {f"rank{p}{a}{f}" for p in (10, 100) for a in ("", "-anneal30") for f in ("", "-floor0.2")}
     expected = {"baseline", *(f"stack3-{m}-true{s}" for m in ("cross_entropy", "reducible_holdout")
-                              for s in ("", *(f"-{x}" for x in sampled)))}  # fmt: skip
+                              for s in ("", *(f"-{x}" for x in sampled)))}
     assert set(data["cells"]) == expected  # no annealing or floor with the hardest (inf)
     printed = capsys.readouterr().out
     marked = [line.split()[0] for line in printed.splitlines() if line.startswith("stack") and " * " in line]

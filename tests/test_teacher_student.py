@@ -51,7 +51,7 @@ def test_measures_on_a_hand_example():
     s = torch.tensor([[0.25, 0.25, 0.5], [0.5, 0.25, 0.25]])
     assert cross_entropy(Stack(t, s), G).tolist() == pytest.approx([-math.log(0.25), -math.log(0.5)])
     assert euclidean(Stack(t, s), G).tolist() == pytest.approx([math.sqrt(0.0625 * 2 + 0.25),
-                                                                 math.sqrt(0.25 + 0.0625 * 2)])  # fmt: skip
+                                                                 math.sqrt(0.25 + 0.0625 * 2)])
     a = MEASURES["random"](Stack(t, s), torch.Generator().manual_seed(3))
     b = MEASURES["random"](Stack(t, s), torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and a.shape == (2,)
@@ -86,7 +86,7 @@ def fake_teacher(splits, seeds):
 
 def test_counters_count_what_they_claim(splits):
     runs = [(Selection(), 0), (Selection(5, "cross_entropy", "soft"), 0), (Selection(2, "random", "soft"), 0),
-            (Selection(3, "euclidean", "true"), 0)]  # fmt: skip
+            (Selection(3, "euclidean", "true"), 0)]
     trainer = StudentTrainer(CONFIG, splits, runs, fake_teacher(splits, [0]))
     for _ in range(7):
         trainer.train_step()
@@ -101,7 +101,7 @@ def test_counters_count_what_they_claim(splits):
 
 def test_stacks_walk_through_shuffled_epochs(splits):
     trainer = StudentTrainer(CONFIG, splits, [(Selection(5, "cross_entropy", "soft"), 0), (Selection(), 0)],
-                             fake_teacher(splits, [0]))  # fmt: skip
+                             fake_teacher(splits, [0]))
     seen = torch.cat([trainer._stack_indices()[0, :20] for _ in range(5)])  # 5 stacks of 20 = one epoch of 100
     assert sorted(seen.tolist()) == list(range(100))
 
@@ -227,7 +227,7 @@ def test_teacher_training_resumes_bit_for_bit(splits, tmp_path):
     resumed, again = killed_and_resumed(lambda: StudentTrainer(config, splits, runs), 15, tmp_path / "ckpt.pt")
     assert [dataclasses.asdict(r) for r in again] == [dataclasses.asdict(r) for r in results]
     assert all(torch.equal(whole.best_weights(r)[k], resumed.best_weights(r)[k]) for r in (0, 1)
-               for k in whole.best_weights(r))  # fmt: skip
+               for k in whole.best_weights(r))
 
 
 def test_students_resume_bit_for_bit_after_some_stopped_early(splits, tmp_path):
@@ -238,7 +238,7 @@ def test_students_resume_bit_for_bit_after_some_stopped_early(splits, tmp_path):
     stops = sorted(r.stopped_step for r in whole)
     assert stops[0] < stops[-1]  # the kill below falls after a run left the batch
     _, again = killed_and_resumed(lambda: StudentTrainer(config, splits, runs, teachers), stops[0] + 1,
-                                  tmp_path / "ckpt.pt")  # fmt: skip
+                                  tmp_path / "ckpt.pt")
     assert [dataclasses.asdict(r) for r in again] == [dataclasses.asdict(r) for r in whole]
 
 

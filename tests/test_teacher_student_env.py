@@ -12,7 +12,7 @@ def make(**kw):
     teacher_logits = 3 * torch.nn.functional.one_hot(labels, 10).float() + torch.randn(60, 10, generator=g)
     defaults = {"stack_size": 3, "batch_size": 4, "max_steps": 6, "hidden": (8,), "reward_samples": 20}
     return ts.parallel_env(images=images, labels=labels, teacher_logits=teacher_logits, val_images=images[:20],
-                           val_labels=labels[:20], **{**defaults, **kw})  # fmt: skip
+                           val_labels=labels[:20], **{**defaults, **kw})
 
 
 def test_pettingzoo_api_aec_and_seeding():

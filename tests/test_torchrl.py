@@ -16,7 +16,7 @@ from tests.test_teacher_student_env import make as make_teacher_student
     [(make_language, ["student", "teacher"]), (make_network, ["node"]),
      (make_teacher_student, ["student", "teacher"])],
     ids=["language", "network", "teacher_student"],
-)  # fmt: skip
+)
 def test_a_torchrl_collector_runs_on_each_env(make, groups):
     from torchrl.collectors import Collector
     from torchrl.envs import PettingZooWrapper
@@ -42,9 +42,9 @@ def test_our_benchmarks_win_over_torchrls_namespace_from_any_directory(tmp_path)
     torchrl = Path(importlib.util.find_spec("torchrl").origin).parent.parent
     assert (torchrl / "benchmarks").is_dir()  # torchrl 0.14 installs a namespace directory of that name
     run = subprocess.run([sys.executable, "-m", "benchmarks.language", "--help"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=120)  # fmt: skip
+                         text=True, timeout=120)
     assert run.returncode == 0 and "--preset" in run.stdout, run.stderr
     ours = Path(__file__).resolve().parent.parent / "benchmarks" / "__init__.py"
     found = subprocess.run([sys.executable, "-c", "import benchmarks; print(benchmarks.__file__)"], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=60)  # fmt: skip
+                           capture_output=True, text=True, timeout=60)
     assert found.stdout.strip() == str(ours), found.stdout + found.stderr  # the package itself, not a namespace

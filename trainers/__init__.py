@@ -5,4 +5,4 @@ Baselines3 on our envs). Each chapter's trainers in a package of its own: ``lang
 ``network``."""
 
 __all__ = ["base", "distributed", "files", "group", "gumbel", "language", "network", "population", "probe",
-           "reinforce", "sb3", "teacher_student"]  # fmt: skip
+           "reinforce", "sb3", "teacher_student"]

@@ -99,7 +99,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ValueError(f"unknown device {name!r}; choose from auto, {', '.join(available)}")
     if not available[name]:
         raise ValueError(f"--device {name} is not available on this machine (torch {torch.__version__}); "
-                         "use --device cpu or auto")  # fmt: skip
+                         "use --device cpu or auto")
     return torch.device(name)
 
 
@@ -133,7 +133,7 @@ class Trainer(ABC):
     """
 
     def __init__(self, args: tuple, runs: Sequence, device: torch.device | str, eval_every: int,
-                 log_every: int | None = None, group: Group | None = None):  # fmt: skip
+                 log_every: int | None = None, group: Group | None = None):
         """The state every trainer shares: its runs (one label each), device, evaluation and logging intervals,
         process group, step, and which runs (indices into ``runs``) still train and which have finished."""
         self._args, self._group_given = args, group is not None
@@ -201,7 +201,7 @@ class Trainer(ABC):
 
     def state_dict(self) -> dict:
         return {"header": self.header(), "step": self.step, "alive": self.alive,
-                "finished": sorted(self._finished), **self._state()}  # fmt: skip
+                "finished": sorted(self._finished), **self._state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self._finished = state["step"], set(state["finished"])
@@ -260,15 +260,15 @@ class Trainer(ABC):
                 raise CheckpointError(f"{checkpoint} is a checkpoint from before this version; delete it to restart")
             if state["header"] != self.header():
                 raise CheckpointError(f"checkpoint {checkpoint} belongs to other runs or another config; "
-                                      "delete it to restart")  # fmt: skip
+                                      "delete it to restart")
         if not self.group.same_step(state["step"] if state else -1):
             raise CheckpointError(f"the processes' checkpoints ({checkpoint} on rank {self.group.rank}) are not of "
-                                  "the same step: one was killed while they saved; delete them to restart")  # fmt: skip
+                                  "the same step: one was killed while they saved; delete them to restart")
         if state is not None:
             self.load_state_dict(state)
             if self.group.rank == 0:
                 print(f"resuming {len(self.runs)} runs ({len(self.alive)} still training) from {checkpoint} at step "
-                      f"{self.step}", file=sys.stderr)  # fmt: skip
+                      f"{self.step}", file=sys.stderr)
 
     def _finish(self, stopped: list[int], events: Events) -> None:
         stopped = [r for r in stopped if r not in self._finished]
@@ -282,7 +282,7 @@ class Trainer(ABC):
     def _per_run(self, metrics: dict[str, torch.Tensor]) -> dict[str, dict[int, float]]:
         alive = self.alive
         return {tag: dict(zip(alive, torch.as_tensor(v).reshape(-1).tolist(), strict=True))
-                for tag, v in metrics.items()}  # fmt: skip
+                for tag, v in metrics.items()}
 
     def _guard(self, metrics: dict[str, torch.Tensor]) -> None:
         for tag, values in metrics.items():
@@ -291,14 +291,14 @@ class Trainer(ABC):
             if len(bad):
                 i = int(bad[0])
                 raise Diverged(f"run {self._label(self.alive[i])} diverged at step {self.step}: {tag} is "
-                               f"{values[i].item()}; lower --lr (no results of it were saved)")  # fmt: skip
+                               f"{values[i].item()}; lower --lr (no results of it were saved)")
 
     def _guard_weights(self) -> None:
         bad = next((name for name, t in self.parameters_by_name().items() if not torch.isfinite(t).all()), None)
         if self.group.any(bad is not None):
             where = bad or f"the weights of another process than rank {self.group.rank}"
             raise Diverged(f"{type(self).__name__} diverged at step {self.step}: non-finite weights in "
-                           f"{where}; lower --lr (no results of it were saved)")  # fmt: skip
+                           f"{where}; lower --lr (no results of it were saved)")
 
     def _label(self, run: int) -> str:
         r = self.runs[run]

@@ -73,7 +73,7 @@ class DistributedGroup(Group):
             first = first.split(". ")[0][:160]  # gloo's "Connection reset by peer", without its source path
             raise PeerLost(f"rank {self.rank} of {self.world} lost its peers during {what}: a process died or did not "
                            f"answer within {self.timeout:g} s ({first}); finished runs are saved, re-run to resume "
-                           "from the last checkpoint") from None  # fmt: skip
+                           "from the last checkpoint") from None
 
     def _hand(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` where the backend wants it, counted as handed over."""
@@ -129,28 +129,28 @@ class DistributedGroup(Group):
         os.replace(tmp, path)
 
     def exchange(self, outgoing: dict[int, list[torch.Tensor]], sources: Sequence[int],
-                 parts: int) -> dict[int, list[torch.Tensor]]:  # fmt: skip
+                 parts: int) -> dict[int, list[torch.Tensor]]:
         if self.world == 1:
             return {}
         exchange = self._p2p if self.exchange_by == "p2p" else self._all_to_all
         return self._run("an exchange of posts", lambda: exchange(outgoing, sources, parts))
 
     def _p2p(self, outgoing: dict[int, list[torch.Tensor]], sources: Sequence[int],
-             parts: int) -> dict[int, list[torch.Tensor]]:  # fmt: skip
+             parts: int) -> dict[int, list[torch.Tensor]]:
         """Round 1: each peer learns the sizes of the buffers it gets; round 2: the bytes, in one buffer a peer."""
         sizes = {q: self._hand(torch.tensor([len(b) for b in bufs], dtype=torch.long)) for q, bufs in outgoing.items()}
         got = {p: torch.empty(parts, dtype=torch.long, device=self.device) for p in sources}
         self._wait([dist.P2POp(dist.isend, t, q) for q, t in sizes.items()] +
-                   [dist.P2POp(dist.irecv, t, p) for p, t in got.items()])  # fmt: skip
+                   [dist.P2POp(dist.irecv, t, p) for p, t in got.items()])
         got = {p: t.cpu() for p, t in got.items()}
         data = {q: self._hand(torch.cat(bufs)) for q, bufs in outgoing.items() if sum(len(b) for b in bufs)}
         into = {p: torch.empty(int(t.sum()), dtype=torch.uint8, device=self.device) for p, t in got.items() if t.sum()}
         self._wait([dist.P2POp(dist.isend, t, q) for q, t in data.items()] +
-                   [dist.P2POp(dist.irecv, t, p) for p, t in into.items()])  # fmt: skip
+                   [dist.P2POp(dist.irecv, t, p) for p, t in into.items()])
         return {p: list(into.get(p, torch.empty(0, dtype=torch.uint8)).cpu().split(got[p].tolist())) for p in sources}
 
     def _all_to_all(self, outgoing: dict[int, list[torch.Tensor]], sources: Sequence[int],
-                    parts: int) -> dict[int, list[torch.Tensor]]:  # fmt: skip
+                    parts: int) -> dict[int, list[torch.Tensor]]:
         """The same two rounds with every process at once (zero-sized for the processes that are no peers)."""
         sizes = torch.zeros(self.world, parts, dtype=torch.long)
         for q, bufs in outgoing.items():

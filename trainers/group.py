@@ -49,7 +49,7 @@ class Group:
         return [obj]
 
     def exchange(self, outgoing: dict[int, list[torch.Tensor]], sources: Sequence[int],
-                 parts: int) -> dict[int, list[torch.Tensor]]:  # fmt: skip
+                 parts: int) -> dict[int, list[torch.Tensor]]:
         """Send each ``outgoing[rank]`` (``parts`` uint8 buffers) to that rank; receive ``parts`` from each source."""
         return {}
 

@@ -67,7 +67,7 @@ class Population:
         contiguous ``[runs, in, out]``, the layout its batched-matmul gradient comes in, so autograd and the
         fused Adam take it without copying (a sixth of a language step at 20 runs went to those copies)."""
         leaves = {k: v.detach().transpose(1, 2).contiguous() if k in self._linear else v.detach()
-                  for k, v in params.items()}  # fmt: skip
+                  for k, v in params.items()}
         self._leaves = {k: v.requires_grad_(params[k].requires_grad) for k, v in leaves.items()}
 
     @property

@@ -46,7 +46,7 @@ def train_linear_probes(
     std = torch.stack([f.train.images.std(0) for f in features])
     std = torch.where(std > 0, std, torch.ones_like(std))  # a constant input stays as it is
     x_train, x_val = (torch.stack([(getattr(f, s).images - m) / d for f, m, d in zip(features, mean, std, strict=True)])
-                      for s in ("train", "val"))  # fmt: skip
+                      for s in ("train", "val"))
     y_train, y_val = (torch.stack([getattr(f, s).labels for f in features]) for s in ("train", "val"))
     width, classes = x_train.shape[-1], int(max(f.train.labels.max() for f in features)) + 1
     initial = []

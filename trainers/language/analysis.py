@@ -94,10 +94,10 @@ def intervention(
     message] scored on test with the true message and with the message of another test image (a seeded
     derangement); ``drop`` is the loss in points."""
     joint = [Splits(*(Split(torch.cat([f.images, m.images], -1), f.labels) for f, m in _pairs(fs, ms)))
-             for fs, ms in zip(features, received, strict=True)]  # fmt: skip
+             for fs, ms in zip(features, received, strict=True)]
     out = []
     for probe, j, f, m, seed in zip(train_linear_probes(joint, seeds, epochs, lr=lr), joint, features, received, seeds,
-                                    strict=True):  # fmt: skip
+                                    strict=True):
         n = len(m.test.images)
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
         other = torch.empty_like(order)
@@ -145,7 +145,7 @@ def analyse(
     views = [seen for _, seen, _ in runs]
     seeds = [seed for *_, seed in runs]
     information = iter(probe_information([s[a][0] for s in spoken for a in AGENTS], epochs, lr,
-                                         [seed for seed in seeds for _ in AGENTS]))  # fmt: skip
+                                         [seed for seed in seeds for _ in AGENTS]))
     features = [s[STUDENT][1] for s in spoken]
     feature_probe = fit_linear_probes(features, seeds, epochs, lr=lr)
     interventions = intervention(features, [s[TEACHER][0] for s in spoken], epochs, lr, seeds)
@@ -160,7 +160,7 @@ def analyse(
             out[f"{a}_message_probe"], out[f"{a}_message_bits"] = next(information)
             out[f"{a}_topsim"] = topographic_similarity(messages[:TOPSIM_IMAGES], clean_test[:TOPSIM_IMAGES])
             out[f"{a}_topsim_view"] = topographic_similarity(messages[:TOPSIM_IMAGES],
-                                                             seen[a].test.images[:TOPSIM_IMAGES])  # fmt: skip
+                                                             seen[a].test.images[:TOPSIM_IMAGES])
         out["feature_probe"] = feature
         out |= joint
         out["message_gain"] = out["joint_probe"] - out["feature_probe"]

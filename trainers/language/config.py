@@ -80,7 +80,7 @@ class LanguageConfig:
         check_fields(self)
         self.partial_view()  # checks the view's settings
         at_least(1, **{n: getattr(self, n) for n in ("message_length", "batch_size", "steps", "eval_every",
-                                                     "log_every", "critic_hidden")})  # fmt: skip
+                                                     "log_every", "critic_hidden")})
         at_least(2, vocab_size=self.vocab_size)
         above(0, lr=self.lr, probe_lr=self.probe_lr)
         at_least(0, ce_weight=self.ce_weight, ce_weight_two_way=self.ce_weight_two_way)

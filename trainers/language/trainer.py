@@ -293,7 +293,7 @@ class LanguageTrainer(Trainer):
         val = self.evaluate(self.splits.val)
         accuracies = val["accuracy"].tolist()
         improved = [r for r, accuracy in enumerate(accuracies)
-                    if not self.history["val"] or accuracy > max(v[r] for v in self.history["val"])]  # fmt: skip
+                    if not self.history["val"] or accuracy > max(v[r] for v in self.history["val"])]
         test = [math.nan] * len(accuracies)
         if improved:
             tested = self.evaluate(self.splits.test, agreement=False, tag="test", rows=improved)["accuracy"]

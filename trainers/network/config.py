@@ -18,37 +18,37 @@ AVERAGING = ("gossip", "local-sgd", "allreduce")  # parameters averaged with rin
 class NetworkConfig:
     nodes: int = option(10, "nodes of the network")
     neighbours: int | None = option(None, "k nearest nodes on the ring each node broadcasts to",
-                                    default_text="all others")  # fmt: skip
+                                    default_text="all others")
     content: str = option("labels", "what travels with an image", choices=SUPERVISED_CONTENTS)
     p_broadcast: float | None = option(None, "probability that a node broadcasts its minibatch",
-                                       default_text="p-consume / neighbours: balanced inboxes")  # fmt: skip
+                                       default_text="p-consume / neighbours: balanced inboxes")
     p_consume: float = option(0.5, "expected fraction of a minibatch taken from the inbox")
     temperature: float = option(1.0, "temperature of received logits")
     comm_weight: float = option(1.0, "scale of the loss on received samples")
     capacity: int | None = option(None, "inbox size in samples", default_text="10 minibatches")
     shard_size: int | None = option(None, "training images per node (the first of each node's exclusive part)",
-                                    default_text="the training set split evenly")  # fmt: skip
+                                    default_text="the training set split evenly")
     batch_size: int = option(32, "minibatch size of every node")
     lr: float = option(1e-3, "Adam learning rate (Adam's default, as in the thesis)")
     lr_schedule: str = option("constant", "the learning rate over the steps: constant, or decayed to 0 by a cosine "
                               "or a line", choices=SCHEDULES, default_text="cosine for cifar10 classifiers, else "
-                              "constant")  # fmt: skip
+                              "constant")
     augment: bool = option(False, "classifiers: each training image randomly cropped from its 4-pixel zero "
                            "padding and flipped left-right (CIFAR-10's standard augmentation), from each node's "
-                           "own stream", default_text="on for cifar10 classifiers, else off")  # fmt: skip
+                           "own stream", default_text="on for cifar10 classifiers, else off")
     steps: int = option(5000, "training steps per node", default_text="30,000 for cifar10 classifiers, else 5,000")
     eval_every: int = option(250, "steps between evaluations", default_text="250; 500 for cifar10 classifiers; "
-                             "1000 with --unsupervised, where each evaluation trains linear probes")  # fmt: skip
+                             "1000 with --unsupervised, where each evaluation trains linear probes")
     model: str = option("dcgan-small", "node model", choices=tuple(MODELS),
-                        default_text="dcgan-bn for cifar10, else dcgan-small")  # fmt: skip
+                        default_text="dcgan-bn for cifar10, else dcgan-small")
     unsupervised: str | None = option(None, "Table 2.3 with VAE or BiGAN nodes", choices=UNSUPERVISED,
-                                      default_text="classifiers")  # fmt: skip
+                                      default_text="classifiers")
     average: str | None = option(None, "the rivals of codistillation, with --content none, every node started "
                                  "equal: every --average-every steps each node's parameters are averaged with its "
                                  "ring neighbours' (gossip, k = --neighbours) or with every node's (local-sgd, one "
                                  "all-reduce); allreduce: every step the gradients of all nodes (DDP with a replica "
                                  "per node)",
-                                 choices=AVERAGING, default_text="none")  # fmt: skip
+                                 choices=AVERAGING, default_text="none")
     average_every: int = option(1, "steps between parameter averagings (--average)", read_with={"average": None})
 
     def __post_init__(self) -> None:
@@ -72,11 +72,11 @@ class NetworkConfig:
             at_least(1, capacity=self.capacity)
         if self.average is not None and (self.content != "none" or self.unsupervised):
             raise ValueError(f"--average {self.average} averages classifiers' parameters instead of sending "
-                             f"content: give --content none, not {self.content}, and no --unsupervised")  # fmt: skip
+                             f"content: give --content none, not {self.content}, and no --unsupervised")
         at_least(1, average_every=self.average_every)
         if self.average == "allreduce" and self.average_every != 1:
             raise ValueError(f"--average allreduce averages gradients every step; --average-every must be 1, not "
-                             f"{self.average_every}")  # fmt: skip
+                             f"{self.average_every}")
         if self.shard_size is not None and self.shard_size < self.batch_size:
             raise ValueError(f"--shard-size must hold a minibatch of {self.batch_size}, got {self.shard_size}")
 

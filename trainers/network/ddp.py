@@ -57,14 +57,14 @@ class DDPBaseline(Trainer):
     """One DDP replica (per seed) per process of ``group``; one run per seed, named like a network config."""
 
     def __init__(self, config: NetworkConfig, splits: Splits, seeds: Sequence[int], device: torch.device | str = "cpu",
-                 group: DistributedGroup | None = None):  # fmt: skip
+                 group: DistributedGroup | None = None):
         super().__init__((config, splits, seeds), seeds, device, config.eval_every, group=group or DistributedGroup())
         self.config, self.splits, self.seeds = config, splits.to(device), list(seeds)
         self.classes = int(splits.train.labels.max()) + 1
         owned = placement(config.nodes, self.group.world)[self.group.rank]
         self.pixels = to_pixels(splits.train.images)
         parts = [shards(len(self.pixels), config.nodes, torch.Generator().manual_seed(s), config.shard_size)
-                 for s in self.seeds]  # fmt: skip
+                 for s in self.seeds]
         self.union = [torch.cat(p[owned.start : owned.stop]) for p in parts]
         self.generators = [torch.Generator().manual_seed(node_seed(s, config.nodes + self.group.rank)) for s in seeds]
         self.order = [u[torch.randperm(len(u), generator=g)] for u, g in zip(self.union, self.generators, strict=True)]
@@ -138,7 +138,7 @@ class DDPBaseline(Trainer):
             res.val_collective.append(val[r])
             if test is not None:
                 res.best_step, res.test_average, res.test_collective, res.test_nodes = self.step, test[r], test[r], [
-                    test[r]]  # fmt: skip
+                    test[r]]
         return {"val/average_accuracy": run_rows(val), "val/collective_accuracy": run_rows(val)}
 
     def result(self, run: int) -> NetworkResult:
@@ -151,7 +151,7 @@ class DDPBaseline(Trainer):
         if not self.group.leader:
             return {}
         return {k: v.detach().chunk(len(self.seeds))[run].cpu().clone()
-                for k, v in self.model.module.parts.state_dict().items()}  # fmt: skip
+                for k, v in self.model.module.parts.state_dict().items()}
 
     def parameters_by_name(self) -> dict[str, torch.Tensor]:
         return dict(self.model.module.named_parameters())
@@ -159,7 +159,7 @@ class DDPBaseline(Trainer):
     def _state(self) -> dict:
         return {"model": self.model.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "generators": [g.get_state() for g in self.generators], "order": self.order, "cursor": self.cursor,
-                "history": [dataclasses.asdict(h) for h in self.history], "hook_bytes": self.hook_bytes}  # fmt: skip
+                "history": [dataclasses.asdict(h) for h in self.history], "hook_bytes": self.hook_bytes}
 
     def _load_state(self, state: dict) -> None:
         self.model.module.load_state_dict(state["model"])

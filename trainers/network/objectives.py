@@ -35,7 +35,7 @@ def received_loss(content: Content | None, weight: float, batch: Minibatch, own:
 
 
 def vae_losses(parts: nn.ModuleDict, x: torch.Tensor, noise: Noise, batch: Minibatch, content: Content | None,
-               weight: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+               weight: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample losses ``[N, B]`` on images ``x`` and what is sent (the Gaussian: mean and log-variance)."""
     stats = parts["encoder"](x)
     mean, logvar = stats.chunk(2, -1)
@@ -47,7 +47,7 @@ def vae_losses(parts: nn.ModuleDict, x: torch.Tensor, noise: Noise, batch: Minib
 
 def bigan_step(parts: nn.ModuleDict, x: torch.Tensor, noise: Noise, batch: Minibatch, content: Content | None,
                weight: float, critic_opt: torch.optim.Optimizer, players_opt: torch.optim.Optimizer,
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One critic step, then one encoder + generator step; returns each node's critic and players losses
     ``[N]`` and what is sent (the encoding)."""
     p = parts
@@ -73,7 +73,7 @@ def bigan_step(parts: nn.ModuleDict, x: torch.Tensor, noise: Noise, batch: Minib
 
 def node_probes(features: Callable[[torch.Tensor], torch.Tensor], splits: Splits, inits: list[torch.Generator],
                 order: torch.Generator, any_waiting: Callable[[bool], bool], max_epochs: int = 30, patience: int = 3,
-                batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+                batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """One linear classifier per node on its frozen ``features`` (``images -> [nodes, n, dim]``), all trained at
     once (batched matmuls) from each node's ``inits`` stream in one minibatch ``order``, with early stopping on
     validation; ``any_waiting`` asks every process whether one of its nodes still improves. Returns each node's

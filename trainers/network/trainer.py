@@ -62,7 +62,7 @@ class NetworkTrainer(Trainer):
     ``group`` of several processes this process trains its share of every seed's nodes."""
 
     def __init__(self, config: NetworkConfig, splits: Splits, seeds: Sequence[int], device: torch.device | str = "cpu",
-                 group: Group | None = None):  # fmt: skip
+                 group: Group | None = None):
         if not splits.shape:
             raise ValueError("the node models need image shapes; load the data with envs.data.load_splits")
         super().__init__((config, splits, seeds), seeds, device, config.eval_every, group=group)
@@ -79,14 +79,14 @@ class NetworkTrainer(Trainer):
         pixels = to_pixels(splits.train.images)  # what nodes train on and send (routing, on the CPU)
         capacity = c.capacity or 10 * c.batch_size
         self.networks = [Network(pixels, c.nodes, c.k, c.batch_size, self.payload_dim, capacity, s, self.owned,
-                                 c.shard_size) for s in self.seeds]  # fmt: skip
+                                 c.shard_size) for s in self.seeds]
         inits = [node_seed(s, i, INIT) for s in self.seeds for i in self.owned]
         self.parts = stack(seeded_models(kind, splits.shape, MODELS[c.model], self.classes, inits)).to(device)
         if kind == "bigan":  # DCGAN's Adam for adversarial pairs
             critic = [*self.parts["critic_x"].parameters(), *self.parts["critic"].parameters()]
             players = [*self.parts["encoder"].parameters(), *self.parts["generator"].parameters()]
             self.optimizers = {k: adam(p, device, lr=c.lr, betas=(0.5, 0.999))
-                               for k, p in (("critic", critic), ("players", players))}  # fmt: skip
+                               for k, p in (("critic", critic), ("players", players))}
         else:
             self.optimizers = {"nodes": adam(self.parts.parameters(), device, lr=c.lr)}
         self.wire_bytes = self.content.wire_bytes(splits.train.images.shape[1], self.classes, features)
@@ -120,7 +120,7 @@ class NetworkTrainer(Trainer):
         c, b = self.config, float(self.config.batch_size)
         p = torch.tensor([c.p_consume if c.communicates else 0.0])
         draws = [torch.cat([torch.binomial(torch.tensor([b]), p, generator=g) for g in net.generators]).long()
-                 for net in self.networks]  # fmt: skip
+                 for net in self.networks]
         return Minibatch.cat([net.minibatch(d) for net, d in zip(self.networks, draws, strict=True)])
 
     def _per_seed(self, per_node: torch.Tensor) -> torch.Tensor:
@@ -139,7 +139,7 @@ class NetworkTrainer(Trainer):
             x = from_pixels(batch.pixels).view(*batch.index.shape, *self.splits.shape)
         if c.unsupervised == "bigan":
             critic, players, payload = bigan_step(self.parts, x, self.noise, batch, content, c.comm_weight,
-                                                  self.optimizers["critic"], self.optimizers["players"])  # fmt: skip
+                                                  self.optimizers["critic"], self.optimizers["players"])
             metrics = {"train/critic_loss": self._per_seed(critic), "train/loss": self._per_seed(players)}
         else:
             if c.unsupervised == "vae":
@@ -212,13 +212,13 @@ class NetworkTrainer(Trainer):
             return torch.zeros(len(self.seeds), dtype=torch.float64)
         pairs = list(zip(self.networks, posts, strict=True))
         outgoing = {q: [pack(net.outbound(post, self.processes[q]), self.content.encode) for net, post in pairs]
-                    for q in self.destinations}  # fmt: skip
+                    for q in self.destinations}
         incoming = self.group.exchange(outgoing, self.sources, len(self.networks))
         px, size = routed.pixels.shape[-1], self.payload_dim
         cb = self.content.content_bytes(self.classes, MODELS[c.model].features)
         for r, (net, post) in enumerate(zip(self.networks, posts, strict=True)):
             arrived = [unpack(incoming[p][r], c.batch_size, px, cb, lambda raw: self.content.decode(raw, size))
-                       for p in self.sources]  # fmt: skip
+                       for p in self.sources]
             net.deliver([post, *arrived])
         sizes = [[len(buf) for buf in bufs] for bufs in outgoing.values()]
         return torch.tensor(sizes, dtype=torch.float64).sum(0) if sizes else torch.zeros(len(self.seeds))
@@ -262,7 +262,7 @@ class NetworkTrainer(Trainer):
         correct = self.group.sum(correct)
         collective = [(decide(s, nodes).argmax(-1) == labels).double().mean().item() for s in sums]
         return [(100.0 * correct[r].mean().item(), 100.0 * collective[r], (100.0 * correct[r]).tolist())
-                for r in range(seeds)]  # fmt: skip
+                for r in range(seeds)]
 
     def collective_sums(self, probs: torch.Tensor) -> torch.Tensor:
         """Per seed, the collective decision's entropy-weighted sums over all nodes (``decision_sums``), from the
@@ -275,7 +275,7 @@ class NetworkTrainer(Trainer):
         """Classifiers: node-average and collective accuracy (%) per seed on ``split``."""
         scores = self.accuracies(self.predict(split.images), split.labels)
         return {"average_accuracy": run_rows([s[0] for s in scores]),
-                "collective_accuracy": run_rows([s[1] for s in scores])}  # fmt: skip
+                "collective_accuracy": run_rows([s[1] for s in scores])}
 
     def evaluation(self) -> dict[str, torch.Tensor]:
         """Validation curves; classifiers are tested after the last step, unsupervised nodes at the stage
@@ -298,7 +298,7 @@ class NetworkTrainer(Trainer):
                 res.test_average, res.test_collective, res.test_nodes = test[r]
                 self.best[r] = self._seed_weights(r)
         return {"val/average_accuracy": run_rows([v[0] for v in val]),
-                "val/collective_accuracy": run_rows([v[1] for v in val])}  # fmt: skip
+                "val/collective_accuracy": run_rows([v[1] for v in val])}
 
     def _seed_weights(self, r: int) -> dict[str, torch.Tensor]:
         """Seed ``r``'s nodes here (stacked as in ``agents.network.Stacked``), CPU copies."""
@@ -307,7 +307,7 @@ class NetworkTrainer(Trainer):
     def result(self, run: int) -> NetworkResult:
         c, res, net = self.config, dataclasses.replace(self.history[run]), self.networks[run]
         counts = self.group.sum(torch.stack([t.sum() for t in (net.sent, net.consumed_received, net.consumed_local,
-                                                               net.inbox.dropped)]))  # fmt: skip
+                                                               net.inbox.dropped)]))
         sent, received, local, dropped = counts.tolist()
         res.samples_sent, res.dropped = sent, dropped
         steps = c.nodes * max(self.step, 1)
@@ -315,7 +315,7 @@ class NetworkTrainer(Trainer):
         if c.average:  # a node hands its tensors to each ring neighbour (gossip) or once to the all-reduce
             fanout = c.k if c.average == "gossip" else 1  # allreduce: every step, gradients the size of parameters
             res.bytes_sent_per_node_step = self.averaged_bytes * fanout * (self.step // c.average_every) / max(
-                self.step, 1)  # fmt: skip
+                self.step, 1)
         res.wire_bytes_per_node_step = self.group.sum(self.wire[run : run + 1]).item() / steps
         res.consumed_from_inbox = received / (received + local) if received + local else 0.0
         digests = torch.zeros(c.nodes, dtype=torch.long)

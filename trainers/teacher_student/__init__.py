@@ -6,4 +6,4 @@ from trainers.teacher_student.student import Selection, StudentConfig, StudentRe
 from trainers.teacher_student.teachers import TeacherConfig, load_or_train_teachers, predict
 
 __all__ = ["PolicyConfig", "Selection", "StudentConfig", "StudentResult", "StudentTrainer", "TeacherConfig",
-           "load_or_train_teachers", "predict"]  # fmt: skip
+           "load_or_train_teachers", "predict"]

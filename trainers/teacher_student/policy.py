@@ -60,7 +60,7 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         at_least(1, **{n: getattr(self, n) for n in ("episodes", "steps", "stack_size", "batch_size", "update_every",
-                                                     "horizon")})  # fmt: skip
+                                                     "horizon")})
         at_least(0, warmup=self.warmup)
 
 
@@ -88,7 +88,7 @@ def plackett_luce_log_prob(scores: torch.Tensor, chosen: torch.Tensor) -> torch.
 def _env(splits, teacher_logits: torch.Tensor, config: PolicyConfig) -> parallel_env:
     return parallel_env(splits.train.images, splits.train.labels, teacher_logits, splits.val.images, splits.val.labels,
                         stack_size=config.stack_size, batch_size=config.batch_size, max_cycles=config.steps,
-                        reward_samples=config.reward_samples, warmup=config.warmup, reward=config.reward)  # fmt: skip
+                        reward_samples=config.reward_samples, warmup=config.warmup, reward=config.reward)
 
 
 def _action(chosen: torch.Tensor, stack: int, target: str) -> np.ndarray:
@@ -107,7 +107,7 @@ def windowed_returns(rewards: torch.Tensor, horizon: int) -> torch.Tensor:
 
 
 def train_reinforce(splits, teacher_logits: torch.Tensor, config: PolicyConfig, seed: int,
-                    progress: Callable[[int], None] | None = None) -> TeacherPolicy:  # fmt: skip
+                    progress: Callable[[int], None] | None = None) -> TeacherPolicy:
     """A ``TeacherPolicy`` trained by REINFORCE in the teacher/student env."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -148,7 +148,7 @@ def train_ppo(splits, teacher_logits: torch.Tensor, config: PolicyConfig, seed: 
 
     env = Scripted(_env(splits, teacher_logits, config), {"student": lambda observation: 1})
     model, _ = train(env, "ppo", config.episodes * config.steps, seed, logdir, n_steps=config.steps,
-                     batch_size=max(2, config.steps // 5), learning_rate=config.lr)  # fmt: skip
+                     batch_size=max(2, config.steps // 5), learning_rate=config.lr)
     return model
 
 

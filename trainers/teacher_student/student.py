@@ -84,7 +84,7 @@ class StudentConfig:
     patience: int = option(20, "epochs (of backward passes) without validation gain before a run stops")
     max_epochs: int = option(100, "epochs (of backward passes) at most")
     eval_every: int = option(100, "backward passes between evaluations: one uniform grid for every run, on which "
-                             "targets are crossed")  # fmt: skip
+                             "targets are crossed")
     dropout: float = option(0.0, "dropout after each hidden layer (the teacher's 0.5; the student has none)")
 
     def __post_init__(self) -> None:
@@ -163,7 +163,7 @@ class StudentTrainer(Trainer):
         self.teacher_logits = torch.stack(logits).to(device)  # [R, n, classes]
         self.teacher_probs = torch.softmax(self.teacher_logits, -1)
         losses = [torch.zeros(n) if irreducible is None or seed not in irreducible else irreducible[seed]
-                  for _, seed in runs]  # fmt: skip
+                  for _, seed in runs]
         self.irreducible = torch.stack(losses).to(device)  # [R, n]
         self.data_generators = [generator(seed) for _, seed in runs]
         self.measure_generators = [generator(10_000 + seed) for _, seed in runs]
@@ -204,7 +204,7 @@ class StudentTrainer(Trainer):
             if old in old_state:
                 state = old_state[old]
                 self.optimizer.state[new] = {k: v.clone() if k == "step" else v[positions].clone()
-                                             for k, v in state.items()}  # fmt: skip
+                                             for k, v in state.items()}
         self.teacher_logits, self.teacher_probs = self.teacher_logits[positions], self.teacher_probs[positions]
         self.irreducible = self.irreducible[positions]
         for name in ("data_generators", "measure_generators", "stacks"):
@@ -225,7 +225,7 @@ class StudentTrainer(Trainer):
         chosen = []
         for r, (sel, _) in enumerate(self.batch):
             mine = Stack(stack.teacher_probs[r], stack.student_probs[r], stack.labels[r], stack.irreducible[r],
-                         self.step)  # fmt: skip
+                         self.step)
             chosen.append(sel.rule(mine, self.config.batch_size, self.measure_generators[r], self.valid[r]))
         return torch.stack(chosen)
 
@@ -245,7 +245,7 @@ class StudentTrainer(Trainer):
         picked_t = torch.gather(t_logits, 1, chosen.unsqueeze(-1).expand(-1, -1, t_logits.shape[-1]))
         labels = train.labels[picked]
         targets = torch.where(self.soft, TARGETS["soft"](picked_t, labels, cfg.temperature),
-                              TARGETS["true"](picked_t, labels, cfg.temperature))  # fmt: skip
+                              TARGETS["true"](picked_t, labels, cfg.temperature))
         loss = target_loss(self.students(train.images[picked]), targets).mean(-1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()
@@ -262,7 +262,7 @@ class StudentTrainer(Trainer):
             return
         rows = torch.tensor([r for r, _ in self.decayed], device=self.device)
         factor = torch.tensor([lr_factor(s, self.step / self.total_steps()) for _, s in self.decayed],
-                              device=self.device)  # fmt: skip
+                              device=self.device)
         before = [p.detach()[rows].clone() for p in self.students.parameters()]
         self.optimizer.step()
         with torch.no_grad():

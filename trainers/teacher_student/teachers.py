@@ -48,7 +48,7 @@ class TeacherConfig:
         """The teacher is trained as a student with dropout on true labels, evaluated once an epoch."""
         return StudentConfig(hidden=self.hidden, batch_size=self.batch_size, lr=self.lr, patience=self.patience,
                              max_epochs=self.max_epochs, eval_every=max(1, n_train // self.batch_size),
-                             dropout=self.dropout)  # fmt: skip
+                             dropout=self.dropout)
 
 
 QUICK_TEACHER = TeacherConfig(hidden=(256, 256), max_epochs=1, patience=1)  # seconds to train: smoke runs, env defaults
@@ -70,7 +70,7 @@ def carve_holdout(splits: Splits, size: int) -> tuple[Splits, Split]:
     on that pool, so none of them sees the holdout and the students' validation split stays untouched."""
     if not 0 <= size < len(splits.train.images):
         raise ValueError(f"a holdout of {size} images must leave training images (the split has "
-                         f"{len(splits.train.images)})")  # fmt: skip
+                         f"{len(splits.train.images)})")
     keep = len(splits.train.images) - size
     train = splits.train
     pool = Split(train.images[:keep], train.labels[:keep])
@@ -112,7 +112,7 @@ def load_or_train_teachers(
     states = {s: load_checked(paths[s], "teacher cache file", fix) for s in seeds if s not in missing}
     if missing:
         trainer = StudentTrainer(config.as_student(len(splits.train.images)), splits,
-                                 [(Selection(), s) for s in missing], device=device)  # fmt: skip
+                                 [(Selection(), s) for s in missing], device=device)
         checkpoint = paths[missing[0]].with_name(f"{paths[missing[0]].stem}-{'-'.join(map(str, missing))}.ckpt.pt")
         results = trainer.fit(events, checkpoint)
         for r, seed in enumerate(missing):
@@ -146,7 +146,7 @@ def _irreducible_model(holdout: Split, test: Split) -> tuple[TeacherConfig, Spli
     if half < 1:
         raise ValueError("the irreducible-loss model needs a holdout of at least 2 images (--holdout)")
     held = Splits(Split(holdout.images[:half], holdout.labels[:half]),
-                  Split(holdout.images[half:], holdout.labels[half:]), test)  # fmt: skip
+                  Split(holdout.images[half:], holdout.labels[half:]), test)
     return replace(IRREDUCIBLE, batch_size=min(IRREDUCIBLE.batch_size, half)), held  # a tiny split trains at all
 
 
