@@ -51,7 +51,8 @@ def report(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int],
         wire = mean_std([r.wire_bytes_per_node_step for r in runs])[0]
         rows.append([
             c.name, format_summary([r.test_average for r in runs]), format_summary([r.test_collective for r in runs]),
-            show(thesis[0]), show(thesis[1]), f"{sent:,.0f}",
+            show(thesis[0]), show(thesis[1]), format_summary([max(r.val_collective) for r in runs]),
+            format_summary([r.val_collective[-1] for r in runs]), f"{sent:,.0f}",
             *([f"{wire:,.0f}", f"{cell.get('wall_time_s', 0):,.0f}"] if processes else []),
             f"{cell['ring_allreduce_estimate_per_node_step']:,.0f}",
             f"{mean_std([r.consumed_from_inbox for r in runs])[0]:.2f}", routing_digest(runs),
@@ -67,7 +68,8 @@ def report(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int],
     where = f"; nodes spread over {processes} processes{oversubscribed()}" if processes else ""
     print(f"\nTable {table}{', ' + at[:-1] if at else ''}: test accuracy (%), {what}; mean ± std over "
           f"{seed_text(seeds)}{where}; thesis: CIFAR-10")
-    print(format_table(["config", "average", "collective", "thesis avg", "thesis coll", "bytes sent/node/step",
+    print(format_table(["config", "average", "collective", "thesis avg", "thesis coll", "best val coll",
+                        "final val coll", "bytes sent/node/step",
                         *(["wire bytes/node/step", "wall time (s)"] if processes else []),
                         "ring all-reduce of N replicas (estimate)/node/step", "from inbox", "routing"],
                        rows))
