@@ -209,10 +209,10 @@ class parallel_env(TruncatingParallelEnv):
 
     def __init__(
         self,
-        noise: float = 0.1,
-        view: str = "invert",
-        visible: float = 0.5,
-        overlap: str = "independent",
+        noise: float = INVERT.noise,
+        view: str = INVERT.kind,
+        visible: float = INVERT.visible,
+        overlap: str = INVERT.overlap,
         message_length: int = 32,
         vocab_size: int = 2,
         batch_size: int = 8,

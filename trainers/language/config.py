@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from envs.base import above, at_least
-from envs.language import OVERLAPS, VIEWS, View, reading
+from envs.language import INVERT, OVERLAPS, VIEWS, View, reading
 from trainers.base import check_fields, option
 from trainers.gumbel import TemperatureSchedule
 from trainers.reinforce import Reinforce
@@ -41,18 +41,18 @@ THESIS_LEVELS = ("none", "receive", "feedback", "both")
 class LanguageConfig:
     """Hyper-parameters; values the thesis lost in extraction are our choices (docs/language.md)."""
 
-    view: str = option("invert", "how each agent sees the image (envs.language.View)", choices=VIEWS)
+    view: str = option(INVERT.kind, "how each agent sees the image (envs.language.View)", choices=VIEWS)
     noise: float = option(
-        0.1,
+        INVERT.noise,
         "invert: pixel inversion probability of each agent's mask; resample: "
         "probability that a pixel is replaced by 0 or 1, redrawn every step",
         read_with={"view": reading("noise")},
     )
     visible: float = option(
-        0.5, "occlude: fraction of the pixels each agent sees", read_with={"view": reading("visible")}
+        INVERT.visible, "occlude: fraction of the pixels each agent sees", read_with={"view": reading("visible")}
     )
     overlap: str = option(
-        "independent",
+        INVERT.overlap,
         "occlude: the agents' pixel subsets drawn independently, disjoint, or the top and bottom rows",
         choices=OVERLAPS,
         read_with={"view": reading("overlap")},
