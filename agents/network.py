@@ -44,6 +44,7 @@ class ModelSpec:
 MODELS = {
     "dcgan": ModelSpec(width=32, features=256),  # the thesis' CIFAR-10 scale, without batch norm (earlier tables)
     "dcgan-bn": ModelSpec(width=32, features=256, batch_norm=True),  # the thesis' nodes with DCGAN's batch norm
+    "dcgan-bn-wide": ModelSpec(width=64, features=256, batch_norm=True),  # twice the channels: 4x the compute
     "dcgan-small": ModelSpec(width=8, features=64),  # sized down for 28x28 grey images on a CPU
     "mlp": ModelSpec(width=0, features=256),  # 784-256-10 on MNIST: for networks of a thousand nodes
 }

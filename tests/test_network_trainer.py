@@ -295,3 +295,17 @@ def test_local_sgd_makes_every_node_equal_and_counts_the_bytes_it_hands_over(big
     gossip = dataclasses.replace(config, average="gossip", neighbours=2)
     assert NetworkTrainer(gossip, big_splits, [0]).fit()[0].bytes_sent_per_node_step == pytest.approx(
         4 * params * 2 * 3 / 6)
+
+
+def test_weight_decay_is_adamw_on_every_node_and_none_keeps_plain_adam(big_splits):
+    config = NetworkConfig(nodes=2, content="none", batch_size=8, steps=2, eval_every=2, model="mlp")
+    plain = NetworkTrainer(config, big_splits, [0])
+    decayed = NetworkTrainer(dataclasses.replace(config, weight_decay=0.5), big_splits, [0])
+    assert type(plain.optimizers["nodes"]) is torch.optim.Adam
+    assert type(decayed.optimizers["nodes"]) is torch.optim.AdamW
+    before = [p.detach().clone() for p in decayed.parts.parameters()]
+    for trainer in (plain, decayed):
+        trainer.train_step()
+    for p0, p1, q in zip(before, decayed.parts.parameters(), plain.parts.parameters(), strict=True):
+        step = q.detach() - p0  # Adam's step alone: the same gradients, the same moments
+        torch.testing.assert_close(p1.detach(), p0 * (1 - 1e-3 * 0.5) + step, atol=1e-6, rtol=0)

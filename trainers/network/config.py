@@ -33,6 +33,9 @@ class NetworkConfig:
     lr_schedule: str = option("constant", "the learning rate over the steps: constant, or decayed to 0 by a cosine "
                               "or a line", choices=SCHEDULES, default_text="cosine for cifar10 classifiers, else "
                               "constant")
+    weight_decay: float | None = option(None, "decoupled weight decay (AdamW) of every parameter of the classifiers "
+                                        "and VAE nodes, lr x weight_decay per step (BiGAN keeps DCGAN's Adam)",
+                                        default_text="none: plain Adam")
     augment: bool = option(False, "classifiers: each training image randomly cropped from its 4-pixel zero "
                            "padding and flipped left-right (CIFAR-10's standard augmentation), from each node's "
                            "own stream", default_text="on for cifar10 classifiers, else off")
@@ -64,6 +67,7 @@ class NetworkConfig:
         allowed = UNSUPERVISED_CONTENTS if self.unsupervised else SUPERVISED_CONTENTS
         if self.content not in allowed:
             raise ValueError(f"unknown content {self.content!r}; choose from {', '.join(allowed)}")
+        at_least(0, weight_decay=self.weight_decay or 0.0)
         if self.unsupervised and not MODELS[self.model].width:
             raise ValueError(f"--model {self.model} is a classifier; --unsupervised nodes need a DCGAN model")
         at_least(1, **{n: getattr(self, n) for n in ("batch_size", "steps", "eval_every")})

@@ -75,7 +75,7 @@ class DDPBaseline(Trainer):
         self.model = DistributedDataParallel(Classifier(parts), gradient_as_bucket_view=True)
         self.counter = HookBytes()
         self.model.register_comm_hook(self.counter, HookBytes.hook)
-        self.optimizer = adam(self.model.parameters(), device, lr=config.lr)
+        self.optimizer = adam(self.model.parameters(), device, lr=config.lr, weight_decay=config.weight_decay or 0.0)
         self.history = [NetworkResult() for _ in self.seeds]
         self.hook_bytes = 0.0  # what the hook counted, over the whole run (resumes with it)
 

@@ -88,7 +88,8 @@ class NetworkTrainer(Trainer):
             self.optimizers = {k: adam(p, device, lr=c.lr, betas=(0.5, 0.999))
                                for k, p in (("critic", critic), ("players", players))}
         else:
-            self.optimizers = {"nodes": adam(self.parts.parameters(), device, lr=c.lr)}
+            decay = c.weight_decay or 0.0
+            self.optimizers = {"nodes": adam(self.parts.parameters(), device, lr=c.lr, weight_decay=decay)}
         self.wire_bytes = self.content.wire_bytes(splits.train.images.shape[1], self.classes, features)
         edges = links(c.nodes, c.k, self.processes) if c.communicates else set()
         self.destinations = sorted(q for p, q in edges if p == self.group.rank)
