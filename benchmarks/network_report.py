@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from benchmarks.harness import format_counts, format_table, plot_frontier, plot_panels, plot_sweep
-from benchmarks.protocol import SUSTAIN, crossing, held_target, paired_ratio
+from benchmarks.protocol import SUSTAIN, crossing, held_target, paired_difference, paired_ratio
 from benchmarks.store import Store, format_summary, mean_std, seed_text
 from trainers.network.config import NetworkConfig, NetworkResult
 
@@ -73,6 +73,7 @@ def report(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int],
                         *(["wire bytes/node/step", "wall time (s)"] if processes else []),
                         "ring all-reduce of N replicas (estimate)/node/step", "from inbox", "routing"],
                        rows))
+    _paired_table(store, at, chosen, seeds)
     _steps_table(store, at, chosen, seeds, target)
     if ddp:
         ddp_report(store, ddp, seeds, max(processes, 1))
@@ -86,13 +87,41 @@ def report(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int],
                   "collective test accuracy (%)", f"what each row sends and what it reaches ({seed_text(seeds)})")
 
 
+def control_of(chosen: list[NetworkConfig]) -> str | None:
+    """The row every other is compared with: the largest network whose nodes exchange nothing."""
+    alone = [c for c in chosen if c.content == "none" and c.nodes > 1 and not c.average]
+    return max(alone, key=lambda c: c.nodes).name if alone else None
+
+
+def _paired_table(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int]) -> None:
+    """The orderings, paired by seed (mean [95% t-interval]): each row of the control's size against the
+    control, node average and collective, and every row's collective decision against its node average."""
+    control = control_of(chosen)
+    base = runs_of(store, at + control, seeds) if control else None
+    nodes = next(c.nodes for c in chosen if c.name == control) if control else 0
+    rows = []
+    for c in chosen:
+        if c.nodes == 1:
+            continue
+        runs = runs_of(store, at + c.name, seeds)
+        versus = [paired_difference([getattr(r, m) for r in runs], [getattr(b, m) for b in base])
+                  if base and c.nodes == nodes and c.name != control else None
+                  for m in ("test_average", "test_collective")]  # fmt: skip
+        gap = paired_difference([r.test_collective for r in runs], [r.test_average for r in runs])
+        rows.append([c.name, *(d.format(1) if d else "-" for d in (*versus, gap))])
+    if rows:
+        print(f"\npaired by seed, mean [95% t-interval] over {seed_text(seeds)}: each row minus "
+              f"{control or 'the row without communication'} (node average, collective), and collective minus "
+              f"node average")
+        print(format_table(["config", "average vs control", "collective vs control", "collective - average"], rows))
+
+
 def _steps_table(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int], thesis_target: float) -> None:
     """Steps per node to the first sustained validation crossing (``benchmarks.protocol``) of the headline
     targets (the highest node-average and collective accuracy the row without communication holds on every
     seed), with paired speedups over that row, and of ``--target-accuracy`` (the thesis' 85%)."""
     runs = {c.name: runs_of(store, at + c.name, seeds) for c in chosen}
-    control = next((c.name for c in sorted(chosen, key=lambda c: -c.nodes) if c.content == "none" and c.nodes > 1),
-                   None)
+    control = control_of(chosen)
     curves = {"average": lambda r: r.val_average, "collective": lambda r: r.val_collective}
     targets = {m: held_target([curve(r) for r in runs[control]]) for m, curve in curves.items()} if control else {}
     base = {m: [crossing(r.steps, curves[m](r), t) for r in runs[control]] for m, t in targets.items()}

@@ -25,6 +25,9 @@ def test_smoke_run_of_table_2_2_writes_tables_json_tensorboard_and_figure(cli, c
     printed = capsys.readouterr().out
     assert "Table 2.2" in printed and "ring all-reduce of N replicas" in printed
     assert "first sustained validation crossing" in printed and "targets 10nodes-none holds on every seed" in printed
+    paired = printed[printed.index("paired by seed") :].splitlines()
+    assert paired[3].split()[:2] == ["10nodes-none", "-"] and paired[4].startswith("10nodes-logits   ")
+    assert "[" in paired[4] and "1node" not in "".join(paired[:9])  # intervals over 2 seeds; 1 node has no pairs
     data = json.loads(out.read_text())
     names = ["1node", "10nodes-none", "10nodes-logits", "10nodes-labels", "10nodes-features", "20nodes-labels"]
     assert list(data["cells"]) == names
