@@ -262,7 +262,7 @@ def plot_frontier(path: Path, points: dict[str, tuple[float, list[float]]], xlab
 
     sending = [b for b, _ in points.values() if b > 0]
     edge = min(sending) / 10 if sending else 1.0
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     if len(points) > 10:
         ax.set_prop_cycle(color=plt.cm.tab20.colors)
     for label, (sent, values) in points.items():
@@ -273,7 +273,7 @@ def plot_frontier(path: Path, points: dict[str, tuple[float, list[float]]], xlab
     ax.set_xscale("log")
     ax.set(xlabel=xlabel, ylabel=ylabel, title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="x-small")
+    ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
