@@ -104,7 +104,7 @@ def test_same_command_same_numbers(cli, tmp_path):
     assert strip(a) == strip(b) and a["references"] == b["references"]
 
 
-@pytest.mark.parametrize("agent", ["tests.test_language_trainer:TinySpeaker", "agents.speakers:GRUSpeaker"])
+@pytest.mark.parametrize("agent", ["tests.test_speakers:TinySpeaker", "agents.speakers:GRUSpeaker"])
 def test_agent_plugs_in_from_the_command_line(cli, agent):  # a test-only class, and one through the per-run loop
     argv, out, _ = cli
     assert run([*argv, "--seeds", "1", "--levels", "feedback", "--agent", agent]) == 0
