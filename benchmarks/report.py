@@ -110,10 +110,12 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n")[0])
     p.add_argument("results", nargs="?", type=Path, help="a results file (.json, or a .json.gz summary)")
     p.option("--logdir", "runs/report", "where the figures go")
-    p.option("--summary", None, "write RESULTS without its weights' paths, gzipped, to this file")
-    p.option("--docs", None, "rewrite the generated blocks of every page under this folder (e.g. docs)")
+    p.option("--summary", None, "write RESULTS without its weights' paths, gzipped, to this file",
+             default_text="none: print the tables")
+    p.option("--docs", None, "rewrite the generated blocks of every page under this folder (e.g. docs)",
+             default_text="none")
     p.option("--check", False, "with --docs: change nothing, fail if a page differs from its summary",
-             action="store_true")
+             action="store_true", read_with={"docs": None})
     return p
 
 

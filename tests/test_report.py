@@ -90,3 +90,5 @@ def test_docs_blocks_are_rewritten_from_their_summary_and_checked(trained, tmp_p
     capsys.readouterr()
     assert exit_code(report.main, ["--docs", str(page.parent), "--check"]) == 0
     assert "0 page(s) differ" in capsys.readouterr().out
+    assert exit_code(report.main, [str(summary), "--check"]) == 2  # --check reads only with --docs
+    assert "--check does nothing without --docs" in capsys.readouterr().err
