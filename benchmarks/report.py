@@ -38,11 +38,10 @@ BLOCK = re.compile(r"(<!-- report: (\S+) -->\n```text\n)(.*?)(```\n<!-- /report 
 LOCATIONS = re.compile(r"^(results|curves|figures): .*$", re.MULTILINE)  # where this machine put them: not docs
 
 
-def command(path: Path, flags: list[str] | None = None) -> tuple[str, list[str]]:
-    """The benchmark and the arguments of the last finished invocation that wrote ``path`` (``flags`` instead,
-    when given: files written before invocations were recorded), without ``--out`` and ``--logdir``, which
-    the report sets."""
-    data = Store._read(path, None, {})
+def command(path: Path, data: dict, flags: list[str] | None = None) -> tuple[str, list[str]]:
+    """The benchmark and the arguments of the last finished invocation that wrote ``data`` (read from ``path``;
+    ``flags`` instead, when given: files written before invocations were recorded), without ``--out`` and
+    ``--logdir``, which the report sets."""
     finished = [i["argv"][1:] for i in data.get("invocations", []) if i.get("status") == "finished"]
     if data["benchmark"] not in BENCHMARKS:
         raise UsageError(f"{path} holds {data['benchmark']} results; the report reads {', '.join(BENCHMARKS)}")
@@ -63,7 +62,7 @@ def report(path: Path, logdir: Path, flags: list[str] | None = None) -> None:
     """Print the tables of ``path`` and draw its figures under ``logdir``."""
     if not path.is_file():
         raise UsageError(f"{path} is not a file; pass a results file written by a benchmark")
-    benchmark, argv = command(path, flags)
+    benchmark, argv = command(path, Store._read(path, None, {}), flags)
     print(f"python -m benchmarks.{benchmark} {' '.join(argv)}".rstrip())
     main = importlib.import_module(f"benchmarks.{benchmark}").main
     with read_only():
@@ -74,7 +73,7 @@ def summary(path: Path, out: Path, flags: list[str] | None = None) -> None:
     """``path`` without the paths of its weights, compact and gzipped: small enough to commit (with ``flags``
     recorded as its command when given)."""
     data = Store._read(path, None, {})
-    benchmark, argv = command(path, flags)
+    benchmark, argv = command(path, data, flags)
     if flags is not None:
         data.setdefault("invocations", []).append({"argv": [f"benchmarks/{benchmark}.py", *argv],
                                                    "status": "finished", "given_to": "benchmarks.report"})
