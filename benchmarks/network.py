@@ -251,13 +251,7 @@ def _ddp_nodes(args, chosen: list[NetworkConfig]) -> list[int]:
 
 def _with_spec(store: Store, job: list[tuple[str, int]] | None) -> tuple[list[tuple[str, int]], dict] | None:
     """A job (one cell's runs) and its cell's configuration, as rank 0 tells every process."""
-    if job is None:
-        return None
-    spec = store.specs.get(job[0][0])
-    if spec is None:
-        raise UsageError(f"cannot resume the unfinished runs of cell {job[0][0]!r} (its checkpoint predates the "
-                         f"configurations kept beside it); delete the checkpoint beside {store.path} to restart")
-    return job, spec
+    return None if job is None else (job, store.specs[job[0][0]])
 
 
 def _train(args, job: list[tuple[str, int]], spec: dict, splits, device, group: Group, store: Store | None,

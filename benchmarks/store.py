@@ -307,6 +307,10 @@ class Store:
         for runs in ([job] if job else []) + list(groups.values()):
             source = {**given, **saved} if runs is job else given  # a resumed cell: as it was when it started
             self.specs = {c: source[c] for c, _ in runs if c in source}
+            missing = sorted({c for c, _ in runs} - set(self.specs)) if specs is not None else []
+            if missing:
+                raise UsageError(f"cannot resume the unfinished runs of {', '.join(missing)} (their checkpoint "
+                                 f"predates the configurations kept beside it); delete {checkpoint} to restart them")
             save_json(job_file, {"runs": runs, "specs": self.specs})  # rewritten before each job
             try:
                 yield runs

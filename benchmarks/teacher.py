@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                 one = lambda c=student_config: StudentTrainer(c, splits, [(Selection(), seeds[0])], device=device)  # noqa: E731
                 cells, ks = {c for c, _ in job}, {k for _, k in job}
                 check_memory(one, len(job), device, f"{len(cells)} cells x {len(ks)} seeds")
-                runs = [(_selection(store.specs.get(cell)), k) for cell, k in job]
+                runs = [(Selection(**store.specs[cell]), k) for cell, k in job]
                 teachers = load_or_train_teachers(splits, sorted({k for _, k in runs}), teacher_config,
                                                   Path(args.teacher_cache), args.retrain_teacher,
                                                   Progress("teachers"), device)
@@ -272,14 +272,6 @@ def main(argv: list[str] | None = None) -> int:
             sweep_report(store, swept, chosen[0][2], seeds, root)
         print(f"\nresults: {store.path}   figures: {root}   TensorBoard: tensorboard --logdir {root}")
     return 0
-
-
-def _selection(spec: dict | None) -> Selection:
-    """A job's selection: as this command configured it, or as the interrupted job that is resumed had it."""
-    if spec is None:
-        raise UsageError("cannot resume the unfinished runs of a cell whose checkpoint predates the configurations "
-                         "kept beside it; delete the checkpoint beside the results file to restart them")
-    return Selection(**spec)
 
 
 def _variant(parser: ArgumentParser, label: str, v) -> tuple:

@@ -172,3 +172,12 @@ def test_an_interrupted_job_resumes_with_the_cells_as_they_were_configured(tmp_p
         assert next(jobs) == [("a", 0)] and store.specs == {"a": {"lr": 1}}  # finished as it started
         assert next(jobs) == [("c", 0)] and store.specs == {"c": {"lr": 3}}
         assert next(jobs, None) is None and not store.checkpoint().exists()
+
+
+def test_a_job_from_before_the_kept_configurations_resumes_only_cells_it_still_configures(tmp_path):
+    path = tmp_path / "r.json"
+    with Store(path, "network", {}) as store:
+        store.checkpoint().write_bytes(b"killed here")
+        store.checkpoint().with_suffix(".json").write_text('[["gone", 0]]')  # the job file as it was written before
+        with pytest.raises(UsageError, match=r"cannot resume the unfinished runs of gone .* delete"):
+            next(store.jobs("", ["a"], [0], specs={"a": {"lr": 1}}))
