@@ -13,6 +13,8 @@ import math
 import time
 from pathlib import Path
 
+import torch
+
 from benchmarks.cli import (
     ArgumentParser,
     UsageError,
@@ -35,7 +37,8 @@ from benchmarks.harness import (
 )
 from benchmarks.store import Store, prefix, preflight
 from benchmarks.teacher_report import THESIS, report, summarise, sweep_report
-from envs.data import DATASETS, load_splits
+from envs.data import DATASETS, Split, Splits, load_splits
+from envs.noise import corrupt_labels
 from envs.selection import MEASURES, TARGETS
 from envs.teacher_student import REWARDS
 from trainers.probe import accuracy
@@ -99,6 +102,12 @@ def build_parser() -> ArgumentParser:
     p.option("--retrain-teacher", False, "ignore cached teachers and train new ones", action="store_true")
     with p.group("data"):
         add_data(p, "mnist", choices=list(DATASETS))
+        p.option("--label-noise", None, "fraction of the training labels (the holdout's too) replaced by another "
+                 "class, drawn from --label-noise-seed: the same corruption for every row and seed; validation and "
+                 "test stay clean; the teachers and the irreducible-loss model train on it", default_text="none",
+                 type=finite_float)
+        p.option("--label-noise-seed", None, "seed of the corruption (which labels, which wrong classes)",
+                 default_text="0", type=int, read_with={"label_noise": None})
     p.option("--target-accuracy", None, "validation accuracy (%%) whose first sustained crossing is counted "
              "(changing it retrains nothing)", default_text="the highest the baseline holds on every seed",
              type=finite_float)
@@ -195,11 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--holdout must be >= 0 training images, got {args.holdout}")
     whole = load_splits(args.dataset, args.data_dir)
     holdout_size = args.holdout if args.holdout is not None else len(whole.train.images) // 10
-    try:
-        splits, holdout = carve_holdout(whole, holdout_size)
-    except ValueError as e:
-        raise UsageError(f"--holdout: {e}") from None
-    n = len(splits.train.images)
+    data = {label: _data(whole, holdout_size, v) for label, v, *_ in chosen}
+    n = len(next(iter(data.values()))[0].train.images)
     for _, _, configs, student_config, teacher_config, policy in chosen:
         if any(MEASURES[c.measure].reads_irreducible for c in configs) and holdout_size < 2:
             raise UsageError(f"reducible_holdout trains its model on the --holdout images: give >= 2, not "
@@ -218,15 +224,17 @@ def main(argv: list[str] | None = None) -> int:
     preflight([(Path(args.teacher_cache), "--teacher-cache"), (Path(args.logdir), "--logdir")])
     identity = {**student_config.__dict__, **{f"teacher_{k}": v for k, v in teacher_config.__dict__.items()},
                 **{f"policy_{k}": v for k, v in (policy.__dict__ if policy else {}).items()
-                   if k not in ("seed", "reward")}, "dataset": args.dataset, "holdout": holdout_size}
+                   if k not in ("seed", "reward")}, "dataset": args.dataset, "holdout": holdout_size,
+                "label_noise": args.label_noise, "label_noise_seed": args.label_noise_seed}
     swept = parser.sweep_flag(args.sweep)
     with Store(out, "teacher", identity, swept) as store:
         started = time.time()
         for label, v, configs, student_config, teacher_config, policy in chosen:
             at = prefix(label)
+            splits, holdout, corrupted = data[label]
             specs = {c.name: dataclasses.asdict(c) for c in configs}
             for job in store.jobs(label, list(specs), seeds, specs=specs):
-                one = lambda c=student_config: StudentTrainer(c, splits, [(Selection(), seeds[0])], device=device)  # noqa: E731
+                one = lambda c=student_config, d=splits: StudentTrainer(c, d, [(Selection(), seeds[0])], device=device)  # noqa: E731
                 cells, ks = {c for c, _ in job}, {k for _, k in job}
                 check_memory(one, len(job), device, f"{len(cells)} cells x {len(ks)} seeds")
                 runs = [(Selection(**store.specs[cell]), k) for cell, k in job]
@@ -236,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
                 cache = Path(args.teacher_cache)
                 for k, m in teachers.items():
                     store.reference(f"{at}teacher_test_accuracy", k, accuracy(m, splits.test).item())
-                    cost = training_cost(cache_path(cache, teacher_config, splits.train.images.shape, k))
+                    cost = training_cost(cache_path(cache, teacher_config, splits.train, k))
                     if cost:
                         store.reference(f"{at}teacher_training_images", k, cost["backward_passes"] * cost["batch_size"])
                 logits = {k: predict(m, splits.train.images) for k, m in teachers.items()}
@@ -255,18 +263,18 @@ def main(argv: list[str] | None = None) -> int:
                 if learned:
                     _train_policies(learned, policy, dataclasses.replace(splits, val=holdout), teacher_config, v,
                                     store, root / at)
-                trainer = StudentTrainer(student_config, splits, runs, logits, irreducible, device=device)
+                trainer = StudentTrainer(student_config, splits, runs, logits, irreducible, corrupted, device=device)
                 hparams = {**flat_hparams(student_config), **flat_hparams(teacher_config, "teacher."),
                            "dataset": args.dataset}
                 with Sink(store, job, root, hparams, _headline, desc=f"{at}{len(job)} students",
                       device=device) as sink:
                     trainer.fit(sink, store.checkpoint(label))
         store.add_time(time.time() - started)
-        for label, _, configs, student_config, teacher_config, _ in chosen:
+        for label, v, configs, student_config, teacher_config, _ in chosen:
             at = prefix(label)
             summarise(store, at, configs, seeds, tuning, args.target_accuracy)
             report(store, at, configs, seeds, tuning, root, student_config, teacher_config,
-                    splits.train.images.shape[1], n)
+                   data[label][0].train.images.shape[1], n, v.label_noise)
         store.save()
         if swept:
             sweep_report(store, swept, chosen[0][2], seeds, root)
@@ -282,6 +290,23 @@ def _variant(parser: ArgumentParser, label: str, v) -> tuple:
             register(name, _unfit)  # a placeholder until the policy is trained, so the selections validate
     student, teacher = parser.build(StudentConfig, v), parser.build(TeacherConfig, v, "teacher_")
     return label, v, selections(v, policy), student, teacher, policy
+
+
+def _data(whole: Splits, holdout_size: int, args) -> tuple[Splits, Split, torch.Tensor]:
+    """A variant's training pool, holdout and mask of corrupted pool labels: ``--label-noise`` corrupts the whole
+    training split (the holdout is part of it, as in practice), then the holdout is carved."""
+    noisy, corrupted = whole.train, torch.zeros(len(whole.train.labels), dtype=torch.bool)
+    if args.label_noise is not None:
+        try:
+            noisy, corrupted = corrupt_labels(whole.train, args.label_noise, args.label_noise_seed or 0,
+                                              DATASETS[args.dataset].classes)
+        except ValueError as e:
+            raise UsageError(f"--label-noise: {e}") from None
+    try:
+        splits, holdout = carve_holdout(dataclasses.replace(whole, train=noisy), holdout_size)
+    except ValueError as e:
+        raise UsageError(f"--holdout: {e}") from None
+    return splits, holdout, corrupted[: len(splits.train.labels)]
 
 
 def _headline(result: StudentResult) -> dict[str, float]:

@@ -101,8 +101,15 @@ def one_off_costs(references: dict, at: str, c: Selection, seeds: list[int], stu
     return total
 
 
+def corrupted_fraction(run: dict, batch_size: int) -> float:
+    """The fraction of the samples a run trained on up to its best validation whose label was corrupted."""
+    at = run["steps"].index(run["best_step"])
+    return run["corrupted_sent"][at] / (run["best_step"] * batch_size)
+
+
 def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tuning: list[int], root: Path,
-            student: StudentConfig, teacher: TeacherConfig, pixels: int, n_train: int) -> None:
+           student: StudentConfig, teacher: TeacherConfig, pixels: int, n_train: int,
+           label_noise: float | None = None) -> None:
     cells = store.data["cells"]
     base = cells[at + "baseline"]
     reported = report_seeds(seeds, tuning)
@@ -120,9 +127,10 @@ def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tu
         payback = "-" if not one_off else (f"{one_off / statistics.fmean(saving):,.1f} runs"
                                            if saving and statistics.fmean(saving) > 0 else "never")
         e["one_off_compute"] = one_off
+        noisy = [format_summary([100 * corrupted_fraction(runs[k], student.batch_size) for k in reported], 1)]
         rows.append([
             c.name + (" *" if c.name in chosen else ""),
-            format_summary([runs[k]["test_accuracy"] for k in reported], 2),
+            format_summary([runs[k]["test_accuracy"] for k in reported], 2), *(noisy if label_noise else []),
             e["thesis"]["accuracy"] or "-", reached(passes), format_counts(passes),
             _ratio(column(base, "backward_passes"), passes), format_counts(compute), _ratio(base_compute, compute),
             f"{one_off:,.0f}" if one_off else "-", payback, reached(thesis_passes), format_counts(thesis_passes),
@@ -135,8 +143,9 @@ def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tu
           f"{seed_text(reported)}, and the first sustained crossing ({SUSTAIN} evaluations in a row, every "
           f"{student.eval_every} passes) of the validation curve at the target, {base['target_accuracy']:.2f}% (the "
           f"highest the baseline holds on every seed), and at the thesis' {THESIS_TARGET}%")
-    print(format_table(["config", "test acc", "thesis", "reached", "backward to target", "speedup", "compute to target",
-                        "speedup", "one-off", "pays back after", f"reached {THESIS_TARGET}",
+    noisy = [f"corrupted sent % (of {100 * label_noise:g})"] if label_noise else []
+    print(format_table(["config", "test acc", *noisy, "thesis", "reached", "backward to target", "speedup",
+                        "compute to target", "speedup", "one-off", "pays back after", f"reached {THESIS_TARGET}",
                         f"backward to {THESIS_TARGET}", "speedup", "thesis backward"], rows))
     unit = _cost_units(student, teacher, pixels)
     print(f"backward/compute to target: mean over the seeds that reached (k/n). speedup: baseline / row, paired "
@@ -146,7 +155,9 @@ def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tu
           f"once, looked up per stack: a teacher scoring each stack would add {unit:.1f} x stack size per update "
           f"instead), and the irreducible-loss model's training and losses, where the row uses them; pays back "
           f"after: one-off / the per-run compute saved against the baseline. * = the rule's parameters chosen on "
-          f"validation on {tuned} (most seeds reaching the target, then the largest paired speedup).")
+          f"validation on {tuned} (most seeds reaching the target, then the largest paired speedup)." +
+          (" corrupted sent: of the samples a run trained on up to its best validation, the % whose training label "
+           "was corrupted (uniform selection sends the noise level)." if label_noise else ""))
     for key, what in TARGETS_OF.items():
         _pressure_figure(store, at, configs, key, reported, root, what)
     sizes = sorted({c.stack_size for c in configs} - {1})

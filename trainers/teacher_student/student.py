@@ -105,6 +105,7 @@ class StudentResult:
     val_accuracy: list[float] = field(default_factory=list)
     counters_at_best: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    corrupted_sent: list[int] = field(default_factory=list)  # samples with a corrupted label trained on, by ``steps``
 
 
 def per_step_counters(selection: Selection) -> dict[str, int]:
@@ -126,7 +127,8 @@ class StudentTrainer(Trainer):
     """Trains ``runs`` = [(Selection, seed), ...]; ``teacher_logits[seed]`` holds the frozen teacher's
     logits for every training image (not needed when no run uses the teacher: the teacher itself is
     trained this way, as the baseline selection of a student with dropout); ``irreducible[seed]`` the
-    irreducible-loss model's loss on every training image (for ``reducible_holdout``)."""
+    irreducible-loss model's loss on every training image (for ``reducible_holdout``); ``corrupted`` marks the
+    training images whose label was corrupted (``envs.noise``), counted when sent."""
 
     def __init__(
         self,
@@ -135,6 +137,7 @@ class StudentTrainer(Trainer):
         runs: Sequence[tuple[Selection, int]],
         teacher_logits: dict[int, torch.Tensor] | None = None,
         irreducible: dict[int, torch.Tensor] | None = None,
+        corrupted: torch.Tensor | None = None,
         device: torch.device | str = "cpu",
     ):
         if not runs:
@@ -146,7 +149,8 @@ class StudentTrainer(Trainer):
             raise ValueError("selections that use the teacher need its logits")
         if irreducible is None and any(MEASURES[sel.measure].reads_irreducible for sel, _ in runs):
             raise ValueError("reducible_holdout needs the irreducible-loss model's losses (irreducible=...)")
-        super().__init__((config, splits, runs, teacher_logits, irreducible), runs, device, config.eval_every)
+        super().__init__((config, splits, runs, teacher_logits, irreducible, corrupted), runs, device,
+                         config.eval_every)
         self.config, self.splits = config, splits.to(device)
         self.epoch = n // config.batch_size
         pixels = splits.train.images.shape[1]
@@ -165,6 +169,8 @@ class StudentTrainer(Trainer):
         losses = [torch.zeros(n) if irreducible is None or seed not in irreducible else irreducible[seed]
                   for _, seed in runs]
         self.irreducible = torch.stack(losses).to(device)  # [R, n]
+        self.corrupted = (torch.zeros(n, dtype=torch.bool) if corrupted is None else corrupted).to(device)
+        self.corrupted_sent = torch.zeros(len(runs), dtype=torch.long, device=device)  # per run, all runs
         self.data_generators = [generator(seed) for _, seed in runs]
         self.measure_generators = [generator(10_000 + seed) for _, seed in runs]
         self.stacks = [EpochStacks(n, g) for g in self.data_generators]
@@ -244,6 +250,7 @@ class StudentTrainer(Trainer):
         picked = torch.gather(idx, 1, chosen)
         picked_t = torch.gather(t_logits, 1, chosen.unsqueeze(-1).expand(-1, -1, t_logits.shape[-1]))
         labels = train.labels[picked]
+        self.corrupted_sent[self._alive] += self.corrupted[picked].sum(-1)
         targets = torch.where(self.soft, TARGETS["soft"](picked_t, labels, cfg.temperature),
                               TARGETS["true"](picked_t, labels, cfg.temperature))
         loss = target_loss(self.students(train.images[picked]), targets).mean(-1)
@@ -294,6 +301,7 @@ class StudentTrainer(Trainer):
             res = self.history[r]
             res.steps.append(self.step)
             res.val_accuracy.append(val[i])
+            res.corrupted_sent.append(int(self.corrupted_sent[r]))
             res.stopped_step = self.step
         for i, accuracy_ in zip(improved, test, strict=True):
             res = self.history[self._alive[i]]
@@ -330,6 +338,7 @@ class StudentTrainer(Trainer):
             "orders": [s.order for s in self.stacks],
             "history": [dataclasses.asdict(h) for h in self.history],
             "best": self.best,
+            "corrupted_sent": self.corrupted_sent,
         }
 
     def _load_state(self, state: dict) -> None:
@@ -340,3 +349,4 @@ class StudentTrainer(Trainer):
             stacks.order = order
         self.history = [StudentResult(**h) for h in state["history"]]
         self.best = state["best"]
+        self.corrupted_sent = state["corrupted_sent"].to(self.device)

@@ -57,10 +57,11 @@ QUICK_TEACHER = TeacherConfig(hidden=(256, 256), max_epochs=1, patience=1)  # se
 IRREDUCIBLE = TeacherConfig(hidden=(256, 256))  # RHO-LOSS's small model, trained on a holdout of the training split
 
 
-def cache_path(cache_dir: Path, config: TeacherConfig, shape: Sequence[int], seed: int, kind: str = "teacher") -> Path:
-    """One file per kind of model, configuration, training images (``shape``: their count and size), training
-    version and seed."""
-    key = hashlib.sha1(repr((asdict(config), tuple(shape), VERSION, kind)).encode())
+def cache_path(cache_dir: Path, config: TeacherConfig, train: Split, seed: int, kind: str = "teacher") -> Path:
+    """One file per kind of model, configuration, training data (the images' count and size, and the labels
+    themselves: a corrupted or another dataset's labels train another model), training version and seed."""
+    labels = hashlib.sha1(train.labels.cpu().numpy().tobytes()).hexdigest()
+    key = hashlib.sha1(repr((asdict(config), tuple(train.images.shape), labels, VERSION, kind)).encode())
     return cache_dir / f"{kind}-{key.hexdigest()[:10]}-seed{seed}.pt"
 
 
@@ -106,7 +107,7 @@ def load_or_train_teachers(
     (``StudentTrainer``), resumable from a checkpoint in ``cache_dir``. ``kind`` names other models
     trained the same way (the irreducible-loss model)."""
     pixels = splits.train.images.shape[1]
-    paths = {seed: cache_path(cache_dir, config, splits.train.images.shape, seed, kind) for seed in seeds}
+    paths = {seed: cache_path(cache_dir, config, splits.train, seed, kind) for seed in seeds}
     missing = [s for s in seeds if retrain or not paths[s].exists()]
     fix = "delete it (or pass --retrain-teacher) to train it again"
     states = {s: load_checked(paths[s], "teacher cache file", fix) for s in seeds if s not in missing}
@@ -171,4 +172,4 @@ def irreducible_losses(
 def irreducible_training_cost(cache_dir: Path, holdout: Split, seed: int) -> tuple[TeacherConfig, dict | None]:
     """The irreducible-loss model's config and what training it cost (``training_cost``)."""
     config, held = _irreducible_model(holdout, holdout)
-    return config, training_cost(cache_path(cache_dir, config, held.train.images.shape, seed, "irreducible"))
+    return config, training_cost(cache_path(cache_dir, config, held.train, seed, "irreducible"))
