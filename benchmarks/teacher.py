@@ -88,7 +88,7 @@ def build_parser() -> ArgumentParser:
     policies = {"policies": None}  # the policy flags are read only with --policies
     p.config(PolicyConfig, prefix="policy-", exclude=("batch_size", "seed", "reward"), read_with=policies)
     p.option("--stack-sizes", None, "comma-separated stack sizes (with --measures/--targets: the baseline plus every "
-             "combination)",
+             "combination); all: the whole training set, ranked by own_loss (Loshchilov & Hutter)",
              default_text="the thesis' seven configs, baseline-cosine and nine rules beyond them")
     p.option("--measures", None, f"difficulty measures from {','.join(MEASURES)}", default_text="all")
     p.option("--targets", None, f"targets from {','.join(TARGETS)}", default_text="all")
@@ -98,6 +98,8 @@ def build_parser() -> ArgumentParser:
              "constant", default_text="0")
     p.option("--floors", None, "comma-separated floors: every stack sample keeps a probability >= floor / stack "
              "samples", default_text="0")
+    p.option("--refresh", None, "comma-separated backward passes between recomputations of every training image's "
+             "loss, for own_loss (0: a loss is as old as the sample's last visit)", default_text="0")
     p.option("--teacher-cache", "checkpoints/teachers", "folder of the trained teachers (one file per seed)")
     p.option("--retrain-teacher", False, "ignore cached teachers and train new ones", action="store_true")
     with p.group("data"):
@@ -130,7 +132,7 @@ def build_parser() -> ArgumentParser:
     p.option("--policy-rewards", "advantage", f"comma-separated env rewards from {','.join(REWARDS)}: the "
              "validation-loss drop, or its advantage over an update on a random minibatch of the same stack from "
              "the same state", read_with=policies)
-    p.fixed = {"stack-sizes", "measures", "targets", "pressures", "anneal", "floors", "policies", "dataset",
+    p.fixed = {"stack-sizes", "measures", "targets", "pressures", "anneal", "floors", "refresh", "policies", "dataset",
                "target-accuracy", "teacher-cache", "retrain-teacher", "lr-schedule", "holdout", "tuning-seeds",
                "policy-seeds", "policy-rewards"}
     add_common(p, out="results/teacher[-policies][-quick].json", quick="3 (1 with --quick)|every config, one "
@@ -150,20 +152,31 @@ def selections(args, policy: PolicyConfig | None = None) -> list[Selection]:
         return [Selection(), Selection(size, "cross_entropy", target), *rivals, Selection(size, "random", target),
                 *learned]
     flags = (args.stack_sizes, args.measures, args.targets, args.pressures, args.anneal, args.floors,
-             args.lr_schedule)
+             args.lr_schedule, args.refresh)
     if all(f is None for f in flags):
         return [*THESIS, Selection(lr_schedule="cosine"), *BEYOND]
-    sizes = parse_ints(args.stack_sizes, "--stack-sizes") if args.stack_sizes else [2, 5]
+    sizes = [2, 5]
+    if args.stack_sizes:
+        items = split_items(args.stack_sizes, "--stack-sizes")
+        whole = [0] if "all" in items else []
+        sizes = whole + (parse_ints(",".join(i for i in items if i != "all"), "--stack-sizes") if len(items) > len(
+            whole) else [])
     measures = parse_list(args.measures, MEASURES, "measure(s)") if args.measures else list(MEASURES)
     targets = parse_list(args.targets, TARGETS, "target(s)") if args.targets else list(TARGETS)
     pressures = _numbers(args.pressures or "inf", "--pressures", lambda x: x >= 1, ">= 1 (or inf)")
     anneals = [int(x) for x in _numbers(args.anneal or "0", "--anneal", lambda x: x >= 0 and x == int(x),
                                         "whole numbers >= 0")]
     floors = _numbers(args.floors or "0", "--floors", lambda x: 0 <= x < 1, "in [0, 1)")
+    refreshes = [int(x) for x in _numbers(args.refresh or "0", "--refresh", lambda x: x >= 0 and x == int(x),
+                                          "whole numbers >= 0")]
     schedules = parse_list(args.lr_schedule, SCHEDULES, "learning-rate schedule(s)") if args.lr_schedule else [
         "constant"]
-    chosen = [Selection(s, m, t, p, a, f, lr) for s in sizes for m in measures for t in targets for p in pressures
-              for a in anneals for f in floors for lr in schedules if not (math.isinf(p) and (a or f))]
+    own = {m for m in measures if MEASURES[m].reads_own_loss}
+    chosen = [Selection(s, m, t, p, a, f, lr, r) for s in sizes for m in measures for t in targets for p in pressures
+              for a in anneals for f in floors for lr in schedules for r in refreshes
+              if not (math.isinf(p) and (a or f)) and (m in own or not (r or s == 0))]
+    if not chosen:
+        raise UsageError("no selection fits these flags: stack size all and --refresh go with --measures own_loss")
     baselines = [Selection(lr_schedule=lr) for lr in dict.fromkeys(["constant", *schedules])]
     return [*baselines, *[c for c in chosen if c not in baselines]]
 
@@ -272,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         store.add_time(time.time() - started)
         for label, v, configs, student_config, teacher_config, _ in chosen:
             at = prefix(label)
-            summarise(store, at, configs, seeds, tuning, args.target_accuracy)
+            summarise(store, at, configs, seeds, tuning, args.target_accuracy, n // student_config.batch_size)
             report(store, at, configs, seeds, tuning, root, student_config, teacher_config,
                    data[label][0].train.images.shape[1], n, v.label_noise)
         store.save()

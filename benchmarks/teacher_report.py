@@ -13,7 +13,7 @@ from benchmarks.harness import format_counts, format_table, plot_panels, plot_sw
 from benchmarks.protocol import SUSTAIN, choose, crossing, held_target, paired_ratio, reached
 from benchmarks.store import Store, format_summary, seed_text
 from envs.selection import MEASURES
-from trainers.teacher_student.student import Selection, StudentConfig, forward_inclusive, per_step_counters
+from trainers.teacher_student.student import Selection, StudentConfig, counters_at, forward_inclusive
 from trainers.teacher_student.teachers import IRREDUCIBLE, TeacherConfig, forward_cost
 
 # Table 3.1: (stack size, measure, target) -> (test accuracy %, backward passes to the baseline's accuracy)
@@ -42,7 +42,7 @@ def report_seeds(seeds: list[int], tuning: list[int]) -> list[int]:
 
 
 def summarise(store: Store, at: str, configs: list[Selection], seeds: list[int], tuning: list[int],
-               target: float | None) -> None:
+              target: float | None, epoch: int) -> None:
     """Per cell and seed, the validation crossings of the target and of the thesis' 96.4% (``benchmarks.protocol``)
     and the compute to each. The target (``--target-accuracy``, else the highest validation accuracy the baseline
     holds on every reported seed) goes under the baseline's cell, with the tuning seeds' own."""
@@ -55,15 +55,14 @@ def summarise(store: Store, at: str, configs: list[Selection], seeds: list[int],
     tuning_target = target if target is not None else held_target(curves(tuning)) if tuning else targets[""]
     data["cells"][at + "baseline"].update(target_accuracy=targets[""], tuning_target_accuracy=tuning_target)
     for c in configs:
-        entry, per_step = data["cells"][at + c.name], per_step_counters(c)
+        entry = data["cells"][at + c.name]
         levels = [*((key, level, seeds) for key, level in targets.items()), ("_tuning", tuning_target, tuning or seeds)]
         for key, level, ks in levels:
             mine = runs[c.name]
             passes = {str(k): crossing(mine[k]["steps"], mine[k]["val_accuracy"], level) for k in ks}
             entry[f"backward_passes{key}"] = passes
             if key != "_tuning":  # the choice reads passes only
-                entry[f"compute{key}"] = {k: None if n is None else forward_inclusive({m: v * n for m, v in
-                                                                                      per_step.items()})
+                entry[f"compute{key}"] = {k: None if n is None else forward_inclusive(counters_at(c, n, epoch))
                                           for k, n in passes.items()}
         entry["thesis"] = dict(zip(("accuracy", "backward_passes"), THESIS.get(c, (None, None)), strict=True))
     store.save()

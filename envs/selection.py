@@ -31,14 +31,16 @@ Target = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 class Stack:
     """What a selection rule knows of a stack of samples (any leading dimensions, e.g. runs): both
     predictive distributions ``[..., S, classes]``, the true labels ``[..., S]``, an irreducible-loss
-    model's loss on each sample's true label ``[..., S]`` (RHO-LOSS; None without such a model) and the
-    student's backward passes so far (what schedules read)."""
+    model's loss on each sample's true label ``[..., S]`` (RHO-LOSS; None without such a model), the
+    student's backward passes so far (what schedules read) and the student's latest known loss on each sample
+    ``[..., S]`` (Loshchilov & Hutter; None where no trainer keeps them)."""
 
     teacher_probs: torch.Tensor
     student_probs: torch.Tensor
     labels: torch.Tensor | None = None
     irreducible: torch.Tensor | None = None
     step: int = 0
+    own_loss: torch.Tensor | None = None
 
 
 def cross_entropy(stack: Stack, generator: torch.Generator) -> torch.Tensor:
@@ -75,17 +77,28 @@ def reducible_holdout(stack: Stack, generator: torch.Generator) -> torch.Tensor:
     return label_loss(stack.student_probs, stack.labels) - stack.irreducible
 
 
+def own_loss(stack: Stack, generator: torch.Generator) -> torch.Tensor:
+    """Loshchilov & Hutter's online batch selection: the student's own latest known loss on each sample, from
+    the training pass that last sent it (or the last recomputation): no forward pass and no teacher, but stale
+    by as long as the sample was last seen (+inf: never seen yet, so sent first)."""
+    if stack.own_loss is None:
+        raise ValueError("own_loss ranks by the student's latest known losses, which only a trainer keeps")
+    return stack.own_loss
+
+
 @dataclass(frozen=True)
 class Measure:
     """A difficulty measure: ``score(stack, generator) -> scores``, and what it reads: the student's
     predictions on the stack (a forward pass per stack minibatch), the teacher's, the true labels (which
-    the env's teacher does not observe) and the irreducible-loss model of ``reducible_holdout``."""
+    the env's teacher does not observe), the irreducible-loss model of ``reducible_holdout`` and the student's
+    latest known losses (``own_loss``: such a measure can rank the whole training set, not only a stack)."""
 
     score: Callable[[Stack, torch.Generator], torch.Tensor]
     reads_student: bool = True
     reads_teacher: bool = True
     reads_labels: bool = False
     reads_irreducible: bool = False
+    reads_own_loss: bool = False
 
     def __call__(self, stack: Stack, generator: torch.Generator) -> torch.Tensor:
         return self.score(stack, generator)
@@ -97,6 +110,7 @@ MEASURES: dict[str, Measure] = {
     "random": Measure(random, reads_student=False, reads_teacher=False),
     "reducible": Measure(reducible, reads_labels=True),
     "reducible_holdout": Measure(reducible_holdout, reads_teacher=False, reads_labels=True, reads_irreducible=True),
+    "own_loss": Measure(own_loss, reads_student=False, reads_teacher=False, reads_labels=True, reads_own_loss=True),
 }
 
 
@@ -132,6 +146,12 @@ class Rule:
             return self.pressure
         return self.pressure ** max(0.0, 1.0 - step / self.anneal)
 
+    def by_rank(self, n: int, step: int = 0) -> torch.Tensor:
+        """The probability of each rank 0..n-1 (0 = hardest) of ``n`` samples, as ``probabilities`` gives it to the
+        sample holding that rank: what a sorted whole training set is drawn from."""
+        p = torch.softmax(-math.log(self.pressure_at(step)) * torch.arange(n) / n, -1)
+        return (1 - self.floor) * p + self.floor / n
+
     def probabilities(self, scores: torch.Tensor, step: int = 0, valid: torch.Tensor | None = None) -> torch.Tensor:
         """Each sample's probability of being drawn first, ``[..., S]`` (0 on padding, ``valid`` False)."""
         valid = torch.ones_like(scores, dtype=torch.bool) if valid is None else valid
@@ -147,10 +167,15 @@ class Rule:
         scores = MEASURES[self.measure](stack, generator)
         if math.isinf(self.pressure):
             return select_hardest(scores, batch_size, valid)
-        p = self.probabilities(scores, stack.step, valid)
-        uniform = torch.rand(p.shape, generator=generator).clamp_min(1e-20)
-        keys = torch.log(p) - torch.log(-torch.log(uniform))  # Gumbel top-k: a draw without replacement
-        return keys.topk(batch_size, dim=-1).indices
+        return draw(self.probabilities(scores, stack.step, valid), batch_size, generator)
+
+
+def draw(p: torch.Tensor, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """``batch_size`` indices along the last dim drawn without replacement with probabilities ``p`` (Gumbel
+    top-k), in one call for any leading dimensions."""
+    uniform = torch.rand(p.shape, generator=generator).clamp_min(1e-20)
+    keys = torch.log(p) - torch.log(-torch.log(uniform))
+    return keys.topk(batch_size, dim=-1).indices
 
 
 class EpochStacks:

@@ -10,7 +10,7 @@ from benchmarks.protocol import choose, crossing, held, held_target, paired_diff
 from benchmarks.store import Store
 from benchmarks.teacher_report import chosen_on_validation, one_off_costs, summarise
 from trainers.teacher_student.policy import register
-from trainers.teacher_student.student import Selection, StudentConfig, forward_inclusive, per_step_counters
+from trainers.teacher_student.student import Selection, StudentConfig, counters_at, forward_inclusive
 from trainers.teacher_student.teachers import TeacherConfig
 
 STEPS = [100, 200, 300, 400, 500, 600, 700]
@@ -87,7 +87,7 @@ def test_shifting_every_test_accuracy_leaves_the_targets_and_the_chosen_rows_unc
     seen = []
     for shift in (0.0, -7.5):
         with _table(tmp_path / f"t{shift}.json", shift) as store:
-            summarise(store, "", configs, [0, 1], [], None)
+            summarise(store, "", configs, [0, 1], [], None, 10)
             cells = store.data["cells"]
             seen.append((cells["baseline"]["target_accuracy"], chosen_on_validation(store, "", configs),
                          {c: e["backward_passes"] for c, e in cells.items()}))
@@ -111,7 +111,7 @@ def test_learned_teachers_of_one_policy_are_candidates_whatever_their_reward_and
                               ("reinforce_advantage_s0", "reinforce_drop_s1", "ppo_advantage_s0"))]
     assert [c.name for c in configs[1:]] == list(candidates)
     with _table(tmp_path / "t.json", candidates=candidates) as store:
-        summarise(store, "", configs, [0, 1], [0, 1], None)
+        summarise(store, "", configs, [0, 1], [0, 1], None, 10)
         # the seed-1 policy reaches on both tuning seeds, the seed-0 policy's faster crossing on one does not count
         assert chosen_on_validation(store, "", configs) == {
             (5, "reinforce", "true", "constant"): "stack5-learned_reinforce_drop_s1-true"}
@@ -126,5 +126,5 @@ def test_one_off_costs_count_the_teachers_training_and_inference_on_a_hand_examp
     assert one_off_costs(references, "", rule, [0, 1], student, teacher, 4, 320) == pytest.approx(1380)
     assert one_off_costs(references, "", Selection(), [0, 1], student, teacher, 4, 320) == 0  # no teacher
     # per run: a stack of 5 scored by the student and one training forward and backward per update
-    counters = {k: v * 100 for k, v in per_step_counters(rule).items()}
+    counters = counters_at(rule, 100, 10)
     assert forward_inclusive(counters) == 600 + 2 * 100

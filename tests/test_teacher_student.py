@@ -24,8 +24,8 @@ from trainers.teacher_student.student import (
     Selection,
     StudentConfig,
     StudentTrainer,
+    counters_at,
     lr_factor,
-    per_step_counters,
 )
 from trainers.teacher_student.teachers import TeacherConfig, carve_holdout, load_or_train_teachers, predict
 
@@ -92,7 +92,7 @@ def test_counters_count_what_they_claim(splits):
         trainer.train_step()
     adam_steps = {int(s["step"]) for s in trainer.optimizer.state.values()}
     assert adam_steps == {7}  # one parameter update per backward pass
-    counters = [{k: 7 * v for k, v in per_step_counters(sel).items()} for sel, _ in runs]
+    counters = [counters_at(sel, 7, trainer.epoch) for sel, _ in runs]
     assert counters[0] == {"backward_passes": 7, "student_forward_passes": 7, "teacher_forward_passes": 0}
     assert counters[1] == {"backward_passes": 7, "student_forward_passes": 42, "teacher_forward_passes": 35}
     assert counters[2] == {"backward_passes": 7, "student_forward_passes": 7, "teacher_forward_passes": 14}

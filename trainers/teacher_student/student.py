@@ -25,7 +25,7 @@ import torch
 from agents.teacher_student import mlp
 from envs.base import above, at_least
 from envs.data import Split, Splits
-from envs.selection import MEASURES, TARGETS, EpochStacks, Rule, Stack, target_loss
+from envs.selection import MEASURES, TARGETS, EpochStacks, Rule, Stack, draw, target_loss
 from trainers.base import SCHEDULES, Trainer, adam, check_fields, generator, lr_factor, option, restore_generators
 from trainers.population import Population
 from trainers.probe import accuracy
@@ -34,7 +34,11 @@ from trainers.probe import accuracy
 @dataclass(frozen=True)
 class Selection:
     """How the teacher picks the student's minibatch: the stack size, the rule (``envs.selection.Rule``:
-    a measure, and the hardest or a draw by rank with a pressure, annealing and a floor) and the target."""
+    a measure, and the hardest or a draw by rank with a pressure, annealing and a floor) and the target.
+    Stack size 0 ranks the whole training set (Loshchilov & Hutter's online batch selection; only a measure
+    that reads the student's latest known losses can), after a first plain epoch that learns every loss;
+    ``refresh`` > 0 recomputes every training image's loss each ``refresh`` backward passes (else a loss is
+    as old as the sample's last visit)."""
 
     stack_size: int = 1
     measure: str = "random"
@@ -43,15 +47,20 @@ class Selection:
     anneal: int = 0
     floor: float = 0.0
     lr_schedule: str = "constant"
+    refresh: int = 0
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in SCHEDULES:
             raise ValueError(f"unknown learning-rate schedule {self.lr_schedule!r}; choose from {', '.join(SCHEDULES)}")
-        if self.stack_size < 1:
-            raise ValueError(f"stack size must be >= 1, got {self.stack_size}")
+        if self.stack_size < 0 or self.refresh < 0:
+            raise ValueError(f"stack size (0: the whole training set) and refresh must be >= 0, got "
+                             f"{self.stack_size} and {self.refresh}")
         if self.target not in TARGETS:
             raise ValueError(f"unknown target {self.target!r}; choose from {', '.join(TARGETS)}")
         self.rule  # noqa: B018 (validates the measure, pressure, anneal and floor)
+        if (self.stack_size == 0 or self.refresh) and not MEASURES[self.measure].reads_own_loss:
+            raise ValueError(f"the whole training set (stack size 0) and refresh are for a measure that reads the "
+                             f"student's own losses (own_loss), not {self.measure}")
 
     @functools.cached_property
     def rule(self) -> Rule:
@@ -68,7 +77,13 @@ class Selection:
             return "baseline" + schedule
         sampled = "" if math.isinf(self.pressure) else f"-rank{self.pressure:g}"
         sampled += (f"-anneal{self.anneal}" if self.anneal else "") + (f"-floor{self.floor:g}" if self.floor else "")
-        return f"stack{self.stack_size}-{self.measure}-{self.target}{sampled}{schedule}"
+        sampled += f"-refresh{self.refresh}" if self.refresh else ""
+        return f"stack{self.stack_size or 'all'}-{self.measure}-{self.target}{sampled}{schedule}"
+
+    @property
+    def width(self) -> int:
+        """Minibatches in the stack the student sends per update (the whole-set ranking sends its batch)."""
+        return self.stack_size or 1
 
     @property
     def uses_teacher(self) -> bool:
@@ -79,7 +94,11 @@ class Selection:
 class StudentConfig:
     hidden: tuple[int, ...] = option((32, 32), "student hidden widths (784-32-32-10 in the thesis)")
     batch_size: int = option(32, "minibatch size (what the teacher sends)")
-    lr: float = option(1e-3, "student's Adam learning rate")
+    lr: float | None = option(None, "student's learning rate", default_text="1e-3 with adam, 1.0 with adadelta "
+                              "(Zeiler's: no learning rate)")
+    optimizer: str = option("adam", "student's optimizer (Loshchilov & Hutter compare both)",
+                            choices=("adam", "adadelta"))
+    weight_decay: float = option(0.0, "decoupled weight decay (AdamW; RHO-LOSS's optimizer is AdamW with 0.01)")
     temperature: float = option(1.0, "temperature of the teacher's soft labels")
     patience: int = option(20, "epochs (of backward passes) without validation gain before a run stops")
     max_epochs: int = option(100, "epochs (of backward passes) at most")
@@ -91,6 +110,14 @@ class StudentConfig:
         check_fields(self)
         at_least(1, **{n: getattr(self, n) for n in ("batch_size", "patience", "max_epochs", "eval_every")})
         above(0, temperature=self.temperature)
+        if self.optimizer not in ("adam", "adadelta"):
+            raise ValueError(f"optimizer must be adam or adadelta, got {self.optimizer!r}")
+        if self.lr is None:  # frozen: the default follows the optimizer
+            object.__setattr__(self, "lr", 1.0 if self.optimizer == "adadelta" else 1e-3)
+        above(0, lr=self.lr)
+        if self.weight_decay < 0 or (self.weight_decay and self.optimizer != "adam"):
+            raise ValueError(f"weight_decay must be >= 0 and goes with adam (AdamW), got {self.weight_decay} with "
+                             f"{self.optimizer}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -108,12 +135,15 @@ class StudentResult:
     corrupted_sent: list[int] = field(default_factory=list)  # samples with a corrupted label trained on, by ``steps``
 
 
-def per_step_counters(selection: Selection) -> dict[str, int]:
-    """Minibatches of work per student update under ``selection`` (see module doc)."""
+def counters_at(selection: Selection, passes: int, epoch: int) -> dict[str, int]:
+    """Minibatches of work after ``passes`` student updates under ``selection`` (see module doc), with ``epoch``
+    minibatches in the training set: a refresh of the student's own losses is a forward pass over all of them."""
+    refreshes = passes // selection.refresh if selection.refresh else 0
     return {
-        "backward_passes": 1,
-        "student_forward_passes": 1 + selection.stack_size * MEASURES[selection.measure].reads_student,
-        "teacher_forward_passes": selection.stack_size * selection.uses_teacher,
+        "backward_passes": passes,
+        "student_forward_passes": passes * (1 + selection.width * MEASURES[selection.measure].reads_student)
+        + refreshes * epoch,
+        "teacher_forward_passes": passes * selection.width * selection.uses_teacher,
     }
 
 
@@ -143,7 +173,7 @@ class StudentTrainer(Trainer):
         if not runs:
             raise ValueError("no runs to train")
         n = len(splits.train.images)
-        if config.batch_size * max(sel.stack_size for sel, _ in runs) > n:
+        if config.batch_size * max(sel.width for sel, _ in runs) > n:
             raise ValueError(f"a stack of batch size x stack size samples must fit in the {n} training images")
         if teacher_logits is None and any(sel.uses_teacher for sel, _ in runs):
             raise ValueError("selections that use the teacher need its logits")
@@ -161,7 +191,7 @@ class StudentTrainer(Trainer):
                 models.append(mlp(pixels, config.hidden, dropout=config.dropout))
         dropout = [generator(20_000 + seed) for _, seed in runs] if config.dropout else None
         self.students = Population(models, dropout).to(device)
-        self.optimizer = self._adam()
+        self.optimizer = self._optimizer()
         classes = models[0][-1].out_features
         logits = [torch.zeros(n, classes) if teacher_logits is None else teacher_logits[seed] for _, seed in runs]
         self.teacher_logits = torch.stack(logits).to(device)  # [R, n, classes]
@@ -171,6 +201,7 @@ class StudentTrainer(Trainer):
         self.irreducible = torch.stack(losses).to(device)  # [R, n]
         self.corrupted = (torch.zeros(n, dtype=torch.bool) if corrupted is None else corrupted).to(device)
         self.corrupted_sent = torch.zeros(len(runs), dtype=torch.long, device=device)  # per run, all runs
+        self.own_losses = torch.full((len(runs), n), math.inf, device=device)  # [R, n]: each one's latest loss
         self.data_generators = [generator(seed) for _, seed in runs]
         self.measure_generators = [generator(10_000 + seed) for _, seed in runs]
         self.stacks = [EpochStacks(n, g) for g in self.data_generators]
@@ -178,8 +209,11 @@ class StudentTrainer(Trainer):
         self.best: list[dict[str, torch.Tensor]] = [{} for _ in runs]
         self._index_runs()
 
-    def _adam(self) -> torch.optim.Optimizer:
-        return adam(self.students.parameters(), self.device, lr=self.config.lr)
+    def _optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.config
+        if cfg.optimizer == "adadelta":
+            return torch.optim.Adadelta(self.students.parameters(), lr=cfg.lr)
+        return adam(self.students.parameters(), self.device, weight_decay=cfg.weight_decay, lr=cfg.lr)
 
     @property
     def batch(self) -> list[tuple[Selection, int]]:
@@ -189,8 +223,12 @@ class StudentTrainer(Trainer):
     def _index_runs(self) -> None:
         """Per-run constants derived from the runs still training."""
         runs, batch, dev = self.batch, self.config.batch_size, self.device
-        self.stack = max(sel.stack_size for sel, _ in runs) * batch
-        self.valid = torch.stack([torch.arange(self.stack, device=dev) < sel.stack_size * batch for sel, _ in runs])
+        self.stack = max(sel.width for sel, _ in runs) * batch
+        self.valid = torch.stack([torch.arange(self.stack, device=dev) < sel.width * batch for sel, _ in runs])
+        self.whole = [r for r, (sel, _) in enumerate(runs) if sel.stack_size == 0]
+        self.own = torch.tensor([r for r, (sel, _) in enumerate(runs) if MEASURES[sel.measure].reads_own_loss],
+                                dtype=torch.long, device=dev)
+        self.refreshed = [r for r, (sel, _) in enumerate(runs) if sel.refresh]
         self.soft = torch.tensor([sel.target == "soft" for sel, _ in runs], device=dev).view(-1, 1, 1)
         self.decayed = [(r, sel.lr_schedule) for r, (sel, _) in enumerate(runs) if sel.lr_schedule != "constant"]
         # the student predicts on its stack only where the measure reads it, grouped by stack size
@@ -205,33 +243,51 @@ class StudentTrainer(Trainer):
         positions = [i for i, r in enumerate(self._alive) if r not in finished]
         old_params, old_state = self.students.parameters(), self.optimizer.state
         self.students.keep(positions)
-        self.optimizer = self._adam()
+        self.optimizer = self._optimizer()
         for old, new in zip(old_params, self.students.parameters(), strict=True):
             if old in old_state:
                 state = old_state[old]
                 self.optimizer.state[new] = {k: v.clone() if k == "step" else v[positions].clone()
                                              for k, v in state.items()}
         self.teacher_logits, self.teacher_probs = self.teacher_logits[positions], self.teacher_probs[positions]
-        self.irreducible = self.irreducible[positions]
+        self.irreducible, self.own_losses = self.irreducible[positions], self.own_losses[positions]
         for name in ("data_generators", "measure_generators", "stacks"):
             setattr(self, name, [getattr(self, name)[i] for i in positions])
         self._alive = [self._alive[i] for i in positions]
         self._index_runs()
 
     def _stack_indices(self) -> torch.Tensor:
-        """Next ``stack_size`` minibatches of each run's epoch-wise shuffled data, padded to one width."""
+        """Next ``stack_size`` minibatches of each run's epoch-wise shuffled data, padded to one width; a run
+        ranking the whole training set draws its batch from it instead (after its first, plain epoch)."""
         rows = []
-        for (sel, _), stacks in zip(self.batch, self.stacks, strict=True):
-            take = stacks.next(sel.stack_size * self.config.batch_size)
+        for r, ((sel, _), stacks) in enumerate(zip(self.batch, self.stacks, strict=True)):
+            if r in self.whole and self.step >= self.epoch:
+                take = self._draw_whole(r, sel).cpu()
+            else:
+                take = stacks.next(sel.width * self.config.batch_size)
             rows.append(torch.cat([take, take[:1].expand(self.stack - len(take))]))
         return torch.stack(rows).to(self.device)
+
+    def _draw_whole(self, r: int, sel: Selection) -> torch.Tensor:
+        """A batch drawn by the rank of run ``r``'s latest known loss over the whole training set: the sample of
+        rank ``i`` of ``n`` is ``pressure ** (i / n)`` times less likely than the highest (``Rule.probabilities``
+        over every training image; Loshchilov & Hutter's selection)."""
+        losses = self.own_losses[r]
+        order = losses.argsort(descending=True, stable=True)
+        if math.isinf(sel.pressure):
+            return order[: self.config.batch_size]
+        p = sel.rule.by_rank(len(losses), self.step).to(losses.device)
+        return order[draw(p, self.config.batch_size, self.measure_generators[r])]
 
     def _choose(self, stack: Stack) -> torch.Tensor:
         """Each run's rule picks ``batch_size`` samples of its stack (``stack`` has a leading run dim)."""
         chosen = []
         for r, (sel, _) in enumerate(self.batch):
+            if r in self.whole:  # the stack is the batch drawn
+                chosen.append(torch.arange(self.config.batch_size, device=self.device))
+                continue
             mine = Stack(stack.teacher_probs[r], stack.student_probs[r], stack.labels[r], stack.irreducible[r],
-                         self.step)
+                         self.step, stack.own_loss[r])
             chosen.append(sel.rule(mine, self.config.batch_size, self.measure_generators[r], self.valid[r]))
         return torch.stack(chosen)
 
@@ -246,19 +302,39 @@ class StudentTrainer(Trainer):
                 n = size * cfg.batch_size
                 s_probs[rows, :n] = torch.softmax(self.students.rows(rows, train.images[idx[rows, :n]]), -1)
         t_probs = torch.gather(self.teacher_probs, 1, idx.unsqueeze(-1).expand(-1, -1, t_logits.shape[-1]))
-        chosen = self._choose(Stack(t_probs, s_probs, train.labels[idx], torch.gather(self.irreducible, 1, idx)))
+        stack = Stack(t_probs, s_probs, train.labels[idx], torch.gather(self.irreducible, 1, idx), self.step,
+                      torch.gather(self.own_losses, 1, idx))
+        chosen = self._choose(stack)
         picked = torch.gather(idx, 1, chosen)
         picked_t = torch.gather(t_logits, 1, chosen.unsqueeze(-1).expand(-1, -1, t_logits.shape[-1]))
         labels = train.labels[picked]
         self.corrupted_sent[self._alive] += self.corrupted[picked].sum(-1)
         targets = torch.where(self.soft, TARGETS["soft"](picked_t, labels, cfg.temperature),
                               TARGETS["true"](picked_t, labels, cfg.temperature))
-        loss = target_loss(self.students(train.images[picked]), targets).mean(-1)
+        per_sample = target_loss(self.students(train.images[picked]), targets)
+        loss = per_sample.mean(-1)
+        if len(self.own):  # what this pass learnt of the samples it sent: their latest known loss
+            self.own_losses[self.own] = self.own_losses[self.own].scatter(1, picked[self.own],
+                                                                          per_sample.detach()[self.own])
         self.optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()
         self._step_optimizer()
         self.step += 1
+        self._refresh()
         return {"train/loss": loss.detach()}
+
+    @torch.no_grad()
+    def _refresh(self) -> None:
+        """Recompute every training image's loss for the runs whose ``refresh`` period ends at this step."""
+        due = [r for r in self.refreshed if self.step % self.batch[r][0].refresh == 0]
+        if not due:
+            return
+        rows, train = torch.tensor(due, device=self.device), self.splits.train
+        for start in range(0, len(train.labels), 5000):
+            images, labels = train.images[start : start + 5000], train.labels[start : start + 5000]
+            logits = self.students.rows(rows, images.expand(len(due), *images.shape))
+            self.own_losses[rows, start : start + len(labels)] = -torch.log_softmax(logits, -1).gather(
+                -1, labels.expand(len(due), -1).unsqueeze(-1)).squeeze(-1)
 
     def _step_optimizer(self) -> None:
         """Adam's step; runs with a decayed learning rate take the same step scaled by their schedule's factor
@@ -316,9 +392,9 @@ class StudentTrainer(Trainer):
 
     def result(self, run: int) -> StudentResult:
         res = dataclasses.replace(self.history[run])
-        per_step = per_step_counters(self.runs[run][0])
-        res.counters_at_best = {k: v * res.best_step for k, v in per_step.items()}
-        res.counters = {k: v * res.stopped_step for k, v in per_step.items()}
+        selection = self.runs[run][0]
+        res.counters_at_best = counters_at(selection, res.best_step, self.epoch)
+        res.counters = counters_at(selection, res.stopped_step, self.epoch)
         return res
 
     def best_weights(self, run: int) -> dict[str, torch.Tensor]:
@@ -339,6 +415,7 @@ class StudentTrainer(Trainer):
             "history": [dataclasses.asdict(h) for h in self.history],
             "best": self.best,
             "corrupted_sent": self.corrupted_sent,
+            "own_losses": self.own_losses,
         }
 
     def _load_state(self, state: dict) -> None:
@@ -350,3 +427,4 @@ class StudentTrainer(Trainer):
         self.history = [StudentResult(**h) for h in state["history"]]
         self.best = state["best"]
         self.corrupted_sent = state["corrupted_sent"].to(self.device)
+        self.own_losses = state["own_losses"].to(self.device)

@@ -1,0 +1,109 @@
+"""Loshchilov & Hutter's online batch selection (``own_loss``): the student's latest known losses, the whole-set
+ranking after a plain first epoch, refreshes and their cost, and AdaDelta beside Adam."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from envs.selection import MEASURES, Rule, Stack
+from tests.conftest import killed_and_resumed
+from trainers.teacher_student.student import Selection, StudentConfig, StudentTrainer, counters_at
+
+CONFIG = StudentConfig(hidden=(8,), batch_size=4, max_epochs=3, patience=3, eval_every=10)
+WHOLE = Selection(0, "own_loss", "true", 100.0)
+
+
+def test_own_loss_ranks_a_stack_by_the_latest_known_loss():
+    probs = torch.full((4, 3), 1 / 3)
+    stack = Stack(probs, probs, torch.zeros(4, dtype=torch.long), own_loss=torch.tensor([0.1, 5.0, math.inf, 2.0]))
+    assert Rule("own_loss")(stack, 2, torch.Generator()).tolist() == [2, 1]  # never seen, then the largest loss
+    with pytest.raises(ValueError, match="only a trainer keeps"):
+        MEASURES["own_loss"](Stack(probs, probs), torch.Generator())
+
+
+def test_rank_probabilities_of_a_sorted_set_match_those_of_its_samples():
+    rule = Rule("own_loss", 100.0, anneal=50, floor=0.2)
+    scores = torch.randn(30, generator=torch.Generator().manual_seed(1))
+    order = scores.argsort(descending=True)
+    for step in (0, 25, 60):
+        assert torch.allclose(rule.probabilities(scores, step)[order], rule.by_rank(30, step), atol=1e-7)
+    p = Rule("own_loss", 100.0).by_rank(30)
+    assert p[0] / p[-1] == pytest.approx(100 ** (29 / 30)) and p.sum() == pytest.approx(1)
+
+
+def test_whole_set_runs_a_plain_first_epoch_then_sends_the_highest_latest_losses(splits):
+    trainer = StudentTrainer(CONFIG, splits, [(dataclasses.replace(WHOLE, pressure=math.inf), 0)])
+    assert torch.isinf(trainer.own_losses).all()
+    trainer.train_step()
+    seen = torch.isfinite(trainer.own_losses[0])
+    assert seen.sum() == 4  # the first pass learnt the losses of the 4 samples it sent, and only those
+    trainer.step = trainer.epoch  # after the plain first epoch the whole set is ranked
+    trainer.own_losses[0] = torch.arange(len(splits.train.labels), dtype=torch.float32)
+    n = len(splits.train.labels)
+    assert trainer._stack_indices()[0].tolist() == [n - 1, n - 2, n - 3, n - 4]
+
+
+def test_the_latest_loss_is_the_one_computed_in_the_training_pass(splits):
+    trainer = StudentTrainer(CONFIG, splits, [(WHOLE, 0)])
+    before = {k: v.clone() for k, v in trainer.students.state_dict().items()}
+    idx = trainer._stack_indices()[0]
+    trainer.stacks[0].order = torch.cat([idx, trainer.stacks[0].order])  # the step below sends the same batch
+    trainer.train_step()
+    trainer.students.load_state_dict(before)
+    logits = trainer.students.shared(splits.train.images[idx])[0]
+    expected = F.cross_entropy(logits, splits.train.labels[idx], reduction="none")
+    assert torch.allclose(trainer.own_losses[0, idx], expected, atol=1e-6)
+
+
+def test_refresh_recomputes_every_loss_and_is_counted(splits):
+    trainer = StudentTrainer(CONFIG, splits, [(dataclasses.replace(WHOLE, refresh=3), 0)])
+    for _ in range(3):
+        trainer.train_step()
+    logits = trainer.students.shared(splits.train.images)[0]
+    expected = F.cross_entropy(logits, splits.train.labels, reduction="none")
+    assert torch.allclose(trainer.own_losses[0], expected, atol=1e-5)
+    epoch = trainer.epoch
+    assert counters_at(dataclasses.replace(WHOLE, refresh=3), 7, epoch) == {
+        "backward_passes": 7, "student_forward_passes": 7 + 2 * epoch, "teacher_forward_passes": 0}
+    assert counters_at(Selection(5, "own_loss", "true"), 7, epoch)["student_forward_passes"] == 7  # no forward
+
+
+def test_whole_set_selection_resumes_bit_for_bit(splits, tmp_path):
+    runs = [(dataclasses.replace(WHOLE, refresh=7), 0), (Selection(), 1)]
+    whole = StudentTrainer(CONFIG, splits, runs).fit()
+    _, again = killed_and_resumed(lambda: StudentTrainer(CONFIG, splits, runs), 45, tmp_path / "ckpt.pt")
+    assert [dataclasses.asdict(r) for r in again] == [dataclasses.asdict(r) for r in whole]
+
+
+def test_adadelta_steps_each_run_as_it_would_alone(splits):
+    config = dataclasses.replace(CONFIG, optimizer="adadelta", lr=None)
+    assert config.lr == 1.0 and StudentConfig().lr == 1e-3
+    runs = [(WHOLE, 0), (Selection(), 1)]
+    together = StudentTrainer(config, splits, runs)
+    assert isinstance(together.optimizer, torch.optim.Adadelta)
+    for _ in range(5):
+        together.train_step()
+    alone = StudentTrainer(config, splits, runs[1:])
+    for _ in range(5):
+        alone.train_step()
+    kept, mine = together.students.state_dict(), alone.students.state_dict()
+    assert all(torch.allclose(kept[k][1], mine[k][0]) for k in kept)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"stack_size": 0, "measure": "cross_entropy"}, "reads the student's own losses"),
+    ({"measure": "random", "refresh": 5}, "reads the student's own losses"),
+    ({"stack_size": -1}, "must be >= 0"),
+])
+def test_whole_set_and_refresh_are_refused_where_they_mean_nothing(bad, message):
+    with pytest.raises(ValueError, match=message):
+        Selection(**bad)
+
+
+def test_weight_decay_goes_with_adam_only():
+    with pytest.raises(ValueError, match="goes with adam"):
+        StudentConfig(optimizer="adadelta", weight_decay=0.01)
+    assert StudentConfig(weight_decay=0.01).weight_decay == 0.01
