@@ -291,11 +291,16 @@ def add_preset(parser: ArgumentParser, presets: dict[str, dict[str, Any]], why: 
     """``--preset NAME``: a named setting of several flags (each listed in ``--help``); explicit flags win."""
     parser.presets = presets
     listed = "; ".join(
-        f"{name} = " + " ".join(f"--{dest.replace('_', '-')} {value}" for dest, value in values.items())
+        f"{name} = " + " ".join(f"--{dest.replace('_', '-')} {_shown(value)}" for dest, value in values.items())
         for name, values in presets.items()
     )
     parser.option("--preset", None, f"{why}: {listed}; explicit flags win", default_text="none",
                   choices=list(presets))
+
+
+def _shown(value: Any) -> str:
+    """A value as its flag is written (a tuple of widths: ``512,512``)."""
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def add_sweep(parser: ArgumentParser) -> None:

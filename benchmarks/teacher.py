@@ -20,7 +20,9 @@ from benchmarks.cli import (
     UsageError,
     add_common,
     add_data,
+    add_preset,
     finite_float,
+    int_tuple,
     seed_list,
     split_items,
     variants,
@@ -51,6 +53,7 @@ from trainers.teacher_student.student import (
     StudentTrainer,
 )
 from trainers.teacher_student.teachers import (
+    IRREDUCIBLE,
     QUICK_TEACHER,
     TeacherConfig,
     cache_path,
@@ -76,6 +79,22 @@ BEYOND = [
 # The learned teachers' rivals beside the thesis' CE rule: Table 3.1's best rules at stack 5 (the floor rule
 # reaches the baseline's accuracy on every seed soonest; the teacher-as-IL reducible loss reaches 96.4% soonest)
 RIVALS = (Selection(5, "cross_entropy", "true", 300, floor=0.3), Selection(5, "reducible", "true"))
+# Two papers' settings as they state them (docs/teacher.md compares them side by side with ours). Loshchilov & Hutter
+# (2016): the student ranks its own latest known losses over the whole training set, batch 64, AdaDelta and Adam,
+# selection pressures 1e2 and 1e8, losses recomputed never or once an epoch (703 passes of the 45,000-image pool);
+# their network was not readable here: Lasagne's MNIST MLP (784-800-800-10) stands in. RHO-LOSS (Mindermann et
+# al. 2022, its reference code): the top 10% of a 320-sample candidate batch (stack 10 of 32) by reducible loss,
+# beside its train-loss and irreducible-loss baselines and uniform training, AdamW (1e-3, weight decay 0.01), its
+# MNIST MLP 784-512-512-512-10 for the student and the irreducible-loss model, which trains on half the training
+# split (its CIFAR-10 holdout is half the training set).
+PRESETS = {
+    "loshchilov-hutter": {"stack_sizes": "all", "measures": "own_loss", "targets": "true", "pressures": "100,1e8",
+                          "refresh": "0,703", "batch_size": 64, "hidden": (800, 800),
+                          "sweep": "optimizer=adam,adadelta"},
+    "rho-loss": {"stack_sizes": "10", "measures": "reducible_holdout,loss,irreducible", "targets": "true",
+                 "batch_size": 32, "hidden": (512, 512, 512), "irreducible_hidden": (512, 512, 512),
+                 "weight_decay": 0.01, "holdout": 25_000},
+}
 QUICK = {"max_epochs": 2, "patience": 1, "eval_every": 200, "seeds": [0], "policy_episodes": 2, "policy_steps": 50,
          **{f"teacher_{k}": getattr(QUICK_TEACHER, k) for k in ("hidden", "max_epochs", "patience")}}
 
@@ -119,6 +138,8 @@ def build_parser() -> ArgumentParser:
     p.option("--holdout", None, "training images set apart (the last ones) for the irreducible-loss model and the "
              "learned teachers' reward; every row trains on the rest", type=int,
              default_text="a tenth of the training split: 5,000 on MNIST")
+    p.option("--irreducible-hidden", IRREDUCIBLE.hidden, "hidden widths of the irreducible-loss model (RHO-LOSS's "
+             "MNIST model: 512,512,512)", type=int_tuple)
     p.option("--tuning-seeds", None, "seeds (a subset of --seeds) on whose validation curves the * rows are chosen; "
              "the table reports the others", default_text="none: chosen on the reported seeds, said so",
              type=seed_list)
@@ -134,9 +155,10 @@ def build_parser() -> ArgumentParser:
              "the same state", read_with=policies)
     p.fixed = {"stack-sizes", "measures", "targets", "pressures", "anneal", "floors", "refresh", "policies", "dataset",
                "target-accuracy", "teacher-cache", "retrain-teacher", "lr-schedule", "holdout", "tuning-seeds",
-               "policy-seeds", "policy-rewards"}
-    add_common(p, out="results/teacher[-policies][-quick].json", quick="3 (1 with --quick)|every config, one "
-               "seed, 2 epochs, a small teacher")
+               "policy-seeds", "policy-rewards", "irreducible-hidden"}
+    add_preset(p, PRESETS, "a paper's setting")
+    add_common(p, out="results/teacher[-<preset>][-policies][-quick].json", quick="3 (1 with --quick)|every config, "
+               "one seed, 2 epochs, a small teacher")
     return p
 
 
@@ -231,14 +253,17 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError(f"a stack of {largest} samples (batch size x stack size) or a teacher batch of "
                              f"{teacher_config.batch_size} does not fit in the {n} training images")
     _, _, _, student_config, teacher_config, policy = chosen[0]
-    name = "teacher" + ("-policies" if policy else "") + ("-quick" if args.quick else "")
+    name = "teacher" + (f"-{args.preset}" if args.preset else "") + ("-policies" if policy else "") + (
+        "-quick" if args.quick else "")
     out = Path(args.out or f"results/{name}.json")
     root = Path(args.logdir) / out.stem
     preflight([(Path(args.teacher_cache), "--teacher-cache"), (Path(args.logdir), "--logdir")])
     identity = {**student_config.__dict__, **{f"teacher_{k}": v for k, v in teacher_config.__dict__.items()},
                 **{f"policy_{k}": v for k, v in (policy.__dict__ if policy else {}).items()
                    if k not in ("seed", "reward")}, "dataset": args.dataset, "holdout": holdout_size,
-                "label_noise": args.label_noise, "label_noise_seed": args.label_noise_seed}
+                "label_noise": args.label_noise, "label_noise_seed": args.label_noise_seed,
+                "irreducible_hidden": None if args.irreducible_hidden == IRREDUCIBLE.hidden else
+                args.irreducible_hidden}
     swept = parser.sweep_flag(args.sweep)
     with Store(out, "teacher", identity, swept) as store:
         started = time.time()
@@ -251,23 +276,23 @@ def main(argv: list[str] | None = None) -> int:
                 cells, ks = {c for c, _ in job}, {k for _, k in job}
                 check_memory(one, len(job), device, f"{len(cells)} cells x {len(ks)} seeds")
                 runs = [(Selection(**store.specs[cell]), k) for cell, k in job]
-                teachers = load_or_train_teachers(splits, sorted({k for _, k in runs}), teacher_config,
-                                                  Path(args.teacher_cache), args.retrain_teacher,
-                                                  Progress("teachers"), device)
+                used = sorted({k for s, k in runs if s.uses_teacher})  # no teacher trains for rows that ignore it
+                teachers = load_or_train_teachers(splits, used, teacher_config, Path(args.teacher_cache),
+                                                  args.retrain_teacher, Progress("teachers"), device) if used else {}
                 cache = Path(args.teacher_cache)
                 for k, m in teachers.items():
                     store.reference(f"{at}teacher_test_accuracy", k, accuracy(m, splits.test).item())
                     cost = training_cost(cache_path(cache, teacher_config, splits.train, k))
                     if cost:
                         store.reference(f"{at}teacher_training_images", k, cost["backward_passes"] * cost["batch_size"])
-                logits = {k: predict(m, splits.train.images) for k, m in teachers.items()}
+                logits = {k: predict(m, splits.train.images) for k, m in teachers.items()} if used else None
                 irreducible = None
                 if any(MEASURES[s.measure].reads_irreducible for s, _ in runs):
                     irreducible = irreducible_losses(splits, holdout, sorted({k for _, k in runs}), cache,
-                                                     args.retrain_teacher, Progress("irreducible-loss models"),
-                                                     device)
+                                                     args.irreducible_hidden, args.retrain_teacher,
+                                                     Progress("irreducible-loss models"), device)
                     for k in irreducible:
-                        cost = irreducible_training_cost(cache, holdout, k)[1]
+                        cost = irreducible_training_cost(cache, holdout, k, args.irreducible_hidden)[1]
                         if cost:
                             store.reference(f"{at}irreducible_training_images", k,
                                             cost["backward_passes"] * cost["batch_size"])

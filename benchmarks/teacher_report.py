@@ -84,13 +84,15 @@ def chosen_on_validation(store: Store, at: str, configs: list[Selection]) -> dic
 
 
 def one_off_costs(references: dict, at: str, c: Selection, seeds: list[int], student: StudentConfig,
-                  teacher: TeacherConfig, pixels: int, n_train: int) -> float:
+                  teacher: TeacherConfig, pixels: int, n_train: int,
+                  irreducible: tuple[int, ...] = IRREDUCIBLE.hidden) -> float:
     """What a row pays once, before any student trains, in student minibatch forwards (mean over ``seeds``):
     training the teacher (forward + 2 x backward of every image it trained on) and its logits on every
     training image, where the row uses the teacher; the same for the irreducible-loss model and its losses,
     where the row reads them. ``references`` holds the images each model trained on, per seed."""
     parts = [(teacher, "teacher")] if c.uses_teacher else []
-    parts += [(IRREDUCIBLE, "irreducible")] if MEASURES[c.measure].reads_irreducible else []
+    parts += [(dataclasses.replace(IRREDUCIBLE, hidden=irreducible), "irreducible")
+              ] if MEASURES[c.measure].reads_irreducible else []
     total = 0.0
     for model, kind in parts:
         unit = _cost_units(student, model, pixels) / student.batch_size  # one image's forward
@@ -121,7 +123,8 @@ def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tu
         runs = store.runs(at + c.name)
         passes, compute = column(e, "backward_passes"), column(e, "compute")
         thesis_passes = column(e, "backward_passes_thesis_target")
-        one_off = one_off_costs(store.data["references"], at, c, reported, student, teacher, pixels, n_train)
+        one_off = one_off_costs(store.data["references"], at, c, reported, student, teacher, pixels, n_train,
+                                tuple(store.data["config"].get("irreducible_hidden") or IRREDUCIBLE.hidden))
         saving = [b - r for b, r in zip(base_compute, compute, strict=True) if b is not None and r is not None]
         payback = "-" if not one_off else (f"{one_off / statistics.fmean(saving):,.1f} runs"
                                            if saving and statistics.fmean(saving) > 0 else "never")
@@ -130,7 +133,7 @@ def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tu
         rows.append([
             c.name + (" *" if c.name in chosen else ""),
             format_summary([runs[k]["test_accuracy"] for k in reported], 2), *(noisy if label_noise else []),
-            e["thesis"]["accuracy"] or "-", reached(passes), format_counts(passes),
+            e["thesis"]["accuracy"] or "-", reached(passes), format_counts(passes), _epochs(passes, student, n_train),
             _ratio(column(base, "backward_passes"), passes), format_counts(compute), _ratio(base_compute, compute),
             f"{one_off:,.0f}" if one_off else "-", payback, reached(thesis_passes), format_counts(thesis_passes),
             _ratio(column(base, "backward_passes_thesis_target"), thesis_passes),
@@ -143,11 +146,13 @@ def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tu
           f"{student.eval_every} passes) of the validation curve at the target, {base['target_accuracy']:.2f}% (the "
           f"highest the baseline holds on every seed), and at the thesis' {THESIS_TARGET}%")
     noisy = [f"corrupted sent % (of {100 * label_noise:g})"] if label_noise else []
-    print(format_table(["config", "test acc", *noisy, "thesis", "reached", "backward to target", "speedup",
+    print(format_table(["config", "test acc", *noisy, "thesis", "reached", "backward to target", "epochs",
+                        "speedup",
                         "compute to target", "speedup", "one-off", "pays back after", f"reached {THESIS_TARGET}",
                         f"backward to {THESIS_TARGET}", "speedup", "thesis backward"], rows))
     unit = _cost_units(student, teacher, pixels)
-    print(f"backward/compute to target: mean over the seeds that reached (k/n). speedup: baseline / row, paired "
+    print(f"backward/compute to target: mean over the seeds that reached (k/n); epochs: the same backward passes in "
+          f"passes over the {n_train:,} training images (Loshchilov & Hutter's unit). speedup: baseline / row, paired "
           f"by seed over the seeds where both reached, geometric mean [95% t-interval]. compute = student "
           f"forwards (training, and on the stack where the measure reads them) + 2 x backward, in student "
           f"minibatch forwards. one-off: the teacher's training and its logits on every training image (computed "
@@ -175,6 +180,12 @@ def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tu
     teachers = store.data["references"].get(f"{at}teacher_test_accuracy", {})
     if teachers:
         print(f"teachers' test accuracy: {', '.join(f'seed {k}: {v:.2f}%' for k, v in sorted(teachers.items()))}")
+
+
+def _epochs(passes: list, student: StudentConfig, n_train: int) -> str:
+    """Mean backward passes of the seeds that reached, as epochs of the training pool."""
+    reached_ = [p for p in passes if p is not None]
+    return f"{statistics.fmean(reached_) * student.batch_size / n_train:.1f}" if reached_ else "never"
 
 
 def _ratio(control: list, row: list) -> str:

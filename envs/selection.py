@@ -77,6 +77,18 @@ def reducible_holdout(stack: Stack, generator: torch.Generator) -> torch.Tensor:
     return label_loss(stack.student_probs, stack.labels) - stack.irreducible
 
 
+def loss(stack: Stack, generator: torch.Generator) -> torch.Tensor:
+    """The student's loss on the true label (RHO-LOSS's "train loss" baseline): high where the student is
+    wrong, with no teacher, and highest on mislabelled samples."""
+    return label_loss(stack.student_probs, stack.labels)
+
+
+def irreducible(stack: Stack, generator: torch.Generator) -> torch.Tensor:
+    """Minus the irreducible-loss model's loss (RHO-LOSS's "irreducible loss" baseline): what the held-out model
+    finds easy goes first, whatever the student knows already."""
+    return -stack.irreducible
+
+
 def own_loss(stack: Stack, generator: torch.Generator) -> torch.Tensor:
     """Loshchilov & Hutter's online batch selection: the student's own latest known loss on each sample, from
     the training pass that last sent it (or the last recomputation): no forward pass and no teacher, but stale
@@ -110,6 +122,9 @@ MEASURES: dict[str, Measure] = {
     "random": Measure(random, reads_student=False, reads_teacher=False),
     "reducible": Measure(reducible, reads_labels=True),
     "reducible_holdout": Measure(reducible_holdout, reads_teacher=False, reads_labels=True, reads_irreducible=True),
+    "loss": Measure(loss, reads_teacher=False, reads_labels=True),
+    "irreducible": Measure(irreducible, reads_student=False, reads_teacher=False, reads_labels=True,
+                           reads_irreducible=True),
     "own_loss": Measure(own_loss, reads_student=False, reads_teacher=False, reads_labels=True, reads_own_loss=True),
 }
 

@@ -140,15 +140,16 @@ def predict(model: torch.nn.Module, images: torch.Tensor, chunk: int = 5000) -> 
     return torch.cat([model(x) for x in images.split(chunk)])
 
 
-def _irreducible_model(holdout: Split, test: Split) -> tuple[TeacherConfig, Splits]:
-    """The irreducible-loss model's config and data: trained on the first half of ``holdout``, stopped early on
-    its second half."""
+def _irreducible_model(holdout: Split, test: Split, hidden: tuple[int, ...]) -> tuple[TeacherConfig, Splits]:
+    """The irreducible-loss model's config (``IRREDUCIBLE`` with ``hidden`` widths) and data: trained on the first
+    half of ``holdout``, stopped early on its second half."""
     half = len(holdout.images) // 2
     if half < 1:
         raise ValueError("the irreducible-loss model needs a holdout of at least 2 images (--holdout)")
     held = Splits(Split(holdout.images[:half], holdout.labels[:half]),
                   Split(holdout.images[half:], holdout.labels[half:]), test)
-    return replace(IRREDUCIBLE, batch_size=min(IRREDUCIBLE.batch_size, half)), held  # a tiny split trains at all
+    config = replace(IRREDUCIBLE, hidden=hidden, batch_size=min(IRREDUCIBLE.batch_size, half))  # a tiny split trains
+    return config, held
 
 
 def irreducible_losses(
@@ -156,20 +157,22 @@ def irreducible_losses(
     holdout: Split,
     seeds: Sequence[int],
     cache_dir: Path,
+    hidden: tuple[int, ...] = IRREDUCIBLE.hidden,
     retrain: bool = False,
     events: Events | None = None,
     device: torch.device | str = "cpu",
 ) -> dict[int, torch.Tensor]:
-    """RHO-LOSS's irreducible losses: a small model (``IRREDUCIBLE``) trained on the first half of ``holdout``
+    """RHO-LOSS's irreducible losses: a small model (``hidden`` widths) trained on the first half of ``holdout``
     (``carve_holdout``), stopped early on its second half, then its cross-entropy on every training image's
     true label, ``{seed: [n_train]}``. It sees neither the students' training pool nor their validation split."""
-    config, held = _irreducible_model(holdout, splits.test)
+    config, held = _irreducible_model(holdout, splits.test, hidden)
     models = load_or_train_teachers(held, seeds, config, cache_dir, retrain, events, device, "irreducible")
     train = splits.train
     return {k: F.cross_entropy(predict(m, train.images), train.labels, reduction="none") for k, m in models.items()}
 
 
-def irreducible_training_cost(cache_dir: Path, holdout: Split, seed: int) -> tuple[TeacherConfig, dict | None]:
+def irreducible_training_cost(cache_dir: Path, holdout: Split, seed: int,
+                              hidden: tuple[int, ...] = IRREDUCIBLE.hidden) -> tuple[TeacherConfig, dict | None]:
     """The irreducible-loss model's config and what training it cost (``training_cost``)."""
-    config, held = _irreducible_model(holdout, holdout)
+    config, held = _irreducible_model(holdout, holdout, hidden)
     return config, training_cost(cache_path(cache_dir, config, held.train, seed, "irreducible"))

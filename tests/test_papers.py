@@ -1,0 +1,51 @@
+"""The two papers' presets (``--preset loshchilov-hutter``, ``--preset rho-loss``) and RHO-LOSS's baselines."""
+
+import math
+
+import pytest
+import torch
+
+from benchmarks import teacher as bench
+from benchmarks.cli import variants
+from envs.selection import MEASURES, Rule, Stack
+
+
+def _built(argv):
+    parser = bench.build_parser()
+    args = parser.parse(argv)
+    return [bench._variant(parser, label, v) for label, v in variants(parser, args)]
+
+
+def test_loshchilov_hutter_ranks_the_whole_set_with_both_optimizers():
+    built = _built(["--preset", "loshchilov-hutter"])
+    assert [label for label, *_ in built] == ["optimizer=adam", "optimizer=adadelta"]
+    assert [(s.optimizer, s.lr, s.batch_size, s.hidden) for *_, s, _, _ in built] == [
+        ("adam", 1e-3, 64, (800, 800)), ("adadelta", 1.0, 64, (800, 800))]
+    rows = built[0][2]
+    assert rows[0].name == "baseline" and {r.stack_size for r in rows[1:]} == {0}
+    assert {(r.measure, r.pressure, r.refresh) for r in rows[1:]} == {
+        ("own_loss", p, r) for p in (100.0, 1e8) for r in (0, 703)}
+
+
+def test_rho_loss_takes_the_top_tenth_of_320_candidates_with_adamw():
+    (label, args, rows, student, _, _), = _built(["--preset", "rho-loss"])
+    assert label == "" and args.holdout == 25_000 and args.irreducible_hidden == (512, 512, 512)
+    assert (student.hidden, student.weight_decay, student.lr, student.batch_size) == ((512, 512, 512), 0.01, 1e-3, 32)
+    assert [r.name for r in rows] == ["baseline", "stack10-reducible_holdout-true", "stack10-loss-true",
+                                      "stack10-irreducible-true"]
+    assert all(math.isinf(r.pressure) for r in rows)  # the top 10%, not a draw
+
+
+def test_explicit_flags_win_over_a_preset():
+    (_, _, rows, student, _, _), = _built(["--preset", "rho-loss", "--hidden", "32,32", "--measures", "loss"])
+    assert student.hidden == (32, 32) and [r.name for r in rows] == ["baseline", "stack10-loss-true"]
+
+
+def test_rho_loss_baselines_on_a_hand_stack():
+    student = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])
+    stack = Stack(student, student, torch.tensor([0, 0, 1]), irreducible=torch.tensor([0.3, 2.0, 0.1]))
+    g = torch.Generator()
+    assert MEASURES["loss"](stack, g).tolist() == pytest.approx([-math.log(0.9), -math.log(0.2), -math.log(0.5)])
+    assert Rule("loss")(stack, 1, g).tolist() == [1]  # the mislabelled-looking sample: highest train loss
+    assert Rule("irreducible")(stack, 1, g).tolist() == [2]  # the lowest irreducible loss
+    assert not MEASURES["irreducible"].reads_student and MEASURES["loss"].reads_student
