@@ -1,9 +1,18 @@
-"""The thesis' ch. 3 models: a big dropout-regularised teacher and a small student, both ReLU MLPs."""
+"""The thesis' ch. 3 models: a big dropout-regularised teacher and a small student, both ReLU MLPs; on CIFAR-10,
+chapter 2's DCGAN-style classifiers (without batch norm, so a population of them batches), where a backward pass
+is expensive."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 from torch import nn
+
+from agents.network import MODELS, node_model
+
+CONV_MODELS = tuple(name for name, spec in MODELS.items() if spec.width and not spec.batch_norm)
 
 
 def mlp(inputs: int, hidden: tuple[int, ...], classes: int = 10, dropout: float = 0.0) -> nn.Sequential:
@@ -16,9 +25,42 @@ def mlp(inputs: int, hidden: tuple[int, ...], classes: int = 10, dropout: float 
     return nn.Sequential(*layers, nn.Linear(width, classes))
 
 
-def teacher(inputs: int = 784, hidden: tuple[int, ...] = (1200, 1200), dropout: float = 0.5) -> nn.Sequential:
-    """784-1200-1200-10 with dropout on each hidden layer (thesis 3.2.2)."""
-    return mlp(inputs, hidden, dropout=dropout)
+def classifier(shape: Sequence[int], model: str = "mlp", hidden: tuple[int, ...] = (32, 32), classes: int = 10,
+               dropout: float = 0.0) -> nn.Sequential:
+    """A classifier of flattened images of ``shape``: the ReLU ``mlp`` with ``hidden`` widths, or one of chapter 2's
+    convolutional classifiers (``CONV_MODELS``: no dropout, no batch norm), the image unflattened first."""
+    if model == "mlp":
+        return mlp(math.prod(shape), hidden, classes, dropout)
+    if model not in CONV_MODELS:
+        raise ValueError(f"unknown classifier {model!r}; choose mlp or one of {', '.join(CONV_MODELS)}")
+    if dropout or len(shape) != 3:
+        raise ValueError(f"the {model} classifier takes images (channels, height, width) and has no dropout; got "
+                         f"shape {tuple(shape)} and dropout {dropout}")
+    parts = node_model("classifier", shape, MODELS[model], classes)
+    return nn.Sequential(nn.Unflatten(1, tuple(shape)), *parts["trunk"], *parts["head"])
+
+
+@torch.no_grad()
+def multiply_adds(model: nn.Module, shape: Sequence[int]) -> int:
+    """Multiply-adds of one forward pass of ``model`` on one image of ``shape`` (convolutions and linear layers:
+    the cost unit that compares a teacher's forward with a student's)."""
+    total = 0
+
+    def count(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
+            total += output[0].numel() * per_output
+        elif isinstance(module, nn.Linear):
+            total += module.in_features * module.out_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        model.eval()(torch.zeros(1, math.prod(shape)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
 
 
 def student(inputs: int = 784, hidden: tuple[int, ...] = (32, 32)) -> nn.Sequential:

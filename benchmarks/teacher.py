@@ -51,6 +51,7 @@ from trainers.teacher_student.student import (
     StudentConfig,
     StudentResult,
     StudentTrainer,
+    image_shape,
 )
 from trainers.teacher_student.teachers import (
     IRREDUCIBLE,
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             at = prefix(label)
             summarise(store, at, configs, seeds, tuning, args.target_accuracy, n // student_config.batch_size)
             report(store, at, configs, seeds, tuning, root, student_config, teacher_config,
-                   data[label][0].train.images.shape[1], n, v.label_noise)
+                   image_shape(data[label][0]), n, v.label_noise)
         store.save()
         if swept:
             sweep_report(store, swept, chosen[0][2], seeds, root)

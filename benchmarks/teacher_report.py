@@ -31,9 +31,9 @@ FIGURE_ZOOM = (94.0, 98.0)  # Figure 3.1's validation accuracy range: where the 
 TARGETS_OF = {"": "the target", "_thesis_target": f"{THESIS_TARGET}%"}  # key suffix -> what it is
 
 
-def _cost_units(student: StudentConfig, model: TeacherConfig, pixels: int) -> float:
+def _cost_units(student: StudentConfig, model: TeacherConfig, shape: tuple[int, ...]) -> float:
     """One forward pass of ``model`` in forward passes of the student (multiply-adds per image)."""
-    return forward_cost(pixels, model.hidden) / forward_cost(pixels, student.hidden)
+    return forward_cost(model, shape) / forward_cost(student, shape)
 
 
 def report_seeds(seeds: list[int], tuning: list[int]) -> list[int]:
@@ -84,7 +84,7 @@ def chosen_on_validation(store: Store, at: str, configs: list[Selection]) -> dic
 
 
 def one_off_costs(references: dict, at: str, c: Selection, seeds: list[int], student: StudentConfig,
-                  teacher: TeacherConfig, pixels: int, n_train: int,
+                  teacher: TeacherConfig, shape: tuple[int, ...], n_train: int,
                   irreducible: tuple[int, ...] = IRREDUCIBLE.hidden) -> float:
     """What a row pays once, before any student trains, in student minibatch forwards (mean over ``seeds``):
     training the teacher (forward + 2 x backward of every image it trained on) and its logits on every
@@ -95,7 +95,7 @@ def one_off_costs(references: dict, at: str, c: Selection, seeds: list[int], stu
               ] if MEASURES[c.measure].reads_irreducible else []
     total = 0.0
     for model, kind in parts:
-        unit = _cost_units(student, model, pixels) / student.batch_size  # one image's forward
+        unit = _cost_units(student, model, shape) / student.batch_size  # one image's forward
         trained = [references.get(f"{at}{kind}_training_images", {}).get(str(k)) for k in seeds]
         trained = [3 * images * unit for images in trained if images is not None]
         total += (statistics.fmean(trained) if trained else 0.0) + n_train * unit
@@ -109,7 +109,7 @@ def corrupted_fraction(run: dict, batch_size: int) -> float:
 
 
 def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tuning: list[int], root: Path,
-           student: StudentConfig, teacher: TeacherConfig, pixels: int, n_train: int,
+           student: StudentConfig, teacher: TeacherConfig, shape: tuple[int, ...], n_train: int,
            label_noise: float | None = None) -> None:
     cells = store.data["cells"]
     base = cells[at + "baseline"]
@@ -123,7 +123,7 @@ def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tu
         runs = store.runs(at + c.name)
         passes, compute = column(e, "backward_passes"), column(e, "compute")
         thesis_passes = column(e, "backward_passes_thesis_target")
-        one_off = one_off_costs(store.data["references"], at, c, reported, student, teacher, pixels, n_train,
+        one_off = one_off_costs(store.data["references"], at, c, reported, student, teacher, shape, n_train,
                                 tuple(store.data["config"].get("irreducible_hidden") or IRREDUCIBLE.hidden))
         saving = [b - r for b, r in zip(base_compute, compute, strict=True) if b is not None and r is not None]
         payback = "-" if not one_off else (f"{one_off / statistics.fmean(saving):,.1f} runs"
@@ -150,7 +150,7 @@ def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tu
                         "speedup",
                         "compute to target", "speedup", "one-off", "pays back after", f"reached {THESIS_TARGET}",
                         f"backward to {THESIS_TARGET}", "speedup", "thesis backward"], rows))
-    unit = _cost_units(student, teacher, pixels)
+    unit = _cost_units(student, teacher, shape)
     print(f"backward/compute to target: mean over the seeds that reached (k/n); epochs: the same backward passes in "
           f"passes over the {n_train:,} training images (Loshchilov & Hutter's unit). speedup: baseline / row, paired "
           f"by seed over the seeds where both reached, geometric mean [95% t-interval]. compute = student "

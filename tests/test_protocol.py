@@ -11,7 +11,7 @@ from benchmarks.store import Store
 from benchmarks.teacher_report import chosen_on_validation, one_off_costs, summarise
 from trainers.teacher_student.policy import register
 from trainers.teacher_student.student import Selection, StudentConfig, counters_at, forward_inclusive
-from trainers.teacher_student.teachers import TeacherConfig
+from trainers.teacher_student.teachers import TeacherConfig, forward_cost
 
 STEPS = [100, 200, 300, 400, 500, 600, 700]
 
@@ -117,14 +117,22 @@ def test_learned_teachers_of_one_policy_are_candidates_whatever_their_reward_and
             (5, "reinforce", "true", "constant"): "stack5-learned_reinforce_drop_s1-true"}
 
 
+def test_cost_units_count_the_multiply_adds_of_convolutions_on_a_hand_example():
+    small = StudentConfig(model="dcgan-small")
+    # dcgan-small on 3x32x32: convs 3->8 (4x4, 16x16 out), 8->16 (8x8), 16->32 (4x4), then 512->64 and 64->10
+    convs = 16 * 16 * 8 * 3 * 16 + 8 * 8 * 16 * 8 * 16 + 4 * 4 * 32 * 16 * 16
+    assert forward_cost(small, (3, 32, 32)) == convs + 512 * 64 + 64 * 10
+    assert forward_cost(TeacherConfig(model="dcgan"), (3, 32, 32)) > 10 * forward_cost(small, (3, 32, 32))
+
+
 def test_one_off_costs_count_the_teachers_training_and_inference_on_a_hand_example():
     student = StudentConfig(hidden=(2,), batch_size=32)  # 4 pixels: 4*2 + 2*10 = 28 multiply-adds an image
     teacher = TeacherConfig(hidden=(6,), batch_size=64)  # 4*6 + 6*10 = 84: one teacher forward = 3 student forwards
     references = {"teacher_training_images": {"0": 6400, "1": 3200}}
     rule = Selection(5, "cross_entropy", "true")
     # training: 3 x 6400 images x 3 / 32 = 1800 (seed 0), 900 (seed 1): mean 1350; logits on 320 images: 30
-    assert one_off_costs(references, "", rule, [0, 1], student, teacher, 4, 320) == pytest.approx(1380)
-    assert one_off_costs(references, "", Selection(), [0, 1], student, teacher, 4, 320) == 0  # no teacher
+    assert one_off_costs(references, "", rule, [0, 1], student, teacher, (4,), 320) == pytest.approx(1380)
+    assert one_off_costs(references, "", Selection(), [0, 1], student, teacher, (4,), 320) == 0  # no teacher
     # per run: a stack of 5 scored by the student and one training forward and backward per update
     counters = counters_at(rule, 100, 10)
     assert forward_inclusive(counters) == 600 + 2 * 100

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from agents.teacher_student import mlp
+from agents.teacher_student import CONV_MODELS, classifier
 from envs.base import above, at_least
 from envs.data import Split, Splits
 from envs.selection import MEASURES, TARGETS, EpochStacks, Rule, Stack, draw, target_loss
@@ -92,7 +92,10 @@ class Selection:
 
 @dataclass(frozen=True)
 class StudentConfig:
-    hidden: tuple[int, ...] = option((32, 32), "student hidden widths (784-32-32-10 in the thesis)")
+    model: str = option("mlp", "student classifier: the ReLU MLP of --hidden widths, or one of chapter 2's CNNs "
+                        "(CIFAR-10)", choices=("mlp", *CONV_MODELS))
+    hidden: tuple[int, ...] = option((32, 32), "student hidden widths (784-32-32-10 in the thesis)",
+                                     read_with={"model": ("mlp",)})
     batch_size: int = option(32, "minibatch size (what the teacher sends)")
     lr: float | None = option(None, "student's learning rate", default_text="1e-3 with adam, 1.0 with adadelta "
                               "(Zeiler's: no learning rate)")
@@ -133,6 +136,11 @@ class StudentResult:
     counters_at_best: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     corrupted_sent: list[int] = field(default_factory=list)  # samples with a corrupted label trained on, by ``steps``
+
+
+def image_shape(splits: Splits) -> tuple[int, ...]:
+    """The shape of one image of ``splits`` (a flat vector where the splits do not say)."""
+    return tuple(splits.shape) or (splits.train.images.shape[1],)
 
 
 def counters_at(selection: Selection, passes: int, epoch: int) -> dict[str, int]:
@@ -183,12 +191,12 @@ class StudentTrainer(Trainer):
                          config.eval_every)
         self.config, self.splits = config, splits.to(device)
         self.epoch = n // config.batch_size
-        pixels = splits.train.images.shape[1]
+        shape = image_shape(splits)
         models = []
         for _, seed in runs:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                models.append(mlp(pixels, config.hidden, dropout=config.dropout))
+                models.append(classifier(shape, config.model, config.hidden, dropout=config.dropout))
         dropout = [generator(20_000 + seed) for _, seed in runs] if config.dropout else None
         self.students = Population(models, dropout).to(device)
         self.optimizer = self._optimizer()

@@ -10,7 +10,6 @@ loaded with ``weights_only=True``.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -19,20 +18,24 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from agents.teacher_student import teacher
+from agents.teacher_student import CONV_MODELS, classifier, multiply_adds
 from envs.base import at_least
 from envs.data import Split, Splits
 from trainers.base import Events, check_fields, option
 from trainers.files import CheckpointError, load_checked, save_atomic, write_atomic
-from trainers.teacher_student.student import Selection, StudentConfig, StudentTrainer
+from trainers.teacher_student.student import Selection, StudentConfig, StudentTrainer, image_shape
 
 VERSION = "seeded-dropout-1"  # in the cache key: teachers trained before their dropout was seeded differ
 
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    hidden: tuple[int, ...] = option((1200, 1200), "teacher hidden widths (784-1200-1200-10 in the thesis)")
-    dropout: float = option(0.5, "teacher dropout after each hidden layer")
+    model: str = option("mlp", "teacher classifier: the ReLU MLP of --teacher-hidden widths, or one of chapter 2's "
+                        "CNNs (CIFAR-10)", choices=("mlp", *CONV_MODELS))
+    hidden: tuple[int, ...] = option((1200, 1200), "teacher hidden widths (784-1200-1200-10 in the thesis)",
+                                     read_with={"model": ("mlp",)})
+    dropout: float | None = option(None, "teacher dropout after each hidden layer", default_text="0.5 with the mlp; "
+                                   "the CNNs have none")
     batch_size: int = option(128, "teacher minibatch (the thesis used 32; 128 trains 4x faster on a CPU)")
     lr: float = option(1e-3, "teacher Adam learning rate")
     patience: int = option(5, "teacher epochs without validation gain before it stops")
@@ -40,15 +43,17 @@ class TeacherConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.dropout is None:  # frozen: the default follows the model
+            object.__setattr__(self, "dropout", 0.5 if self.model == "mlp" else 0.0)
         if not 0 <= self.dropout < 1:
             raise ValueError(f"teacher dropout must be in [0, 1), got {self.dropout}")
         at_least(1, batch_size=self.batch_size, patience=self.patience, max_epochs=self.max_epochs)
 
     def as_student(self, n_train: int) -> StudentConfig:
         """The teacher is trained as a student with dropout on true labels, evaluated once an epoch."""
-        return StudentConfig(hidden=self.hidden, batch_size=self.batch_size, lr=self.lr, patience=self.patience,
-                             max_epochs=self.max_epochs, eval_every=max(1, n_train // self.batch_size),
-                             dropout=self.dropout)
+        return StudentConfig(model=self.model, hidden=self.hidden, batch_size=self.batch_size, lr=self.lr,
+                             patience=self.patience, max_epochs=self.max_epochs,
+                             eval_every=max(1, n_train // self.batch_size), dropout=self.dropout)
 
 
 QUICK_TEACHER = TeacherConfig(hidden=(256, 256), max_epochs=1, patience=1)  # seconds to train: smoke runs, env defaults
@@ -78,11 +83,10 @@ def carve_holdout(splits: Splits, size: int) -> tuple[Splits, Split]:
     return replace(splits, train=pool), Split(train.images[keep:], train.labels[keep:])
 
 
-def forward_cost(pixels: int, hidden: Sequence[int], classes: int = 10) -> int:
-    """Multiply-adds of one forward pass of an MLP, per image (what a forward pass of a minibatch costs,
+def forward_cost(config: TeacherConfig | StudentConfig, shape: Sequence[int]) -> int:
+    """Multiply-adds of one forward pass of ``config``'s model, per image (what a forward pass of a minibatch costs,
     up to the batch size): the unit that makes the teacher's forwards comparable with the student's."""
-    widths = [pixels, *hidden, classes]
-    return sum(a * b for a, b in itertools.pairwise(widths))
+    return multiply_adds(classifier(shape, config.model, config.hidden), shape)
 
 
 def training_cost(path: Path) -> dict | None:
@@ -106,7 +110,7 @@ def load_or_train_teachers(
     of its training cost beside it (``training_cost``). Missing teachers train together
     (``StudentTrainer``), resumable from a checkpoint in ``cache_dir``. ``kind`` names other models
     trained the same way (the irreducible-loss model)."""
-    pixels = splits.train.images.shape[1]
+    shape = image_shape(splits)
     paths = {seed: cache_path(cache_dir, config, splits.train, seed, kind) for seed in seeds}
     missing = [s for s in seeds if retrain or not paths[s].exists()]
     fix = "delete it (or pass --retrain-teacher) to train it again"
@@ -124,7 +128,7 @@ def load_or_train_teachers(
         checkpoint.unlink(missing_ok=True)
     teachers = {}
     for seed in seeds:
-        model = teacher(pixels, config.hidden, config.dropout)
+        model = classifier(shape, config.model, config.hidden, dropout=config.dropout)
         try:
             model.load_state_dict(states[seed])
         except (RuntimeError, KeyError) as e:
