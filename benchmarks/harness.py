@@ -286,9 +286,11 @@ def plot_sweep(
     lines: dict[str, list[list[float]]],
     ylabel: str,
     references: dict[str, list[list[float]]] | None = None,
+    intervals: bool = False,
 ) -> None:
     """The headline metric against the swept value: one line per cell, the mean over seeds, ±1 std band;
-    ``references`` (measured per value too) are dashed lines of their mean."""
+    ``references`` (measured per value too) are dashed lines of their mean. ``intervals``: each value of ``lines``
+    is already ``[mean, low, high]`` (a paired speedup and its 95% t-interval; empty where none), drawn as is."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -298,10 +300,15 @@ def plot_sweep(
     x = [float(v) for v in values] if numeric else list(range(len(values)))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, per_value in lines.items():
-        stats = [mean_std(v) for v in per_value]
-        mean = [m for m, _ in stats]
-        ax.plot(x, mean, marker="o", label=label)
-        ax.fill_between(x, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.2)
+        if intervals:
+            points = [(at, *v) for at, v in zip(x, per_value, strict=True) if v]
+            at, mean, low, high = (list(c) for c in zip(*points, strict=True)) if points else ([], [], [], [])
+        else:
+            stats = [mean_std(v) for v in per_value]
+            at, mean = x, [m for m, _ in stats]
+            low, high = [m - s for m, s in stats], [m + s for m, s in stats]
+        ax.plot(at, mean, marker="o", label=label)
+        ax.fill_between(at, low, high, alpha=0.2)
     for label, per_value in (references or {}).items():
         ax.plot(x, [mean_std(v)[0] for v in per_value], linestyle="--", marker=".", label=label)
     if not numeric:
@@ -309,7 +316,8 @@ def plot_sweep(
     elif min(x) > 0 and max(x) >= 10 * min(x):  # values a decade or more apart (shard sizes): a log axis
         ax.set_xscale("log")
         ax.set_xticks(x, values)
-    ax.set(xlabel=flag, ylabel=ylabel, title=f"{ylabel} against {flag} (mean, ±1 std over seeds)")
+    band = "paired geometric mean, 95% t-interval" if intervals else "mean, ±1 std over seeds"
+    ax.set(xlabel=flag, ylabel=ylabel, title=f"{ylabel} against {flag} ({band})")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                    image_shape(data[label][0]), n, v.label_noise)
         store.save()
         if swept:
-            sweep_report(store, swept, chosen[0][2], seeds, root)
+            sweep_report(store, swept, chosen[0][2], seeds, tuning, root)
         print(f"\nresults: {store.path}   figures: {root}   TensorBoard: tensorboard --logdir {root}")
     return 0
 

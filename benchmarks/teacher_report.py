@@ -227,13 +227,35 @@ def _family(c: Selection) -> tuple:
     return c.stack_size, measure, c.target, c.lr_schedule
 
 
-def sweep_report(store: Store, swept, configs: list[Selection], seeds: list[int], root: Path) -> None:
-    """Each selection's test accuracy against the swept value."""
+def sweep_report(store: Store, swept, configs: list[Selection], seeds: list[int], tuning: list[int],
+                 root: Path) -> None:
+    """Against the swept value: each selection's test accuracy, and its speedup to each value's own target by
+    per-run compute (paired by seed against that value's baseline, on the reported seeds), with the fraction of
+    corrupted labels it sent where labels are noisy."""
     name, _, values = swept
     texts = [t for t, _ in values]
-    lines = {c.name: [[store.runs(f"{name}={t}/{c.name}")[k]["test_accuracy"] for k in seeds]
+    reported = report_seeds(seeds, tuning)
+    lines = {c.name: [[store.runs(f"{name}={t}/{c.name}")[k]["test_accuracy"] for k in reported]
                       for t in texts] for c in configs}
-    print(f"\nSweep over {name}: student test accuracy (%), mean ± std over {seed_text(seeds)}")
+    print(f"\nSweep over {name}: student test accuracy (%), mean ± std over {seed_text(reported)}")
     print(format_table([name, *lines], [[t, *(format_summary(lines[c][i], 2) for c in lines)]
                                         for i, t in enumerate(texts)]))
     plot_sweep(root / f"sweep_{name}.png", name, texts, lines, "student test accuracy (%)")
+    cells = store.data["cells"]
+    compute = lambda t, c: [cells[f"{name}={t}/{c}"]["compute"][str(k)] for k in reported]  # noqa: E731
+    speedups = {c.name: [paired_ratio(compute(t, "baseline"), compute(t, c.name)) for t in texts]
+                for c in configs if c.name != "baseline"}
+    print(f"\nSweep over {name}: speedup by per-run compute to each value's own target (the highest validation "
+          f"accuracy its baseline holds on every seed), baseline / row, paired by seed (n = seeds where both reached), "
+          f"geometric mean [95% t-interval]")
+    print(format_table([name, *speedups], [[t, *(s[i].format(2, ratio=True) + f" (n={s[i].n})" if s[i] else "never"
+                                                 for s in speedups.values())] for i, t in enumerate(texts)]))
+    plot_sweep(root / f"speedup_vs_{name}.png", name, texts,
+               {c: [[s.mean, s.low, s.high] if s else [] for s in per] for c, per in speedups.items()},
+               "speedup by per-run compute", intervals=True)
+    batch = store.data["config"]["batch_size"]
+    if any(any(r.get("corrupted_sent", [0])[-1] for r in store.runs(f"{name}={t}/baseline").values()) for t in texts):
+        sent = {c.name: [format_summary([100 * corrupted_fraction(store.runs(f"{name}={t}/{c.name}")[k], batch)
+                                         for k in reported], 1) for t in texts] for c in configs}
+        print(f"\nSweep over {name}: % of the samples sent up to best validation whose label was corrupted")
+        print(format_table([name, *sent], [[t, *(sent[c][i] for c in sent)] for i, t in enumerate(texts)]))

@@ -97,7 +97,7 @@ def test_bad_label_noise_is_one_line(data_root, tmp_path, capsys, argv, message)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and not out.exists()
 
 
-def test_label_noise_sweeps_with_a_teacher_per_corruption(data_root, tmp_path):
+def test_label_noise_sweeps_with_a_teacher_per_corruption(data_root, tmp_path, capsys):
     out, cache = tmp_path / "sweep.json", tmp_path / "teachers"
     argv = ["--data-dir", str(data_root), "--out", str(out), "--logdir", str(tmp_path / "runs"), "--teacher-cache",
             str(cache), *SMALL, "--stack-sizes", "2", "--measures", "cross_entropy", "--targets", "true", "--seeds",
@@ -107,3 +107,7 @@ def test_label_noise_sweeps_with_a_teacher_per_corruption(data_root, tmp_path):
     clean, noisy = (cells[f"label-noise={v}/baseline"]["runs"]["0"]["corrupted_sent"] for v in ("0", "0.4"))
     assert not any(clean) and noisy[-1] > 0
     assert len(list(cache.glob("teacher-*-seed0.pt"))) == 2  # one teacher per corruption
+    printed = capsys.readouterr().out
+    assert "speedup by per-run compute to each value's own target" in printed
+    assert "% of the samples sent up to best validation whose label was corrupted" in printed
+    assert (tmp_path / "runs" / "sweep" / "speedup_vs_label-noise.png").stat().st_size > 1000
