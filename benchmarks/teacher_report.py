@@ -129,10 +129,11 @@ def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tu
         payback = "-" if not one_off else (f"{one_off / statistics.fmean(saving):,.1f} runs"
                                            if saving and statistics.fmean(saving) > 0 else "never")
         e["one_off_compute"] = one_off
-        noisy = [format_summary([100 * corrupted_fraction(runs[k], student.batch_size) for k in reported], 1)]
+        noisy = [format_summary([100 * corrupted_fraction(runs[k], student.batch_size) for k in reported], 1)
+                 ] if label_noise else []
         rows.append([
             c.name + (" *" if c.name in chosen else ""),
-            format_summary([runs[k]["test_accuracy"] for k in reported], 2), *(noisy if label_noise else []),
+            format_summary([runs[k]["test_accuracy"] for k in reported], 2), *noisy,
             e["thesis"]["accuracy"] or "-", reached(passes), format_counts(passes), _epochs(passes, student, n_train),
             _ratio(column(base, "backward_passes"), passes), format_counts(compute), _ratio(base_compute, compute),
             f"{one_off:,.0f}" if one_off else "-", payback, reached(thesis_passes), format_counts(thesis_passes),
@@ -145,8 +146,8 @@ def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tu
           f"{seed_text(reported)}, and the first sustained crossing ({SUSTAIN} evaluations in a row, every "
           f"{student.eval_every} passes) of the validation curve at the target, {base['target_accuracy']:.2f}% (the "
           f"highest the baseline holds on every seed), and at the thesis' {THESIS_TARGET}%")
-    noisy = [f"corrupted sent % (of {100 * label_noise:g})"] if label_noise else []
-    print(format_table(["config", "test acc", *noisy, "thesis", "reached", "backward to target", "epochs",
+    noisy_column = [f"corrupted sent % (of {100 * label_noise:g})"] if label_noise else []
+    print(format_table(["config", "test acc", *noisy_column, "thesis", "reached", "backward to target", "epochs",
                         "speedup",
                         "compute to target", "speedup", "one-off", "pays back after", f"reached {THESIS_TARGET}",
                         f"backward to {THESIS_TARGET}", "speedup", "thesis backward"], rows))
