@@ -71,14 +71,16 @@ def student(inputs: int = 784, hidden: tuple[int, ...] = (32, 32)) -> nn.Sequent
 class TeacherPolicy(nn.Module):
     """An RL teacher's scorer: one score per stack sample from what the env's teacher observes of it
     (both predictive distributions, their cross-entropy and distance, the student's training progress:
-    ``2 * classes + 3`` numbers), read through class-blind features (``class_blind``): with the raw
-    distributions as inputs, REINFORCE learned to prefer the samples of two or three classes (their
-    probability columns), and the students it taught collapsed to 39% accuracy."""
+    ``2 * classes + 3`` numbers, and with ``observe_labels`` both models' probability of the sample's given label),
+    read through class-blind features (``class_blind``): with the raw distributions as inputs, REINFORCE learned to
+    prefer the samples of two or three classes (their probability columns), and the students it taught collapsed
+    to 39% accuracy."""
 
-    def __init__(self, classes: int = 10, hidden: int = 32):
+    def __init__(self, classes: int = 10, hidden: int = 32, observe_labels: bool = False):
         super().__init__()
         self.classes = classes
-        self.net = nn.Sequential(nn.Linear(CLASS_BLIND, hidden), nn.Tanh(), nn.Linear(hidden, 1))
+        inputs = CLASS_BLIND + 2 * observe_labels
+        self.net = nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(), nn.Linear(hidden, 1))
 
     def forward(self, observed):
         return self.net(class_blind(observed, self.classes)).squeeze(-1)

@@ -80,6 +80,11 @@ BEYOND = [
 # The learned teachers' rivals beside the thesis' CE rule: Table 3.1's best rules at stack 5 (the floor rule
 # reaches the baseline's accuracy on every seed soonest; the teacher-as-IL reducible loss reaches 96.4% soonest)
 RIVALS = (Selection(5, "cross_entropy", "true", 300, floor=0.3), Selection(5, "reducible", "true"))
+# Settings added after results files were first written, at the value every older run had: left out of a file's
+# identity there, so a file written before them still resumes
+ADDED = {"model": "mlp", "optimizer": "adam", "weight_decay": 0.0, "teacher_model": "mlp",
+         "policy_observe_labels": False, "irreducible_hidden": IRREDUCIBLE.hidden}
+
 # Two papers' settings as they state them (docs/teacher.md compares them side by side with ours). Loshchilov & Hutter
 # (2016): the student ranks its own latest known losses over the whole training set, batch 64, AdaDelta and Adam,
 # selection pressures 1e2 and 1e8, losses recomputed never or once an epoch (703 passes of the 45,000-image pool);
@@ -259,12 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or f"results/{name}.json")
     root = Path(args.logdir) / out.stem
     preflight([(Path(args.teacher_cache), "--teacher-cache"), (Path(args.logdir), "--logdir")])
-    identity = {**student_config.__dict__, **{f"teacher_{k}": v for k, v in teacher_config.__dict__.items()},
-                **{f"policy_{k}": v for k, v in (policy.__dict__ if policy else {}).items()
-                   if k not in ("seed", "reward")}, "dataset": args.dataset, "holdout": holdout_size,
-                "label_noise": args.label_noise, "label_noise_seed": args.label_noise_seed,
-                "irreducible_hidden": None if args.irreducible_hidden == IRREDUCIBLE.hidden else
-                args.irreducible_hidden}
+    identity = _identity(args, student_config, teacher_config, policy, holdout_size)
     swept = parser.sweep_flag(args.sweep)
     with Store(out, "teacher", identity, swept) as store:
         started = time.time()
@@ -331,6 +331,18 @@ def _variant(parser: ArgumentParser, label: str, v) -> tuple:
     return label, v, selections(v, policy), student, teacher, policy
 
 
+def _identity(args, student: StudentConfig, teacher: TeacherConfig, policy: PolicyConfig | None,
+              holdout_size: int) -> dict:
+    """What makes a results file's runs comparable (``Store``): the configs, the data and its corruption; a setting
+    of ``ADDED`` at the value every older run had is left out, so files written before it still resume."""
+    identity = {**student.__dict__, **{f"teacher_{k}": v for k, v in teacher.__dict__.items()},
+                **{f"policy_{k}": v for k, v in (policy.__dict__ if policy else {}).items()
+                   if k not in ("seed", "reward")}, "dataset": args.dataset, "holdout": holdout_size,
+                "label_noise": args.label_noise, "label_noise_seed": args.label_noise_seed,
+                "irreducible_hidden": args.irreducible_hidden}
+    return {k: v for k, v in identity.items() if ADDED.get(k, ...) != v}
+
+
 def _data(whole: Splits, holdout_size: int, args) -> tuple[Splits, Split, torch.Tensor]:
     """A variant's training pool, holdout and mask of corrupted pool labels: ``--label-noise`` corrupts the whole
     training split (the holdout is part of it, as in practice), then the holdout is carved."""
@@ -370,11 +382,12 @@ def _train_policies(names: list[str], policy: PolicyConfig, splits, teacher_conf
         progress = Progress(f"{name} teacher")
         progress.begin(policy.episodes * policy.steps, 0)
         if kind == "reinforce":
-            register(name, train_reinforce(splits, logits, config, seed=seed, progress=progress.advance))
+            register(name, train_reinforce(splits, logits, config, seed=seed, progress=progress.advance),
+                     config.observe_labels)
         else:
             try:
                 model = train_ppo(splits, logits, config, seed=seed, logdir=root / "policies" / name)
-                register(name, ppo_scorer(model))
+                register(name, ppo_scorer(model), config.observe_labels)
             except ImportError as e:
                 raise UsageError(f"{e.name} is not installed; pip install -e '.[rl]'") from None
         progress.close()

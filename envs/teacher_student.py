@@ -53,14 +53,19 @@ MAX_CE = float(np.log(1e12))  # the cross-entropy the teacher sees is clipped he
 PROGRESS_UPDATES = 50_000  # student updates that count as training progress 1 in the teacher's observation
 
 
-def features(teacher_probs: torch.Tensor, student_probs: torch.Tensor, updates: int = 0) -> torch.Tensor:
+def features(teacher_probs: torch.Tensor, student_probs: torch.Tensor, updates: int = 0,
+             labels: torch.Tensor | None = None) -> torch.Tensor:
     """What the teacher sees of each stack sample: both distributions, their cross-entropy (clipped at
     ``MAX_CE``) and distance, and the student's training progress (its updates so far over
-    ``PROGRESS_UPDATES``, at most 1), so that a learned teacher can select differently late in training."""
+    ``PROGRESS_UPDATES``, at most 1), so that a learned teacher can select differently late in training; with
+    ``labels``, also the teacher's and the student's probability of each sample's given label (what a
+    mislabelled sample betrays: a teacher confident elsewhere)."""
     g, stack = torch.Generator(), Stack(teacher_probs, student_probs)
     ce, dist = cross_entropy(stack, g), euclidean(stack, g)
     progress = torch.full_like(ce, min(1.0, updates / PROGRESS_UPDATES))
     columns = [ce.clamp(max=MAX_CE), dist, progress]
+    if labels is not None:
+        columns += [p.gather(-1, labels.unsqueeze(-1)).squeeze(-1) for p in (teacher_probs, student_probs)]
     return torch.cat([teacher_probs, student_probs, torch.stack(columns, -1)], -1)
 
 
@@ -128,12 +133,14 @@ class parallel_env(TruncatingParallelEnv):
         data_dir: str | Path | None = None,
         warmup: int = 0,
         reward: str = "drop",
+        observe_labels: bool = False,
     ):
         """``images``/``labels``/``teacher_logits``: the training set and the frozen teacher's logits on it
         (``trainers.teacher_student.load_or_train_teachers`` + ``predict`` make a trained one); validation images for
         the reward. Without them the env reads ``dataset`` (as ``envs.data.load_splits``) with the oracle
         teacher (``oracle_logits``: it predicts every true label), so building it trains nothing; pass a
-        trained teacher's logits for the thesis' setting."""
+        trained teacher's logits for the thesis' setting. ``observe_labels``: the teacher also sees both models'
+        probability of each stack sample's given label (``features``)."""
         max_steps = episode_length(max_cycles, max_steps)
         data = {"images": images, "labels": labels, "teacher_logits": teacher_logits, "val_images": val_images,
                 "val_labels": val_labels}
@@ -150,6 +157,7 @@ class parallel_env(TruncatingParallelEnv):
         self.val_images, self.val_labels = val_images[:reward_samples], val_labels[:reward_samples]
         self.stack_size, self.batch_size, self.temperature = stack_size, batch_size, temperature
         self.hidden, self.lr, self.max_steps, self.warmup, self.reward = hidden, lr, max_steps, warmup, reward
+        self.observe_labels = observe_labels
         self.classes = teacher_logits.shape[-1]
         self.render_mode = render_mode
         self.possible_agents = list(AGENTS)
@@ -160,7 +168,8 @@ class parallel_env(TruncatingParallelEnv):
     @functools.cache
     def observation_space(self, agent: str) -> spaces.Box:
         if agent == "teacher":
-            high = np.concatenate([np.ones(2 * self.classes), [MAX_CE, np.sqrt(2.0), 1.0]]).astype(np.float32)
+            labels = [1.0, 1.0] if self.observe_labels else []
+            high = np.concatenate([np.ones(2 * self.classes), [MAX_CE, np.sqrt(2.0), 1.0], labels]).astype(np.float32)
             high = np.broadcast_to(high, (self.stack_size * self.batch_size, high.size))
         else:
             high = np.ones((self.batch_size, self.images.shape[1] + self.classes), dtype=np.float32)
@@ -181,7 +190,8 @@ class parallel_env(TruncatingParallelEnv):
         self._stack = self._stacks.next(self.stack_size * self.batch_size)
         with torch.no_grad():
             student_probs = torch.softmax(self.student(self.images[self._stack]), -1)
-        seen = features(self.teacher_probs[self._stack], student_probs, self._updates)
+        labels = self.labels[self._stack] if self.observe_labels else None
+        seen = features(self.teacher_probs[self._stack], student_probs, self._updates, labels)
         return {"teacher": seen.numpy().astype(np.float32), "student": given.numpy().astype(np.float32)}
 
     @trains

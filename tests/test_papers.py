@@ -1,12 +1,16 @@
 """The two papers' presets (``--preset loshchilov-hutter``, ``--preset rho-loss``) and RHO-LOSS's baselines."""
 
+import gzip
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from benchmarks import teacher as bench
 from benchmarks.cli import variants
+from benchmarks.report import command
 from envs.selection import MEASURES, Rule, Stack
 
 
@@ -49,3 +53,17 @@ def test_rho_loss_baselines_on_a_hand_stack():
     assert Rule("loss")(stack, 1, g).tolist() == [1]  # the mislabelled-looking sample: highest train loss
     assert Rule("irreducible")(stack, 1, g).tolist() == [2]  # the lowest irreducible loss
     assert not MEASURES["irreducible"].reads_student and MEASURES["loss"].reads_student
+
+
+@pytest.mark.parametrize("name", ["teacher", "teacher-cosine30", "teacher-policies-chosen"])
+def test_files_written_before_the_new_settings_still_resume(name):
+    """The committed summaries' configurations equal what their recorded commands give today."""
+    path = Path("docs/results") / f"{name}.json.gz"
+    data = json.loads(gzip.decompress(path.read_bytes()))
+    parser = bench.build_parser()
+    args = parser.parse(command(path, data, None)[1])
+    _, _, _, student, teacher, policy = bench._variant(parser, "", args)
+    holdout = args.holdout if args.holdout is not None else 5_000
+    identity = json.loads(json.dumps(bench._identity(args, student, teacher, policy, holdout)))
+    written = data["config"]
+    assert {k: v for k, v in identity.items() if v is not None} == written

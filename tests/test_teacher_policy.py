@@ -96,3 +96,30 @@ def test_the_policy_is_blind_to_which_class_is_which():
     b = policy(torch.cat([t[:, relabel], s[:, relabel], rest], -1))
     assert torch.allclose(a, b, atol=1e-6)
     assert not torch.allclose(a, policy(torch.cat([t, s.roll(1, 0), rest], -1)))  # but not to the predictions
+
+
+def test_a_learned_teacher_may_see_both_models_probability_of_the_given_label(splits, teacher_logits):
+    from envs.teacher_student import features, parallel_env
+
+    t = torch.tensor([[0.7, 0.2, 0.1]])
+    s = torch.tensor([[0.1, 0.3, 0.6]])
+    seen = features(t, s, 0, torch.tensor([2]))
+    assert seen.shape == (1, 3 + 3 + 5) and seen[0, -2:].tolist() == pytest.approx([0.1, 0.6])
+    assert features(t, s).shape == (1, 9)
+    env = parallel_env(splits.train.images, splits.train.labels, teacher_logits, splits.val.images,
+                       splits.val.labels, stack_size=2, batch_size=4, observe_labels=True)
+    obs, _ = env.reset(seed=0)
+    assert obs["teacher"].shape == (8, 25) and env.observation_space("teacher").contains(obs["teacher"])
+    labels = splits.train.labels[env._stack]
+    assert torch.allclose(torch.from_numpy(obs["teacher"][:, -2]), torch.softmax(teacher_logits, -1)[env._stack,
+                                                                                                      labels])
+    config = dataclasses.replace(CONFIG, observe_labels=True)
+    policy = train_reinforce(splits, teacher_logits, config, seed=0)
+    name = register("test_labels", policy, observe_labels=True)
+    try:
+        assert MEASURES[name].reads_labels
+        trainer = StudentTrainer(StudentConfig(batch_size=4, max_epochs=1, eval_every=5), splits,
+                                 [(Selection(2, name, "true"), 0)], {0: teacher_logits})
+        assert trainer.fit()[0].steps
+    finally:
+        MEASURES.pop(name)

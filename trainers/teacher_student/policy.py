@@ -54,6 +54,8 @@ class PolicyConfig:
     horizon: int = option(1, "REINFORCE teacher: each selection is rewarded with the reward summed over this many "
                           "updates (1: the next update only)")
     seed: int = option(0, "the learned teachers' training seed (initial weights, draws, episodes' students)")
+    observe_labels: bool = option(False, "the learned teachers also see the teacher's and the student's "
+                                  "probability of each sample's given label (what betrays a corrupted label)")
     reward: str = option("advantage", "the env's reward: the validation-loss drop, or its advantage over an update "
                          "on a random minibatch of the same stack from the same state", choices=REWARDS)
 
@@ -88,7 +90,8 @@ def plackett_luce_log_prob(scores: torch.Tensor, chosen: torch.Tensor) -> torch.
 def _env(splits, teacher_logits: torch.Tensor, config: PolicyConfig) -> parallel_env:
     return parallel_env(splits.train.images, splits.train.labels, teacher_logits, splits.val.images, splits.val.labels,
                         stack_size=config.stack_size, batch_size=config.batch_size, max_cycles=config.steps,
-                        reward_samples=config.reward_samples, warmup=config.warmup, reward=config.reward)
+                        reward_samples=config.reward_samples, warmup=config.warmup, reward=config.reward,
+                        observe_labels=config.observe_labels)
 
 
 def _action(chosen: torch.Tensor, stack: int, target: str) -> np.ndarray:
@@ -111,7 +114,7 @@ def train_reinforce(splits, teacher_logits: torch.Tensor, config: PolicyConfig, 
     """A ``TeacherPolicy`` trained by REINFORCE in the teacher/student env."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        policy = TeacherPolicy(teacher_logits.shape[-1])
+        policy = TeacherPolicy(teacher_logits.shape[-1], observe_labels=config.observe_labels)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
     reinforce = Reinforce(config.entropy_weight)
     generator = torch.Generator().manual_seed(seed)
@@ -152,16 +155,17 @@ def train_ppo(splits, teacher_logits: torch.Tensor, config: PolicyConfig, seed: 
     return model
 
 
-def register(name: str, scorer: Callable[[torch.Tensor], torch.Tensor]) -> str:
-    """Make ``scorer`` (the env teacher's observation ``[stack, 2C+3]`` -> scores ``[stack]``) the measure
-    ``learned_<name>``."""
+def register(name: str, scorer: Callable[[torch.Tensor], torch.Tensor], observe_labels: bool = False) -> str:
+    """Make ``scorer`` (the env teacher's observation ``[stack, 2C+3]``, ``[stack, 2C+5]`` with ``observe_labels``
+    -> scores ``[stack]``) the measure ``learned_<name>``."""
     key = f"learned_{name}"
 
     @torch.no_grad()
     def measure(stack: Stack, generator: torch.Generator) -> torch.Tensor:
-        return scorer(features(stack.teacher_probs, stack.student_probs, stack.step))
+        labels = stack.labels if observe_labels else None
+        return scorer(features(stack.teacher_probs, stack.student_probs, stack.step, labels))
 
-    MEASURES[key] = Measure(measure)
+    MEASURES[key] = Measure(measure, reads_labels=observe_labels)
     return key
 
 
