@@ -5,6 +5,7 @@ from setuptools import find_packages, setup
 RL = ["stable-baselines3>=2.3", "supersuit>=3.9"]
 TORCHRL = ["torchrl>=0.14"]  # PettingZooWrapper and collectors on our envs (tests/test_torchrl.py)
 DOCS = ["mkdocs-material>=9.5", "mkdocstrings[python]>=0.26"]  # the docs site (mkdocs build --strict in CI)
+CLUSTER = ["submitit>=1.5", "ray>=2.9"]  # --launcher submitit|ray (benchmarks.launch), imported only when asked for
 
 setup(
     name="commchannels",
@@ -41,7 +42,9 @@ setup(
         "torchrl": TORCHRL,
         "vision": ["torchvision"],
         "docs": DOCS,
-        # the tests train SB3 and run torchrl's collector on every env; CI checks the import contract and the docs
-        "dev": ["pytest", "ruff", "import-linter", *RL, *TORCHRL, *DOCS],
+        "cluster": CLUSTER,
+        # the tests train SB3, run torchrl's collector on every env and the launchers on a local Ray and submitit's
+        # local executor; CI checks the import contract and the docs
+        "dev": ["pytest", "ruff", "import-linter", *RL, *TORCHRL, *DOCS, *CLUSTER],
     },
 )

@@ -35,6 +35,9 @@ def _from_file(path: Path) -> ModuleType:
     if not path.is_file():
         raise ImportError(f"no file {path}")
     if path.stem in sys.modules:
+        known = getattr(sys.modules[path.stem], "__file__", None)
+        if known and Path(known).resolve() == path.resolve():
+            return sys.modules[path.stem]  # the same file again (every variant of a sweep names it)
         raise ImportError(f"a module named {path.stem!r} is already imported; rename {path}")
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)

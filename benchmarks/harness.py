@@ -160,13 +160,14 @@ class Progress(Events):
 
 class Sink(Progress):
     """One event sink for every benchmark: TensorBoard scalars and hparams per run, the progress bar,
-    and each finished run saved to the results store (with its best weights) at once.
+    and each finished run saved to the results store (with its best weights) at once (or, in a cluster task,
+    handed to the launcher's ``Collector``).
 
     ``runs[i]`` is ``(cell, seed)`` of the trainer's run ``i``; its TensorBoard run is
     ``<root>/<cell>/seed<seed>``; ``headline(result)`` gives the hparams metrics; the device it trained
     on is recorded with each run."""
 
-    def __init__(self, store: Store, runs: Sequence[tuple[str, int]], root: Path, hparams: dict[str, Any],
+    def __init__(self, store: Store | Any, runs: Sequence[tuple[str, int]], root: Path, hparams: dict[str, Any],
                  headline: Callable[[Any], dict[str, float]], desc: str, device: torch.device):
         super().__init__(desc)
         self.store, self.runs, self.root, self.hparams, self.headline = store, list(runs), root, hparams, headline

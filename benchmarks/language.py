@@ -13,7 +13,9 @@ finished runs and resumes unfinished ones from a checkpoint.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -32,6 +34,7 @@ from benchmarks.harness import (
     plot_sweep,
     run_cli,
 )
+from benchmarks.launch import Task, add_launcher, launch, plan, prepare
 from benchmarks.protocol import paired_difference
 from benchmarks.store import Store, format_summary, mean_std, prefix, preflight, seed_text, summary
 from envs.data import DATASETS, Split, Splits, load_splits
@@ -73,6 +76,7 @@ def build_parser() -> ArgumentParser:
              action=argparse.BooleanOptionalAction)
     add_preset(p, PRESETS, "a setting where talking helps")
     p.fixed = {"levels", "dataset"}
+    add_launcher(p)
     add_common(p, out="results/language[-<preset>][-reinforce|-both][-quick].json",
                quick="5 (1 with --quick)|every level, one seed, 150 steps")
     return p
@@ -112,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     levels = parse_list(args.levels, LEVELS, "level(s)") if args.levels else default_levels
     seeds = args.seeds if args.seeds is not None else list(range(5))
     device = device_of(args)
+    prepare(args)
     splits = load_splits(args.dataset, args.data_dir)
     chosen = []
     for label, v in variants(parser, args):
@@ -135,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     preflight([(root, "--logdir")])
     with Store(out, "language", identity, swept) as store:
         started = time.time()
+        tasks = [task for label, config, speaker_cls, v in chosen
+                 for task in _benchmark(store, label, config, speaker_cls, levels, seeds, splits, v, device, root)]
+        launch(store, tasks, args)
         for label, config, speaker_cls, v in chosen:
-            _benchmark(store, label, config, speaker_cls, levels, seeds, splits, v, device, root)
             if v.analysis:
                 _analyse(store, label, config, speaker_cls, levels, seeds, splits, v.reference_epochs)
         store.add_time(time.time() - started)
@@ -145,8 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _benchmark(store, label, config, speaker_cls, levels, seeds, splits, args, device, root) -> None:
-    """Reference probes, then every pending (level, seed) run of one variant, in as few jobs as resume allows."""
+def _benchmark(store, label, config, speaker_cls, levels, seeds, splits, args, device, root) -> list[Task]:
+    """Reference probes, then every pending (level, seed) run of one variant: trained here, in as few jobs as
+    resume allows (``--launcher local``), or returned as tasks for the cluster."""
     at = prefix(label)
     pending = [(level, k) for level in levels for k in seeds if not store.done(at + level, k)]
     if pending:  # before the reference probes, which train for every pending seed at once
@@ -161,13 +169,25 @@ def _benchmark(store, label, config, speaker_cls, levels, seeds, splits, args, d
             for name, value in values.items():
                 store.reference(at + name, k, value)
     hparams = {**flat_hparams(config), "dataset": args.dataset, "agent": args.agent or "thesis"}
+    train = functools.partial(_train, config, root, hparams, device, label or "language")
+    if args.launcher != "local":  # a task reads the data and imports the speaker itself
+        return plan(store, label, levels, seeds, args.runs_per_task,
+                    lambda runs: functools.partial(train, (args.dataset, args.data_dir), args.agent, runs))
     for job in store.jobs(label, levels, seeds):
-        trainer = LanguageTrainer(config, splits, [(cell.rsplit("/", 1)[-1], k) for cell, k in job], speaker_cls,
-                                  device=device)
-        with Sink(
-            store, job, root, hparams, _headline, desc=f"{label or 'language'}: {len(job)} runs", device=device
-        ) as sink:
-            trainer.fit(sink, store.checkpoint(label))
+        train(splits, speaker_cls, job, store, store.checkpoint(label))
+    return []
+
+
+def _train(config, root: Path, hparams: dict, device, desc: str, data: Splits | tuple[str, str | None],
+           speaker: type | str | None, runs: Sequence[tuple[str, int]], store, checkpoint: Path) -> None:
+    """Train ``runs`` (``(cell, seed)``) as one batched model, each finished run handed to ``store.add``. In a task,
+    ``data`` is (dataset, data dir) to read and ``speaker`` the ``--agent`` to import (None: the thesis')."""
+    splits = data if isinstance(data, Splits) else load_splits(*data)
+    speaker_cls = speaker if isinstance(speaker, type) else load_class(speaker) if speaker else default_speaker(config)
+    trainer = LanguageTrainer(config, splits, [(cell.rsplit("/", 1)[-1], k) for cell, k in runs], speaker_cls,
+                              device=device)
+    with Sink(store, runs, root, hparams, _headline, desc=f"{desc}: {len(runs)} runs", device=device) as sink:
+        trainer.fit(sink, checkpoint)
 
 
 def _analyse(store, label, config, speaker_cls, levels, seeds, splits, epochs) -> None:

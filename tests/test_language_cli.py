@@ -336,7 +336,7 @@ def test_a_visible_sweep_of_occluded_views_has_every_level_reference_and_analysi
 def test_the_preset_sets_its_fields_and_explicit_flags_win(cli, monkeypatch):
     argv, _, _ = cli
     seen = []
-    monkeypatch.setattr(bench, "_benchmark", lambda store, label, config, *a: seen.append(config))
+    monkeypatch.setattr(bench, "_benchmark", lambda store, label, config, *a: seen.append(config) or [])
     monkeypatch.setattr(bench, "_report", lambda *a: None)
     assert run([*argv, "--seeds", "1", "--preset", "channel", "--visible", "0.25", "--no-analysis"]) == 0
     for field, value in bench.PRESETS["channel"].items():

@@ -179,3 +179,16 @@ def test_evaluation_runs_plugged_in_speakers_in_eval_mode(splits):
     assert torch.equal(first, trainer.evaluate(splits.val, chunk=7)["accuracy"])  # no batch statistics
     trainer.train_step()
     assert not torch.equal(running["body.1.running_mean"], trainer.speakers["student"].buffers["body.1.running_mean"])
+
+
+def test_a_speaker_file_named_twice_is_one_module_and_a_namesake_is_refused(tmp_path):
+    from agents.loading import load_class
+
+    (tmp_path / "twice_spk.py").write_text("class A:\n    pass\n")
+    first = load_class(f"{tmp_path / 'twice_spk.py'}:A")
+    assert load_class(f"{tmp_path / 'twice_spk.py'}:A") is first  # every variant of a sweep names the same file
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    (other / "twice_spk.py").write_text("class A:\n    pass\n")
+    with pytest.raises(ValueError, match="already imported; rename"):
+        load_class(f"{other / 'twice_spk.py'}:A")

@@ -1,0 +1,121 @@
+"""Cells and seeds on a cluster engine (``--launcher submitit|ray``): the same numbers as here, resume after a
+killed driver or worker, and one-line errors. Ray and submitit run locally (submitit's local executor)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmarks import language as bench
+from tests.conftest import exit_code
+from tests.test_language_cli import SMALL
+
+SWEEP = [*SMALL, "--seeds", "2", "--levels", "none,both", "--sweep", "ce-weight=0.01,0.1", "--no-analysis"]
+PROVENANCE = ("task", "weights")  # where a run trained and where its weights went: the rest must be equal
+
+
+def _argv(data_root, out: Path, *extra: str) -> list[str]:
+    return ["--data-dir", str(data_root), "--out", str(out), "--logdir", str(out.parent / "runs"), *SWEEP, *extra]
+
+
+def _runs(out: Path) -> dict:
+    cells = json.loads(out.read_text())["cells"]
+    return {(c, k): {key: v for key, v in run.items() if key not in PROVENANCE}
+            for c, cell in cells.items() for k, run in cell["runs"].items()}
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    from tests.conftest import make_dataset
+
+    root = make_dataset(tmp_path_factory.mktemp("data"))
+    out = tmp_path_factory.mktemp("local") / "local.json"
+    assert exit_code(bench.main, _argv(root, out)) == 0
+    return root, _runs(out)
+
+
+@pytest.mark.parametrize("launcher", ["submitit", "ray"])
+def test_a_sweep_on_an_engine_gives_the_local_numbers(local, tmp_path, launcher):
+    root, expected = local
+    out = tmp_path / f"{launcher}.json"
+    assert exit_code(bench.main, _argv(root, out, "--launcher", launcher, "--runs-per-task", "2")) == 0
+    assert _runs(out) == expected and len(expected) == 8
+    cells = json.loads(out.read_text())["cells"]
+    tasks = {run["task"]["key"] for cell in cells.values() for run in cell["runs"].values()}
+    assert len(tasks) == 4 and all(run["task"]["launcher"] == launcher for cell in cells.values()
+                                   for run in cell["runs"].values())
+    assert not list((tmp_path / f"{launcher}.json.tasks").glob("*.result.pt"))  # every result taken in
+
+
+def test_a_killed_driver_loses_nothing_and_trains_nothing_twice(local, tmp_path):
+    root, expected = local
+    out = tmp_path / "killed.json"
+    one_at_a_time = ("--launcher", "ray", "--runs-per-task", "1", "--cpus-per-task", str(os.cpu_count()))
+    argv = [sys.executable, "-m", "benchmarks.language", *_argv(root, out, *one_at_a_time)]
+    driver = subprocess.Popen(argv, cwd=Path(__file__).parents[1], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out.exists() and len(_runs(out)) >= 2):
+        time.sleep(0.05)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    cells = json.loads(out.read_text())["cells"]
+    finished = {run["task"]["key"] for cell in cells.values() for run in cell["runs"].values()}
+    assert 2 <= len(_runs(out)) < 8  # killed with some runs taken in and some not
+    log = tmp_path / "killed.json.tasks" / "trained.log"
+    started = len(log.read_text().splitlines())
+    assert exit_code(bench.main, _argv(root, out, *one_at_a_time)) == 0
+    assert _runs(out) == expected  # complete, and equal to the uninterrupted run
+    again = {line.split()[0] for line in log.read_text().splitlines()[started:]}
+    assert again and not again & finished  # the re-run trained only what was missing
+
+
+def test_a_worker_killed_mid_run_is_retried_with_the_same_numbers(local, tmp_path):
+    root, _ = local
+    marker = tmp_path / "killed-once"
+    agent = tmp_path / "dying.py"
+    agent.write_text(
+        "import os\n"
+        "from agents.speakers import MLPSpeaker\n\n\n"
+        "class Dying(MLPSpeaker):\n"
+        "    calls = 0\n\n"
+        "    def forward(self, *args, **kwargs):\n"
+        "        Dying.calls += 1\n"
+        f"        if Dying.calls > 40 and os.getpid() != {os.getpid()} and not os.path.exists({str(marker)!r}):\n"
+        f"            open({str(marker)!r}, 'w').close()\n"
+        "            os._exit(1)  # a worker process (not this one) dies mid-run, once\n"
+        "        return super().forward(*args, **kwargs)\n")
+    plain, retried = tmp_path / "plain.json", tmp_path / "retried.json"
+    assert exit_code(bench.main, _argv(root, plain, "--agent", f"{agent}:Dying")) == 0  # here: it never dies
+    assert exit_code(bench.main, _argv(root, retried, "--agent", f"{agent}:Dying", "--launcher", "ray")) == 0
+    assert marker.exists() and _runs(retried) == _runs(plain)
+
+
+def test_missing_extras_unreachable_ray_and_unknown_partitions_are_one_line(local, tmp_path, capsys, monkeypatch):
+    root, _ = local
+    out = tmp_path / "bad.json"
+    assert exit_code(bench.main, _argv(root, out, "--launcher", "ray", "--ray-address", "127.0.0.1:1")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--ray-address 127.0.0.1:1: cannot reach it" in err
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    for name, text in (("sbatch", "exit 1"), ("sinfo", "echo 'cpu* gpu'")):
+        (bin_ / name).write_text(f"#!/bin/sh\n{text}\n")
+        (bin_ / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_}{os.pathsep}{os.environ['PATH']}")
+    assert exit_code(bench.main, _argv(root, out, "--launcher", "submitit", "--slurm-partition", "nope")) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--slurm-partition nope is not a partition" in err and "cpu, gpu" in err
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    from benchmarks import launch
+
+    launch._extra.cache_clear()
+    assert exit_code(bench.main, _argv(root, out, "--launcher", "submitit")) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith('needs submitit, which is not installed; pip install -e ".[cluster]"')
+    launch._extra.cache_clear()
+    assert not out.exists() or not _runs(out)  # nothing trained, nothing lost
