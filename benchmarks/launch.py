@@ -80,20 +80,24 @@ class Collector:
 
 
 def plan(store: Store, label: str, cells: Sequence[str], seeds: Sequence[int], runs_per_task: int | None,
-         train: Callable[[tuple[tuple[str, int], ...]], Callable[[Any, Path], None]]) -> list[Task]:
-    """A variant's runs cut into tasks in a fixed order (cells, then seeds), ``runs_per_task`` each (default:
-    all of them), keeping only the tasks with runs still missing: a task's key is its runs, so a re-run finds
-    the checkpoint of a task it interrupted. ``train(runs)`` makes a task's training function."""
+         train: Callable[[tuple[tuple[str, int], ...]], Callable[[Any, Path], None]], per_cell: bool = False
+         ) -> list[Task]:
+    """A variant's runs cut into tasks in a fixed order (cells, then seeds), ``runs_per_task`` each (default: all
+    of them, or a cell's with ``per_cell``: what one local trainer batches), never mixing cells with ``per_cell``,
+    keeping only the tasks with runs still missing: a task's key is its runs, so a re-run finds the checkpoint of
+    a task it interrupted. ``train(runs)`` makes a task's training function."""
     at = prefix(label)
-    runs = [(at + cell, k) for cell in cells for k in seeds]
-    size = runs_per_task or len(runs)
+    groups = [[(at + cell, k) for k in seeds] for cell in cells] if per_cell else [
+        [(at + cell, k) for cell in cells for k in seeds]]
     tasks = []
-    for start in range(0, len(runs), size):
-        share = tuple(runs[start : start + size])
-        missing = tuple(r for r in share if not store.done(*r))
-        if missing:
-            digest = hashlib.sha1(repr(share).encode()).hexdigest()[:10]
-            tasks.append(Task(f"{label.replace('/', '_') or 'runs'}-{digest}", missing, train(missing)))
+    for runs in groups:
+        size = runs_per_task or len(runs)
+        for start in range(0, len(runs), size):
+            share = tuple(runs[start : start + size])
+            missing = tuple(r for r in share if not store.done(*r))
+            if missing:
+                digest = hashlib.sha1(repr(share).encode()).hexdigest()[:10]
+                tasks.append(Task(f"{label.replace('/', '_') or 'runs'}-{digest}", missing, train(missing)))
     return tasks
 
 

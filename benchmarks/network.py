@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import time
 from pathlib import Path
@@ -35,9 +36,10 @@ from benchmarks.harness import (
     parse_list,
     run_cli,
 )
+from benchmarks.launch import add_launcher, launch, plan, prepare
 from benchmarks.network_report import report, sweep_report
 from benchmarks.store import Store, checkpoint_of, prefix, preflight
-from envs.data import DATASETS, Split, load_splits
+from envs.data import DATASETS, Split, Splits, load_splits
 from envs.network import SUPERVISED_CONTENTS, UNSUPERVISED_CONTENTS
 from envs.routing import check_shard_size
 from trainers.base import Events
@@ -92,6 +94,7 @@ def build_parser() -> ArgumentParser:
              type=finite_float)
     p.fixed = {"nodes", "content", "unsupervised", "dataset", "val-samples", "target-accuracy", "distributed",
                "baseline", "exchange", "backend", "timeout", "threads"}
+    add_launcher(p)
     add_common(p, out="results/network[-vae|-bigan][-quick].json", quick="3 (1 with --quick)|every "
                "configuration, one seed, 40 steps")
     return p
@@ -152,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"torchrun started {os.environ['WORLD_SIZE']} processes but --distributed is off: each "
                          "would train every node; add --distributed")
     device = device_of(args)
+    if args.launcher != "local" and (args.distributed or "ddp" in baselines(args)):
+        raise UsageError(f"--launcher {args.launcher} sends cells to one process each; --distributed and --baseline "
+                         "ddp run their processes under torchrun (docs: Run on a cluster)")
+    prepare(args)
     chosen = [(label, v, configs(parser, v)) for label, v in variants(parser, args)]
     group = _group(args, chosen)
     settled = False
@@ -180,11 +187,9 @@ def _group(args, chosen: list) -> Group:
 
 
 def _run(parser: ArgumentParser, args, seeds: list[int], device, chosen: list, group: Group) -> int:
-    """Every job (a configuration's missing seeds): rank 0 picks it from the results file and tells the others."""
-    splits = load_splits(args.dataset, args.data_dir)
-    if args.val_samples:
-        splits = dataclasses.replace(splits, val=Split(splits.val.images[: args.val_samples],
-                                                       splits.val.labels[: args.val_samples]))
+    """Every job (a configuration's missing seeds): rank 0 picks it from the results file and tells the others (or,
+    with a cluster launcher, sends each as tasks)."""
+    splits = _splits(args)
     for c in (c for _, _, cs in chosen for c in cs):
         per_node = len(splits.train.images) // c.nodes
         try:
@@ -214,18 +219,26 @@ def _run(parser: ArgumentParser, args, seeds: list[int], device, chosen: list, g
         preflight([(root, "--logdir")])
     with Store(out, "network", identity, swept) if group.leader else contextlib.nullcontext() as store:
         started = time.time()
+        tasks = []
         for label, v, cs in chosen:
             at = prefix(label)
             specs = {c.name: dataclasses.asdict(c) for c in cs}
             ddp = {f"ddp-{n}nodes": config_of(parser, v, n, "none") for n in _ddp_nodes(args, cs)}
             specs |= {cell: dataclasses.asdict(c) for cell, c in ddp.items()}
+            if args.launcher != "local":  # tasks of one cell's seeds, as one trainer here batches them
+                tasks += plan(store, label, list(specs), seeds, v.runs_per_task, lambda runs, v=v, c=specs, at=at:
+                              functools.partial(_task, v, c[runs[0][0][len(at):]], device, root, runs),
+                              per_cell=True)
+                continue
             jobs = store.jobs(label, list(specs), seeds, per_cell=True, specs=specs) if group.leader else None
             while (job := group.broadcast(_with_spec(store, next(jobs, None)) if jobs else None)) is not None:
                 _train(v, *job, splits, device, group, store, root, checkpoint_of(out, label, group.rank))
-            if group.leader:
+        if group.leader:
+            launch(store, tasks, args)
+            for label, _, cs in chosen:
                 for c in cs:
-                    store.data["cells"][at + c.name]["ring_allreduce_estimate_per_node_step"] = ring_estimate(
-                        c, splits.shape, int(splits.train.labels.max()) + 1)
+                    store.data["cells"][prefix(label) + c.name]["ring_allreduce_estimate_per_node_step"] = (
+                        ring_estimate(c, splits.shape, int(splits.train.labels.max()) + 1))
         if not group.leader:
             return 0
         store.add_time(time.time() - started)
@@ -254,6 +267,20 @@ def _with_spec(store: Store, job: list[tuple[str, int]] | None) -> tuple[list[tu
     return None if job is None else (job, store.specs[job[0][0]])
 
 
+def _task(args, spec: dict, device, root: Path, runs: list[tuple[str, int]], store, checkpoint: Path) -> None:
+    """A cluster task: one cell's ``runs`` in this process alone, the data read here."""
+    _train(args, list(runs), spec, _splits(args), device, Group(), store, root, checkpoint)
+
+
+def _splits(args) -> Splits:
+    """The dataset's splits, the validation split cut to ``--val-samples`` where asked."""
+    splits = load_splits(args.dataset, args.data_dir)
+    if args.val_samples:
+        splits = dataclasses.replace(splits, val=Split(splits.val.images[: args.val_samples],
+                                                       splits.val.labels[: args.val_samples]))
+    return splits
+
+
 def _train(args, job: list[tuple[str, int]], spec: dict, splits, device, group: Group, store: Store | None,
            root: Path, checkpoint: Path) -> None:
     """One job on every process; rank 0 records its runs (and its wall time, per cell), the others only train."""
@@ -270,6 +297,8 @@ def _train(args, job: list[tuple[str, int]], spec: dict, splits, device, group: 
     name = f"DDP, {config.nodes} nodes' shards" if ddp else config.name
     with Sink(store, job, root, hparams, _headline, desc=f"{name} x{len(job)} seeds", device=device) as sink:
         trainer.fit(sink, checkpoint)
+    if not isinstance(store, Store):  # a cluster task: the driver keeps the store
+        return
     entry = store.data["cells"][cell]
     entry["wall_time_s"] = entry.get("wall_time_s", 0.0) + time.time() - started
     store.save()

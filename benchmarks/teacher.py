@@ -8,7 +8,9 @@ baseline's test accuracy, beside the thesis, with forward passes counted too.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import functools
 import math
 import time
 from pathlib import Path
@@ -37,6 +39,7 @@ from benchmarks.harness import (
     parse_list,
     run_cli,
 )
+from benchmarks.launch import add_launcher, launch, plan, prepare
 from benchmarks.store import Store, prefix, preflight
 from benchmarks.teacher_report import THESIS, report, summarise, sweep_report
 from envs.data import DATASETS, Split, Splits, load_splits
@@ -44,7 +47,16 @@ from envs.noise import corrupt_labels
 from envs.selection import MEASURES, TARGETS
 from envs.teacher_student import REWARDS
 from trainers.probe import accuracy
-from trainers.teacher_student.policy import POLICIES, PolicyConfig, ppo_scorer, register, train_ppo, train_reinforce
+from trainers.teacher_student.policy import (
+    POLICIES,
+    PolicyConfig,
+    load_scorer,
+    ppo_scorer,
+    register,
+    save_policy,
+    train_ppo,
+    train_reinforce,
+)
 from trainers.teacher_student.student import (
     SCHEDULES,
     Selection,
@@ -163,6 +175,7 @@ def build_parser() -> ArgumentParser:
                "target-accuracy", "teacher-cache", "retrain-teacher", "lr-schedule", "holdout", "tuning-seeds",
                "policy-seeds", "policy-rewards", "irreducible-hidden"}
     add_preset(p, PRESETS, "a paper's setting")
+    add_launcher(p)
     add_common(p, out="results/teacher[-<preset>][-policies][-quick].json", quick="3 (1 with --quick)|every config, "
                "one seed, 2 epochs, a small teacher")
     return p
@@ -240,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.target_accuracy is not None and not 0 < args.target_accuracy <= 100:
         raise UsageError(f"--target-accuracy is a percentage in (0, 100], got {args.target_accuracy}")
     device = device_of(args)
+    prepare(args)
     chosen = [_variant(parser, label, v) for label, v in variants(parser, args)]
     if args.holdout is not None and args.holdout < 0:
         raise UsageError(f"--holdout must be >= 0 training images, got {args.holdout}")
@@ -268,46 +282,34 @@ def main(argv: list[str] | None = None) -> int:
     swept = parser.sweep_flag(args.sweep)
     with Store(out, "teacher", identity, swept) as store:
         started = time.time()
+        tasks = []
         for label, v, configs, student_config, teacher_config, policy in chosen:
             at = prefix(label)
             splits, holdout, corrupted = data[label]
-            specs = {c.name: dataclasses.asdict(c) for c in configs}
-            for job in store.jobs(label, list(specs), seeds, specs=specs):
+            specs = {at + c.name: dataclasses.asdict(c) for c in configs}
+            hparams = {**flat_hparams(student_config), **flat_hparams(teacher_config, "teacher."),
+                       "dataset": args.dataset}
+            train = functools.partial(_train, student_config, teacher_config, Path(args.teacher_cache),
+                                      args.irreducible_hidden, root, hparams, device, f"{at}students")
+            if args.launcher != "local":  # the driver trains what tasks share; a task reads the data itself
+                pending = [(Selection(**spec), k) for cell, spec in specs.items() for k in seeds
+                           if not store.done(cell, k)]
+                shared = store.path.with_name(f"{store.path.name}.tasks") / "policies" / (label or "runs")
+                policies = _shared(store, at, pending, splits, holdout, teacher_config, v, policy, root, device,
+                                   shared)
+                source = (args.dataset, args.data_dir, holdout_size, v.label_noise, v.label_noise_seed)
+                tasks += plan(store, label, [c.name for c in configs], seeds, v.runs_per_task,
+                              lambda runs, p=policies, t=train, s=source, c=specs: functools.partial(t, s, c, p, runs))
+                continue
+            for job in store.jobs(label, [c.name for c in configs], seeds, specs={c.name: dataclasses.asdict(c)
+                                                                                  for c in configs}):
                 one = lambda c=student_config, d=splits: StudentTrainer(c, d, [(Selection(), seeds[0])], device=device)  # noqa: E731
                 cells, ks = {c for c, _ in job}, {k for _, k in job}
                 check_memory(one, len(job), device, f"{len(cells)} cells x {len(ks)} seeds")
                 runs = [(Selection(**store.specs[cell]), k) for cell, k in job]
-                used = sorted({k for s, k in runs if s.uses_teacher})  # no teacher trains for rows that ignore it
-                teachers = load_or_train_teachers(splits, used, teacher_config, Path(args.teacher_cache),
-                                                  args.retrain_teacher, Progress("teachers"), device) if used else {}
-                cache = Path(args.teacher_cache)
-                for k, m in teachers.items():
-                    store.reference(f"{at}teacher_test_accuracy", k, accuracy(m, splits.test).item())
-                    cost = training_cost(cache_path(cache, teacher_config, splits.train, k))
-                    if cost:
-                        store.reference(f"{at}teacher_training_images", k, cost["backward_passes"] * cost["batch_size"])
-                logits = {k: predict(m, splits.train.images) for k, m in teachers.items()} if used else None
-                irreducible = None
-                if any(MEASURES[s.measure].reads_irreducible for s, _ in runs):
-                    irreducible = irreducible_losses(splits, holdout, sorted({k for _, k in runs}), cache,
-                                                     args.irreducible_hidden, args.retrain_teacher,
-                                                     Progress("irreducible-loss models"), device)
-                    for k in irreducible:
-                        cost = irreducible_training_cost(cache, holdout, k, args.irreducible_hidden)[1]
-                        if cost:
-                            store.reference(f"{at}irreducible_training_images", k,
-                                            cost["backward_passes"] * cost["batch_size"])
-                learned = sorted({s.measure.removeprefix("learned_") for s, _ in runs
-                                  if s.measure.startswith("learned_")})
-                if learned:
-                    _train_policies(learned, policy, dataclasses.replace(splits, val=holdout), teacher_config, v,
-                                    store, root / at)
-                trainer = StudentTrainer(student_config, splits, runs, logits, irreducible, corrupted, device=device)
-                hparams = {**flat_hparams(student_config), **flat_hparams(teacher_config, "teacher."),
-                           "dataset": args.dataset}
-                with Sink(store, job, root, hparams, _headline, desc=f"{at}{len(job)} students",
-                      device=device) as sink:
-                    trainer.fit(sink, store.checkpoint(label))
+                _shared(store, at, runs, splits, holdout, teacher_config, v, policy, root, device)
+                train((splits, holdout, corrupted), store.specs, None, job, store, store.checkpoint(label))
+        launch(store, tasks, args)
         store.add_time(time.time() - started)
         for label, v, configs, student_config, teacher_config, _ in chosen:
             at = prefix(label)
@@ -350,7 +352,7 @@ def _data(whole: Splits, holdout_size: int, args) -> tuple[Splits, Split, torch.
     if args.label_noise is not None:
         try:
             noisy, corrupted = corrupt_labels(whole.train, args.label_noise, args.label_noise_seed or 0,
-                                              DATASETS[args.dataset].classes)
+                                              int(whole.train.labels.max()) + 1)
         except ValueError as e:
             raise UsageError(f"--label-noise: {e}") from None
     try:
@@ -358,6 +360,63 @@ def _data(whole: Splits, holdout_size: int, args) -> tuple[Splits, Split, torch.
     except ValueError as e:
         raise UsageError(f"--holdout: {e}") from None
     return splits, holdout, corrupted[: len(splits.train.labels)]
+
+
+def _shared(store: Store, at: str, runs: list[tuple[Selection, int]], splits: Splits, holdout: Split,
+            teacher_config: TeacherConfig, args, policy: PolicyConfig | None, root: Path, device,
+            saved: Path | None = None) -> dict[str, str]:
+    """What ``runs`` share, made here once: the teachers of the seeds whose rows use one, the irreducible-loss
+    models where a row reads them (their test accuracy and training cost recorded), and the learned teachers
+    (registered here; with ``saved``, also written there for tasks to load: ``{name: file}``)."""
+    cache, seeds = Path(args.teacher_cache), sorted({k for _, k in runs})
+    used = sorted({k for s, k in runs if s.uses_teacher})  # no teacher trains for rows that ignore it
+    teachers = load_or_train_teachers(splits, used, teacher_config, cache, args.retrain_teacher,
+                                      Progress("teachers"), device) if used else {}
+    for k, m in teachers.items():
+        store.reference(f"{at}teacher_test_accuracy", k, accuracy(m, splits.test).item())
+        cost = training_cost(cache_path(cache, teacher_config, splits.train, k))
+        if cost:
+            store.reference(f"{at}teacher_training_images", k, cost["backward_passes"] * cost["batch_size"])
+    if any(MEASURES[s.measure].reads_irreducible for s, _ in runs):
+        irreducible_losses(splits, holdout, seeds, cache, args.irreducible_hidden, args.retrain_teacher,
+                           Progress("irreducible-loss models"), device)
+        for k in seeds:
+            cost = irreducible_training_cost(cache, holdout, k, args.irreducible_hidden)[1]
+            if cost:
+                store.reference(f"{at}irreducible_training_images", k, cost["backward_passes"] * cost["batch_size"])
+    learned = sorted({s.measure.removeprefix("learned_") for s, _ in runs if s.measure.startswith("learned_")})
+    if not learned:
+        return {}
+    return _train_policies(learned, policy, dataclasses.replace(splits, val=holdout), teacher_config, args, store,
+                           root / at, saved)
+
+
+def _train(student: StudentConfig, teacher: TeacherConfig, cache: Path, irreducible_hidden: tuple[int, ...],
+           root: Path, hparams: dict, device, desc: str, data: tuple, specs: dict[str, dict],
+           policies: dict[str, str] | None, runs: list[tuple[str, int]], store, checkpoint: Path) -> None:
+    """Train ``runs`` (``(cell, seed)``, each cell's selection in ``specs``) as one batched model, each finished
+    run handed to ``store.add``; the teachers and irreducible-loss models come from ``cache`` (``_shared`` made
+    them). In a task, ``data`` is (dataset, data dir, holdout size, label noise, its seed) to read, and
+    ``policies`` the learned teachers' files to load."""
+    if isinstance(data[0], Splits):
+        splits, holdout, corrupted = data
+    else:
+        dataset, data_dir, holdout_size, noise, noise_seed = data
+        noisy = argparse.Namespace(label_noise=noise, label_noise_seed=noise_seed)
+        splits, holdout, corrupted = _data(load_splits(dataset, data_dir), holdout_size, noisy)
+    for name, file in (policies or {}).items():
+        register(name, *load_scorer(Path(file)))
+    selections = [(Selection(**specs[cell]), k) for cell, k in runs]
+    used = sorted({k for s, k in selections if s.uses_teacher})
+    teachers = load_or_train_teachers(splits, used, teacher, cache, device=device) if used else {}
+    logits = {k: predict(m, splits.train.images) for k, m in teachers.items()} if used else None
+    irreducible = None
+    if any(MEASURES[s.measure].reads_irreducible for s, _ in selections):
+        irreducible = irreducible_losses(splits, holdout, sorted({k for _, k in selections}), cache, irreducible_hidden,
+                                         device=device)
+    trainer = StudentTrainer(student, splits, selections, logits, irreducible, corrupted, device=device)
+    with Sink(store, runs, root, hparams, _headline, desc=f"{desc}: {len(runs)}", device=device) as sink:
+        trainer.fit(sink, checkpoint)
 
 
 def _headline(result: StudentResult) -> dict[str, float]:
@@ -369,12 +428,14 @@ def _unfit(observed):
 
 
 def _train_policies(names: list[str], policy: PolicyConfig, splits, teacher_config, args, store: Store,
-                    root: Path) -> None:
+                    root: Path, saved: Path | None = None) -> dict[str, str]:
     """Train each learned teacher once, in the env with seed 0's teacher (its inputs are predictive
-    distributions, so one policy serves every student seed), and register it as a measure. ``splits.val`` is
-    the holdout carved from the training data: the reward never reads the students' validation images."""
+    distributions, so one policy serves every student seed), and register it as a measure; with ``saved``, also
+    write each to a file there (``{name: file}``, what a task loads). ``splits.val`` is the holdout carved from
+    the training data: the reward never reads the students' validation images."""
     teacher = load_or_train_teachers(splits, [0], teacher_config, Path(args.teacher_cache))[0]
     logits = predict(teacher, splits.train.images)
+    files: dict[str, str] = {}
     for name in names:
         kind, reward, seed = candidates(args)[name]
         config = dataclasses.replace(policy, reward=reward, seed=seed)
@@ -382,16 +443,18 @@ def _train_policies(names: list[str], policy: PolicyConfig, splits, teacher_conf
         progress = Progress(f"{name} teacher")
         progress.begin(policy.episodes * policy.steps, 0)
         if kind == "reinforce":
-            register(name, train_reinforce(splits, logits, config, seed=seed, progress=progress.advance),
-                     config.observe_labels)
+            learned = train_reinforce(splits, logits, config, seed=seed, progress=progress.advance)
         else:
             try:
-                model = train_ppo(splits, logits, config, seed=seed, logdir=root / "policies" / name)
-                register(name, ppo_scorer(model), config.observe_labels)
+                learned = train_ppo(splits, logits, config, seed=seed, logdir=root / "policies" / name)
             except ImportError as e:
                 raise UsageError(f"{e.name} is not installed; pip install -e '.[rl]'") from None
+        register(name, learned if kind == "reinforce" else ppo_scorer(learned), config.observe_labels)
+        if saved is not None:
+            files[name] = str(save_policy(learned, saved / name, config.observe_labels))
         progress.close()
         store.reference("policy_training_s", name, time.time() - started)
+    return files
 
 
 if __name__ == "__main__":

@@ -119,3 +119,39 @@ def test_missing_extras_unreachable_ray_and_unknown_partitions_are_one_line(loca
     assert err.endswith('needs submitit, which is not installed; pip install -e ".[cluster]"')
     launch._extra.cache_clear()
     assert not out.exists() or not _runs(out)  # nothing trained, nothing lost
+
+
+def test_the_teacher_benchmark_on_an_engine_gives_the_local_numbers(local, tmp_path):
+    """The driver trains the teachers, the irreducible-loss models and the learned teachers once; tasks load them."""
+    from benchmarks import teacher
+    from tests.test_teacher_cli import SMALL as TEACHER
+
+    root, _ = local
+    cache = tmp_path / "teachers"
+    argv = lambda out, *extra: ["--data-dir", str(root), "--out", str(tmp_path / out), "--logdir",  # noqa: E731
+                                str(tmp_path / "runs"), "--teacher-cache", str(cache), *TEACHER, "--seeds", "2",
+                                "--holdout", "20", "--policies", "reinforce", "--policy-episodes", "1",
+                                "--policy-steps", "4", "--policy-reward-samples", "10", "--policy-warmup", "0", *extra]
+    assert exit_code(teacher.main, argv("here.json")) == 0
+    assert exit_code(teacher.main, argv("ray.json", "--launcher", "ray", "--runs-per-task", "3")) == 0
+    here, there = _runs(tmp_path / "here.json"), _runs(tmp_path / "ray.json")
+    assert there == here and any("learned_reinforce" in cell for cell, _ in here)
+    assert (tmp_path / "ray.json.tasks" / "policies" / "runs" / "reinforce_advantage_s0.pt").is_file()
+
+
+def test_the_network_benchmark_on_an_engine_gives_the_local_numbers(tmp_path, capsys):
+    """A cell's seeds per task, as one trainer here batches them; torchrun's modes stay on torchrun."""
+    from benchmarks import network
+    from tests.conftest import make_dataset
+    from tests.test_network_cli import SMALL as NETWORK
+
+    root = make_dataset(tmp_path / "data", name="fashion-mnist", n_train=300, n_test=40)
+    argv = lambda out, *extra: ["--dataset", "fashion-mnist", "--data-dir", str(root), "--out",  # noqa: E731
+                                str(tmp_path / out), "--logdir", str(tmp_path / "runs"), *NETWORK, "--seeds", "2",
+                                "--nodes", "1,3", "--content", "labels", *extra]
+    assert exit_code(network.main, argv("here.json")) == 0
+    assert exit_code(network.main, argv("ray.json", "--launcher", "ray")) == 0
+    assert _runs(tmp_path / "ray.json") == _runs(tmp_path / "here.json")
+    capsys.readouterr()
+    assert exit_code(network.main, argv("ddp.json", "--launcher", "ray", "--baseline", "ddp")) == 2
+    assert "--baseline ddp run their processes under torchrun" in capsys.readouterr().err

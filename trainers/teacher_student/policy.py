@@ -20,6 +20,7 @@ teacher sends its ``batch_size`` highest-scoring samples, as with the heuristics
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,6 +168,30 @@ def register(name: str, scorer: Callable[[torch.Tensor], torch.Tensor], observe_
 
     MEASURES[key] = Measure(measure, reads_labels=observe_labels)
     return key
+
+
+def save_policy(learned, path: Path, observe_labels: bool) -> Path:
+    """Write a learned teacher (a REINFORCE ``TeacherPolicy`` or an SB3 PPO model) where ``load_scorer`` reads it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(learned, TeacherPolicy):
+        file = path.with_suffix(".pt")
+        torch.save({"state": learned.state_dict(), "classes": learned.classes, "observe_labels": observe_labels}, file)
+        return file
+    learned.save(path.with_suffix(".zip"))
+    path.with_suffix(".json").write_text(json.dumps({"observe_labels": observe_labels}))
+    return path.with_suffix(".zip")
+
+
+def load_scorer(file: Path) -> tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
+    """A saved learned teacher's scorer and whether it observes labels (``register``'s arguments)."""
+    if file.suffix == ".pt":
+        saved = torch.load(file, weights_only=True)
+        policy = TeacherPolicy(saved["classes"], observe_labels=saved["observe_labels"])
+        policy.load_state_dict(saved["state"])
+        return policy.eval(), saved["observe_labels"]
+    from stable_baselines3 import PPO
+
+    return ppo_scorer(PPO.load(file)), json.loads(file.with_suffix(".json").read_text())["observe_labels"]
 
 
 def ppo_scorer(model) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -183,8 +183,8 @@ class StudentTrainer(Trainer):
         n = len(splits.train.images)
         if config.batch_size * max(sel.width for sel, _ in runs) > n:
             raise ValueError(f"a stack of batch size x stack size samples must fit in the {n} training images")
-        if teacher_logits is None and any(sel.uses_teacher for sel, _ in runs):
-            raise ValueError("selections that use the teacher need its logits")
+        if any(sel.uses_teacher and seed not in (teacher_logits or {}) for sel, seed in runs):
+            raise ValueError("selections that use the teacher need its logits (for their seed)")
         if irreducible is None and any(MEASURES[sel.measure].reads_irreducible for sel, _ in runs):
             raise ValueError("reducible_holdout needs the irreducible-loss model's losses (irreducible=...)")
         super().__init__((config, splits, runs, teacher_logits, irreducible, corrupted), runs, device,
@@ -201,7 +201,8 @@ class StudentTrainer(Trainer):
         self.students = Population(models, dropout).to(device)
         self.optimizer = self._optimizer()
         classes = models[0][-1].out_features
-        logits = [torch.zeros(n, classes) if teacher_logits is None else teacher_logits[seed] for _, seed in runs]
+        logits = [teacher_logits[seed] if seed in (teacher_logits or {}) else torch.zeros(n, classes)
+                  for _, seed in runs]
         self.teacher_logits = torch.stack(logits).to(device)  # [R, n, classes]
         self.teacher_probs = torch.softmax(self.teacher_logits, -1)
         losses = [torch.zeros(n) if irreducible is None or seed not in irreducible else irreducible[seed]
