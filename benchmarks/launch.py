@@ -50,12 +50,14 @@ def add_launcher(parser: ArgumentParser) -> None:
                       read_with={"launcher": ("submitit",)})
         parser.option("--slurm-time", 60, "minutes a task may run before Slurm stops it; it is requeued and resumes "
                       "from its checkpoint", type=int, read_with={"launcher": ("submitit",)})
+        parser.option("--max-tasks", None, "tasks in flight at once (the workers a command uses)", type=int,
+                      read_with=CLUSTER, default_text="all of them")
         parser.option("--cpus-per-task", 2, "CPUs of each task", type=int, read_with=CLUSTER)
         parser.option("--gpus-per-task", 0, "GPUs of each task", type=int, read_with=CLUSTER)
         parser.option("--ray-address", None, "the Ray cluster's head, host:port", read_with={"launcher": ("ray",)},
                       default_text="a Ray started here for this command, with this machine's CPUs")
-    parser.fixed |= {"launcher", "runs-per-task", "slurm-partition", "slurm-time", "cpus-per-task", "gpus-per-task",
-                     "ray-address"}
+    parser.fixed |= {"launcher", "runs-per-task", "max-tasks", "slurm-partition", "slurm-time", "cpus-per-task",
+                     "gpus-per-task", "ray-address"}
 
 
 @dataclass(frozen=True)
@@ -142,8 +144,10 @@ def prepare(args: Any) -> None:
                 raise UsageError("--slurm-partition needs Slurm, and sbatch is not on this machine's PATH; drop the "
                                  "flag to run the tasks as local processes")
             _check_partition(args.slurm_partition)
-    if args.launcher != "local" and args.runs_per_task is not None and args.runs_per_task < 1:
-        raise UsageError(f"--runs-per-task must be >= 1, got {args.runs_per_task}")
+    for flag in ("runs_per_task", "max_tasks"):
+        value = getattr(args, flag)
+        if args.launcher != "local" and value is not None and value < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
 
 
 def launch(store: Store, tasks: list[Task], args: Any) -> None:
@@ -198,9 +202,21 @@ def _submitit(tasks: list[Task], folder: Path, args: Any) -> Iterator[str]:
                                **({"slurm_partition": args.slurm_partition} if args.slurm_partition else {}))
     if not slurm:
         print("submitit: no Slurm here (sbatch not on PATH): the tasks run as local processes", file=sys.stderr)
-    jobs = [executor.submit(_Resumable(), task, str(folder)) for task in tasks]
-    for job in submitit.helpers.as_completed(jobs):
-        yield job.result()
+    yield from _in_flight(tasks, args.max_tasks, lambda task: executor.submit(_Resumable(), task, str(folder)),
+                          lambda jobs: next(submitit.helpers.as_completed(jobs)), lambda job: job.result())
+
+
+def _in_flight(tasks: list[Task], most: int | None, submit: Callable[[Task], Any], first: Callable[[list], Any],
+               result: Callable[[Any], str]) -> Iterator[str]:
+    """Submit ``tasks``, at most ``most`` in flight, and yield each result file as its task ends (``first`` picks
+    an ended one of the handles in flight)."""
+    waiting, running = list(tasks), []
+    while waiting or running:
+        while waiting and (most is None or len(running) < most):
+            running.append(submit(waiting.pop(0)))
+        done = first(running)
+        running.remove(done)
+        yield result(done)
 
 
 def _check_partition(partition: str) -> None:
@@ -216,10 +232,8 @@ def _ray(tasks: list[Task], folder: Path, args: Any) -> Iterator[str]:
     ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         remote = ray.remote(num_cpus=args.cpus_per_task, num_gpus=args.gpus_per_task, max_retries=3)(execute)
-        pending = [remote.remote(task, str(folder)) for task in tasks]
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
+        yield from _in_flight(tasks, args.max_tasks, lambda task: remote.remote(task, str(folder)),
+                              lambda refs: ray.wait(refs, num_returns=1)[0][0], ray.get)
     finally:
         ray.shutdown()
 

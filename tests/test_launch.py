@@ -43,7 +43,8 @@ def local(tmp_path_factory):
 def test_a_sweep_on_an_engine_gives_the_local_numbers(local, tmp_path, launcher):
     root, expected = local
     out = tmp_path / f"{launcher}.json"
-    assert exit_code(bench.main, _argv(root, out, "--launcher", launcher, "--runs-per-task", "2")) == 0
+    assert exit_code(bench.main, _argv(root, out, "--launcher", launcher, "--runs-per-task", "2",
+                                       "--max-tasks", "2")) == 0
     assert _runs(out) == expected and len(expected) == 8
     cells = json.loads(out.read_text())["cells"]
     tasks = {run["task"]["key"] for cell in cells.values() for run in cell["runs"].values()}
@@ -155,3 +156,23 @@ def test_the_network_benchmark_on_an_engine_gives_the_local_numbers(tmp_path, ca
     capsys.readouterr()
     assert exit_code(network.main, argv("ddp.json", "--launcher", "ray", "--baseline", "ddp")) == 2
     assert "--baseline ddp run their processes under torchrun" in capsys.readouterr().err
+
+
+def test_at_most_max_tasks_are_in_flight():
+    from benchmarks.launch import Task, _in_flight
+
+    tasks = [Task(f"t{i}", (("c", i),), print) for i in range(5)]
+    flying, most = [], []
+
+    def submit(task):
+        flying.append(task.key)
+        most.append(len(flying))
+        return task.key
+
+    def first(running):
+        flying.remove(running[-1])  # the newest ends first: the order results come back in is the engine's
+        return running[-1]
+
+    assert list(_in_flight(tasks, 2, submit, first, lambda key: f"{key}.result.pt")) == [
+        "t1.result.pt", "t2.result.pt", "t3.result.pt", "t4.result.pt", "t0.result.pt"]
+    assert max(most) == 2
