@@ -52,7 +52,7 @@ def add_launcher(parser: ArgumentParser) -> None:
                       "from its checkpoint", type=int, read_with={"launcher": ("submitit",)})
         parser.option("--max-tasks", None, "tasks in flight at once (the workers a command uses)", type=int,
                       read_with=CLUSTER, default_text="all of them")
-        parser.option("--cpus-per-task", 2, "CPUs of each task", type=int, read_with=CLUSTER)
+        parser.option("--cpus-per-task", 2, "CPUs of each task (its torch threads)", type=int, read_with=CLUSTER)
         parser.option("--gpus-per-task", 0, "GPUs of each task", type=int, read_with=CLUSTER)
         parser.option("--ray-address", None, "the Ray cluster's head, host:port", read_with={"launcher": ("ray",)},
                       default_text="a Ray started here for this command, with this machine's CPUs")
@@ -103,10 +103,12 @@ def plan(store: Store, label: str, cells: Sequence[str], seeds: Sequence[int], r
     return tasks
 
 
-def execute(task: Task, folder: str) -> str:
-    """In a worker: train ``task`` unless its result file exists, write the result file, return its path. A lock
-    per task makes a second worker of the same task (a requeue, a driver re-run while the first still trains)
-    wait and then return the first one's result."""
+def execute(task: Task, folder: str, threads: int) -> str:
+    """In a worker: train ``task`` on ``threads`` CPU threads (its CPUs: two tasks of one machine must not both
+    take every core) unless its result file exists, write the result file, return its path. A lock per task makes
+    a second worker of the same task (a requeue, a driver re-run while the first still trains) wait and then
+    return the first one's result."""
+    torch.set_num_threads(threads)
     here = Path(folder)
     result, checkpoint = here / f"{task.key}.result.pt", here / f"{task.key}.ckpt.pt"
     with _locked(here / f"{task.key}.lock"):
@@ -184,13 +186,13 @@ class _Resumable:
     """submitit's checkpointable call: on preemption or at the time limit Slurm requeues the same call, which
     resumes from the task's checkpoint."""
 
-    def __call__(self, task: Task, folder: str) -> str:
-        return execute(task, folder)
+    def __call__(self, task: Task, folder: str, threads: int) -> str:
+        return execute(task, folder, threads)
 
-    def checkpoint(self, task: Task, folder: str) -> Any:
+    def checkpoint(self, task: Task, folder: str, threads: int) -> Any:
         import submitit
 
-        return submitit.helpers.DelayedSubmission(self, task, folder)
+        return submitit.helpers.DelayedSubmission(self, task, folder, threads)
 
 
 def _submitit(tasks: list[Task], folder: Path, args: Any) -> Iterator[str]:
@@ -202,7 +204,8 @@ def _submitit(tasks: list[Task], folder: Path, args: Any) -> Iterator[str]:
                                **({"slurm_partition": args.slurm_partition} if args.slurm_partition else {}))
     if not slurm:
         print("submitit: no Slurm here (sbatch not on PATH): the tasks run as local processes", file=sys.stderr)
-    yield from _in_flight(tasks, args.max_tasks, lambda task: executor.submit(_Resumable(), task, str(folder)),
+    yield from _in_flight(tasks, args.max_tasks, lambda task: executor.submit(_Resumable(), task, str(folder),
+                                                                               args.cpus_per_task),
                           lambda jobs: next(submitit.helpers.as_completed(jobs)), lambda job: job.result())
 
 
@@ -232,7 +235,7 @@ def _ray(tasks: list[Task], folder: Path, args: Any) -> Iterator[str]:
     ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         remote = ray.remote(num_cpus=args.cpus_per_task, num_gpus=args.gpus_per_task, max_retries=3)(execute)
-        yield from _in_flight(tasks, args.max_tasks, lambda task: remote.remote(task, str(folder)),
+        yield from _in_flight(tasks, args.max_tasks, lambda task: remote.remote(task, str(folder), args.cpus_per_task),
                               lambda refs: ray.wait(refs, num_returns=1)[0][0], ray.get)
     finally:
         ray.shutdown()
