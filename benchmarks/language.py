@@ -144,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                  for task in _benchmark(store, label, config, speaker_cls, levels, seeds, splits, v, device, root)]
         launch(store, tasks, args)
         for label, config, speaker_cls, v in chosen:
+            _references(store, prefix(label), config, seeds, splits, speaker_cls, v.reference_epochs)  # where missing
             if v.analysis:
                 _analyse(store, label, config, speaker_cls, levels, seeds, splits, v.reference_epochs)
         store.add_time(time.time() - started)
@@ -160,22 +161,47 @@ def _benchmark(store, label, config, speaker_cls, levels, seeds, splits, args, d
     if pending:  # before the reference probes, which train for every pending seed at once
         check_memory(lambda: LanguageTrainer(config, splits, pending[:1], speaker_cls, device=device), len(pending),
                      device, f"{len({lv for lv, _ in pending})} levels x {len({k for _, k in pending})} seeds")
+    hparams = {**flat_hparams(config), "dataset": args.dataset, "agent": args.agent or "thesis"}
+    train = functools.partial(_train, config, root, hparams, device, label or "language")
+    if args.launcher != "local":  # a task reads the data, imports the speaker, probes and analyses its own runs
+        analysis = args.reference_epochs if args.analysis else None
+        return plan(store, label, levels, seeds, args.runs_per_task, lambda runs: functools.partial(
+            _task, config, train, (args.dataset, args.data_dir), args.agent, at, args.reference_epochs, analysis,
+            runs))
+    _references(store, at, config, seeds, splits, speaker_cls, args.reference_epochs)
+    for job in store.jobs(label, levels, seeds):
+        train(splits, speaker_cls, job, store, store.checkpoint(label))
+    return []
+
+
+def _references(store, at: str, config, seeds, splits, speaker_cls, epochs: int) -> None:
+    """The reference probes of the seeds that lack them, recorded under ``at``."""
     missing = [k for k in seeds
                if any(str(k) not in store.data["references"].get(at + name, {}) for name in REFERENCES)]
     if missing:
         store.lacks(f"the reference probes of seed(s) {', '.join(map(str, missing))}")
-        values_of = references(splits, config, missing, speaker_cls, args.reference_epochs)
+        values_of = references(splits, config, missing, speaker_cls, epochs)
         for k, values in zip(missing, values_of, strict=True):
             for name, value in values.items():
                 store.reference(at + name, k, value)
-    hparams = {**flat_hparams(config), "dataset": args.dataset, "agent": args.agent or "thesis"}
-    train = functools.partial(_train, config, root, hparams, device, label or "language")
-    if args.launcher != "local":  # a task reads the data and imports the speaker itself
-        return plan(store, label, levels, seeds, args.runs_per_task,
-                    lambda runs: functools.partial(train, (args.dataset, args.data_dir), args.agent, runs))
-    for job in store.jobs(label, levels, seeds):
-        train(splits, speaker_cls, job, store, store.checkpoint(label))
-    return []
+
+
+def _task(config, train, data: tuple[str, str | None], agent: str | None, at: str, reference_epochs: int,
+          analysis_epochs: int | None, runs, collector, checkpoint: Path) -> None:
+    """A cluster task: its seeds' reference probes, its runs, then what their messages say (each run's analysis in
+    its record), all handed back to the driver through ``collector``."""
+    splits = load_splits(*data)
+    speaker_cls = load_class(agent) if agent else default_speaker(config)
+    _references(collector, at, config, sorted({k for _, k in runs}), splits, speaker_cls, reference_epochs)
+    train(splits, speaker_cls, runs, collector, checkpoint)
+    if analysis_epochs is None:
+        return
+    for k in sorted({k for _, k in runs}):
+        mine = [(i, cell) for i, (cell, seed, _, _) in enumerate(collector.runs) if seed == k]
+        weights = [collector.runs[i][3] for i, _ in mine]
+        results = _analysis_of(config, speaker_cls, splits, k, weights, analysis_epochs)
+        for (i, _), result in zip(mine, results, strict=True):
+            collector.runs[i][2]["analysis"] = result
 
 
 def _train(config, root: Path, hparams: dict, device, desc: str, data: Splits | tuple[str, str | None],
@@ -194,28 +220,34 @@ def _analyse(store, label, config, speaker_cls, levels, seeds, splits, epochs) -
     """Analyse the messages of every finished run that has no analysis yet, from its saved best weights;
     the runs of one seed at once (their probes train together: as fast per probe as larger batches
     here, and a fifth of the memory of all 20 runs of Table 4.1 at once)."""
-    at, pixels, view = prefix(label), splits.train.images.shape[1], config.partial_view()
-    shape = (config.message_length, config.vocab_size)
+    at = prefix(label)
     for k in seeds:
         pending = [level for level in levels if "analysis" not in store.runs(at + level)[k]]
         if not pending:
             continue
         store.lacks(f"the language analysis of seed {k} ({', '.join(pending)})")
-        seen, runs = split_views(splits, view.masks(pixels, k), view, k), []
+        weights = []
         for level in pending:
             file = store.path.parent / store.runs(at + level)[k]["weights"]
             if not file.is_file():
                 raise UsageError(f"the weights of {at + level} seed {k} are missing ({file}); run with --no-analysis")
-            weights = torch.load(file, weights_only=True)
-            speakers = run_modules(k, config, pixels, speaker_cls)[0]
-            for a, speaker in speakers.items():
-                name = f"speaker_{a}."
-                speaker.load_state_dict({n[len(name) :]: w for n, w in weights.items() if n.startswith(name)})
-            runs.append((speakers, seen, k))
-        print(f"{label or 'language'}: analysing the messages of seed {k} ({len(runs)} runs)", flush=True)
-        for level, result in zip(pending, analyse(runs, splits.test.images, shape, epochs, config.probe_lr),
-                                 strict=True):
+            weights.append(torch.load(file, weights_only=True))
+        print(f"{label or 'language'}: analysing the messages of seed {k} ({len(weights)} runs)", flush=True)
+        for level, result in zip(pending, _analysis_of(config, speaker_cls, splits, k, weights, epochs), strict=True):
             store.annotate(at + level, k, "analysis", result)
+
+
+def _analysis_of(config, speaker_cls, splits, seed: int, weights: list[dict], epochs: int) -> list[dict]:
+    """What the messages of seed ``seed``'s runs say, from each run's best weights (their probes train together)."""
+    pixels, view = splits.train.images.shape[1], config.partial_view()
+    seen, runs = split_views(splits, view.masks(pixels, seed), view, seed), []
+    for state in weights:
+        speakers = run_modules(seed, config, pixels, speaker_cls)[0]
+        for a, speaker in speakers.items():
+            name = f"speaker_{a}."
+            speaker.load_state_dict({n[len(name) :]: w for n, w in state.items() if n.startswith(name)})
+        runs.append((speakers, seen, seed))
+    return analyse(runs, splits.test.images, (config.message_length, config.vocab_size), epochs, config.probe_lr)
 
 
 def _headline(result) -> dict[str, float]:

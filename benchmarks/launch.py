@@ -72,13 +72,21 @@ class Task:
 
 
 class Collector:
-    """What a task hands back instead of writing the results store: its finished runs."""
+    """What a task hands back instead of writing the results store: its finished runs and the references it
+    measured (the store's ``add``, ``reference`` and ``lacks``, kept in memory)."""
 
     def __init__(self) -> None:
         self.runs: list[tuple[str, int, dict, dict[str, torch.Tensor] | None]] = []
+        self.data: dict[str, dict] = {"references": {}}
 
     def add(self, cell: str, seed: int, result: dict, weights: dict[str, torch.Tensor] | None = None) -> None:
         self.runs.append((cell, seed, result, weights))
+
+    def reference(self, name: str, seed: int, value: float) -> None:
+        self.data["references"].setdefault(name, {})[str(seed)] = value
+
+    def lacks(self, what: str) -> None:
+        """A task computes what it lacks."""
 
 
 def plan(store: Store, label: str, cells: Sequence[str], seeds: Sequence[int], runs_per_task: int | None,
@@ -120,7 +128,8 @@ def execute(task: Task, folder: str, threads: int) -> str:
             task.train(collector, checkpoint)
             provenance = {"key": task.key, "host": socket.gethostname(), "pid": os.getpid(),
                           **{k: os.environ[v] for k, v in (("slurm_job", "SLURM_JOB_ID"),) if v in os.environ}}
-            save_atomic(result, {"runs": collector.runs, "provenance": provenance})
+            save_atomic(result, {"runs": collector.runs, "references": collector.data["references"],
+                                 "provenance": provenance})
             checkpoint.unlink(missing_ok=True)
     return str(result)
 
@@ -175,6 +184,10 @@ def launch(store: Store, tasks: list[Task], args: Any) -> None:
 def _take_in(store: Store, path: Path, launcher: str) -> int:
     """Write a task's finished runs to the store (skipping any already there) and remove its result file."""
     taken = load_checked(path, "task result file", "delete it to train its runs again")
+    for name, values in taken["references"].items():
+        for seed, value in values.items():
+            if seed not in store.data["references"].get(name, {}):
+                store.reference(name, int(seed), value)
     for cell, seed, result, weights in taken["runs"]:
         if not store.done(cell, seed):
             store.add(cell, seed, {**result, "task": {"launcher": launcher, **taken["provenance"]}}, weights)

@@ -176,3 +176,16 @@ def test_at_most_max_tasks_are_in_flight():
     assert list(_in_flight(tasks, 2, submit, first, lambda key: f"{key}.result.pt")) == [
         "t1.result.pt", "t2.result.pt", "t3.result.pt", "t4.result.pt", "t0.result.pt"]
     assert max(most) == 2
+
+
+def test_tasks_probe_and_analyse_their_own_runs_as_here(local, tmp_path):
+    root, _ = local
+    here, there = tmp_path / "here.json", tmp_path / "there.json"
+    with_analysis = [a for a in _argv(root, here) if a != "--no-analysis"]
+    assert exit_code(bench.main, with_analysis) == 0
+    assert exit_code(bench.main, [*[a if a != str(here) else str(there) for a in with_analysis],
+                                  "--launcher", "ray"]) == 0
+    mine, theirs = (json.loads(p.read_text()) for p in (here, there))
+    assert _runs(there) == _runs(here) and all("analysis" in r for r in _runs(there).values())
+    assert theirs["references"] == mine["references"]
+
