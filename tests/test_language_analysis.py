@@ -111,3 +111,22 @@ def test_analyse_reports_every_measure_for_both_speakers():
     assert out["joint_probe"] == 100.0 and out["intervention_drop"] >= 0.0
     assert out["message_gain"] == pytest.approx(out["joint_probe"] - out["feature_probe"])
     assert {"student_topsim", "feature_probe", "teacher_bit_entropy"} <= out.keys()
+
+
+def test_spearman_gives_the_same_number_on_one_thread_or_two():
+    import torch
+
+    from trainers.language.analysis import spearman
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(500_000, generator=g)
+    y = x + torch.rand(500_000, generator=g)
+    before = torch.get_num_threads()
+    try:
+        values = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            values.append(spearman(x, y))
+    finally:
+        torch.set_num_threads(before)
+    assert values[0] == values[1] and 0.5 < values[0] < 0.9

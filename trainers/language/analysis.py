@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,10 +54,12 @@ def _ranks(x: torch.Tensor) -> torch.Tensor:
 
 
 def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Spearman's rank correlation of two 1-D samples (ties averaged); 0 when either is constant."""
-    rx, ry = _ranks(x.double()), _ranks(y.double())
+    """Spearman's rank correlation of two 1-D samples (ties averaged); 0 when either is constant. The sums run in
+    numpy (one thread, one order): torch's threaded sums of half a million pairs changed the last digit with the
+    thread count, and a run must give the same numbers on one thread or two."""
+    rx, ry = _ranks(x.double()).cpu().numpy(), _ranks(y.double()).cpu().numpy()
     rx, ry = rx - rx.mean(), ry - ry.mean()
-    denominator = (rx.norm() * ry.norm()).item()
+    denominator = float(np.sqrt((rx * rx).sum()) * np.sqrt((ry * ry).sum()))
     return float((rx * ry).sum() / denominator) if denominator > 0 else 0.0
 
 
