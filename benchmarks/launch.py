@@ -18,6 +18,7 @@ import fcntl
 import functools
 import hashlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -58,6 +59,10 @@ def add_launcher(parser: ArgumentParser) -> None:
                       default_text="a Ray started here for this command, with this machine's CPUs")
     parser.fixed |= {"launcher", "runs-per-task", "max-tasks", "slurm-partition", "slurm-time", "cpus-per-task",
                      "gpus-per-task", "ray-address"}
+
+
+class UnsharedError(RuntimeError):
+    """A task cannot see the driver's files (raised in the worker, one line in the driver)."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +123,9 @@ def execute(task: Task, folder: str, threads: int) -> str:
     return the first one's result."""
     torch.set_num_threads(threads)
     here = Path(folder)
+    if not here.is_dir():  # the driver made it: this worker does not share the driver's filesystem
+        raise UnsharedError(f"a task on {socket.gethostname()} cannot see {folder}: --out, --logdir and the caches "
+                            "must be on a filesystem the driver and every task share")
     result, checkpoint = here / f"{task.key}.result.pt", here / f"{task.key}.ckpt.pt"
     with _locked(here / f"{task.key}.lock"):
         if not result.exists():
@@ -177,8 +185,14 @@ def launch(store: Store, tasks: list[Task], args: Any) -> None:
 
     with tqdm(total=sum(len(t.runs) for t in tasks), desc=f"{len(tasks)} tasks on {args.launcher}", unit="run") as bar:
         engine = _submitit if args.launcher == "submitit" else _ray
-        for path in engine(tasks, folder, args):
-            bar.update(_take_in(store, Path(path), args.launcher))
+        try:
+            for path in engine(tasks, folder, args):
+                bar.update(_take_in(store, Path(path), args.launcher))
+        except Exception as e:  # the engines wrap a task's error in their own types: its one line is the message
+            unshared = re.search(r"a task on \S+ cannot see .*? share", str(e))
+            if unshared:
+                raise UsageError(unshared.group(0)) from None
+            raise
 
 
 def _take_in(store: Store, path: Path, launcher: str) -> int:

@@ -189,3 +189,32 @@ def test_tasks_probe_and_analyse_their_own_runs_as_here(local, tmp_path):
     assert _runs(there) == _runs(here) and all("analysis" in r for r in _runs(there).values())
     assert theirs["references"] == mine["references"]
 
+
+
+def test_a_task_that_cannot_see_the_drivers_files_says_so(tmp_path):
+    from benchmarks.launch import Task, UnsharedError, execute
+
+    task = Task("t", (("c", 0),), print)
+    with pytest.raises(UnsharedError, match=r"cannot see .*missing: --out, --logdir and the caches must be on a "):
+        execute(task, str(tmp_path / "missing"), 1)
+
+
+def test_the_driver_turns_an_engine_wrapped_unshared_error_into_one_line(tmp_path, monkeypatch):
+    import argparse
+
+    from benchmarks import launch as launcher
+    from benchmarks.cli import UsageError
+    from benchmarks.store import Store
+
+    def wrapped(tasks, folder, args):
+        raise RuntimeError("ray::execute() (pid=1)\n  File ...\nbenchmarks.launch.UnsharedError: a task on node7 "
+                           "cannot see /scratch/x.json.tasks: --out, --logdir and the caches must be on a filesystem "
+                           "the driver and every task share")
+        yield
+
+    monkeypatch.setattr(launcher, "_ray", wrapped)
+    with Store(tmp_path / "x.json", "language", {}) as store:
+        task = launcher.Task("t", (("c", 0),), print)
+        with pytest.raises(UsageError) as e:
+            launcher.launch(store, [task], argparse.Namespace(launcher="ray"))
+    assert str(e.value).startswith("a task on node7 cannot see /scratch/x.json.tasks") and "\n" not in str(e.value)
