@@ -204,12 +204,10 @@ def _task(config, train, data: tuple[str, str | None], agent: str | None, at: st
             collector.runs[i][2]["analysis"] = result
 
 
-def _train(config, root: Path, hparams: dict, device, desc: str, data: Splits | tuple[str, str | None],
-           speaker: type | str | None, runs: Sequence[tuple[str, int]], store, checkpoint: Path) -> None:
-    """Train ``runs`` (``(cell, seed)``) as one batched model, each finished run handed to ``store.add``. In a task,
-    ``data`` is (dataset, data dir) to read and ``speaker`` the ``--agent`` to import (None: the thesis')."""
-    splits = data if isinstance(data, Splits) else load_splits(*data)
-    speaker_cls = speaker if isinstance(speaker, type) else load_class(speaker) if speaker else default_speaker(config)
+def _train(config, root: Path, hparams: dict, device, desc: str, splits: Splits, speaker_cls: type,
+           runs: Sequence[tuple[str, int]], store, checkpoint: Path) -> None:
+    """Train ``runs`` (``(cell, seed)``) as one batched model, each finished run handed to ``store.add`` (the results
+    store here, a task's ``Collector`` on a cluster)."""
     trainer = LanguageTrainer(config, splits, [(cell.rsplit("/", 1)[-1], k) for cell, k in runs], speaker_cls,
                               device=device)
     with Sink(store, runs, root, hparams, _headline, desc=f"{desc}: {len(runs)} runs", device=device) as sink:

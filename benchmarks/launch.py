@@ -153,11 +153,11 @@ def prepare(args: Any) -> None:
     """Check the engine before anything trains: its extra is installed, the Ray head answers, the Slurm partition
     exists; each is one line."""
     if args.launcher == "ray":
-        _extra("ray", "ray")
+        _extra("ray")
         if args.ray_address:
             _check_reachable(args.ray_address)
     elif args.launcher == "submitit":
-        _extra("submitit", "submitit")
+        _extra("submitit")
         if args.slurm_partition:
             if shutil.which("sbatch") is None:
                 raise UsageError("--slurm-partition needs Slurm, and sbatch is not on this machine's PATH; drop the "
@@ -223,7 +223,7 @@ class _Resumable:
 
 
 def _submitit(tasks: list[Task], folder: Path, args: Any) -> Iterator[str]:
-    submitit = _extra("submitit", "submitit")
+    submitit = _extra("submitit")
     slurm = shutil.which("sbatch") is not None
     executor = submitit.AutoExecutor(folder=folder / "submitit", cluster=None if slurm else "local")
     executor.update_parameters(timeout_min=args.slurm_time, cpus_per_task=args.cpus_per_task,
@@ -258,7 +258,7 @@ def _check_partition(partition: str) -> None:
 
 
 def _ray(tasks: list[Task], folder: Path, args: Any) -> Iterator[str]:
-    ray = _extra("ray", "ray")
+    ray = _extra("ray")
     ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         remote = ray.remote(num_cpus=args.cpus_per_task, num_gpus=args.gpus_per_task, max_retries=3)(execute)
@@ -278,8 +278,9 @@ def _check_reachable(address: str) -> None:
 
 
 @functools.cache
-def _extra(module: str, name: str) -> Any:
+def _extra(module: str) -> Any:
+    """The engine ``module`` (also the ``--launcher`` that needs it), or one line naming the install command."""
     try:
         return __import__(module)
     except ImportError:
-        raise UsageError(f"--launcher {name} needs {module}, which is not installed; {EXTRA}") from None
+        raise UsageError(f"--launcher {module} needs {module}, which is not installed; {EXTRA}") from None

@@ -8,7 +8,6 @@ baseline's test accuracy, beside the thesis, with forward passes counted too.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import math
@@ -259,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--holdout must be >= 0 training images, got {args.holdout}")
     whole = load_splits(args.dataset, args.data_dir)
     holdout_size = args.holdout if args.holdout is not None else len(whole.train.images) // 10
-    data = {label: _data(whole, holdout_size, v) for label, v, *_ in chosen}
+    data = {label: _data(whole, holdout_size, v.label_noise, v.label_noise_seed) for label, v, *_ in chosen}
     n = len(next(iter(data.values()))[0].train.images)
     for _, _, configs, student_config, teacher_config, policy in chosen:
         if any(MEASURES[c.measure].reads_irreducible for c in configs) and holdout_size < 2:
@@ -286,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         for label, v, configs, student_config, teacher_config, policy in chosen:
             at = prefix(label)
             splits, holdout, corrupted = data[label]
-            specs = {at + c.name: dataclasses.asdict(c) for c in configs}
+            cells = {c.name: dataclasses.asdict(c) for c in configs}
+            specs = {at + cell: spec for cell, spec in cells.items()}
             hparams = {**flat_hparams(student_config), **flat_hparams(teacher_config, "teacher."),
                        "dataset": args.dataset}
             train = functools.partial(_train, student_config, teacher_config, Path(args.teacher_cache),
@@ -298,11 +298,10 @@ def main(argv: list[str] | None = None) -> int:
                 policies = _shared(store, at, pending, splits, holdout, teacher_config, v, policy, root, device,
                                    shared)
                 source = (args.dataset, args.data_dir, holdout_size, v.label_noise, v.label_noise_seed)
-                tasks += plan(store, label, [c.name for c in configs], seeds, v.runs_per_task,
+                tasks += plan(store, label, list(cells), seeds, v.runs_per_task,
                               lambda runs, p=policies, t=train, s=source, c=specs: functools.partial(t, s, c, p, runs))
                 continue
-            for job in store.jobs(label, [c.name for c in configs], seeds, specs={c.name: dataclasses.asdict(c)
-                                                                                  for c in configs}):
+            for job in store.jobs(label, list(cells), seeds, specs=cells):
                 one = lambda c=student_config, d=splits: StudentTrainer(c, d, [(Selection(), seeds[0])], device=device)  # noqa: E731
                 cells, ks = {c for c, _ in job}, {k for _, k in job}
                 check_memory(one, len(job), device, f"{len(cells)} cells x {len(ks)} seeds")
@@ -345,14 +344,14 @@ def _identity(args, student: StudentConfig, teacher: TeacherConfig, policy: Poli
     return {k: v for k, v in identity.items() if ADDED.get(k, ...) != v}
 
 
-def _data(whole: Splits, holdout_size: int, args) -> tuple[Splits, Split, torch.Tensor]:
+def _data(whole: Splits, holdout_size: int, noise: float | None, noise_seed: int | None
+          ) -> tuple[Splits, Split, torch.Tensor]:
     """A variant's training pool, holdout and mask of corrupted pool labels: ``--label-noise`` corrupts the whole
     training split (the holdout is part of it, as in practice), then the holdout is carved."""
     noisy, corrupted = whole.train, torch.zeros(len(whole.train.labels), dtype=torch.bool)
-    if args.label_noise is not None:
+    if noise is not None:
         try:
-            noisy, corrupted = corrupt_labels(whole.train, args.label_noise, args.label_noise_seed or 0,
-                                              int(whole.train.labels.max()) + 1)
+            noisy, corrupted = corrupt_labels(whole.train, noise, noise_seed or 0, int(whole.train.labels.max()) + 1)
         except ValueError as e:
             raise UsageError(f"--label-noise: {e}") from None
     try:
@@ -401,9 +400,8 @@ def _train(student: StudentConfig, teacher: TeacherConfig, cache: Path, irreduci
     if isinstance(data[0], Splits):
         splits, holdout, corrupted = data
     else:
-        dataset, data_dir, holdout_size, noise, noise_seed = data
-        noisy = argparse.Namespace(label_noise=noise, label_noise_seed=noise_seed)
-        splits, holdout, corrupted = _data(load_splits(dataset, data_dir), holdout_size, noisy)
+        dataset, data_dir, *corruption = data
+        splits, holdout, corrupted = _data(load_splits(dataset, data_dir), *corruption)
     for name, file in (policies or {}).items():
         register(name, *load_scorer(Path(file)))
     selections = [(Selection(**specs[cell]), k) for cell, k in runs]

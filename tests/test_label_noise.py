@@ -38,13 +38,12 @@ def test_corruption_refuses_a_fraction_outside_0_1(fraction):
 
 
 def test_benchmark_data_corrupts_the_training_split_only(splits):
-    args = bench.build_parser().parse(["--label-noise", "0.5", "--label-noise-seed", "3"])
-    pool, holdout, mask = bench._data(splits, 20, args)
+    pool, holdout, mask = bench._data(splits, 20, 0.5, 3)
     assert torch.equal(pool.val.labels, splits.val.labels) and torch.equal(pool.test.labels, splits.test.labels)
     wrong = torch.cat([pool.train.labels, holdout.labels]) != splits.train.labels
     assert wrong.sum() == round(0.5 * len(splits.train.labels))  # the holdout is part of the training split
     assert torch.equal(wrong[: len(mask)], mask)
-    clean = bench._data(splits, 20, bench.build_parser().parse([]))
+    clean = bench._data(splits, 20, None, None)
     assert torch.equal(clean[0].train.labels, splits.train.labels[:-20]) and not clean[2].any()
 
 

@@ -90,6 +90,9 @@ class Selection:
         return MEASURES[self.measure].reads_teacher or self.target == "soft"
 
 
+OPTIMIZERS = ("adam", "adadelta")
+
+
 @dataclass(frozen=True)
 class StudentConfig:
     model: str = option("mlp", "student classifier: the ReLU MLP of --hidden widths, or one of chapter 2's CNNs "
@@ -99,8 +102,7 @@ class StudentConfig:
     batch_size: int = option(32, "minibatch size (what the teacher sends)")
     lr: float | None = option(None, "student's learning rate", default_text="1e-3 with adam, 1.0 with adadelta "
                               "(Zeiler's: no learning rate)")
-    optimizer: str = option("adam", "student's optimizer (Loshchilov & Hutter compare both)",
-                            choices=("adam", "adadelta"))
+    optimizer: str = option("adam", "student's optimizer (Loshchilov & Hutter compare both)", choices=OPTIMIZERS)
     weight_decay: float = option(0.0, "decoupled weight decay (AdamW; RHO-LOSS's optimizer is AdamW with 0.01)")
     temperature: float = option(1.0, "temperature of the teacher's soft labels")
     patience: int = option(20, "epochs (of backward passes) without validation gain before a run stops")
@@ -113,8 +115,8 @@ class StudentConfig:
         check_fields(self)
         at_least(1, **{n: getattr(self, n) for n in ("batch_size", "patience", "max_epochs", "eval_every")})
         above(0, temperature=self.temperature)
-        if self.optimizer not in ("adam", "adadelta"):
-            raise ValueError(f"optimizer must be adam or adadelta, got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.lr is None:  # frozen: the default follows the optimizer
             object.__setattr__(self, "lr", 1.0 if self.optimizer == "adadelta" else 1e-3)
         above(0, lr=self.lr)
@@ -342,8 +344,8 @@ class StudentTrainer(Trainer):
         for start in range(0, len(train.labels), 5000):
             images, labels = train.images[start : start + 5000], train.labels[start : start + 5000]
             logits = self.students.rows(rows, images.expand(len(due), *images.shape))
-            self.own_losses[rows, start : start + len(labels)] = -torch.log_softmax(logits, -1).gather(
-                -1, labels.expand(len(due), -1).unsqueeze(-1)).squeeze(-1)
+            true = TARGETS["true"](logits, labels.expand(len(due), -1), self.config.temperature)
+            self.own_losses[rows, start : start + len(labels)] = target_loss(logits, true)  # as a training pass has it
 
     def _step_optimizer(self) -> None:
         """Adam's step; runs with a decayed learning rate take the same step scaled by their schedule's factor
