@@ -66,7 +66,8 @@ def seed_list(text: str) -> list[int]:
     try:
         if len(items) == 1 and "-" not in items[0]:
             if int(items[0]) < 1:
-                raise argparse.ArgumentTypeError(f"a count of seeds must be >= 1, got {text!r}")
+                raise argparse.ArgumentTypeError(f"a count of seeds must be >= 1, got {text!r} (seed 0 "
+                                                 f"alone is the range 0-0)")
             return list(range(int(items[0])))
         for item in items:
             first, dash, last = item.partition("-")

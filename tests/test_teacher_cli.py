@@ -72,7 +72,7 @@ BAD_INPUTS = [
     (["--measures", "kl"], "unknown measure(s) kl"),
     (["--targets", "labels"], "unknown target(s) labels"),
     (["--batch-size", "1000"], "does not fit in the 90 training images"),  # 100, less the holdout's tenth
-    (["--seeds", "0"], "a count of seeds must be >= 1"),
+    (["--seeds", "0"], "a count of seeds must be >= 1, got '0' (seed 0 alone is the range 0-0)"),
     (["--temperature", "0"], "temperature must be > 0"),
     (["--eval-every", "0"], "--eval-every must be >= 1, got 0"),
     (["--holdout", "100"], "--holdout: a holdout of 100 images must leave training images"),
