@@ -9,9 +9,11 @@ import torch
 from envs.selection import MEASURES
 from trainers.teacher_student.policy import (
     PolicyConfig,
+    load_scorer,
     plackett_luce,
     ppo_scorer,
     register,
+    save_policy,
     train_ppo,
     train_reinforce,
     windowed_returns,
@@ -75,6 +77,20 @@ def test_ppo_teacher_trains_through_sb3_and_scores_a_stack(splits, teacher_logit
     observed = torch.rand(2 * 4, 23)
     scores = ppo_scorer(model)(observed)
     assert scores.shape == (8,) and torch.equal(scores, ppo_scorer(model)(observed))
+
+
+@pytest.mark.parametrize("kind", ["reinforce", "ppo"])
+def test_a_saved_learned_teacher_scores_as_it_did_and_keeps_what_it_observes(splits, teacher_logits, tmp_path, kind):
+    train = train_reinforce if kind == "reinforce" else train_ppo
+    learned = train(splits, teacher_logits, dataclasses.replace(CONFIG, observe_labels=True), seed=0)
+    scorer = learned if kind == "reinforce" else ppo_scorer(learned)
+    file = save_policy(learned, tmp_path / "policies" / kind, observe_labels=True)
+    loaded, observe_labels = load_scorer(file)
+    observed = torch.rand(2 * 4, 23 + 2)  # with both models' probability of the given label
+    with torch.no_grad():
+        assert torch.equal(loaded(observed), scorer(observed))
+    assert observe_labels and sorted(p.name for p in file.parent.iterdir()) == sorted(
+        [f"{kind}.pt"] if kind == "reinforce" else [f"{kind}.zip", f"{kind}.json"])  # no temporaries left
 
 
 def test_windowed_returns_sum_the_next_horizon_rewards():

@@ -33,6 +33,7 @@ from envs.base import at_least
 from envs.selection import MEASURES, Measure, Stack
 from envs.teacher_student import REWARDS, features, parallel_env
 from trainers.base import check_fields, option
+from trainers.files import save_atomic, write_atomic
 from trainers.gumbel import gumbel_noise
 from trainers.reinforce import Reinforce
 
@@ -172,13 +173,17 @@ def register(name: str, scorer: Callable[[torch.Tensor], torch.Tensor], observe_
 
 def save_policy(learned, path: Path, observe_labels: bool) -> Path:
     """Write a learned teacher (a REINFORCE ``TeacherPolicy`` or an SB3 PPO model) where ``load_scorer`` reads it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(learned, TeacherPolicy):
         file = path.with_suffix(".pt")
-        torch.save({"state": learned.state_dict(), "classes": learned.classes, "observe_labels": observe_labels}, file)
+        save_atomic(file, {"state": learned.state_dict(), "classes": learned.classes, "observe_labels": observe_labels})
         return file
-    learned.save(path.with_suffix(".zip"))
-    path.with_suffix(".json").write_text(json.dumps({"observe_labels": observe_labels}))
+
+    def save_zip(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:  # a file object: SB3 would add ".zip" to a path's name
+            learned.save(handle)
+
+    write_atomic(path.with_suffix(".zip"), save_zip)
+    write_atomic(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps({"observe_labels": observe_labels})))
     return path.with_suffix(".zip")
 
 
