@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -139,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(args.logdir) / out.stem
     preflight([(root, "--logdir")])
     with Store(out, "language", identity, swept) as store:
-        started = time.time()
         tasks = [task for label, config, speaker_cls, v in chosen
                  for task in _benchmark(store, label, config, speaker_cls, levels, seeds, splits, v, device, root)]
         launch(store, tasks, args)
@@ -147,8 +145,6 @@ def main(argv: list[str] | None = None) -> int:
             _references(store, prefix(label), config, seeds, splits, speaker_cls, v.reference_epochs)  # where missing
             if v.analysis:
                 _analyse(store, label, config, speaker_cls, levels, seeds, splits, v.reference_epochs)
-        store.add_time(time.time() - started)
-        store.save()
         _report(store, chosen, levels, seeds, root, swept, args.analysis)
     return 0
 

@@ -22,7 +22,6 @@ import contextlib
 import dataclasses
 import functools
 import os
-import time
 from pathlib import Path
 
 from agents.network import MODELS, node_model
@@ -218,7 +217,6 @@ def _run(parser: ArgumentParser, args, seeds: list[int], device, chosen: list, g
     if group.leader:
         preflight([(root, "--logdir")])
     with Store(out, "network", identity, swept) if group.leader else contextlib.nullcontext() as store:
-        started = time.time()
         tasks = []
         for label, v, cs in chosen:
             at = prefix(label)
@@ -241,7 +239,6 @@ def _run(parser: ArgumentParser, args, seeds: list[int], device, chosen: list, g
                         ring_estimate(c, splits.shape, int(splits.train.labels.max()) + 1))
         if not group.leader:
             return 0
-        store.add_time(time.time() - started)
         for label, _, cs in chosen:
             at = prefix(label)
             ddp = [f"{at}ddp-{n}nodes" for n in _ddp_nodes(args, cs)]
@@ -288,7 +285,6 @@ def _train(args, job: list[tuple[str, int]], spec: dict, splits, device, group: 
     config = NetworkConfig(**spec)
     ddp = cell.rsplit("/", 1)[-1].startswith("ddp-")
     trainer = (DDPBaseline if ddp else NetworkTrainer)(config, splits, [k for _, k in job], device=device, group=group)
-    started = time.time()
     if store is None:
         trainer.fit(Events(), checkpoint)
         checkpoint.unlink(missing_ok=True)
@@ -300,7 +296,7 @@ def _train(args, job: list[tuple[str, int]], spec: dict, splits, device, group: 
     if not isinstance(store, Store):  # a cluster task: the driver keeps the store
         return
     entry = store.data["cells"][cell]
-    entry["wall_time_s"] = entry.get("wall_time_s", 0.0) + time.time() - started
+    entry["wall_time_s"] = entry.get("wall_time_s", 0.0) + trainer.elapsed_s  # its parts before kills included
     store.save()
 
 

@@ -8,14 +8,16 @@
  "references": {"<name>": {"<seed>": value}},
  "wall_time_s": t,
  "invocations": [{"argv": [...], "version": "0.1.0", "commit": "<sha>[+dirty]" | null, "started": iso,
-                  "ended": iso, "status": "finished" | "interrupted" | "failed", "runs_trained": n,
+                  "ended": iso, "status": "finished" | "interrupted" | "failed" | "running", "runs_trained": n,
                   "runs_resumed": n, "runs_read": n, "wall_time_s": t}]}
 ```
 A cell is one table row (a level, a selection, a node configuration), prefixed ``flag=value/`` under
 ``--sweep``. Finished runs are never recomputed: a re-run with other ``--seeds`` or other cells keeps
 them. The best-validation weights of each run are saved beside the file (tensors only). ``wall_time_s`` is
-the training time of every invocation together; each invocation appends where it came from and what it did
-(``invocations``: trained, resumed from a checkpoint, read from the file).
+the time every invocation held the file open, together; each invocation records where it came from and what
+it did (``invocations``: trained, resumed from a checkpoint, read from the file), from its first save on, and
+brings both up to date at every save: one that was killed stays ``"running"``, with its time up to its last
+save (its last finished run).
 """
 
 from __future__ import annotations
@@ -186,9 +188,10 @@ class Store:
         except BaseException:
             self.lock.release()
             raise
-        self.started = time.time()
+        self.clock = time.monotonic()
         self.invocation = {"argv": sys.argv, "version": version(), "commit": commit(), "started": now(),
-                           "runs_read": sum(len(c["runs"]) for c in self.data["cells"].values())}
+                           "status": "running", "runs_read": sum(len(c["runs"]) for c in self.data["cells"].values()),
+                           "wall_time_s": 0.0}
 
     @staticmethod
     def _read(path: Path, benchmark: str | None, config: dict) -> dict[str, Any]:
@@ -229,17 +232,15 @@ class Store:
         if self.read_only:
             return
         try:
-            status = "finished" if kind is None else "interrupted" if kind is KeyboardInterrupt else "failed"
-            elapsed = time.time() - self.started
-            self.invocation.update(ended=now(), status=status, runs_trained=self.trained, runs_resumed=self.resumed,
-                                   wall_time_s=elapsed)
+            self.invocation["status"] = ("finished" if kind is None else "interrupted" if kind is KeyboardInterrupt
+                                         else "failed")
             if self.trained or self.path.exists():
-                self.data.setdefault("invocations", []).append(self.invocation)
                 self.save()
             if kind is None:
                 resumed = f" ({self.resumed} resumed from a checkpoint)" if self.resumed else ""
                 print(f"this invocation: trained {self.trained} runs{resumed}, read "
-                      f"{self.invocation['runs_read']} finished runs from {self.path}; wall time {elapsed:.0f} s")
+                      f"{self.invocation['runs_read']} finished runs from {self.path}; wall time "
+                      f"{self.invocation['wall_time_s']:.0f} s")
         finally:
             self.lock.release()
 
@@ -341,9 +342,15 @@ class Store:
             }
         self.save()
 
-    def add_time(self, seconds: float) -> None:
-        self.data["wall_time_s"] = self.data.get("wall_time_s", 0.0) + seconds
-
     def save(self) -> None:
-        if not self.read_only:
-            save_json(self.path, self.data)
+        """Write the file, with this invocation and its time so far (the time since the last save joins it)."""
+        if self.read_only:
+            return
+        seconds, self.clock = time.monotonic() - self.clock, time.monotonic()
+        self.data["wall_time_s"] = self.data.get("wall_time_s", 0.0) + seconds
+        self.invocation.update(ended=now(), runs_trained=self.trained, runs_resumed=self.resumed,
+                               wall_time_s=self.invocation["wall_time_s"] + seconds)
+        calls = self.data.setdefault("invocations", [])
+        if not calls or calls[-1] is not self.invocation:
+            calls.append(self.invocation)
+        save_json(self.path, self.data)

@@ -280,7 +280,6 @@ def main(argv: list[str] | None = None) -> int:
     identity = _identity(args, student_config, teacher_config, policy, holdout_size)
     swept = parser.sweep_flag(args.sweep)
     with Store(out, "teacher", identity, swept) as store:
-        started = time.time()
         tasks = []
         for label, v, configs, student_config, teacher_config, policy in chosen:
             at = prefix(label)
@@ -309,7 +308,6 @@ def main(argv: list[str] | None = None) -> int:
                 _shared(store, at, runs, splits, holdout, teacher_config, v, policy, root, device)
                 train((splits, holdout, corrupted), store.specs, None, job, store, store.checkpoint(label))
         launch(store, tasks, args)
-        store.add_time(time.time() - started)
         for label, v, configs, student_config, teacher_config, _ in chosen:
             at = prefix(label)
             summarise(store, at, configs, seeds, tuning, args.target_accuracy, n // student_config.batch_size)

@@ -153,6 +153,21 @@ def test_each_invocation_appends_where_it_came_from_and_what_it_did(tmp_path, ca
     assert calls[0]["commit"] is None or len(calls[0]["commit"].split("+")[0]) == 40
 
 
+def test_a_killed_invocation_keeps_where_it_came_from_and_its_time_up_to_its_last_save(tmp_path):
+    path = tmp_path / "r.json"
+    killed = Store(path, "language", {})  # never closed: killed after its first finished run
+    killed.add("none", 0, {"test_accuracy": 50.0})
+    killed.lock.release()
+    with Store(path, "language", {}) as store:
+        store.add("none", 1, {"test_accuracy": 60.0})
+    data = json.loads(path.read_text())
+    calls = data["invocations"]
+    assert [(c["status"], c["runs_trained"], c["argv"]) for c in calls] == [
+        ("running", 1, sys.argv), ("finished", 1, sys.argv)]
+    assert all(c["wall_time_s"] > 0 for c in calls)
+    assert data["wall_time_s"] == pytest.approx(sum(c["wall_time_s"] for c in calls))
+
+
 def test_a_run_holding_a_wrong_type_is_one_line_naming_it(tmp_path):
     path = tmp_path / "r.json"
     with Store(path, "language", {}) as store:

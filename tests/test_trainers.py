@@ -2,11 +2,12 @@
 
 import dataclasses
 import math
+import types
 
 import pytest
 import torch
 
-from tests.conftest import KillAt
+from tests.conftest import KillAt, killed_and_resumed
 from trainers.base import Diverged, Events, Trainer, resolve_device
 from trainers.language import LanguageConfig, LanguageTrainer
 from trainers.network import NetworkConfig, NetworkTrainer
@@ -70,6 +71,23 @@ def test_moving_a_trainer_mid_run_keeps_its_numbers(splits, name):
     moved.to("cpu")  # a state round trip: rebuilt on the device, then every tensor and stream restored
     assert moved.step == 4
     assert [dataclasses.asdict(r) for r in moved.fit()] == whole
+
+
+def test_training_time_counts_the_parts_before_a_kill(splits, tmp_path, monkeypatch):
+    """A clock that reads the trainer's step: a kill at step 5 after the checkpoint at step 3, resumed to step 6,
+    counts 6 steps of time, as an uninterrupted run does (not the 3 of the last part)."""
+    made: list[Trainer] = []
+
+    def make() -> Trainer:
+        made.append(NetworkTrainer(NETWORK, splits, [0, 1]))
+        return made[-1]
+
+    monkeypatch.setattr("trainers.base.time", types.SimpleNamespace(monotonic=lambda: float(made[-1].step)))
+    whole = make()
+    whole.fit()
+    resumed, _ = killed_and_resumed(make, 5, tmp_path / "c.pt")
+    assert whole.elapsed_s == resumed.elapsed_s == NETWORK.steps
+    assert torch.load(tmp_path / "c.pt")["elapsed_s"] == 3  # what the killed trainer had trained at its checkpoint
 
 
 def test_a_non_finite_loss_stops_training_with_the_run_and_step(splits):

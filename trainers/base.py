@@ -145,6 +145,7 @@ class Trainer(ABC):
         self.eval_every, self.log_every = eval_every, log_every or eval_every
         self.group = group or Group()
         self.step = 0
+        self.elapsed_s = 0.0  # seconds these runs have trained, across kills (the checkpoint carries it)
         self._alive = list(range(len(self.runs)))
         self._finished: set[int] = set()
 
@@ -205,10 +206,11 @@ class Trainer(ABC):
 
     def state_dict(self) -> dict:
         return {"header": self.header(), "step": self.step, "alive": self.alive,
-                "finished": sorted(self._finished), **self._state()}
+                "finished": sorted(self._finished), "elapsed_s": self.elapsed_s, **self._state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self._finished = state["step"], set(state["finished"])
+        self.elapsed_s = state.get("elapsed_s", 0.0)  # absent from checkpoints saved before it was kept
         if state["alive"] != list(range(len(self.runs))):
             self.drop([r for r in range(len(self.runs)) if r not in state["alive"]])
         self._load_state(state)
@@ -228,12 +230,14 @@ class Trainer(ABC):
         """Train until done; every result goes to ``events.finished`` and is returned, in ``runs`` order.
 
         With ``checkpoint``, training resumes from it if it exists and saves it after the first
-        evaluation and then at most once a minute (atomically); the caller deletes it when done."""
+        evaluation and then at most once a minute (atomically); the caller deletes it when done.
+        ``elapsed_s`` then counts every part of the training, the ones before a kill too (up to the checkpoint
+        resumed from), so a result's training time survives its interruptions."""
         events = events or Events()
         if checkpoint is not None:
             self._resume(checkpoint)
         events.begin(self.total_steps(), self.step)
-        saved = -math.inf
+        saved, clock = -math.inf, time.monotonic()
         with Interrupts(checkpoint is not None) as interrupts:
             while not self.done():
                 metrics = self.train_step()
@@ -247,6 +251,7 @@ class Trainer(ABC):
                     self._finish(stopped, events)
                     asked = self.group.agree(interrupts.requested)  # rank 0's Ctrl-C stops every process
                     late = time.monotonic() - saved > CHECKPOINT_SECONDS
+                    self.elapsed_s, clock = self.elapsed_s + time.monotonic() - clock, time.monotonic()
                     if self.group.agree(checkpoint is not None and not self.done() and (late or asked)):
                         self.group.save(checkpoint, self.state_dict())
                         saved = time.monotonic()
