@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from benchmarks.cli import UsageError
-from trainers.files import save_atomic, write_atomic
+from trainers.files import save_atomic, save_json
 
 SCHEMA = 2
 READ_ONLY = contextvars.ContextVar("read_only", default=False)  # set by benchmarks.report: print, never train
@@ -57,10 +57,6 @@ def read_only() -> Iterator[None]:
         yield
     finally:
         READ_ONLY.reset(token)
-
-
-def save_json(path: Path, data: dict) -> None:
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def clean_temporaries(path: Path) -> None:
@@ -346,7 +342,8 @@ class Store:
         """Write the file, with this invocation and its time so far (the time since the last save joins it)."""
         if self.read_only:
             return
-        seconds, self.clock = time.monotonic() - self.clock, time.monotonic()
+        tick = time.monotonic()
+        seconds, self.clock = tick - self.clock, tick
         self.data["wall_time_s"] = self.data.get("wall_time_s", 0.0) + seconds
         self.invocation.update(ended=now(), runs_trained=self.trained, runs_resumed=self.resumed,
                                wall_time_s=self.invocation["wall_time_s"] + seconds)

@@ -250,8 +250,9 @@ class Trainer(ABC):
                     stopped = self.stopping() if self.step < self.total_steps() else list(self.alive)
                     self._finish(stopped, events)
                     asked = self.group.agree(interrupts.requested)  # rank 0's Ctrl-C stops every process
-                    late = time.monotonic() - saved > CHECKPOINT_SECONDS
-                    self.elapsed_s, clock = self.elapsed_s + time.monotonic() - clock, time.monotonic()
+                    now = time.monotonic()
+                    late = now - saved > CHECKPOINT_SECONDS
+                    self.elapsed_s, clock = self.elapsed_s + now - clock, now
                     if self.group.agree(checkpoint is not None and not self.done() and (late or asked)):
                         self.group.save(checkpoint, self.state_dict())
                         saved = time.monotonic()

@@ -3,6 +3,7 @@ checkpoints, the process groups' and the benchmarks' results share."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -35,6 +36,11 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
 def save_atomic(path: Path, state: dict) -> None:
     """``torch.save`` through ``write_atomic``: a kill never leaves half a checkpoint."""
     write_atomic(path, lambda tmp: torch.save(state, tmp))
+
+
+def save_json(path: Path, data: dict) -> None:
+    """``data`` as indented JSON through ``write_atomic``."""
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def load_checked(path: Path, what: str, fix: str) -> dict:

@@ -33,7 +33,7 @@ from envs.base import at_least
 from envs.selection import MEASURES, Measure, Stack
 from envs.teacher_student import REWARDS, features, parallel_env
 from trainers.base import check_fields, option
-from trainers.files import save_atomic, write_atomic
+from trainers.files import save_atomic, save_json, write_atomic
 from trainers.gumbel import gumbel_noise
 from trainers.reinforce import Reinforce
 
@@ -183,7 +183,7 @@ def save_policy(learned, path: Path, observe_labels: bool) -> Path:
             learned.save(handle)
 
     write_atomic(path.with_suffix(".zip"), save_zip)
-    write_atomic(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps({"observe_labels": observe_labels})))
+    save_json(path.with_suffix(".json"), {"observe_labels": observe_labels})
     return path.with_suffix(".zip")
 
 
