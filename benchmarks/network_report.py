@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import os
 from pathlib import Path
 
@@ -30,6 +31,7 @@ THESIS = {
     "bigan-10nodes-none": (44.5, 49.9, None),
     "bigan-10nodes-features": (44.3, 46.2, None),
 }
+ORDER = ("labels", "logits", "features", "none")  # Table 2.2's contents, best first
 
 def runs_of(store: Store, cell: str, seeds: list[int]) -> list[NetworkResult]:
     fields = {f.name for f in dataclasses.fields(NetworkResult)}
@@ -74,6 +76,8 @@ def report(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int],
                         "ring all-reduce of N replicas (estimate)/node/step", "from inbox", "routing"],
                        rows))
     _paired_table(store, at, chosen, seeds)
+    if not unsupervised:
+        _ordering_table(store, at, chosen, seeds)
     _steps_table(store, at, chosen, seeds, target)
     if ddp:
         ddp_report(store, ddp, seeds, max(processes, 1))
@@ -114,6 +118,26 @@ def _paired_table(store: Store, at: str, chosen: list[NetworkConfig], seeds: lis
               f"{control or 'the row without communication'} (node average, collective), and collective minus "
               f"node average")
         print(format_table(["config", "average vs control", "collective vs control", "collective - average"], rows))
+
+
+def _ordering_table(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int]) -> None:
+    """The thesis' ordering of contents (labels > logits > features > none), tested where it is claimed: each
+    content against the next one present at the control's size, paired by seed, beside the thesis' gaps."""
+    control = next((c for c in chosen if c.name == control_of(chosen)), None)
+    present = sorted((c for c in chosen if control and c.nodes == control.nodes and c.average is None),
+                     key=lambda c: ORDER.index(c.content))
+    rows = []
+    for better, worse in itertools.pairwise(present):
+        a, b = runs_of(store, at + better.name, seeds), runs_of(store, at + worse.name, seeds)
+        thesis = [(THESIS.get(better.name, (None,) * 3)[i], THESIS.get(worse.name, (None,) * 3)[i]) for i in (0, 1)]
+        rows.append([f"{better.content} - {worse.content}",
+                     *(paired_difference([getattr(r, m) for r in a], [getattr(r, m) for r in b]).format(1)
+                       for m in ("test_average", "test_collective")),
+                     *("-" if None in pair else f"{pair[0] - pair[1]:+.1f}" for pair in thesis)])
+    if rows:
+        print(f"\nthe thesis' ordering of contents (labels > logits > features > none), {control.nodes} nodes: each "
+              f"content minus the next, paired by seed, mean [95% t-interval] over {seed_text(seeds)}")
+        print(format_table(["contents", "average", "collective", "thesis avg", "thesis coll"], rows))
 
 
 def _steps_table(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int], thesis_target: float) -> None:

@@ -28,6 +28,10 @@ def test_smoke_run_of_table_2_2_writes_tables_json_tensorboard_and_figure(cli, c
     paired = printed[printed.index("paired by seed") :].splitlines()
     assert paired[3].split()[:2] == ["10nodes-none", "-"] and paired[4].startswith("10nodes-logits   ")
     assert "[" in paired[4] and "1node" not in "".join(paired[:9])  # intervals over 2 seeds; 1 node has no pairs
+    order = printed[printed.index("the thesis' ordering of contents") :].splitlines()
+    assert [line.split()[:3] for line in order[3:6]] == [["labels", "-", "logits"], ["logits", "-", "features"],
+                                                         ["features", "-", "none"]]
+    assert order[3].split()[-2:] == ["+2.8", "+2.0"] and not order[6]  # the thesis' gaps; no 20-node row
     data = json.loads(out.read_text())
     names = ["1node", "10nodes-none", "10nodes-logits", "10nodes-labels", "10nodes-features", "20nodes-labels"]
     assert list(data["cells"]) == names
@@ -47,7 +51,8 @@ def test_custom_grid_unsupervised_and_rerun_skips_finished_configs(cli, capsys, 
     assert exit_code(bench.main, grid) == 0
     data = json.loads(out.read_text())
     assert list(data["cells"]) == ["vae-1node", "vae-3nodes-none", "vae-3nodes-features"]
-    assert "Table 2.3" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Table 2.3" in printed and "ordering of contents" not in printed  # Table 2.2's claim, not 2.3's
     assert (out.parent / "runs" / "network" / "figure_table_2_3_vae.png").exists()
     stamp = os.stat(out).st_mtime_ns
 
