@@ -91,39 +91,38 @@ def report(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int],
                   "collective test accuracy (%)", f"what each row sends and what it reaches ({seed_text(seeds)})")
 
 
-def control_of(chosen: list[NetworkConfig]) -> str | None:
+def control_of(chosen: list[NetworkConfig]) -> NetworkConfig | None:
     """The row every other is compared with: the largest network whose nodes exchange nothing."""
     alone = [c for c in chosen if c.content == "none" and c.nodes > 1 and not c.average]
-    return max(alone, key=lambda c: c.nodes).name if alone else None
+    return max(alone, key=lambda c: c.nodes) if alone else None
 
 
 def _paired_table(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int]) -> None:
     """The orderings, paired by seed (mean [95% t-interval]): each row of the control's size against the
     control, node average and collective, and every row's collective decision against its node average."""
     control = control_of(chosen)
-    base = runs_of(store, at + control, seeds) if control else None
-    nodes = next(c.nodes for c in chosen if c.name == control) if control else 0
+    base = runs_of(store, at + control.name, seeds) if control else None
     rows = []
     for c in chosen:
         if c.nodes == 1:
             continue
         runs = runs_of(store, at + c.name, seeds)
         versus = [paired_difference([getattr(r, m) for r in runs], [getattr(b, m) for b in base])
-                  if base and c.nodes == nodes and c.name != control else None
+                  if base and c.nodes == control.nodes and c.name != control.name else None
                   for m in ("test_average", "test_collective")]  # fmt: skip
         gap = paired_difference([r.test_collective for r in runs], [r.test_average for r in runs])
         rows.append([c.name, *(d.format(1) if d else "-" for d in (*versus, gap))])
     if rows:
         print(f"\npaired by seed, mean [95% t-interval] over {seed_text(seeds)}: each row minus "
-              f"{control or 'the row without communication'} (node average, collective), and collective minus "
-              f"node average")
+              f"{control.name if control else 'the row without communication'} (node average, collective), and "
+              f"collective minus node average")
         print(format_table(["config", "average vs control", "collective vs control", "collective - average"], rows))
 
 
 def _ordering_table(store: Store, at: str, chosen: list[NetworkConfig], seeds: list[int]) -> None:
     """The thesis' ordering of contents (labels > logits > features > none), tested where it is claimed: each
     content against the next one present at the control's size, paired by seed, beside the thesis' gaps."""
-    control = next((c for c in chosen if c.name == control_of(chosen)), None)
+    control = control_of(chosen)
     present = sorted((c for c in chosen if control and c.nodes == control.nodes and c.average is None),
                      key=lambda c: ORDER.index(c.content))
     rows = []
@@ -147,8 +146,8 @@ def _steps_table(store: Store, at: str, chosen: list[NetworkConfig], seeds: list
     runs = {c.name: runs_of(store, at + c.name, seeds) for c in chosen}
     control = control_of(chosen)
     curves = {"average": lambda r: r.val_average, "collective": lambda r: r.val_collective}
-    targets = {m: held_target([curve(r) for r in runs[control]]) for m, curve in curves.items()} if control else {}
-    base = {m: [crossing(r.steps, curves[m](r), t) for r in runs[control]] for m, t in targets.items()}
+    targets = {m: held_target([curve(r) for r in runs[control.name]]) for m, curve in curves.items()} if control else {}
+    base = {m: [crossing(r.steps, curves[m](r), t) for r in runs[control.name]] for m, t in targets.items()}
     rows = []
     for c in chosen:
         row = [c.name]
@@ -164,7 +163,7 @@ def _steps_table(store: Store, at: str, chosen: list[NetworkConfig], seeds: list
         rows.append([*row, f"{THESIS[c.name][2]:,}" if THESIS.get(c.name, (0, 0, 0))[2] else "-"])
     heads = {m: f"{t:.2f}%" for m, t in targets.items()} or dict.fromkeys(curves, "-")
     print(f"\nsteps per node to the first sustained validation crossing ({SUSTAIN} evaluations in a row) of the "
-          f"targets {control or 'no row without communication'} holds on every seed (node average "
+          f"targets {control.name if control else 'no row without communication'} holds on every seed (node average "
           f"{heads['average']}, collective {heads['collective']}), speedups paired by seed over it [95% t-interval]; "
           f"and of {thesis_target:g}% (thesis: 85% on CIFAR-10, test)")
     print(format_table(["config", "average", "speedup", "collective", "speedup", f"average to {thesis_target:g}%",
