@@ -1,6 +1,6 @@
 """The thesis' ch. 3 models: a big dropout-regularised teacher and a small student, both ReLU MLPs; on CIFAR-10,
-chapter 2's DCGAN-style classifiers (without batch norm, so a population of them batches), where a backward pass
-is expensive."""
+chapter 2's DCGAN-style classifiers (without batch norm), where a backward pass is expensive; and Loshchilov &
+Hutter's MNIST CNN for their preset."""
 
 from __future__ import annotations
 
@@ -25,17 +25,42 @@ def mlp(inputs: int, hidden: tuple[int, ...], classes: int = 10, dropout: float 
     return nn.Sequential(*layers, nn.Linear(width, classes))
 
 
+def lh_cnn(shape: Sequence[int], classes: int = 10) -> nn.Sequential:
+    """Loshchilov & Hutter's (2016) network, as their reference code builds it (Lasagne's MNIST CNN with batch norm):
+    two 5x5 convolutions of 32 filters, each followed by batch norm (epsilon 1e-4, running averages with momentum
+    0.15), ReLU and 2x2 max-pooling; then 50% dropout, 256 ReLU units and the output layer; Glorot-uniform weights
+    and zero biases (Lasagne's defaults)."""
+    channels, height, width = shape
+    layers: list[nn.Module] = [nn.Unflatten(1, tuple(shape))]
+    for c_in in (channels, 32):
+        layers += [nn.Conv2d(c_in, 32, 5), nn.BatchNorm2d(32, eps=1e-4, momentum=0.15), nn.ReLU(), nn.MaxPool2d(2)]
+    side = lambda s: ((s - 4) // 2 - 4) // 2  # noqa: E731 (two valid 5x5 convolutions, each pooled by 2)
+    model = nn.Sequential(*layers, nn.Flatten(), nn.Dropout(0.5), nn.Linear(32 * side(height) * side(width), 256),
+                          nn.ReLU(), nn.Linear(256, classes))
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    return model
+
+
+CLASSIFIERS = ("mlp", *CONV_MODELS, "lh-cnn")  # what ``classifier`` builds
+
+
 def classifier(shape: Sequence[int], model: str = "mlp", hidden: tuple[int, ...] = (32, 32), classes: int = 10,
                dropout: float = 0.0) -> nn.Sequential:
-    """A classifier of flattened images of ``shape``: the ReLU ``mlp`` with ``hidden`` widths, or one of chapter 2's
-    convolutional classifiers (``CONV_MODELS``: no dropout, no batch norm), the image unflattened first."""
+    """A classifier of flattened images of ``shape``: the ReLU ``mlp`` with ``hidden`` widths, one of chapter 2's
+    convolutional classifiers (``CONV_MODELS``: no dropout, no batch norm) or Loshchilov & Hutter's ``lh-cnn`` (its
+    own dropout and batch norm), the image unflattened first."""
     if model == "mlp":
         return mlp(math.prod(shape), hidden, classes, dropout)
-    if model not in CONV_MODELS:
-        raise ValueError(f"unknown classifier {model!r}; choose mlp or one of {', '.join(CONV_MODELS)}")
+    if model not in CLASSIFIERS:
+        raise ValueError(f"unknown classifier {model!r}; choose one of {', '.join(CLASSIFIERS)}")
     if dropout or len(shape) != 3:
         raise ValueError(f"the {model} classifier takes images (channels, height, width) and has no dropout; got "
                          f"shape {tuple(shape)} and dropout {dropout}")
+    if model == "lh-cnn":
+        return lh_cnn(shape, classes)
     parts = node_model("classifier", shape, MODELS[model], classes)
     return nn.Sequential(nn.Unflatten(1, tuple(shape)), *parts["trunk"], *parts["head"])
 

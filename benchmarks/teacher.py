@@ -97,17 +97,18 @@ ADDED = {"model": "mlp", "optimizer": "adam", "weight_decay": 0.0, "teacher_mode
          "policy_observe_labels": False, "irreducible_hidden": IRREDUCIBLE.hidden}
 
 # Two papers' settings as they state them (docs/teacher.md compares them side by side with ours). Loshchilov & Hutter
-# (2016): the student ranks its own latest known losses over the whole training set, batch 64, AdaDelta and Adam,
-# selection pressures 1e2 and 1e8, losses recomputed never or once an epoch (703 passes of the 45,000-image pool);
-# their network was not readable here: Lasagne's MNIST MLP (784-800-800-10) stands in. RHO-LOSS (Mindermann et
+# (2016), as their reference code runs them: the student (their MNIST CNN, ``lh-cnn``) ranks its own latest known
+# losses over the whole training set (their 50,000 images: no holdout), batch 64, AdaDelta and Adam, 50 epochs;
+# selection pressures 1e2 and 1e8, each constant or falling to 1 over the 50 epochs (39,062 passes of 64), losses
+# recomputed never or after every 100,000 samples sent (1,563 passes): their scenarios 3-10. RHO-LOSS (Mindermann et
 # al. 2022, its reference code): the top 10% of a 320-sample candidate batch (stack 10 of 32) by reducible loss,
 # beside its train-loss and irreducible-loss baselines and uniform training, AdamW (1e-3, weight decay 0.01), its
 # MNIST MLP 784-512-512-512-10 for the student and the irreducible-loss model, which trains on half the training
 # split (its CIFAR-10 holdout is half the training set).
 PRESETS = {
     "loshchilov-hutter": {"stack_sizes": "all", "measures": "own_loss", "targets": "true", "pressures": "100,1e8",
-                          "refresh": "0,703", "batch_size": 64, "hidden": (800, 800),
-                          "sweep": "optimizer=adam,adadelta"},
+                          "anneal": "0,39062", "refresh": "0,1563", "batch_size": 64, "model": "lh-cnn",
+                          "max_epochs": 50, "holdout": 0, "sweep": "optimizer=adam,adadelta"},
     "rho-loss": {"stack_sizes": "10", "measures": "reducible_holdout,loss,irreducible", "targets": "true",
                  "batch_size": 32, "hidden": (512, 512, 512), "irreducible_hidden": (512, 512, 512),
                  "weight_decay": 0.01, "holdout": 25_000},

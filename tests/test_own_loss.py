@@ -8,8 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from agents.teacher_student import classifier
+from envs.data import load_splits
 from envs.selection import MEASURES, Rule, Stack
-from tests.conftest import killed_and_resumed
+from tests.conftest import killed_and_resumed, make_dataset
 from trainers.teacher_student.student import Selection, StudentConfig, StudentTrainer, counters_at
 
 CONFIG = StudentConfig(hidden=(8,), batch_size=4, max_epochs=3, patience=3, eval_every=10)
@@ -91,6 +93,41 @@ def test_adadelta_steps_each_run_as_it_would_alone(splits):
         alone.train_step()
     kept, mine = together.students.state_dict(), alone.students.state_dict()
     assert all(torch.allclose(kept[k][1], mine[k][0]) for k in kept)
+
+
+def test_lh_cnn_is_loshchilov_and_hutters_network():
+    model = classifier((1, 28, 28), "lh-cnn")
+    convs = [m for m in model if isinstance(m, torch.nn.Conv2d)]
+    norms = [m for m in model if isinstance(m, torch.nn.BatchNorm2d)]
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(1, 32, (5, 5)), (32, 32, (5, 5))]
+    assert [(n.eps, n.momentum) for n in norms] == [(1e-4, 0.15)] * 2
+    assert [(fc.in_features, fc.out_features) for fc in linears] == [(512, 256), (256, 10)]
+    assert [m.p for m in model if isinstance(m, torch.nn.Dropout)] == [0.5]
+    assert sum(p.numel() for p in model.parameters()) == 160_490
+    assert all((m.bias == 0).all() for m in convs + linears)  # Lasagne's zero biases
+    assert model(torch.zeros(2, 784)).shape == (2, 10)
+
+
+def test_lh_cnn_students_with_batch_norm_and_dropout_step_as_they_would_alone(tmp_path):
+    splits = load_splits("mnist", make_dataset(tmp_path / "data", side=28), download=False)
+    config = dataclasses.replace(CONFIG, model="lh-cnn", optimizer="adadelta", lr=None)
+    runs = [(WHOLE, 0), (Selection(), 1)]
+    together = StudentTrainer(config, splits, runs)
+    assert isinstance(together.optimizer, torch.optim.Adadelta) and together.optimizer.defaults["rho"] == 0.95
+    for _ in range(5):
+        together.train_step()
+    alone = StudentTrainer(config, splits, runs[1:])
+    for _ in range(5):
+        alone.train_step()
+    kept, mine = together.students.state_dict(), alone.students.state_dict()
+    # weights and running statistics, up to the summation order of a batched convolution
+    assert all(torch.allclose(kept[k][1], mine[k][0], atol=1e-5) for k in kept)
+    assert not torch.allclose(kept["2.running_var"][1], torch.ones(32))  # the training passes updated them
+    model = classifier((1, 28, 28), "lh-cnn")
+    model.load_state_dict(alone.students.member(0))
+    images = splits.val.images[:50]
+    assert torch.allclose(alone.students.eval().shared(images)[0], model.eval()(images), atol=1e-5)
 
 
 @pytest.mark.parametrize("bad, message", [

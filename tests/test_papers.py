@@ -23,12 +23,15 @@ def _built(argv):
 def test_loshchilov_hutter_ranks_the_whole_set_with_both_optimizers():
     built = _built(["--preset", "loshchilov-hutter"])
     assert [label for label, *_ in built] == ["optimizer=adam", "optimizer=adadelta"]
-    assert [(s.optimizer, s.lr, s.batch_size, s.hidden) for *_, s, _, _ in built] == [
-        ("adam", 1e-3, 64, (800, 800)), ("adadelta", 1.0, 64, (800, 800))]
+    assert built[0][1].holdout == 0  # their 50,000 training images
+    assert [(s.optimizer, s.lr, s.batch_size, s.model, s.max_epochs) for *_, s, _, _ in built] == [
+        ("adam", 1e-3, 64, "lh-cnn", 50), ("adadelta", 1.0, 64, "lh-cnn", 50)]
     rows = built[0][2]
     assert rows[0].name == "baseline" and {r.stack_size for r in rows[1:]} == {0}
-    assert {(r.measure, r.pressure, r.refresh) for r in rows[1:]} == {
-        ("own_loss", p, r) for p in (100.0, 1e8) for r in (0, 703)}
+    # their scenarios 3-10: pressure 1e2 or 1e8, constant or falling over the 50 epochs, recomputed never or every
+    # 100,000 samples
+    assert {(r.measure, r.pressure, r.anneal, r.refresh) for r in rows[1:]} == {
+        ("own_loss", p, a, r) for p in (100.0, 1e8) for a in (0, 39_062) for r in (0, 1563)}
 
 
 def test_rho_loss_takes_the_top_tenth_of_320_candidates_with_adamw():

@@ -14,6 +14,7 @@ time (``functional_call`` per run). Results are the same; only the speed differs
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -30,9 +31,9 @@ class Population:
         generators: Sequence[torch.Generator] | None = None,
         vectorized: bool = True,
     ):
-        """``generators``: one per member, for the dropout masks of MLPs (seeded, unlike vmap's draws from
-        the global stream); required when the models have dropout. ``vectorized=False``: a per-run loop
-        for modules vmap rejects."""
+        """``generators``: one per member, for the dropout masks of MLPs and of other ``nn.Sequential`` models
+        (seeded, unlike vmap's draws from the global stream); required when an MLP has dropout.
+        ``vectorized=False``: a per-run loop for modules vmap rejects or runs slowly."""
         if not models:
             raise ValueError("a population needs at least one model")
         self._linear = {f"{name}.weight" for name, m in models[0].named_modules() if isinstance(m, nn.Linear)}
@@ -43,11 +44,14 @@ class Population:
         self._call = vmap(self._functional, randomness="different") if vectorized else self._loop
         self._layers = _mlp_layers(models[0]) if vectorized else None
         self.generators = list(generators) if generators is not None else None
+        self._parts = _parts(self._base) if self._layers is None and generators is not None else None
         if self._layers is not None:  # plain MLPs: batched matmuls, 1.4x faster than vmap for small ones
             self._call = self._mlp
-            dropout = any(op == "dropout" for op, _ in self._layers)
-            if dropout and (generators is None or len(generators) != len(models)):
-                raise ValueError("a population of models with dropout needs one generator per model")
+        elif self._parts is not None:  # a Sequential with dropout: the parts between the members' own dropout masks
+            self._call = self._segmented
+        dropout = any(op == "dropout" for op, _ in self._layers or ()) or self._parts is not None
+        if dropout and (generators is None or len(generators) != len(models)):
+            raise ValueError("a population of models with dropout needs one generator per model")
 
     def _mlp(self, params: dict, buffers: dict, x: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         for op, name in self._layers:
@@ -56,10 +60,34 @@ class Population:
                 x = torch.baddbmm(bias, x, weight) if x.dim() == 3 else torch.matmul(x, weight) + bias
             elif op == "relu":
                 x = torch.relu(x)
-            elif self._base.training and name > 0:  # dropout with probability ``name``
-                members = self.generators if rows is None else [self.generators[i] for i in rows.tolist()]
-                keep = torch.stack([torch.rand(x.shape[1:], generator=g, device=g.device) for g in members]) >= name
-                x = x * keep.to(x.device) / (1 - name)
+            else:
+                x = self._dropout(x, name, rows)
+        return x
+
+    def _dropout(self, x: torch.Tensor, p: float, rows: torch.Tensor | None) -> torch.Tensor:
+        """Dropout with probability ``p`` in training, each member's mask drawn from its own generator (so a run's
+        masks do not depend on which runs share its population)."""
+        if not self._base.training or p == 0:
+            return x
+        members = self.generators if rows is None else [self.generators[i] for i in rows.tolist()]
+        keep = torch.stack([torch.rand(x.shape[1:], generator=g, device=g.device) for g in members]) >= p
+        return x * keep.to(x.device) / (1 - p)
+
+    def _segmented(self, params: dict, buffers: dict, x: torch.Tensor, rows: torch.Tensor | None = None):
+        """The members' ``nn.Sequential`` run part by part: each part between dropouts under ``vmap`` (or member by
+        member), each dropout with the members' own masks (``_dropout``). Batch-norm statistics update in place."""
+        for part in self._parts:
+            if isinstance(part, float):
+                x = self._dropout(x, part, rows)
+                continue
+            names = {name for name, _ in part.named_children()}
+            p, b = ({k: v for k, v in d.items() if k.split(".", 1)[0] in names} for d in (params, buffers))
+            call = lambda p, b, v, part=part: functional_call(part, (p, b), (v,))  # noqa: E731
+            if self.vectorized:
+                x = vmap(call, randomness="error")(p, b, x)
+            else:
+                x = torch.stack([call({k: v[r] for k, v in p.items()}, {k: v[r] for k, v in b.items()}, x[r])
+                                 for r in range(len(x))])
         return x
 
     def _set_params(self, params: dict[str, torch.Tensor]) -> None:
@@ -107,12 +135,16 @@ class Population:
         buffers = {k: v[rows] for k, v in self.buffers.items()}
         if self._layers is not None:
             return self._mlp(params, buffers, *args, rows=rows)
+        if self._parts is not None:
+            return self._segmented(params, buffers, *args, rows=rows)
         return self._call(params, buffers, *args)
 
     def shared(self, *args: torch.Tensor):
         """Every member gets the same inputs (no run dimension), e.g. an evaluation set."""
         if self._layers is not None:
             return self._mlp(self.params, self.buffers, *args)
+        if self._parts is not None:
+            return self._segmented(self.params, self.buffers, *(a.expand(len(self), *a.shape) for a in args))
         if not self.vectorized:
             return self._loop(self.params, self.buffers, *args, batched=False)
         in_dims = (0, 0, *([None] * len(args)))
@@ -176,3 +208,21 @@ def _mlp_layers(model: nn.Module) -> list[tuple[str, object]] | None:
         else:
             return None
     return ops
+
+
+def _parts(model: nn.Module) -> list[nn.Module | float] | None:
+    """``model``'s children split at its dropout layers, ``[part, p, part, ...]`` (each part an ``nn.Sequential`` of
+    the same child modules under their own names, so the members' stacked weights address it and ``train``/``eval``
+    of ``model`` reach it); None when ``model`` is no ``nn.Sequential`` with dropout."""
+    if not isinstance(model, nn.Sequential) or not any(isinstance(m, nn.Dropout) for m in model.children()):
+        return None
+    parts: list[nn.Module | float] = []
+    run: dict[str, nn.Module] = {}
+    for name, m in model.named_children():
+        if isinstance(m, nn.Dropout):
+            parts += [nn.Sequential(OrderedDict(run))] if run else []
+            parts.append(float(m.p))
+            run = {}
+        else:
+            run[name] = m
+    return parts + ([nn.Sequential(OrderedDict(run))] if run else [])

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from agents.teacher_student import CONV_MODELS, classifier
+from agents.teacher_student import CLASSIFIERS, classifier
 from envs.base import above, at_least
 from envs.data import Split, Splits
 from envs.selection import MEASURES, TARGETS, EpochStacks, Rule, Stack, draw, target_loss
@@ -95,8 +95,8 @@ OPTIMIZERS = ("adam", "adadelta")
 
 @dataclass(frozen=True)
 class StudentConfig:
-    model: str = option("mlp", "student classifier: the ReLU MLP of --hidden widths, or one of chapter 2's CNNs "
-                        "(CIFAR-10)", choices=("mlp", *CONV_MODELS))
+    model: str = option("mlp", "student classifier: the ReLU MLP of --hidden widths, one of chapter 2's CNNs "
+                        "(CIFAR-10), or Loshchilov & Hutter's MNIST CNN (lh-cnn)", choices=CLASSIFIERS)
     hidden: tuple[int, ...] = option((32, 32), "student hidden widths (784-32-32-10 in the thesis)",
                                      read_with={"model": ("mlp",)})
     batch_size: int = option(32, "minibatch size (what the teacher sends)")
@@ -199,8 +199,12 @@ class StudentTrainer(Trainer):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 models.append(classifier(shape, config.model, config.hidden, dropout=config.dropout))
-        dropout = [generator(20_000 + seed) for _, seed in runs] if config.dropout else None
-        self.students = Population(models, dropout).to(device)
+        modules = list(models[0].modules())
+        dropout = [generator(20_000 + seed) for _, seed in runs] if any(isinstance(m, torch.nn.Dropout)
+                                                                          for m in modules) else None
+        # batch norm and max-pooling under vmap ran a population of lh-cnn students 2x slower than one at a time
+        batched = not any(isinstance(m, torch.nn.BatchNorm2d) for m in modules)
+        self.students = Population(models, dropout, vectorized=batched).to(device)
         self.optimizer = self._optimizer()
         classes = models[0][-1].out_features
         logits = [teacher_logits[seed] if seed in (teacher_logits or {}) else torch.zeros(n, classes)
@@ -223,7 +227,7 @@ class StudentTrainer(Trainer):
     def _optimizer(self) -> torch.optim.Optimizer:
         cfg = self.config
         if cfg.optimizer == "adadelta":
-            return torch.optim.Adadelta(self.students.parameters(), lr=cfg.lr)
+            return torch.optim.Adadelta(self.students.parameters(), lr=cfg.lr, rho=0.95)  # Lasagne's, L&H's
         return adam(self.students.parameters(), self.device, weight_decay=cfg.weight_decay, lr=cfg.lr)
 
     @property

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from agents.teacher_student import CONV_MODELS, classifier, multiply_adds
+from agents.teacher_student import CLASSIFIERS, classifier, multiply_adds
 from envs.base import at_least
 from envs.data import Split, Splits
 from trainers.base import Events, check_fields, option
@@ -30,8 +30,8 @@ VERSION = "seeded-dropout-1"  # in the cache key: teachers trained before their 
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    model: str = option("mlp", "teacher classifier: the ReLU MLP of --teacher-hidden widths, or one of chapter 2's "
-                        "CNNs (CIFAR-10)", choices=("mlp", *CONV_MODELS))
+    model: str = option("mlp", "teacher classifier: the ReLU MLP of --teacher-hidden widths, one of chapter 2's "
+                        "CNNs (CIFAR-10), or Loshchilov & Hutter's MNIST CNN (lh-cnn)", choices=CLASSIFIERS)
     hidden: tuple[int, ...] = option((1200, 1200), "teacher hidden widths (784-1200-1200-10 in the thesis)",
                                      read_with={"model": ("mlp",)})
     dropout: float | None = option(None, "teacher dropout after each hidden layer", default_text="0.5 with the mlp; "
