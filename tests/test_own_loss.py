@@ -83,16 +83,20 @@ def test_whole_set_selection_resumes_bit_for_bit(splits, tmp_path):
 def test_adadelta_steps_each_run_as_it_would_alone(splits):
     config = dataclasses.replace(CONFIG, optimizer="adadelta", lr=None)
     assert config.lr == 1.0 and StudentConfig().lr == 1e-3
-    runs = [(WHOLE, 0), (Selection(), 1)]
-    together = StudentTrainer(config, splits, runs)
-    assert isinstance(together.optimizer, torch.optim.Adadelta)
-    for _ in range(5):
-        together.train_step()
-    alone = StudentTrainer(config, splits, runs[1:])
-    for _ in range(5):
-        alone.train_step()
+    together, alone = _together_and_alone(config, splits)
+    assert isinstance(together.optimizer, torch.optim.Adadelta) and together.optimizer.defaults["rho"] == 0.95
     kept, mine = together.students.state_dict(), alone.students.state_dict()
     assert all(torch.allclose(kept[k][1], mine[k][0]) for k in kept)
+
+
+def _together_and_alone(config: StudentConfig, splits) -> tuple[StudentTrainer, StudentTrainer]:
+    """5 steps of a whole-set run beside a baseline run, and of the same baseline run alone."""
+    runs = [(WHOLE, 0), (Selection(), 1)]
+    trainers = StudentTrainer(config, splits, runs), StudentTrainer(config, splits, runs[1:])
+    for trainer in trainers:
+        for _ in range(5):
+            trainer.train_step()
+    return trainers
 
 
 def test_lh_cnn_is_loshchilov_and_hutters_network():
@@ -111,15 +115,8 @@ def test_lh_cnn_is_loshchilov_and_hutters_network():
 
 def test_lh_cnn_students_with_batch_norm_and_dropout_step_as_they_would_alone(tmp_path):
     splits = load_splits("mnist", make_dataset(tmp_path / "data", side=28), download=False)
-    config = dataclasses.replace(CONFIG, model="lh-cnn", optimizer="adadelta", lr=None)
-    runs = [(WHOLE, 0), (Selection(), 1)]
-    together = StudentTrainer(config, splits, runs)
-    assert isinstance(together.optimizer, torch.optim.Adadelta) and together.optimizer.defaults["rho"] == 0.95
-    for _ in range(5):
-        together.train_step()
-    alone = StudentTrainer(config, splits, runs[1:])
-    for _ in range(5):
-        alone.train_step()
+    together, alone = _together_and_alone(dataclasses.replace(CONFIG, model="lh-cnn"), splits)
+    assert together.students.generators is not None  # each student's dropout masks from its own generator
     kept, mine = together.students.state_dict(), alone.students.state_dict()
     # weights and running statistics, up to the summation order of a batched convolution
     assert all(torch.allclose(kept[k][1], mine[k][0], atol=1e-5) for k in kept)
