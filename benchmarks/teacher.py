@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from agents.teacher_student import CLASSIFIERS
 from benchmarks.cli import (
     ArgumentParser,
     UsageError,
@@ -70,6 +71,7 @@ from trainers.teacher_student.teachers import (
     TeacherConfig,
     cache_path,
     carve_holdout,
+    irreducible_config,
     irreducible_losses,
     irreducible_training_cost,
     load_or_train_teachers,
@@ -94,7 +96,7 @@ RIVALS = (Selection(5, "cross_entropy", "true", 300, floor=0.3), Selection(5, "r
 # Settings added after results files were first written, at the value every older run had: left out of a file's
 # identity there, so a file written before them still resumes
 ADDED = {"model": "mlp", "optimizer": "adam", "weight_decay": 0.0, "teacher_model": "mlp",
-         "policy_observe_labels": False, "irreducible_hidden": IRREDUCIBLE.hidden}
+         "policy_observe_labels": False, "irreducible_hidden": IRREDUCIBLE.hidden, "irreducible_model": "mlp"}
 
 # Two papers' settings as they state them (docs/teacher.md compares them side by side with ours). Loshchilov & Hutter
 # (2016), as their reference code runs them: the student (their MNIST CNN, ``lh-cnn``) ranks its own latest known
@@ -156,8 +158,10 @@ def build_parser() -> ArgumentParser:
     p.option("--holdout", None, "training images set apart (the last ones) for the irreducible-loss model and the "
              "learned teachers' reward; every row trains on the rest", type=int,
              default_text="a tenth of the training split: 5,000 on MNIST")
-    p.option("--irreducible-hidden", IRREDUCIBLE.hidden, "hidden widths of the irreducible-loss model (RHO-LOSS's "
-             "MNIST model: 512,512,512)", type=int_tuple)
+    p.option("--irreducible-model", "mlp", "the irreducible-loss model: an MLP of --irreducible-hidden widths, or one "
+             "of the student's CNNs (RHO-LOSS's CIFAR-10 model is the student's architecture)", choices=CLASSIFIERS)
+    p.option("--irreducible-hidden", IRREDUCIBLE.hidden, "hidden widths of the irreducible-loss model's MLP "
+             "(RHO-LOSS's MNIST model: 512,512,512)", type=int_tuple)
     p.option("--tuning-seeds", None, "seeds (a subset of --seeds) on whose validation curves the * rows are chosen; "
              "the table reports the others", default_text="none: chosen on the reported seeds, said so",
              type=seed_list)
@@ -289,8 +293,9 @@ def main(argv: list[str] | None = None) -> int:
             specs = {at + cell: spec for cell, spec in cells.items()}
             hparams = {**flat_hparams(student_config), **flat_hparams(teacher_config, "teacher."),
                        "dataset": args.dataset}
-            train = functools.partial(_train, student_config, teacher_config, Path(args.teacher_cache),
-                                      args.irreducible_hidden, root, hparams, device, f"{at}students")
+            irreducible = irreducible_config(args.irreducible_model, args.irreducible_hidden)
+            train = functools.partial(_train, student_config, teacher_config, Path(args.teacher_cache), irreducible,
+                                      root, hparams, device, f"{at}students")
             if args.launcher != "local":  # the driver trains what tasks share; a task reads the data itself
                 pending = [(Selection(**spec), k) for cell, spec in specs.items() for k in seeds
                            if not store.done(cell, k)]
@@ -339,7 +344,7 @@ def _identity(args, student: StudentConfig, teacher: TeacherConfig, policy: Poli
                 **{f"policy_{k}": v for k, v in (policy.__dict__ if policy else {}).items()
                    if k not in ("seed", "reward")}, "dataset": args.dataset, "holdout": holdout_size,
                 "label_noise": args.label_noise, "label_noise_seed": args.label_noise_seed,
-                "irreducible_hidden": args.irreducible_hidden}
+                "irreducible_hidden": args.irreducible_hidden, "irreducible_model": args.irreducible_model}
     return {k: v for k, v in identity.items() if ADDED.get(k, ...) != v}
 
 
@@ -376,10 +381,11 @@ def _shared(store: Store, at: str, runs: list[tuple[Selection, int]], splits: Sp
         if cost:
             store.reference(f"{at}teacher_training_images", k, cost["backward_passes"] * cost["batch_size"])
     if any(MEASURES[s.measure].reads_irreducible for s, _ in runs):
-        irreducible_losses(splits, holdout, seeds, cache, args.irreducible_hidden, args.retrain_teacher,
+        irreducible = irreducible_config(args.irreducible_model, args.irreducible_hidden)
+        irreducible_losses(splits, holdout, seeds, cache, irreducible, args.retrain_teacher,
                            Progress("irreducible-loss models"), device)
         for k in seeds:
-            cost = irreducible_training_cost(cache, holdout, k, args.irreducible_hidden)[1]
+            cost = irreducible_training_cost(cache, holdout, k, irreducible)[1]
             if cost:
                 store.reference(f"{at}irreducible_training_images", k, cost["backward_passes"] * cost["batch_size"])
     learned = sorted({s.measure.removeprefix("learned_") for s, _ in runs if s.measure.startswith("learned_")})
@@ -389,7 +395,7 @@ def _shared(store: Store, at: str, runs: list[tuple[Selection, int]], splits: Sp
                            root / at, saved)
 
 
-def _train(student: StudentConfig, teacher: TeacherConfig, cache: Path, irreducible_hidden: tuple[int, ...],
+def _train(student: StudentConfig, teacher: TeacherConfig, cache: Path, irreducible_model: TeacherConfig,
            root: Path, hparams: dict, device, desc: str, data: tuple, specs: dict[str, dict],
            policies: dict[str, str] | None, runs: list[tuple[str, int]], store, checkpoint: Path) -> None:
     """Train ``runs`` (``(cell, seed)``, each cell's selection in ``specs``) as one batched model, each finished
@@ -409,7 +415,7 @@ def _train(student: StudentConfig, teacher: TeacherConfig, cache: Path, irreduci
     logits = {k: predict(m, splits.train.images) for k, m in teachers.items()} if used else None
     irreducible = None
     if any(MEASURES[s.measure].reads_irreducible for s, _ in selections):
-        irreducible = irreducible_losses(splits, holdout, sorted({k for _, k in selections}), cache, irreducible_hidden,
+        irreducible = irreducible_losses(splits, holdout, sorted({k for _, k in selections}), cache, irreducible_model,
                                          device=device)
     trainer = StudentTrainer(student, splits, selections, logits, irreducible, corrupted, device=device)
     with Sink(store, runs, root, hparams, _headline, desc=f"{desc}: {len(runs)}", device=device) as sink:

@@ -14,7 +14,7 @@ from benchmarks.protocol import SUSTAIN, choose, crossing, held_target, paired_r
 from benchmarks.store import Store, format_summary, seed_text
 from envs.selection import MEASURES
 from trainers.teacher_student.student import Selection, StudentConfig, counters_at, forward_inclusive
-from trainers.teacher_student.teachers import IRREDUCIBLE, TeacherConfig, forward_cost
+from trainers.teacher_student.teachers import IRREDUCIBLE, TeacherConfig, forward_cost, irreducible_config
 
 # Table 3.1: (stack size, measure, target) -> (test accuracy %, backward passes to the baseline's accuracy)
 THESIS = {
@@ -85,14 +85,13 @@ def chosen_on_validation(store: Store, at: str, configs: list[Selection]) -> dic
 
 def one_off_costs(references: dict, at: str, c: Selection, seeds: list[int], student: StudentConfig,
                   teacher: TeacherConfig, shape: tuple[int, ...], n_train: int,
-                  irreducible: tuple[int, ...] = IRREDUCIBLE.hidden) -> float:
+                  irreducible: TeacherConfig = IRREDUCIBLE) -> float:
     """What a row pays once, before any student trains, in student minibatch forwards (mean over ``seeds``):
     training the teacher (forward + 2 x backward of every image it trained on) and its logits on every
     training image, where the row uses the teacher; the same for the irreducible-loss model and its losses,
     where the row reads them. ``references`` holds the images each model trained on, per seed."""
     parts = [(teacher, "teacher")] if c.uses_teacher else []
-    parts += [(dataclasses.replace(IRREDUCIBLE, hidden=irreducible), "irreducible")
-              ] if MEASURES[c.measure].reads_irreducible else []
+    parts += [(irreducible, "irreducible")] if MEASURES[c.measure].reads_irreducible else []
     total = 0.0
     for model, kind in parts:
         unit = _cost_units(student, model, shape) / student.batch_size  # one image's forward
@@ -115,6 +114,9 @@ def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tu
     base = cells[at + "baseline"]
     reported = report_seeds(seeds, tuning)
     chosen = set(chosen_on_validation(store, at, configs).values())
+    config = store.data["config"]  # the irreducible-loss model's settings, where not the defaults
+    irreducible = irreducible_config(config.get("irreducible_model", "mlp"),
+                                     tuple(config.get("irreducible_hidden") or IRREDUCIBLE.hidden))
     column = lambda entry, key: [entry[key][str(k)] for k in reported]  # noqa: E731
     base_compute = column(base, "compute")
     rows = []
@@ -124,7 +126,7 @@ def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tu
         passes, compute = column(e, "backward_passes"), column(e, "compute")
         thesis_passes = column(e, "backward_passes_thesis_target")
         one_off = one_off_costs(store.data["references"], at, c, reported, student, teacher, shape, n_train,
-                                tuple(store.data["config"].get("irreducible_hidden") or IRREDUCIBLE.hidden))
+                                irreducible)
         saving = [b - r for b, r in zip(base_compute, compute, strict=True) if b is not None and r is not None]
         payback = "-" if not one_off else (f"{one_off / statistics.fmean(saving):,.1f} runs"
                                            if saving and statistics.fmean(saving) > 0 else "never")

@@ -7,7 +7,14 @@ import torch
 
 from envs.data import Split, Splits
 from trainers.teacher_student.student import Selection, StudentConfig, StudentTrainer
-from trainers.teacher_student.teachers import TeacherConfig, load_or_train_teachers, predict
+from trainers.teacher_student.teachers import (
+    TeacherConfig,
+    irreducible_config,
+    irreducible_losses,
+    irreducible_training_cost,
+    load_or_train_teachers,
+    predict,
+)
 
 SHAPE = (3, 32, 32)
 CONFIG = StudentConfig(model="dcgan-small", batch_size=4, max_epochs=1, patience=1, eval_every=5)
@@ -47,3 +54,18 @@ def test_a_cnn_refuses_dropout_and_flat_inputs(images):
         StudentTrainer(dataclasses.replace(CONFIG, dropout=0.5), images, [(Selection(), 0)])
     with pytest.raises(ValueError, match="takes images"):
         StudentTrainer(CONFIG, dataclasses.replace(images, shape=()), [(Selection(), 0)])
+
+
+def test_the_irreducible_loss_model_can_be_the_students_cnn(images, tmp_path):
+    from benchmarks import teacher as bench
+
+    args = bench.build_parser().parse(["--irreducible-model", "dcgan-small", "--dataset", "cifar10"])
+    cnn = dataclasses.replace(irreducible_config(args.irreducible_model, args.irreducible_hidden), max_epochs=1,
+                              patience=1)
+    assert (cnn.model, cnn.dropout) == ("dcgan-small", 0.0)
+    holdout = images.val  # 20 images: the model trains on 10, stops on the other 10
+    losses = irreducible_losses(images, holdout, [0], tmp_path, cnn)[0]
+    assert losses.shape == (40,) and torch.isfinite(losses).all() and (losses > 0).all()
+    config, cost = irreducible_training_cost(tmp_path, holdout, 0, cnn)
+    assert config.model == "dcgan-small" and cost == {"backward_passes": 1, "batch_size": 10}
+    assert irreducible_training_cost(tmp_path, holdout, 0, dataclasses.replace(cnn, model="mlp"))[1] is None

@@ -62,6 +62,12 @@ QUICK_TEACHER = TeacherConfig(hidden=(256, 256), max_epochs=1, patience=1)  # se
 IRREDUCIBLE = TeacherConfig(hidden=(256, 256))  # RHO-LOSS's small model, trained on a holdout of the training split
 
 
+def irreducible_config(model: str = "mlp", hidden: tuple[int, ...] = IRREDUCIBLE.hidden) -> TeacherConfig:
+    """``IRREDUCIBLE`` as ``model`` (``hidden`` widths for the MLP), its dropout that model's default (the MLP's
+    0.5; the CNNs have none)."""
+    return replace(IRREDUCIBLE, model=model, hidden=hidden, dropout=None)
+
+
 def cache_path(cache_dir: Path, config: TeacherConfig, train: Split, seed: int, kind: str = "teacher") -> Path:
     """One file per kind of model, configuration, training data (the images' count and size, and the labels
     themselves: a corrupted or another dataset's labels train another model), training version and seed."""
@@ -144,16 +150,16 @@ def predict(model: torch.nn.Module, images: torch.Tensor, chunk: int = 5000) -> 
     return torch.cat([model(x) for x in images.split(chunk)])
 
 
-def _irreducible_model(holdout: Split, test: Split, hidden: tuple[int, ...]) -> tuple[TeacherConfig, Splits]:
-    """The irreducible-loss model's config (``IRREDUCIBLE`` with ``hidden`` widths) and data: trained on the first
-    half of ``holdout``, stopped early on its second half."""
+def _irreducible_model(holdout: Split, test: Split, config: TeacherConfig,
+                       shape: tuple[int, ...] = ()) -> tuple[TeacherConfig, Splits]:
+    """The irreducible-loss model's config (``config``, its batch no larger than half the holdout) and data (images
+    of ``shape``): trained on the first half of ``holdout``, stopped early on its second half."""
     half = len(holdout.images) // 2
     if half < 1:
         raise ValueError("the irreducible-loss model needs a holdout of at least 2 images (--holdout)")
     held = Splits(Split(holdout.images[:half], holdout.labels[:half]),
-                  Split(holdout.images[half:], holdout.labels[half:]), test)
-    config = replace(IRREDUCIBLE, hidden=hidden, batch_size=min(IRREDUCIBLE.batch_size, half))  # a tiny split trains
-    return config, held
+                  Split(holdout.images[half:], holdout.labels[half:]), test, shape=shape)
+    return replace(config, batch_size=min(config.batch_size, half)), held  # a tiny split trains too
 
 
 def irreducible_losses(
@@ -161,22 +167,23 @@ def irreducible_losses(
     holdout: Split,
     seeds: Sequence[int],
     cache_dir: Path,
-    hidden: tuple[int, ...] = IRREDUCIBLE.hidden,
+    config: TeacherConfig = IRREDUCIBLE,
     retrain: bool = False,
     events: Events | None = None,
     device: torch.device | str = "cpu",
 ) -> dict[int, torch.Tensor]:
-    """RHO-LOSS's irreducible losses: a small model (``hidden`` widths) trained on the first half of ``holdout``
-    (``carve_holdout``), stopped early on its second half, then its cross-entropy on every training image's
-    true label, ``{seed: [n_train]}``. It sees neither the students' training pool nor their validation split."""
-    config, held = _irreducible_model(holdout, splits.test, hidden)
+    """RHO-LOSS's irreducible losses: a model (``config``, by default a small MLP) trained on the first half of
+    ``holdout`` (``carve_holdout``), stopped early on its second half, then its cross-entropy on every training
+    image's true label, ``{seed: [n_train]}``. It sees neither the students' training pool nor their validation
+    split."""
+    config, held = _irreducible_model(holdout, splits.test, config, splits.shape)
     models = load_or_train_teachers(held, seeds, config, cache_dir, retrain, events, device, "irreducible")
     train = splits.train
     return {k: F.cross_entropy(predict(m, train.images), train.labels, reduction="none") for k, m in models.items()}
 
 
 def irreducible_training_cost(cache_dir: Path, holdout: Split, seed: int,
-                              hidden: tuple[int, ...] = IRREDUCIBLE.hidden) -> tuple[TeacherConfig, dict | None]:
+                              config: TeacherConfig = IRREDUCIBLE) -> tuple[TeacherConfig, dict | None]:
     """The irreducible-loss model's config and what training it cost (``training_cost``)."""
-    config, held = _irreducible_model(holdout, holdout, hidden)
+    config, held = _irreducible_model(holdout, holdout, config)
     return config, training_cost(cache_path(cache_dir, config, held.train, seed, "irreducible"))
