@@ -123,7 +123,7 @@ def _ordering_table(store: Store, at: str, chosen: list[NetworkConfig], seeds: l
     """The thesis' ordering of contents (labels > logits > features > none), tested where it is claimed: each
     content against the next one present at the control's size, paired by seed, beside the thesis' gaps."""
     control = control_of(chosen)
-    present = sorted((c for c in chosen if control and c.nodes == control.nodes and c.average is None),
+    present = sorted((c for c in chosen if control and c.nodes == control.nodes and not c.average),
                      key=lambda c: ORDER.index(c.content))
     rows = []
     for better, worse in itertools.pairwise(present):

@@ -130,7 +130,8 @@ class Population:
             self.generators = [self.generators[i] for i in rows]
 
     def rows(self, rows: torch.Tensor, *args: torch.Tensor):
-        """Only the members ``rows`` (inputs carry a leading dimension of ``len(rows)``)."""
+        """Only the members ``rows`` (inputs carry a leading dimension of ``len(rows)``). Their buffers are copies, so
+        a call here leaves batch-norm running statistics as they were (a scoring pass, not a training pass)."""
         params = {k: v[rows] for k, v in self.params.items()}
         buffers = {k: v[rows] for k, v in self.buffers.items()}
         if self._layers is not None:

@@ -199,12 +199,10 @@ class StudentTrainer(Trainer):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 models.append(classifier(shape, config.model, config.hidden, dropout=config.dropout))
-        modules = list(models[0].modules())
-        dropout = [generator(20_000 + seed) for _, seed in runs] if any(isinstance(m, torch.nn.Dropout)
-                                                                          for m in modules) else None
+        has = lambda kind: any(isinstance(m, kind) for m in models[0].modules())  # noqa: E731
+        dropout = [generator(20_000 + seed) for _, seed in runs] if has(torch.nn.Dropout) else None
         # batch norm and max-pooling under vmap ran a population of lh-cnn students 2x slower than one at a time
-        batched = not any(isinstance(m, torch.nn.BatchNorm2d) for m in modules)
-        self.students = Population(models, dropout, vectorized=batched).to(device)
+        self.students = Population(models, dropout, vectorized=not has(torch.nn.BatchNorm2d)).to(device)
         self.optimizer = self._optimizer()
         classes = models[0][-1].out_features
         logits = [teacher_logits[seed] if seed in (teacher_logits or {}) else torch.zeros(n, classes)
