@@ -158,7 +158,9 @@ def test_a_decayed_learning_rate_steps_as_adam_at_the_scaled_rate(splits):
         trainer.train_step()
         alone.train_step()
     for got, want in zip(trainer.students.parameters(), alone.students.parameters(), strict=True):
-        assert torch.equal(got[0], want[0])  # the constant run steps exactly as alone
+        # the constant run steps as alone, to the rounding of batched kernels (a population of 3 and of 1 may
+        # take different vector paths: bitwise equal on one 2-core VM, not on an AVX-512 one)
+        torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-7)
     # a reference Adam whose learning rate follows the cosine schedule, on the same minibatches
     reference = StudentTrainer(CONFIG, splits, runs[1:2])
     schedule = torch.optim.lr_scheduler.LambdaLR(
