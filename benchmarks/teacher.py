@@ -110,7 +110,7 @@ ADDED = {"model": "mlp", "optimizer": "adam", "weight_decay": 0.0, "teacher_mode
 PRESETS = {
     "loshchilov-hutter": {"stack_sizes": "all", "measures": "own_loss", "targets": "true", "pressures": "100,1e8",
                           "anneal": "0,39062", "refresh": "0,1563", "batch_size": 64, "model": "lh-cnn",
-                          "max_epochs": 50, "holdout": 0, "sweep": "optimizer=adam,adadelta"},
+                          "max_epochs": 50, "holdout": 0, "sweep": "optimizer=adam,adadelta", "eval_every": 391},
     "rho-loss": {"stack_sizes": "10", "measures": "reducible_holdout,loss,irreducible", "targets": "true",
                  "batch_size": 32, "hidden": (512, 512, 512), "irreducible_hidden": (512, 512, 512),
                  "weight_decay": 0.01, "holdout": 25_000},

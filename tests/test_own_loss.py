@@ -111,6 +111,12 @@ def test_lh_cnn_is_loshchilov_and_hutters_network():
     assert sum(p.numel() for p in model.parameters()) == 160_490
     assert all((m.bias == 0).all() for m in convs + linears)  # Lasagne's zero biases
     assert model(torch.zeros(2, 784)).shape == (2, 10)
+    # their order (batch norm, ReLU, pooling) computes the same outputs and gradients as ours (pooling, then ReLU)
+    theirs = torch.nn.Sequential(*model[:3], model[4], model[3], *model[5:7], model[8], model[7], *model[9:]).eval()
+    images = torch.randn(8, 784, requires_grad=True)
+    ours, reference = model.eval()(images), theirs(images)
+    assert torch.equal(ours, reference)
+    assert torch.equal(*(torch.autograd.grad(y.square().sum(), images)[0] for y in (ours, reference)))
 
 
 def test_lh_cnn_students_with_batch_norm_and_dropout_step_as_they_would_alone(tmp_path):
