@@ -33,6 +33,7 @@ def test_smoke_run_writes_table_json_tensorboard_and_figure(cli, capsys):
     )
     printed = capsys.readouterr().out
     assert "Table 3.1" in printed and "stack2-cross_entropy-soft" in printed and "96.9" in printed
+    assert "thesis backward" in printed and "reached 96.4" in printed
     data = json.loads(out.read_text())
     assert data["benchmark"] == "teacher" and set(data["cells"]) == {
         "baseline", "stack2-cross_entropy-soft", "stack2-cross_entropy-true"}
@@ -50,6 +51,15 @@ def test_smoke_run_writes_table_json_tensorboard_and_figure(cli, capsys):
         "0", "1"}
     assert (logdir / "teacher" / "figure_3_1.png").stat().st_size > 1000
     assert list((logdir / "teacher" / "baseline" / "seed1").glob("events.out.tfevents.*"))
+
+
+def test_the_thesis_columns_stand_only_beside_the_thesis_student(cli, capsys):
+    argv, _, _ = cli
+    assert run([*argv, "--hidden", "8", "--stack-sizes", "2", "--measures", "random", "--targets", "true",
+                "--seeds", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "stack2-random-true" in printed and "backward to target" in printed
+    assert "thesis backward" not in printed and "at the thesis'" not in printed
 
 
 def test_rerun_skips_finished_runs_and_reuses_cached_teachers(cli, monkeypatch):
