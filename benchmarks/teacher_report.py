@@ -165,8 +165,9 @@ def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tu
           f"minibatch forwards. one-off: the teacher's training and its logits on every training image (computed "
           f"once, looked up per stack: a teacher scoring each stack would add {unit:.1f} x stack size per update "
           f"instead), and the irreducible-loss model's training and losses, where the row uses them; pays back "
-          f"after: one-off / the per-run compute saved against the baseline. * = the rule's parameters chosen on "
-          f"validation on {tuned} (most seeds reaching the target, then the largest paired speedup)." +
+          f"after: one-off / the per-run compute saved against the baseline." +
+          (f" * = the rule's parameters chosen on validation on {tuned} (most seeds reaching the target, then the "
+           f"largest paired speedup)." if chosen else "") +
           (" corrupted sent: of the samples a run trained on up to its best validation, the % whose training label "
            "was corrupted (uniform selection sends the noise level)." if label_noise else ""))
     for key, what in TARGETS_OF.items():

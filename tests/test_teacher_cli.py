@@ -60,6 +60,8 @@ def test_the_thesis_columns_stand_only_beside_the_thesis_student(cli, capsys):
     printed = capsys.readouterr().out
     assert "stack2-random-true" in printed and "backward to target" in printed
     assert "thesis backward" not in printed and "at the thesis'" not in printed
+    # one candidate per rule: nothing is chosen, so nothing is marked and the footer does not explain a mark
+    assert " *" not in printed and "* = the rule's parameters" not in printed
 
 
 def test_rerun_skips_finished_runs_and_reuses_cached_teachers(cli, monkeypatch):
@@ -218,6 +220,7 @@ def test_sampled_rules_are_crossed_with_pressures_schedules_and_floors_and_one_i
     printed = capsys.readouterr().out
     marked = [line.split()[0] for line in printed.splitlines() if line.startswith("stack") and " * " in line]
     assert len(marked) == 2 and {m.split("-")[1] for m in marked} == {"cross_entropy", "reducible_holdout"}
+    assert "* = the rule's parameters chosen on validation on the same seeds" in printed
     entry = data["cells"]["stack3-reducible_holdout-true-rank10-anneal30"]
     assert len(entry["backward_passes_tuning"]) == 1 and len(entry["backward_passes_thesis_target"]) == 1
     run0 = entry["runs"]["0"]
