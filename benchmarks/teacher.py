@@ -189,7 +189,7 @@ def selections(args, policy: PolicyConfig | None = None) -> list[Selection]:
     """The thesis' configs and the rules beyond them, the policy comparison (the baseline, the thesis' CE
     rule, ``RIVALS`` and random selection at the policies' stack and target, then the policies), or the
     baseline plus every valid combination of the given flags (annealing and floors only with a finite
-    pressure)."""
+    pressure; random selection only at pressure inf, the same uniform draw)."""
     if policy is not None:
         size, target = policy.stack_size, policy.target
         learned = [Selection(size, f"learned_{name}", target) for name in candidates(args)]
@@ -219,9 +219,11 @@ def selections(args, policy: PolicyConfig | None = None) -> list[Selection]:
     own = {m for m in measures if MEASURES[m].reads_own_loss}
     chosen = [Selection(s, m, t, p, a, f, lr, r) for s in sizes for m in measures for t in targets for p in pressures
               for a in anneals for f in floors for lr in schedules for r in refreshes
-              if not (math.isinf(p) and (a or f)) and (m in own or not (r or s == 0))]
+              if not (math.isinf(p) and (a or f)) and (m in own or not (r or s == 0))
+              and not (m == "random" and not math.isinf(p))]  # ranked uniform scores send a uniform draw: one row
     if not chosen:
-        raise UsageError("no selection fits these flags: stack size all and --refresh go with --measures own_loss")
+        raise UsageError("no selection fits these flags: stack size all and --refresh go with --measures own_loss, "
+                         "random with --pressures inf")
     baselines = [Selection(lr_schedule=lr) for lr in dict.fromkeys(["constant", *schedules])]
     return [*baselines, *[c for c in chosen if c not in baselines]]
 

@@ -96,6 +96,8 @@ BAD_INPUTS = [
     (["--pressures", "ten"], "--pressures must be comma-separated numbers"),
     (["--floors", "1"], "--floors must be in [0, 1)"),
     (["--anneal", "2.5"], "--anneal must be whole numbers >= 0"),
+    (["--measures", "random", "--pressures", "30"], "random with --pressures inf"),
+    (["--measures", "random", "--refresh", "100"], "--refresh go with --measures own_loss"),
 ]
 
 
@@ -209,14 +211,14 @@ def test_a_sweep_trains_each_value_with_its_own_cells_and_figure(cli, capsys):
 
 def test_sampled_rules_are_crossed_with_pressures_schedules_and_floors_and_one_is_chosen_on_validation(cli, capsys):
     argv, out, _ = cli
-    grid = [*argv, "--stack-sizes", "3", "--measures", "cross_entropy,reducible_holdout", "--targets", "true",
+    grid = [*argv, "--stack-sizes", "3", "--measures", "cross_entropy,reducible_holdout,random", "--targets", "true",
             "--pressures", "10,100,inf", "--anneal", "0,30", "--floors", "0,0.2", "--seeds", "1"]
     assert run(grid) == 0
     data = json.loads(out.read_text())
     sampled = {f"rank{p}{a}{f}" for p in (10, 100) for a in ("", "-anneal30") for f in ("", "-floor0.2")}
     expected = {"baseline", *(f"stack3-{m}-true{s}" for m in ("cross_entropy", "reducible_holdout")
-                              for s in ("", *(f"-{x}" for x in sampled)))}
-    assert set(data["cells"]) == expected  # no annealing or floor with the hardest (inf)
+                              for s in ("", *(f"-{x}" for x in sampled))), "stack3-random-true"}
+    assert set(data["cells"]) == expected  # no annealing or floor with the hardest (inf), random once
     printed = capsys.readouterr().out
     marked = [line.split()[0] for line in printed.splitlines() if line.startswith("stack") and " * " in line]
     assert len(marked) == 2 and {m.split("-")[1] for m in marked} == {"cross_entropy", "reducible_holdout"}
