@@ -291,7 +291,8 @@ def plot_sweep(
 ) -> None:
     """The headline metric against the swept value: one line per cell, the mean over seeds, ±1 std band;
     ``references`` (measured per value too) are dashed lines of their mean. ``intervals``: each value of ``lines``
-    is already ``[mean, low, high]`` (a paired speedup and its 95% t-interval; empty where none), drawn as is."""
+    is already ``[mean, low, high]`` (a paired speedup and its 95% t-interval; empty where none), drawn on a log
+    axis around the baseline's 1x and kept to the means' range (an interval over two seeds can span 100x)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -299,7 +300,14 @@ def plot_sweep(
 
     numeric = all(_is_number(v) for v in values)
     x = [float(v) for v in values] if numeric else list(range(len(values)))
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if numeric:  # values given in any order (the order they ran) are drawn left to right
+        order = sorted(range(len(x)), key=x.__getitem__)
+        x, values = [x[i] for i in order], [values[i] for i in order]
+        lines = {k: [v[i] for i in order] for k, v in lines.items()}
+        references = {k: [v[i] for i in order] for k, v in (references or {}).items()}
+    fig, ax = plt.subplots(figsize=(10 if len(lines) > 4 else 7, 4.5))
+    if len(lines) + len(references or {}) > 10:  # more lines than the default ten colours
+        ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
     for label, per_value in lines.items():
         if intervals:
             points = [(at, *v) for at, v in zip(x, per_value, strict=True) if v]
@@ -317,10 +325,18 @@ def plot_sweep(
     elif min(x) > 0 and max(x) >= 10 * min(x):  # values a decade or more apart (shard sizes): a log axis
         ax.set_xscale("log")
         ax.set_xticks(x, values)
+    means = [v[0] for per_value in lines.values() for v in per_value if v] if intervals else []
+    if means:
+        ax.set_yscale("log")
+        ax.axhline(1, color="black", linewidth=0.8, linestyle=":")
+        ax.set_ylim(min(*means, 1) / 2, max(*means, 1) * 2)
+        times = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}x")
+        ax.yaxis.set_major_formatter(times)
+        ax.yaxis.set_minor_formatter(times)
     band = "paired geometric mean, 95% t-interval" if intervals else "mean, ±1 std over seeds"
-    ax.set(xlabel=flag, ylabel=ylabel, title=f"{ylabel} against {flag} ({band})")
+    ax.set(xlabel=flag, ylabel=ylabel, title=f"{ylabel} against {flag}\n({band})")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
