@@ -98,6 +98,14 @@ def own_loss(stack: Stack, generator: torch.Generator) -> torch.Tensor:
     return stack.own_loss
 
 
+def own_reducible(stack: Stack, generator: torch.Generator) -> torch.Tensor:
+    """The stale reducible loss: the student's latest known loss (``own_loss``) minus the teacher's on the given
+    label (``reducible``'s irreducible loss). Loshchilov & Hutter's ranking costs no forward pass but sends the
+    mislabelled samples first, whose own loss stays highest; the teacher's loss on them is high too, so here
+    they score low, still without a forward pass of the student."""
+    return own_loss(stack, generator) - label_loss(stack.teacher_probs, stack.labels)
+
+
 @dataclass(frozen=True)
 class Measure:
     """A difficulty measure: ``score(stack, generator) -> scores``, and what it reads: the student's
@@ -126,6 +134,7 @@ MEASURES: dict[str, Measure] = {
     "irreducible": Measure(irreducible, reads_student=False, reads_teacher=False, reads_labels=True,
                            reads_irreducible=True),
     "own_loss": Measure(own_loss, reads_student=False, reads_teacher=False, reads_labels=True, reads_own_loss=True),
+    "own_reducible": Measure(own_reducible, reads_student=False, reads_labels=True, reads_own_loss=True),
 }
 
 

@@ -26,6 +26,30 @@ def test_own_loss_ranks_a_stack_by_the_latest_known_loss():
         MEASURES["own_loss"](Stack(probs, probs), torch.Generator())
 
 
+def test_own_reducible_subtracts_the_teachers_loss_so_a_sample_both_get_wrong_goes_last():
+    teacher = torch.tensor([[0.9, 0.1], [0.1, 0.9], [0.5, 0.5]])  # right on 0, wrong on 1 (mislabelled), unsure on 2
+    labels = torch.zeros(3, dtype=torch.long)
+    stack = Stack(teacher, torch.full((3, 2), 0.5), labels, own_loss=torch.tensor([2.0, 3.0, 2.0]))
+    scores = MEASURES["own_reducible"](stack, torch.Generator())
+    assert torch.allclose(scores, torch.tensor([2 + math.log(0.9), 3 + math.log(0.1), 2 + math.log(0.5)]))
+    assert Rule("own_loss")(stack, 1, torch.Generator()).tolist() == [1]  # the highest own loss: the mislabelled one
+    assert Rule("own_reducible")(stack, 1, torch.Generator()).tolist() == [0]
+    assert not MEASURES["own_reducible"].reads_student and MEASURES["own_reducible"].reads_teacher
+
+
+def test_whole_set_ranks_by_own_reducible_with_the_teachers_loss(splits):
+    n = len(splits.train.labels)
+    logits = torch.zeros(n, 10)
+    logits[torch.arange(n), splits.train.labels] = torch.arange(n, dtype=torch.float32) / n * 10  # surer as i grows
+    trainer = StudentTrainer(CONFIG, splits, [(Selection(0, "own_reducible", "true"), 0)], teacher_logits={0: logits})
+    assert trainer.runs[0][0].uses_teacher
+    trainer.step = trainer.epoch
+    trainer.own_losses[0] = torch.full((n,), 1.0)  # equal own losses: the teacher's loss alone orders the set
+    assert trainer._stack_indices()[0].tolist() == [n - 1, n - 2, n - 3, n - 4]
+    trainer.own_losses[0, 0] = math.inf  # never sent: first, whatever the teacher's loss
+    assert trainer._stack_indices()[0].tolist()[0] == 0
+
+
 def test_rank_probabilities_of_a_sorted_set_match_those_of_its_samples():
     rule = Rule("own_loss", 100.0, anneal=50, floor=0.2)
     scores = torch.randn(30, generator=torch.Generator().manual_seed(1))
@@ -71,6 +95,7 @@ def test_refresh_recomputes_every_loss_and_is_counted(splits):
     assert counters_at(dataclasses.replace(WHOLE, refresh=3), 7, epoch) == {
         "backward_passes": 7, "student_forward_passes": 7 + 2 * epoch, "teacher_forward_passes": 0}
     assert counters_at(Selection(5, "own_loss", "true"), 7, epoch)["student_forward_passes"] == 7  # no forward
+    assert counters_at(Selection(5, "own_reducible", "true"), 7, epoch)["student_forward_passes"] == 7
 
 
 def test_whole_set_selection_resumes_bit_for_bit(splits, tmp_path):
@@ -135,6 +160,7 @@ def test_lh_cnn_students_with_batch_norm_and_dropout_step_as_they_would_alone(tm
 
 @pytest.mark.parametrize("bad, message", [
     ({"stack_size": 0, "measure": "cross_entropy"}, "reads the student's own losses"),
+    ({"stack_size": 0, "measure": "reducible"}, "reads the student's own losses"),
     ({"measure": "random", "refresh": 5}, "reads the student's own losses"),
     ({"stack_size": -1}, "must be >= 0"),
 ])

@@ -36,9 +36,9 @@ class Selection:
     """How the teacher picks the student's minibatch: the stack size, the rule (``envs.selection.Rule``:
     a measure, and the hardest or a draw by rank with a pressure, annealing and a floor) and the target.
     Stack size 0 ranks the whole training set (Loshchilov & Hutter's online batch selection; only a measure
-    that reads the student's latest known losses can), after a first plain epoch that learns every loss;
-    ``refresh`` > 0 recomputes every training image's loss each ``refresh`` backward passes (else a loss is
-    as old as the sample's last visit)."""
+    that reads the student's latest known losses can, as it needs no forward pass), after a first plain epoch
+    that learns every loss; ``refresh`` > 0 recomputes every training image's loss each ``refresh`` backward
+    passes (else a loss is as old as the sample's last visit)."""
 
     stack_size: int = 1
     measure: str = "random"
@@ -60,7 +60,7 @@ class Selection:
         self.rule  # noqa: B018 (validates the measure, pressure, anneal and floor)
         if (self.stack_size == 0 or self.refresh) and not MEASURES[self.measure].reads_own_loss:
             raise ValueError(f"the whole training set (stack size 0) and refresh are for a measure that reads the "
-                             f"student's own losses (own_loss), not {self.measure}")
+                             f"student's own losses (own_loss, own_reducible), not {self.measure}")
 
     @functools.cached_property
     def rule(self) -> Rule:
@@ -282,14 +282,18 @@ class StudentTrainer(Trainer):
         return torch.stack(rows).to(self.device)
 
     def _draw_whole(self, r: int, sel: Selection) -> torch.Tensor:
-        """A batch drawn by the rank of run ``r``'s latest known loss over the whole training set: the sample of
-        rank ``i`` of ``n`` is ``pressure ** (i / n)`` times less likely than the highest (``Rule.probabilities``
-        over every training image; Loshchilov & Hutter's selection)."""
-        losses = self.own_losses[r]
-        order = losses.argsort(descending=True, stable=True)
+        """A batch drawn by the rank of run ``r``'s scores over the whole training set, from its latest known losses
+        (and the teacher's, with ``own_reducible``): the sample of rank ``i`` of ``n`` is ``pressure ** (i / n)``
+        times less likely than the highest (``Rule.probabilities`` over every training image; Loshchilov & Hutter's
+        selection). No measure of the whole set reads the student's predictions, so they stand in as uniform."""
+        teacher = self.teacher_probs[r]
+        whole = Stack(teacher, torch.full_like(teacher, 1.0 / teacher.shape[-1]), self.splits.train.labels,
+                      self.irreducible[r], self.step, self.own_losses[r])
+        scores = MEASURES[sel.measure](whole, self.measure_generators[r])
+        order = scores.argsort(descending=True, stable=True)
         if math.isinf(sel.pressure):
             return order[: self.config.batch_size]
-        p = sel.rule.by_rank(len(losses), self.step).to(losses.device)
+        p = sel.rule.by_rank(len(scores), self.step).to(scores.device)
         return order[draw(p, self.config.batch_size, self.measure_generators[r])]
 
     def _choose(self, stack: Stack) -> torch.Tensor:
