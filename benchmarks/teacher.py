@@ -44,7 +44,7 @@ from benchmarks.store import Store, prefix, preflight
 from benchmarks.teacher_report import THESIS, report, summarise, sweep_report
 from envs.data import DATASETS, Split, Splits, load_splits
 from envs.noise import corrupt_labels
-from envs.selection import MEASURES, TARGETS
+from envs.selection import MEASURES, OWN_LOSS, TARGETS
 from envs.teacher_student import REWARDS
 from trainers.probe import accuracy
 from trainers.teacher_student.policy import (
@@ -127,7 +127,7 @@ def build_parser() -> ArgumentParser:
     policies = {"policies": None}  # the policy flags are read only with --policies
     p.config(PolicyConfig, prefix="policy-", exclude=("batch_size", "seed", "reward"), read_with=policies)
     p.option("--stack-sizes", None, "comma-separated stack sizes (with --measures/--targets: the baseline plus every "
-             "combination); all: the whole training set, ranked by own_loss or own_reducible (Loshchilov & Hutter)",
+             f"combination); all: the whole training set, ranked by {' or '.join(OWN_LOSS)} (Loshchilov & Hutter)",
              default_text="the thesis' seven configs, baseline-cosine and nine rules beyond them")
     p.option("--measures", None, f"difficulty measures from {','.join(MEASURES)}", default_text="all")
     p.option("--targets", None, f"targets from {','.join(TARGETS)}", default_text="all")
@@ -138,7 +138,7 @@ def build_parser() -> ArgumentParser:
     p.option("--floors", None, "comma-separated floors: every stack sample keeps a probability >= floor / stack "
              "samples", default_text="0")
     p.option("--refresh", None, "comma-separated backward passes between recomputations of every training image's "
-             "loss, for own_loss and own_reducible (0: a loss is as old as the sample's last visit)", default_text="0")
+             f"loss, for {' and '.join(OWN_LOSS)} (0: a loss is as old as the sample's last visit)", default_text="0")
     p.option("--teacher-cache", "checkpoints/teachers", "folder of the trained teachers (one file per seed)")
     p.option("--retrain-teacher", False, "ignore cached teachers and train new ones", action="store_true")
     with p.group("data"):
@@ -216,14 +216,13 @@ def selections(args, policy: PolicyConfig | None = None) -> list[Selection]:
                                           "whole numbers >= 0")]
     schedules = parse_list(args.lr_schedule, SCHEDULES, "learning-rate schedule(s)") if args.lr_schedule else [
         "constant"]
-    own = {m for m in measures if MEASURES[m].reads_own_loss}
     chosen = [Selection(s, m, t, p, a, f, lr, r) for s in sizes for m in measures for t in targets for p in pressures
               for a in anneals for f in floors for lr in schedules for r in refreshes
-              if not (math.isinf(p) and (a or f)) and (m in own or not (r or s == 0))
+              if not (math.isinf(p) and (a or f)) and (m in OWN_LOSS or not (r or s == 0))
               and not (m == "random" and not math.isinf(p))]  # ranked uniform scores send a uniform draw: one row
     if not chosen:
-        raise UsageError("no selection fits these flags: stack size all and --refresh go with --measures own_loss or "
-                         "own_reducible, random with --pressures inf")
+        raise UsageError(f"no selection fits these flags: stack size all and --refresh go with --measures "
+                         f"{' or '.join(OWN_LOSS)}, random with --pressures inf")
     baselines = [Selection(lr_schedule=lr) for lr in dict.fromkeys(["constant", *schedules])]
     return [*baselines, *[c for c in chosen if c not in baselines]]
 

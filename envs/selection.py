@@ -136,6 +136,8 @@ MEASURES: dict[str, Measure] = {
     "own_loss": Measure(own_loss, reads_student=False, reads_teacher=False, reads_labels=True, reads_own_loss=True),
     "own_reducible": Measure(own_reducible, reads_student=False, reads_labels=True, reads_own_loss=True),
 }
+# The measures that read the student's latest known losses: the only ones that can rank the whole training set
+OWN_LOSS = tuple(name for name, measure in MEASURES.items() if measure.reads_own_loss)
 
 
 @dataclass(frozen=True)

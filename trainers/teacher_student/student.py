@@ -25,7 +25,7 @@ import torch
 from agents.teacher_student import CLASSIFIERS, classifier
 from envs.base import above, at_least
 from envs.data import Split, Splits
-from envs.selection import MEASURES, TARGETS, EpochStacks, Rule, Stack, draw, target_loss
+from envs.selection import MEASURES, OWN_LOSS, TARGETS, EpochStacks, Rule, Stack, draw, target_loss
 from trainers.base import SCHEDULES, Trainer, adam, check_fields, generator, lr_factor, option, restore_generators
 from trainers.population import Population
 from trainers.probe import accuracy
@@ -60,7 +60,7 @@ class Selection:
         self.rule  # noqa: B018 (validates the measure, pressure, anneal and floor)
         if (self.stack_size == 0 or self.refresh) and not MEASURES[self.measure].reads_own_loss:
             raise ValueError(f"the whole training set (stack size 0) and refresh are for a measure that reads the "
-                             f"student's own losses (own_loss, own_reducible), not {self.measure}")
+                             f"student's own losses ({', '.join(OWN_LOSS)}), not {self.measure}")
 
     @functools.cached_property
     def rule(self) -> Rule:
