@@ -4,6 +4,8 @@ trainer's events into TensorBoard runs, a progress bar and saved results, tables
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 import statistics
 import sys
@@ -280,6 +282,9 @@ def plot_frontier(path: Path, points: dict[str, tuple[float, list[float]]], xlab
     plt.close(fig)
 
 
+SWEEP_DATA = ".sweep.json"  # what plot_sweep drew, beside its figure
+
+
 def plot_sweep(
     path: Path,
     flag: str,
@@ -292,12 +297,16 @@ def plot_sweep(
     """The headline metric against the swept value: one line per cell, the mean over seeds, ±1 std band;
     ``references`` (measured per value too) are dashed lines of their mean. ``intervals``: each value of ``lines``
     is already ``[mean, low, high]`` (a paired speedup and its 95% t-interval; empty where none), drawn on a log
-    axis around the baseline's 1x and kept to the means' range (an interval over two seeds can span 100x)."""
+    axis around the baseline's 1x and kept to the means' range (an interval over two seeds can span 100x). Its
+    inputs go beside it (``.sweep.json``), so ``benchmarks.report`` can draw several files' sweeps as one figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    inputs = {"flag": flag, "values": list(values), "lines": lines, "ylabel": ylabel, "references": references,
+              "intervals": intervals}
+    write_atomic(path.with_suffix(SWEEP_DATA), lambda tmp: tmp.write_text(json.dumps(inputs)))
     numeric = all(_is_number(v) for v in values)
     x = [float(v) for v in values] if numeric else list(range(len(values)))
     if numeric:  # values given in any order (the order they ran) are drawn left to right
@@ -308,16 +317,19 @@ def plot_sweep(
     fig, ax = plt.subplots(figsize=(10 if len(lines) > 4 else 7, 4.5))
     if len(lines) + len(references or {}) > 10:  # more lines than the default ten colours
         ax.set_prop_cycle(color=plt.get_cmap("tab20").colors)
-    for label, per_value in lines.items():
-        if intervals:
-            points = [(at, *v) for at, v in zip(x, per_value, strict=True) if v]
-            at, mean, low, high = (list(c) for c in zip(*points, strict=True)) if points else ([], [], [], [])
-        else:
-            stats = [mean_std(v) for v in per_value]
-            at, mean = x, [m for m, _ in stats]
-            low, high = [m - s for m, s in stats], [m + s for m, s in stats]
-        ax.plot(at, mean, marker="o", label=label)
-        ax.fill_between(at, low, high, alpha=0.2)
+    dodge = 0.012 * (max(x) - min(x) or 1)  # intervals side by side, not on top of each other
+    for i, (label, per_value) in enumerate(lines.items()):
+        if intervals:  # error bars; a value it never reached is a gap in its line
+            mean, low, high = (list(c) for c in zip(*(v or [math.nan] * 3 for v in per_value), strict=True))
+            at = [v + (i - (len(lines) - 1) / 2) * dodge for v in x]
+            ax.errorbar(at, mean, yerr=[[m - lo for m, lo in zip(mean, low, strict=True)],
+                                        [hi - m for m, hi in zip(mean, high, strict=True)]],
+                        marker="o", capsize=3, label=label)
+            continue
+        stats = [mean_std(v) for v in per_value]
+        mean = [m for m, _ in stats]
+        ax.plot(x, mean, marker="o", label=label)
+        ax.fill_between(x, [m - s for m, s in stats], [m + s for m, s in stats], alpha=0.2)
     for label, per_value in (references or {}).items():
         ax.plot(x, [mean_std(v)[0] for v in per_value], linestyle="--", marker=".", label=label)
     if not numeric:

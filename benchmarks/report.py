@@ -1,5 +1,9 @@
 """A benchmark's tables and figures from its results file alone: ``python -m benchmarks.report RESULTS.json``.
 
+``python -m benchmarks.report A.json B.json`` reports each file, then draws the sweep figures they share as
+one (``<logdir>/overlay``): each file's lines, a line two files name drawn from the first; each file's speedups
+stay paired with its own baseline.
+
 ``python -m benchmarks.report RESULTS.json -- FLAGS`` names the command's flags for a file written before
 results files recorded their command.
 
@@ -30,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.cli import ArgumentParser, UsageError
-from benchmarks.harness import run_cli
+from benchmarks.harness import SWEEP_DATA, plot_sweep, run_cli
 from benchmarks.store import Store, read_only
 
 BENCHMARKS = ("language", "teacher", "network", "sb3")
@@ -67,6 +71,34 @@ def report(path: Path, logdir: Path, flags: list[str] | None = None) -> None:
     main = importlib.import_module(f"benchmarks.{benchmark}").main
     with read_only():
         main([*argv, "--out", str(path), "--logdir", str(logdir)])
+
+
+def overlay(logdir: Path, paths: list[Path]) -> list[Path]:
+    """Draw again, as one figure under ``logdir/overlay``, each sweep figure that every one of ``paths``' reports
+    drew under ``logdir``; the figures drawn."""
+    folders, drawn = [logdir / p.stem for p in paths], []
+    if len(set(folders)) < len(folders):
+        raise UsageError(f"{', '.join(map(str, paths))}: two files of one name report into one folder; rename one")
+    for name in sorted(f.name for f in folders[0].glob(f"*{SWEEP_DATA}")):
+        if not all((f / name).is_file() for f in folders):
+            continue
+        parts = [json.loads((f / name).read_text()) for f in folders]
+        first = parts[0]
+        lines, references = {}, {}
+        for part, path in zip(parts, paths, strict=True):
+            if part["flag"] != first["flag"] or sorted(part["values"]) != sorted(first["values"]):
+                raise UsageError(f"{paths[0]} and {path} sweep different values ({first['flag']}: "
+                                 f"{','.join(first['values'])}; {part['flag']}: {','.join(part['values'])}); "
+                                 f"overlay files of the same sweep")
+            at = [part["values"].index(v) for v in first["values"]]
+            for merged, given in ((lines, part["lines"]), (references, part["references"] or {})):
+                for label, per_value in given.items():
+                    merged.setdefault(label, [per_value[i] for i in at])
+        figure = logdir / "overlay" / name.removesuffix(SWEEP_DATA)
+        plot_sweep(figure.with_suffix(".png"), first["flag"], first["values"], lines, first["ylabel"],
+                   references or None, first["intervals"])
+        drawn.append(figure.with_suffix(".png"))
+    return drawn
 
 
 def summary(path: Path, out: Path, flags: list[str] | None = None) -> None:
@@ -107,7 +139,8 @@ def docs(root: Path, check: bool) -> list[Path]:
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n")[0])
-    p.add_argument("results", nargs="?", type=Path, help="a results file (.json, or a .json.gz summary)")
+    p.add_argument("results", nargs="*", type=Path, help="a results file (.json, or a .json.gz summary); "
+                   "several: each one's report, then their shared sweep figures as one")
     p.option("--logdir", "runs/report", "where the figures go")
     p.option("--summary", None, "write RESULTS without its weights' paths, gzipped, to this file",
              default_text="none: print the tables")
@@ -122,8 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cut = argv.index("--") if "--" in argv else len(argv)  # after --: the command's flags, for an old file
     args, flags = build_parser().parse(argv[:cut]), argv[cut + 1 :] if cut < len(argv) else None
-    if (args.results is None) == (args.docs is None):
+    if bool(args.results) == (args.docs is not None):
         raise UsageError("give a results file or --docs FOLDER (not both)")
+    if len(args.results) > 1 and (args.summary or flags is not None):
+        raise UsageError("--summary and -- FLAGS read one results file; give one")
     if args.docs:
         stale = docs(Path(args.docs), args.check)
         if stale and args.check:
@@ -133,9 +168,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(stale)} page(s) {'differ' if args.check else 'rewritten'}")
         return 0
     if args.summary:
-        summary(args.results, Path(args.summary), flags)
+        summary(args.results[0], Path(args.summary), flags)
         return 0
-    report(args.results, Path(args.logdir), flags)
+    for path in args.results:
+        report(path, Path(args.logdir), flags)
+    if len(args.results) > 1:
+        figures = overlay(Path(args.logdir), args.results)
+        print(f"\noverlay figures: {', '.join(map(str, figures)) or 'none (the files share no sweep)'}")
     return 0
 
 

@@ -170,6 +170,7 @@ def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tu
            f"largest paired speedup)." if chosen else "") +
           (" corrupted sent: of the samples a run trained on up to its best validation, the % whose training label "
            "was corrupted (uniform selection sends the noise level)." if label_noise else ""))
+    _per_seed(cells, at, configs, reported)
     for key, what in TARGETS_OF.items():
         _pressure_figure(store, at, configs, key, reported, root, what)
     sizes = sorted({c.stack_size for c in configs} - {1})
@@ -188,6 +189,18 @@ def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tu
     teachers = store.data["references"].get(f"{at}teacher_test_accuracy", {})
     if teachers:
         print(f"teachers' test accuracy: {', '.join(f'seed {k}: {v:.2f}%' for k, v in sorted(teachers.items()))}")
+
+
+def _per_seed(cells: dict, at: str, configs: list[Selection], seeds: list[int]) -> None:
+    """Each row's speedups seed by seed: whether a rule is faster on every seed, which a mean cannot say."""
+    base = cells[at + "baseline"]
+    ratio = lambda entry, key, k: (f"{base[key][k] / entry[key][k]:.2f}x"  # noqa: E731
+                                   if base[key][k] is not None and entry[key][k] is not None else "never")
+    rows = [[c.name, *(f"{ratio(cells[at + c.name], 'backward_passes', str(k))} / "
+                       f"{ratio(cells[at + c.name], 'compute', str(k))}" for k in seeds)]
+            for c in configs if c.name != "baseline"]
+    print("per seed: speedup to the target by backward passes / by per-run compute (baseline / row)")
+    print(format_table(["config", *(f"seed {k}" for k in seeds)], rows))
 
 
 def _epochs(passes: list, student: StudentConfig, n_train: int) -> str:
@@ -235,6 +248,15 @@ def _family(c: Selection) -> tuple:
     return c.stack_size, measure, c.target, c.lr_schedule
 
 
+def _rule(c: Selection) -> str:
+    """A rule's line in a sweep's figure: its row's name without the parameters chosen per value."""
+    if c.name.startswith("baseline"):  # a decayed rate's plain training: a control, not a rule
+        return c.name
+    stack, measure, target, schedule = _family(c)
+    learned = "learned_" if c.measure.startswith("learned_") else ""
+    return f"stack{stack or 'all'}-{learned}{measure}-{target}" + ("" if schedule == "constant" else f"-{schedule}")
+
+
 def sweep_report(store: Store, swept, configs: list[Selection], seeds: list[int], tuning: list[int],
                  root: Path) -> None:
     """Against the swept value: each selection's test accuracy, and its speedup to each value's own target by
@@ -258,9 +280,15 @@ def sweep_report(store: Store, swept, configs: list[Selection], seeds: list[int]
           f"geometric mean [95% t-interval]")
     print(format_table([name, *speedups], [[t, *(s[i].format(2, ratio=True) + f" (n={s[i].n})" if s[i] else "never"
                                                  for s in speedups.values())] for i, t in enumerate(texts)]))
+    # the figure: one line per rule, at each value the row chosen on the tuning seeds' validation (its * row)
+    picked = [chosen_on_validation(store, f"{name}={t}/", configs) for t in texts]
+    rules = {_rule(c): _family(c) for c in configs if c.name != "baseline"}
+    sole = {_family(c): c.name for c in configs if c.name != "baseline"}  # a rule with one row: that row
+    print(f"figure: one line per rule ({', '.join(rules)}), at each {name} its * row")
     plot_sweep(root / f"speedup_vs_{name}.png", name, texts,
-               {c: [[s.mean, s.low, s.high] if s else [] for s in per] for c, per in speedups.items()},
-               "speedup by per-run compute", intervals=True)
+               {rule: [[s.mean, s.low, s.high] if (s := speedups[p.get(family, sole[family])][i]) else []
+                       for i, p in enumerate(picked)] for rule, family in rules.items()},
+               "speedup by per-run compute (each rule's * row)", intervals=True)
     batch = store.data["config"]["batch_size"]
     if any(any(r.get("corrupted_sent", [0])[-1] for r in store.runs(f"{name}={t}/baseline").values()) for t in texts):
         sent = {c.name: [format_summary([100 * corrupted_fraction(store.runs(f"{name}={t}/{c.name}")[k], batch)

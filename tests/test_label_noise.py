@@ -2,12 +2,17 @@
 counted when sent, and keyed in the teacher cache."""
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
 from benchmarks import teacher as bench
+from benchmarks.harness import SWEEP_DATA
+from benchmarks.protocol import paired_ratio
+from benchmarks.store import Store, read_only
+from benchmarks.teacher_report import chosen_on_validation
 from envs.data import Split
 from envs.noise import corrupt_labels
 from tests.conftest import exit_code
@@ -99,8 +104,8 @@ def test_bad_label_noise_is_one_line(data_root, tmp_path, capsys, argv, message)
 def test_label_noise_sweeps_with_a_teacher_per_corruption(data_root, tmp_path, capsys):
     out, cache = tmp_path / "sweep.json", tmp_path / "teachers"
     argv = ["--data-dir", str(data_root), "--out", str(out), "--logdir", str(tmp_path / "runs"), "--teacher-cache",
-            str(cache), *SMALL, "--stack-sizes", "2", "--measures", "cross_entropy", "--targets", "true", "--seeds",
-            "1", "--holdout", "20", "--sweep", "label-noise=0,0.4"]
+            str(cache), *SMALL, "--stack-sizes", "2", "--measures", "cross_entropy", "--targets", "true", "--pressures",
+            "inf,30", "--seeds", "1", "--holdout", "20", "--sweep", "label-noise=0,0.4"]
     assert exit_code(bench.main, argv) == 0
     cells = json.loads(out.read_text())["cells"]
     clean, noisy = (cells[f"label-noise={v}/baseline"]["runs"]["0"]["corrupted_sent"] for v in ("0", "0.4"))
@@ -109,4 +114,16 @@ def test_label_noise_sweeps_with_a_teacher_per_corruption(data_root, tmp_path, c
     printed = capsys.readouterr().out
     assert "speedup by per-run compute to each value's own target" in printed
     assert "% of the samples sent up to best validation whose label was corrupted" in printed
+    assert "per seed: speedup to the target by backward passes / by per-run compute" in printed
     assert (tmp_path / "runs" / "sweep" / "speedup_vs_label-noise.png").stat().st_size > 1000
+    # the figure: one line per rule, at each value the row chosen on validation
+    drawn = json.loads((tmp_path / "runs" / "sweep" / f"speedup_vs_label-noise{SWEEP_DATA}").read_text())
+    assert list(drawn["lines"]) == ["stack2-cross_entropy-true"]
+    rows = [Selection(), *(Selection(2, "cross_entropy", "true", pressure) for pressure in (math.inf, 30.0))]
+    with read_only():
+        store = Store(out, "teacher", {})
+    for value, point in zip(("0", "0.4"), drawn["lines"]["stack2-cross_entropy-true"], strict=True):
+        [row] = chosen_on_validation(store, f"label-noise={value}/", rows).values()
+        compute = [[cells[f"label-noise={value}/{name}"]["compute"]["0"]] for name in ("baseline", row)]
+        speedup = paired_ratio(*compute)
+        assert point[:1] == ([speedup.mean] if speedup else [])

@@ -10,6 +10,8 @@ import sys
 import pytest
 
 from benchmarks import network, report
+from benchmarks.cli import UsageError
+from benchmarks.harness import SWEEP_DATA, plot_sweep
 from tests.conftest import exit_code, make_dataset
 
 
@@ -92,3 +94,25 @@ def test_docs_blocks_are_rewritten_from_their_summary_and_checked(trained, tmp_p
     assert "0 page(s) differ" in capsys.readouterr().out
     assert exit_code(report.main, [str(summary), "--check"]) == 2  # --check reads only with --docs
     assert "--check does nothing without --docs" in capsys.readouterr().err
+
+
+def test_several_files_sweep_figures_are_drawn_as_one(tmp_path):
+    """Each file's lines in the first file's order of values; a line both files name comes from the first."""
+    plot_sweep(tmp_path / "a" / "speedup_vs_noise.png", "noise", ["0", "0.4"],
+               {"reducible": [[1.0, 0.5, 2.0], [4.0, 2.0, 8.0]]}, "speedup", intervals=True)
+    plot_sweep(tmp_path / "b" / "speedup_vs_noise.png", "noise", ["0.4", "0"],
+               {"learned": [[3.0, 1.0, 9.0], []], "reducible": [[9.0, 9.0, 9.0], [9.0, 9.0, 9.0]]}, "speedup",
+               intervals=True)
+    plot_sweep(tmp_path / "b" / "sweep_other.png", "other", ["1"], {"x": [[1.0]]}, "accuracy")
+    [figure] = report.overlay(tmp_path, [tmp_path / "a.json", tmp_path / "b.json"])
+    assert figure == tmp_path / "overlay" / "speedup_vs_noise.png" and figure.stat().st_size > 1000
+    drawn = json.loads(figure.with_suffix(SWEEP_DATA).read_text())
+    assert drawn["values"] == ["0", "0.4"] and drawn["intervals"]
+    assert drawn["lines"] == {"reducible": [[1.0, 0.5, 2.0], [4.0, 2.0, 8.0]], "learned": [[], [3.0, 1.0, 9.0]]}
+
+
+def test_files_of_different_sweeps_are_refused_in_one_line(tmp_path):
+    for folder, values in (("a", ["0", "0.4"]), ("b", ["0", "0.2"])):
+        plot_sweep(tmp_path / folder / "sweep_noise.png", "noise", values, {"x": [[1.0], [2.0]]}, "accuracy")
+    with pytest.raises(UsageError, match="sweep different values"):
+        report.overlay(tmp_path, [tmp_path / "a.json", tmp_path / "b.json"])
