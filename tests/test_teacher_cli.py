@@ -207,6 +207,13 @@ def test_a_sweep_trains_each_value_with_its_own_cells_and_figure(cli, capsys):
     assert (logdir / "teacher" / "sweep_lr.png").stat().st_size > 1000
     assert (logdir / "teacher" / "lr=0.01" / "figure_3_1.png").exists()
     assert list((logdir / "teacher" / "lr=0.001" / "baseline" / "seed0").glob("events.out.tfevents.*"))
+    assert "(the highest the baseline holds on every seed)" in printed
+    # a target given by flag is read off the same runs, and the tables say where it came from
+    assert run([*grid, "--target-accuracy", "12.5"]) == 0
+    printed = capsys.readouterr().out
+    assert "at the target, 12.50% (set by --target-accuracy)" in printed
+    assert "speedup by per-run compute to the target set by --target-accuracy" in printed
+    assert json.loads(out.read_text())["cells"]["lr=0.01/baseline"]["target_accuracy"] == 12.5
 
 
 def test_sampled_rules_are_crossed_with_pressures_schedules_and_floors_and_one_is_chosen_on_validation(cli, capsys):
