@@ -73,6 +73,7 @@ from trainers.teacher_student.teachers import (
     carve_holdout,
     irreducible_config,
     irreducible_losses,
+    irreducible_models,
     irreducible_training_cost,
     load_or_train_teachers,
     predict,
@@ -317,6 +318,10 @@ def main(argv: list[str] | None = None) -> int:
         launch(store, tasks, args)
         for label, v, configs, student_config, teacher_config, _ in chosen:
             at = prefix(label)
+            recorded = store.data["references"].get(f"{at}irreducible_test_accuracy", {})
+            if not store.read_only and any(str(k) not in recorded for k in seeds) and any(
+                    m.reads_irreducible for c in configs if (m := MEASURES.get(c.measure))):
+                _irreducible(store, at, seeds, *data[label][:2], v, device)  # a file from before it was recorded
             summarise(store, at, configs, seeds, tuning, args.target_accuracy, n // student_config.batch_size)
             report(store, at, configs, seeds, tuning, root, student_config, teacher_config,
                    image_shape(data[label][0]), n, v.label_noise)
@@ -366,6 +371,20 @@ def _data(whole: Splits, holdout_size: int, noise: float | None, noise_seed: int
     return splits, holdout, corrupted[: len(splits.train.labels)]
 
 
+def _irreducible(store: Store, at: str, seeds: list[int], splits: Splits, holdout: Split, args, device,
+                 retrain: bool = False) -> None:
+    """The irreducible-loss models of ``seeds``, trained where missing, with their test accuracy and training cost
+    recorded beside the table (a file written before the accuracy was recorded gets it when next read)."""
+    cache, config = Path(args.teacher_cache), irreducible_config(args.irreducible_model, args.irreducible_hidden)
+    models = irreducible_models(splits, holdout, seeds, cache, config, retrain, Progress("irreducible-loss models"),
+                                device)
+    for k in seeds:
+        store.reference(f"{at}irreducible_test_accuracy", k, accuracy(models[k], splits.test).item())
+        cost = irreducible_training_cost(cache, holdout, k, config)[1]
+        if cost:
+            store.reference(f"{at}irreducible_training_images", k, cost["backward_passes"] * cost["batch_size"])
+
+
 def _shared(store: Store, at: str, runs: list[tuple[Selection, int]], splits: Splits, holdout: Split,
             teacher_config: TeacherConfig, args, policy: PolicyConfig | None, root: Path, device,
             saved: Path | None = None) -> dict[str, str]:
@@ -382,13 +401,7 @@ def _shared(store: Store, at: str, runs: list[tuple[Selection, int]], splits: Sp
         if cost:
             store.reference(f"{at}teacher_training_images", k, cost["backward_passes"] * cost["batch_size"])
     if any(MEASURES[s.measure].reads_irreducible for s, _ in runs):
-        irreducible = irreducible_config(args.irreducible_model, args.irreducible_hidden)
-        irreducible_losses(splits, holdout, seeds, cache, irreducible, args.retrain_teacher,
-                           Progress("irreducible-loss models"), device)
-        for k in seeds:
-            cost = irreducible_training_cost(cache, holdout, k, irreducible)[1]
-            if cost:
-                store.reference(f"{at}irreducible_training_images", k, cost["backward_passes"] * cost["batch_size"])
+        _irreducible(store, at, seeds, splits, holdout, args, device, args.retrain_teacher)
     learned = sorted({s.measure.removeprefix("learned_") for s, _ in runs if s.measure.startswith("learned_")})
     if not learned:
         return {}

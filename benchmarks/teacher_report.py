@@ -187,9 +187,10 @@ def report(store: Store, at: str, configs: list[Selection], seeds: list[int], tu
         panels.append((f"stack of {size} minibatches", curves))
     plot_panels(root / at / "figure_3_1.png", panels or [("baseline", {})], "student backward passes",
                 "validation accuracy (%)", zoom=FIGURE_ZOOM)
-    teachers = store.data["references"].get(f"{at}teacher_test_accuracy", {})
-    if teachers:
-        print(f"teachers' test accuracy: {', '.join(f'seed {k}: {v:.2f}%' for k, v in sorted(teachers.items()))}")
+    for kind, models in (("teachers'", "teacher"), ("irreducible-loss models'", "irreducible")):
+        accuracies = store.data["references"].get(f"{at}{models}_test_accuracy", {})
+        if accuracies:
+            print(f"{kind} test accuracy: {', '.join(f'seed {k}: {v:.2f}%' for k, v in sorted(accuracies.items()))}")
 
 
 def _per_seed(cells: dict, at: str, configs: list[Selection], seeds: list[int]) -> None:

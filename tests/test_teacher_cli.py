@@ -236,6 +236,13 @@ def test_sampled_rules_are_crossed_with_pressures_schedules_and_floors_and_one_i
     assert run0["counters"]["teacher_forward_passes"] == 0  # the irreducible losses are looked up, not the teacher
     assert run0["counters"]["student_forward_passes"] == 4 * run0["stopped_step"]
     assert list((out.parent / "teachers").glob("irreducible-*-seed0.pt"))
+    (held_out,) = data["references"]["irreducible_test_accuracy"].values()  # beside the table: how good its model is
+    assert 0 < held_out <= 100 and f"irreducible-loss models' test accuracy: seed 0: {held_out:.2f}%" in printed
+    # a file written before the accuracy was recorded gets it from the cached model when next read, training nothing
+    del data["references"]["irreducible_test_accuracy"]
+    out.write_text(json.dumps(data))
+    assert run(grid) == 0 and "trained 0 runs" in capsys.readouterr().out
+    assert json.loads(out.read_text())["references"]["irreducible_test_accuracy"] == {"0": held_out}
     assert list((out.parent / "teachers").glob("teacher-*-seed0.json"))  # the teacher's training cost
     assert "one-off: the teacher's training" in printed
     assert (out.parent / "runs" / "teacher" / "speedup_vs_pressure.png").stat().st_size > 1000

@@ -162,6 +162,23 @@ def _irreducible_model(holdout: Split, test: Split, config: TeacherConfig,
     return replace(config, batch_size=min(config.batch_size, half)), held  # a tiny split trains too
 
 
+def irreducible_models(
+    splits: Splits,
+    holdout: Split,
+    seeds: Sequence[int],
+    cache_dir: Path,
+    config: TeacherConfig = IRREDUCIBLE,
+    retrain: bool = False,
+    events: Events | None = None,
+    device: torch.device | str = "cpu",
+) -> dict[int, torch.nn.Module]:
+    """RHO-LOSS's irreducible-loss models: ``config`` (by default a small MLP) trained on the first half of
+    ``holdout`` (``carve_holdout``), stopped early on its second half, one per seed, cached. They see neither the
+    students' training pool nor their validation split."""
+    config, held = _irreducible_model(holdout, splits.test, config, splits.shape)
+    return load_or_train_teachers(held, seeds, config, cache_dir, retrain, events, device, "irreducible")
+
+
 def irreducible_losses(
     splits: Splits,
     holdout: Split,
@@ -172,12 +189,9 @@ def irreducible_losses(
     events: Events | None = None,
     device: torch.device | str = "cpu",
 ) -> dict[int, torch.Tensor]:
-    """RHO-LOSS's irreducible losses: a model (``config``, by default a small MLP) trained on the first half of
-    ``holdout`` (``carve_holdout``), stopped early on its second half, then its cross-entropy on every training
-    image's true label, ``{seed: [n_train]}``. It sees neither the students' training pool nor their validation
-    split."""
-    config, held = _irreducible_model(holdout, splits.test, config, splits.shape)
-    models = load_or_train_teachers(held, seeds, config, cache_dir, retrain, events, device, "irreducible")
+    """RHO-LOSS's irreducible losses: the ``irreducible_models``' cross-entropy on every training image's true
+    label, ``{seed: [n_train]}``."""
+    models = irreducible_models(splits, holdout, seeds, cache_dir, config, retrain, events, device)
     train = splits.train
     return {k: F.cross_entropy(predict(m, train.images), train.labels, reduction="none") for k, m in models.items()}
 
