@@ -429,8 +429,8 @@ def _train(student: StudentConfig, teacher: TeacherConfig, cache: Path, irreduci
     logits = {k: predict(m, splits.train.images) for k, m in teachers.items()} if used else None
     irreducible = None
     if any(MEASURES[s.measure].reads_irreducible for s, _ in selections):
-        irreducible = irreducible_losses(splits, holdout, sorted({k for _, k in selections}), cache, irreducible_model,
-                                         device=device)
+        irreducible = irreducible_losses(splits, irreducible_models(
+            splits, holdout, sorted({k for _, k in selections}), cache, irreducible_model, device=device))
     trainer = StudentTrainer(student, splits, selections, logits, irreducible, corrupted, device=device)
     with Sink(store, runs, root, hparams, _headline, desc=f"{desc}: {len(runs)}", device=device) as sink:
         trainer.fit(sink, checkpoint)

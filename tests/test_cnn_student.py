@@ -11,6 +11,7 @@ from trainers.teacher_student.teachers import (
     TeacherConfig,
     irreducible_config,
     irreducible_losses,
+    irreducible_models,
     irreducible_training_cost,
     load_or_train_teachers,
     predict,
@@ -64,7 +65,7 @@ def test_the_irreducible_loss_model_can_be_the_students_cnn(images, tmp_path):
                               patience=1)
     assert (cnn.model, cnn.dropout) == ("dcgan-small", 0.0)
     holdout = images.val  # 20 images: the model trains on 10, stops on the other 10
-    losses = irreducible_losses(images, holdout, [0], tmp_path, cnn)[0]
+    losses = irreducible_losses(images, irreducible_models(images, holdout, [0], tmp_path, cnn))[0]
     assert losses.shape == (40,) and torch.isfinite(losses).all() and (losses > 0).all()
     config, cost = irreducible_training_cost(tmp_path, holdout, 0, cnn)
     assert config.model == "dcgan-small" and cost == {"backward_passes": 1, "batch_size": 10}

@@ -179,19 +179,9 @@ def irreducible_models(
     return load_or_train_teachers(held, seeds, config, cache_dir, retrain, events, device, "irreducible")
 
 
-def irreducible_losses(
-    splits: Splits,
-    holdout: Split,
-    seeds: Sequence[int],
-    cache_dir: Path,
-    config: TeacherConfig = IRREDUCIBLE,
-    retrain: bool = False,
-    events: Events | None = None,
-    device: torch.device | str = "cpu",
-) -> dict[int, torch.Tensor]:
-    """RHO-LOSS's irreducible losses: the ``irreducible_models``' cross-entropy on every training image's true
-    label, ``{seed: [n_train]}``."""
-    models = irreducible_models(splits, holdout, seeds, cache_dir, config, retrain, events, device)
+def irreducible_losses(splits: Splits, models: dict[int, torch.nn.Module]) -> dict[int, torch.Tensor]:
+    """RHO-LOSS's irreducible losses: each of the ``irreducible_models``' cross-entropy on every training image's
+    true label, ``{seed: [n_train]}``."""
     train = splits.train
     return {k: F.cross_entropy(predict(m, train.images), train.labels, reduction="none") for k, m in models.items()}
 
