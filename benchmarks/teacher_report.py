@@ -256,12 +256,10 @@ def _family(c: Selection) -> tuple:
 
 
 def _rule(c: Selection) -> str:
-    """A rule's line in a sweep's figure: its row's name without the parameters chosen per value."""
-    if c.name.startswith("baseline"):  # a decayed rate's plain training: a control, not a rule
-        return c.name
-    stack, measure, target, schedule = _family(c)
-    learned = "learned_" if c.measure.startswith("learned_") else ""
-    return f"stack{stack or 'all'}-{learned}{measure}-{target}" + ("" if schedule == "constant" else f"-{schedule}")
+    """A rule's line in a sweep's figure: its row's name without the parameters chosen per value (a learned
+    teacher's reward and seed among them)."""
+    name = dataclasses.replace(c, pressure=math.inf, anneal=0, floor=0.0, refresh=0).name
+    return name.replace(c.measure, f"learned_{_family(c)[1]}") if c.measure.startswith("learned_") else name
 
 
 def sweep_report(store: Store, swept, configs: list[Selection], seeds: list[int], tuning: list[int],
